@@ -1,0 +1,269 @@
+"""ArchSpec: a LLaMA-style decoder shape and every quantity derived from the shape alone.
+
+Conventions (the one place they are written down; tests hold them):
+
+* N ("non-embedding parameters", as in Kaplan et al. and Bian et al.) counts every parameter of
+  the decoder blocks plus the final norm. The token embedding, and the separate output projection
+  when embeddings are untied, are "embedding parameters". Total = N + embedding.
+* r = MLP parameters / attention parameters of one layer (the paper's r_mlp/attn). Attention
+  parameters are Q, K, V and O projections (no biases); MLP parameters are the three SwiGLU
+  matrices. Norm weights belong to neither (they are in N).
+* GQA group size = query heads per KV head (n_heads / n_kv_heads), as in the paper's tables.
+* FLOPs count 2 per multiply-accumulate. The attention term counts QK^T and AV:
+  - training, per token: 6 N + 6 * n_layers * seq_len * n_heads * head_dim. The forward attention
+    cost of one token at context t is 4 * t * n_heads * head_dim per layer; a causal sequence of
+    length T averages t = T / 2 (causal halving), and backward costs twice the forward.
+  - inference, per generated token at context T: 2 N + 4 * n_layers * T * n_heads * head_dim
+    (the new token attends to all T cached keys: no halving).
+  The output projection (2 * d_model * vocab per token forward) is not in N; budgets follow the
+  paper and leave it out, while MFU counts it as work done (``include_lm_head=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archscale.arch.errors import ArchscaleError
+
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1}
+
+
+class SpecError(ArchscaleError):
+    """An impossible or malformed shape; the message names the field and the fix."""
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a dtype name such as 'bf16' or 'float32'."""
+    try:
+        return DTYPE_BYTES[str(dtype)]
+    except KeyError:
+        raise SpecError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Shape of a LLaMA-style decoder (pre-RMSNorm, RoPE, GQA, SwiGLU, no biases)."""
+
+    vocab_size: int
+    """Tokenizer vocabulary size (rows of the embedding table)."""
+    seq_len: int
+    """Training context length in tokens; also the default attention context for FLOPs."""
+    n_layers: int
+    """Number of decoder blocks."""
+    d_model: int
+    """Hidden size (residual stream width)."""
+    n_heads: int
+    """Query heads per layer."""
+    n_kv_heads: int
+    """Key/value heads per layer; n_heads must be a multiple (grouped-query attention)."""
+    head_dim: int
+    """Width of one attention head (need not equal d_model / n_heads)."""
+    d_ff: int
+    """SwiGLU inner width (each of the gate, up and down matrices is d_model x d_ff)."""
+    tie_embeddings: bool = True
+    """Whether the output projection reuses the token embedding matrix."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vocab_size", "seq_len", "n_layers", "d_model", "n_heads", "n_kv_heads",
+                     "head_dim", "d_ff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{name}={value!r} must be an integer")
+            elif value <= 0:
+                problems.append(f"{name}={value} must be positive")
+        if not problems and self.n_heads % self.n_kv_heads:
+            problems.append(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: "
+                f"choose n_kv_heads among the divisors {_divisors(self.n_heads)}"
+            )
+        if not problems and self.head_dim % 2:
+            problems.append(f"head_dim={self.head_dim} must be even for RoPE: use {self.head_dim + 1}")
+        if not (self.rope_theta > 0):
+            problems.append(f"rope_theta={self.rope_theta} must be positive (10000 is usual)")
+        if not (self.norm_eps > 0):
+            problems.append(f"norm_eps={self.norm_eps} must be positive (1e-5 is usual)")
+        if problems:
+            raise SpecError("invalid ArchSpec: " + "; ".join(problems))
+
+    # ---- parameter counts -------------------------------------------------------------------
+    @property
+    def attn_params_per_layer(self) -> int:
+        q_and_o = 2 * self.d_model * self.n_heads * self.head_dim
+        k_and_v = 2 * self.d_model * self.n_kv_heads * self.head_dim
+        return q_and_o + k_and_v
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        return 3 * self.d_model * self.d_ff
+
+    @property
+    def norm_params_per_layer(self) -> int:
+        return 2 * self.d_model
+
+    @property
+    def params_attn(self) -> int:
+        return self.n_layers * self.attn_params_per_layer
+
+    @property
+    def params_mlp(self) -> int:
+        return self.n_layers * self.mlp_params_per_layer
+
+    @property
+    def params_nonembed(self) -> int:
+        """N: blocks (attention, MLP, norms) plus the final norm."""
+        per_layer = self.attn_params_per_layer + self.mlp_params_per_layer + self.norm_params_per_layer
+        return self.n_layers * per_layer + self.d_model
+
+    @property
+    def params_embed(self) -> int:
+        tables = 1 if self.tie_embeddings else 2
+        return tables * self.vocab_size * self.d_model
+
+    @property
+    def params_total(self) -> int:
+        return self.params_nonembed + self.params_embed
+
+    @property
+    def r_mlp_attn(self) -> float:
+        return self.mlp_params_per_layer / self.attn_params_per_layer
+
+    @property
+    def gqa_group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def d_over_sqrt_n(self) -> float:
+        return self.d_model / math.sqrt(self.params_nonembed)
+
+    # ---- FLOPs (conventions in the module docstring) ----------------------------------------
+    def attention_flops_per_token(self, context: int) -> int:
+        """Forward FLOPs of QK^T and AV for one token attending to ``context`` keys."""
+        return 4 * self.n_layers * context * self.n_heads * self.head_dim
+
+    def lm_head_flops_per_token(self) -> int:
+        """Forward FLOPs of the output projection (not part of N)."""
+        return 2 * self.d_model * self.vocab_size
+
+    def train_flops_per_token(self, include_lm_head: bool = False) -> int:
+        """6 N + causal-halved attention (x3 for backward); optionally the output projection."""
+        flops = 6 * self.params_nonembed + 3 * self.attention_flops_per_token(self.seq_len) // 2
+        if include_lm_head:
+            flops += 3 * self.lm_head_flops_per_token()
+        return flops
+
+    def inference_flops_per_token(self, context: int | None = None,
+                                  include_lm_head: bool = False) -> int:
+        """2 N + attention to all ``context`` cached keys, per generated token."""
+        context = self.seq_len if context is None else context
+        flops = 2 * self.params_nonembed + self.attention_flops_per_token(context)
+        if include_lm_head:
+            flops += self.lm_head_flops_per_token()
+        return flops
+
+    # ---- memory -------------------------------------------------------------------------------
+    def kv_cache_bytes_per_token(self, dtype: str = "bf16") -> int:
+        """K and V of every layer for one cached token."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * dtype_bytes(dtype)
+
+    def kv_cache_bytes(self, batch: int, context: int, dtype: str = "bf16") -> int:
+        return batch * context * self.kv_cache_bytes_per_token(dtype)
+
+    def weight_bytes(self, dtype: str = "bf16") -> int:
+        """Bytes of all parameters."""
+        return self.params_total * dtype_bytes(dtype)
+
+    def decode_weight_bytes(self, dtype: str = "bf16") -> int:
+        """Weight bytes one decode step must read: N plus the output projection.
+
+        The input embedding is gathered row by row, so an untied input table is not read whole.
+        """
+        return (self.params_nonembed + self.vocab_size * self.d_model) * dtype_bytes(dtype)
+
+    # ---- (de)serialization ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown ArchSpec keys {unknown}: valid keys are {sorted(known)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.name not in data)
+        if missing:
+            raise SpecError(f"ArchSpec is missing {missing}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ArchSpec:
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> dict[str, Any]:
+        """The derived table printed by ``archscale arch show``."""
+        return {
+            "params_total": self.params_total,
+            "params_nonembed": self.params_nonembed,
+            "params_embed": self.params_embed,
+            "params_attn": self.params_attn,
+            "params_mlp": self.params_mlp,
+            "r_mlp_attn": self.r_mlp_attn,
+            "gqa_group": self.gqa_group,
+            "d_over_sqrt_n": self.d_over_sqrt_n,
+            "train_flops_per_token": self.train_flops_per_token(),
+            "inference_flops_per_token": self.inference_flops_per_token(),
+            "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
+            "weight_bytes_bf16": self.weight_bytes(),
+        }
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+# ---- presets ---------------------------------------------------------------------------------
+_PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in _PRESET_DIR.glob("*.json"))
+
+
+def get_preset(name: str) -> ArchSpec:
+    path = _PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        raise SpecError(f"unknown preset {name!r}: choose one of {preset_names()}")
+    return ArchSpec.from_dict(json.loads(path.read_text()))
+
+
+def load_spec(spec_or_preset: str) -> ArchSpec:
+    """A preset name, or the path of a JSON file holding ArchSpec fields (or an HF config)."""
+    if spec_or_preset in preset_names():
+        return get_preset(spec_or_preset)
+    path = Path(spec_or_preset)
+    if not path.is_file():
+        raise SpecError(
+            f"{spec_or_preset!r} is neither a preset ({', '.join(preset_names())}) nor a JSON file"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{path} is not valid JSON: {err}") from None
+    if isinstance(data, dict) and "spec" in data and isinstance(data["spec"], dict):
+        data = data["spec"]
+    if isinstance(data, dict) and "hidden_size" in data:
+        from archscale.arch.export import spec_from_hf_config
+
+        return spec_from_hf_config(data)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must hold a JSON object of ArchSpec fields")
+    return ArchSpec.from_dict(data)

@@ -1,0 +1,35 @@
+"""The `archscale` command. Thin: parses arguments, calls the packages, prints."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from archscale.arch.errors import ArchscaleError
+from archscale.cli import arch_cmd
+
+app = typer.Typer(
+    name="archscale",
+    help="Architecture search and scaling-law fitting for inference-efficient language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(arch_cmd.app, name="arch")
+
+
+def main() -> None:
+    """Entry point: user errors become one message on stderr and exit status 2, no traceback.
+
+    Typer's standalone mode already reports usage errors cleanly and exits; what reaches here is
+    an ArchscaleError raised by a package, or an interrupt.
+    """
+    try:
+        app()
+    except ArchscaleError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished results are kept; rerun the command to continue", err=True)
+        sys.exit(130)
