@@ -208,6 +208,16 @@ class ArchSpec:
     def replace(self, **changes: Any) -> ArchSpec:
         return dataclasses.replace(self, **changes)
 
+    def table_row(self) -> dict[str, Any]:
+        """The shape columns of the run table (docs/CONTRIBUTING.md) that laws read."""
+        return {
+            "N": self.params_nonembed, "params_total": self.params_total,
+            "d_model": self.d_model, "n_layers": self.n_layers, "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "d_ff": self.d_ff,
+            "vocab_size": self.vocab_size, "seq_len": self.seq_len,
+            "r": self.r_mlp_attn, "d_over_sqrt_n": self.d_over_sqrt_n, "gqa_group": self.gqa_group,
+        }
+
     def summary(self) -> dict[str, Any]:
         """The derived table printed by ``archscale arch show``."""
         return {

@@ -1,0 +1,271 @@
+"""The LLaMA-style decoder in Flax NNX, with KV-cache prefill and decoding.
+
+Embedding (tied or untied), pre-RMSNorm blocks of RoPE grouped-query attention and a SwiGLU MLP,
+a final RMSNorm, no biases. Layer weights are stacked along a leading layer axis L and the
+forward pass scans over them (``jax.lax.scan``), so compile time does not grow with depth.
+
+Dtypes: parameters are ``param_dtype`` (fp32); matmuls run in ``compute_dtype`` (bf16 on
+accelerators, fp32 on CPU, see ``archscale.arch.runtime.default_compute_dtype``) with fp32
+accumulation; norms, RoPE and softmax run in fp32; logits are fp32.
+
+Dimension letters: B batch, T query positions, S key positions (cache slots), D d_model,
+N query heads, K KV heads, G query heads per KV head (N = K G), H head_dim, F d_ff, V vocab,
+L layers.
+
+Keys and values are laid out BxKxSxH (KV head before position), in the forward pass and in the
+cache alike: the decode step's two attention matmuls then read the cache in place, batched over
+(B, K) and contracting the minor axis, with no transpose of the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.runtime import default_compute_dtype
+from archscale.arch.spec import ArchSpec
+
+INIT_STD = 0.02
+"""Standard deviation of every weight matrix at init (GPT-2 / LLaMA style)."""
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for ``length`` tokens of each batch row (a pytree).
+
+    One buffer per layer (not one stacked array): a decode step updates each in place and its
+    attention reads it directly, where slicing a layer out of a stacked array would copy it.
+    """
+
+    k_BxKxSxH: tuple[jax.Array, ...]
+    """Cached keys of each layer, RoPE applied; slots from ``length`` on hold garbage (masked)."""
+    v_BxKxSxH: tuple[jax.Array, ...]
+    """Cached values of each layer."""
+    length: jax.Array
+    """int32 scalar: tokens already cached (the same for every batch row)."""
+
+    @property
+    def max_len(self) -> int:
+        return self.k_BxKxSxH[0].shape[2]
+
+
+def _weight_shapes(spec: ArchSpec) -> dict[str, tuple[tuple[int, ...], float | None]]:
+    """Every weight's shape and init std (None: a norm weight, initialised to ones)."""
+    L, D, N, K, H, F, V = (spec.n_layers, spec.d_model, spec.n_heads, spec.n_kv_heads,
+                           spec.head_dim, spec.d_ff, spec.vocab_size)
+    # Residual-branch outputs shrink with depth so the residual stream's scale stays put.
+    out_std = INIT_STD / math.sqrt(2 * L)
+    shapes = {
+        "embed_VxD": ((V, D), INIT_STD),
+        "final_norm_D": ((D,), None),
+        "attn_norm_LxD": ((L, D), None),
+        "wqkv_LxJxHxD": ((L, N + 2 * K, H, D), INIT_STD),
+        "wo_LxDxNxH": ((L, D, N, H), out_std),
+        "mlp_norm_LxD": ((L, D), None),
+        "w_gate_up_Lx2xFxD": ((L, 2, F, D), INIT_STD),
+        "w_down_LxDxF": ((L, D, F), out_std),
+    }
+    if not spec.tie_embeddings:
+        shapes["lm_head_DxV"] = ((D, V), INIT_STD)
+    return shapes
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _initial_weights(key: jax.Array, spec: ArchSpec, dtype) -> dict[str, jax.Array]:
+    """All initial weights from one compiled call (eager init compiles once per weight shape)."""
+    shapes = _weight_shapes(spec)
+    keys = dict(zip(shapes, jax.random.split(key, len(shapes)), strict=True))
+    return {name: jnp.ones(shape, dtype) if std is None
+            else std * jax.random.normal(keys[name], shape, dtype)
+            for name, (shape, std) in shapes.items()}
+
+
+class Layers(nnx.Module):
+    """The n_layers decoder blocks, every weight stacked along a leading layer axis L."""
+
+    def __init__(self, weights: dict[str, jax.Array]) -> None:
+        self.attn_norm_LxD = nnx.Param(weights["attn_norm_LxD"])
+        self.wqkv_LxJxHxD = nnx.Param(weights["wqkv_LxJxHxD"])
+        self.wo_LxDxNxH = nnx.Param(weights["wo_LxDxNxH"])
+        self.mlp_norm_LxD = nnx.Param(weights["mlp_norm_LxD"])
+        self.w_gate_up_Lx2xFxD = nnx.Param(weights["w_gate_up_Lx2xFxD"])
+        self.w_down_LxDxF = nnx.Param(weights["w_down_LxDxF"])
+
+    def stacked(self, dtype) -> dict[str, jax.Array]:
+        """The stacked weights as plain arrays (matrices cast to ``dtype``), for lax.scan."""
+        # Keys drop the layer axis from the name: "wo_LxDxNxH" -> "wo_DxNxH" (one layer's shape).
+        arrays = {name.replace("_Lx", "_"): var[...] for name, var in vars(self).items()
+                  if isinstance(var, nnx.Param)}
+        return {name: a if "norm" in name else a.astype(dtype) for name, a in arrays.items()}
+
+
+class Transformer(nnx.Module):
+    """LLaMA-style decoder-only language model of shape ``spec``."""
+
+    def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, compute_dtype=None,
+                 param_dtype=jnp.float32) -> None:
+        self.spec = spec
+        self.compute_dtype = jnp.dtype(compute_dtype or default_compute_dtype())
+        weights = _initial_weights(rngs.params(), spec, jnp.dtype(param_dtype))
+        self.embed_VxD = nnx.Param(weights["embed_VxD"])
+        self.layers = Layers(weights)
+        self.final_norm_D = nnx.Param(weights["final_norm_D"])
+        if not spec.tie_embeddings:
+            self.lm_head_DxV = nnx.Param(weights["lm_head_DxV"])
+
+    # ---- public API ---------------------------------------------------------------------------
+    def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+        """Causal forward pass: fp32 logits_BxTxV. Pure and traceable (no cache, no state)."""
+        T = tokens_BxT.shape[1]
+        positions_T = jnp.arange(T, dtype=jnp.int32)
+        cos, sin = _rope_tables(positions_T, self.spec.head_dim, self.spec.rope_theta)
+        mask_TxS = positions_T[None, :] <= positions_T[:, None]
+
+        def layer(x_BxTxD, p):
+            q, k, v = self._qkv(p, x_BxTxD, cos, sin)
+            return self._finish(p, x_BxTxD, _attend(q, k, v, mask_TxS)), None
+
+        x_BxTxD, _ = jax.lax.scan(layer, self._embed(tokens_BxT),
+                                  self.layers.stacked(self.compute_dtype))
+        return self._logits(x_BxTxD)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache with room for ``max_len`` tokens per row (dtype: the compute dtype)."""
+        if batch < 1 or max_len < 1:
+            raise ArchscaleError(f"init_cache(batch={batch}, max_len={max_len}): both must be >= 1")
+        s = self.spec
+        dtype = jnp.dtype(dtype or self.compute_dtype)
+        zeros = tuple(jnp.zeros((batch, s.n_kv_heads, max_len, s.head_dim), dtype)
+                      for _ in range(s.n_layers))
+        return KVCache(zeros, zeros, jnp.zeros((), jnp.int32))
+
+    def layer_weights(self) -> tuple[dict[str, jax.Array], ...]:
+        """Each layer's weights sliced out of the stacks, in the compute dtype.
+
+        A generation loop computes this once, before the loop, and passes it to every
+        ``decode_step``: slicing inside the loop would copy every weight at every token.
+        """
+        stacked = self.layers.stacked(self.compute_dtype)
+        return tuple({name: w[index] for name, w in stacked.items()}
+                     for index in range(self.spec.n_layers))
+
+    def prefill(self, tokens_BxT: jax.Array, cache: KVCache, *, last_only: bool = False,
+                weights: tuple[dict[str, jax.Array], ...] | None = None,
+                ) -> tuple[jax.Array, KVCache]:
+        """Append ``tokens_BxT`` to the cache; fp32 logits_BxTxV of those positions.
+
+        ``last_only`` returns logits_Bx1xV of the last position alone, as a server does when it
+        only needs the first generated token (the output projection then costs one position).
+        ``weights`` is ``layer_weights()``, computed once outside a generation loop.
+        The caller keeps ``cache.length + T <= cache.max_len`` (a traced length cannot be checked
+        here; writes past the end would be clamped by dynamic_update_slice).
+
+        The layers are unrolled rather than scanned so that each reads its own cache buffer in
+        place (a scan would slice, hence copy, a stacked cache at every step).
+        """
+        T = tokens_BxT.shape[1]
+        if cache.max_len < T:
+            raise ArchscaleError(f"prefill of {T} tokens does not fit a cache of max_len "
+                                 f"{cache.max_len}: call init_cache with a larger max_len")
+        start = cache.length
+        positions_T = start + jnp.arange(T, dtype=jnp.int32)
+        cos, sin = _rope_tables(positions_T, self.spec.head_dim, self.spec.rope_theta)
+        mask_TxS = jnp.arange(cache.max_len, dtype=jnp.int32)[None, :] <= positions_T[:, None]
+        x_BxTxD = self._embed(tokens_BxT)
+        new_k, new_v = [], []
+        for p, k_cache, v_cache in zip(weights or self.layer_weights(), cache.k_BxKxSxH,
+                                       cache.v_BxKxSxH, strict=True):
+            q, k_BxKxTxH, v_BxKxTxH = self._qkv(p, x_BxTxD, cos, sin)
+            at = (0, 0, start, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxKxTxH.astype(k_cache.dtype), at)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxKxTxH.astype(v_cache.dtype), at)
+            out = _attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_TxS)
+            x_BxTxD = self._finish(p, x_BxTxD, out)
+            new_k.append(k_cache)
+            new_v.append(v_cache)
+        if last_only:
+            x_BxTxD = x_BxTxD[:, -1:]
+        return self._logits(x_BxTxD), KVCache(tuple(new_k), tuple(new_v), start + T)
+
+    def decode_step(self, tokens_B: jax.Array, cache: KVCache, *,
+                    weights: tuple[dict[str, jax.Array], ...] | None = None,
+                    ) -> tuple[jax.Array, KVCache]:
+        """Append one token per row; fp32 logits_BxV of the next token (``weights``: prefill)."""
+        logits_Bx1xV, cache = self.prefill(tokens_B[:, None], cache, weights=weights)
+        return logits_Bx1xV[:, 0], cache
+
+    # ---- pieces shared by the forward pass and the cached path -------------------------------
+    def _embed(self, tokens_BxT: jax.Array) -> jax.Array:
+        return jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(self.compute_dtype)
+
+    def _qkv(self, p, x_BxTxD, cos, sin):
+        """Normed input -> q_BxTxKxGxH, k_BxKxTxH, v_BxKxTxH with RoPE on q and k."""
+        s = self.spec
+        N, K = s.n_heads, s.n_kv_heads
+        h_BxTxD = _rms_norm(x_BxTxD, p["attn_norm_D"], s.norm_eps)
+        qkv_BxTxJxH = jnp.einsum("btd,jhd->btjh", h_BxTxD, p["wqkv_JxHxD"])
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = jnp.split(qkv_BxTxJxH, [N, N + K], axis=2)
+        B, T = x_BxTxD.shape[:2]
+        q_BxTxKxGxH = _rope(q_BxTxNxH, cos, sin).reshape(B, T, K, s.gqa_group, s.head_dim)
+        k_BxKxTxH = jnp.swapaxes(_rope(k_BxTxKxH, cos, sin), 1, 2)
+        return q_BxTxKxGxH, k_BxKxTxH, jnp.swapaxes(v_BxTxKxH, 1, 2)
+
+    def _finish(self, p, x_BxTxD, attn_BxTxKxGxH):
+        """Output projection and residual, then the SwiGLU MLP block and residual."""
+        B, T = x_BxTxD.shape[:2]
+        attn_BxTxNxH = attn_BxTxKxGxH.reshape(B, T, self.spec.n_heads, self.spec.head_dim)
+        x_BxTxD = x_BxTxD + jnp.einsum("btnh,dnh->btd", attn_BxTxNxH, p["wo_DxNxH"])
+        h_BxTxD = _rms_norm(x_BxTxD, p["mlp_norm_D"], self.spec.norm_eps)
+        gate_up_BxTx2xF = jnp.einsum("btd,cfd->btcf", h_BxTxD, p["w_gate_up_2xFxD"])
+        hidden_BxTxF = jax.nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
+        return x_BxTxD + jnp.einsum("btf,df->btd", hidden_BxTxF, p["w_down_DxF"])
+
+    def _logits(self, x_BxTxD: jax.Array) -> jax.Array:
+        """Final norm and output projection; compute-dtype operands, fp32 accumulation."""
+        h_BxTxD = _rms_norm(x_BxTxD, self.final_norm_D[...], self.spec.norm_eps)
+        head_DxV = self.embed_VxD[...].T if self.spec.tie_embeddings else self.lm_head_DxV[...]
+        return jnp.einsum("btd,dv->btv", h_BxTxD, head_DxV.astype(self.compute_dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def _rope_tables(positions_T: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of shape Tx1x(H/2), broadcastable over BxTxheadsx(H/2)."""
+    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles_TxHh = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles_TxHh)[:, None, :], jnp.sin(angles_TxHh)[:, None, :]
+
+
+def _rope(x_BxTxNxH: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding in the half-split ("rotate_half") form HF LLaMA uses."""
+    x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BxTxNxH.dtype)
+
+
+def _attend(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
+            mask_TxS: jax.Array) -> jax.Array:
+    """Grouped-query attention: each KV head serves its G query heads, K/V never repeated."""
+    scale = 1.0 / math.sqrt(q_BxTxKxGxH.shape[-1])
+    scores_BxKxGxTxS = jnp.einsum("btkgh,bksh->bkgts", q_BxTxKxGxH, k_BxKxSxH,
+                                  preferred_element_type=jnp.float32) * scale
+    scores_BxKxGxTxS = jnp.where(mask_TxS, scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxH.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of parameters (every nnx.Param element); equals ``spec.params_total``."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
