@@ -1,0 +1,160 @@
+"""What the device can do: peak matmul FLOP/s and memory bandwidth, for MFU and rooflines.
+
+Known accelerators come from a table of published dense (no sparsity) peaks per chip. Anything
+else (CPUs, unknown chips) is measured once by a probe, a jitted matmul for FLOP/s and a large
+array reduction for read bandwidth, and cached in a small JSON file
+($ARCHSCALE_HARDWARE_CACHE, default ~/.cache/archscale/hardware.json) keyed by device kind, CPU
+model and jax version. $ARCHSCALE_PEAK_FLOPS and $ARCHSCALE_MEMORY_BANDWIDTH override both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from archscale.arch.errors import ArchscaleError
+
+
+@dataclass(frozen=True)
+class DevicePeaks:
+    """Published peaks of one accelerator chip."""
+
+    bf16_flops: float
+    """Dense bf16/fp16 matmul FLOP/s."""
+    fp32_flops: float
+    """FLOP/s of an fp32 matmul at JAX's default precision (TF32 on NVIDIA, one bf16 pass on TPU)."""
+    bandwidth: float
+    """Memory (HBM) bandwidth in bytes/s."""
+
+
+# Matched by substring of the lower-cased device kind; more specific names first.
+KNOWN_DEVICES: dict[str, DevicePeaks] = {
+    "h200": DevicePeaks(989e12, 494e12, 4.8e12),
+    "h100 nvl": DevicePeaks(835e12, 418e12, 3.9e12),
+    "h100 pcie": DevicePeaks(756e12, 378e12, 2.0e12),
+    "h100": DevicePeaks(989e12, 494e12, 3.35e12),
+    "gh200": DevicePeaks(989e12, 494e12, 4.0e12),
+    "b200": DevicePeaks(2.25e15, 1.1e15, 8.0e12),
+    "a100-sxm4-80gb": DevicePeaks(312e12, 156e12, 2.04e12),
+    "a100 80gb pcie": DevicePeaks(312e12, 156e12, 1.94e12),
+    "a100": DevicePeaks(312e12, 156e12, 1.555e12),
+    "l40s": DevicePeaks(362e12, 183e12, 0.864e12),
+    "l4": DevicePeaks(121e12, 60e12, 0.3e12),
+    "tpu v6 lite": DevicePeaks(918e12, 918e12, 1.64e12),
+    "tpu v5 lite": DevicePeaks(197e12, 197e12, 0.819e12),
+    "tpu v5p": DevicePeaks(459e12, 459e12, 2.765e12),
+    "tpu v5": DevicePeaks(459e12, 459e12, 2.765e12),
+    "tpu v4": DevicePeaks(275e12, 275e12, 1.2e12),
+    "tpu v3": DevicePeaks(123e12, 123e12, 0.9e12),
+}
+
+
+def device_kind() -> str:
+    """The first local device's kind, e.g. 'NVIDIA H100 80GB HBM3', 'TPU v5 lite' or 'cpu'."""
+    return jax.devices()[0].device_kind
+
+
+def known_peaks(kind: str | None = None) -> DevicePeaks | None:
+    """Table entry for ``kind`` (default: this device), or None when it is not in the table."""
+    kind = (kind or device_kind()).lower()
+    return next((peaks for name, peaks in KNOWN_DEVICES.items() if name in kind), None)
+
+
+def peak_flops(dtype="float32") -> float:
+    """Peak matmul FLOP/s of one device in ``dtype``: the table, else the measured probe."""
+    override = os.environ.get("ARCHSCALE_PEAK_FLOPS")
+    if override:
+        return _positive_float("ARCHSCALE_PEAK_FLOPS", override)
+    name = jnp.dtype(dtype).name
+    peaks = known_peaks()
+    if peaks is not None:
+        return peaks.fp32_flops if name == "float32" else peaks.bf16_flops
+    return _cached(f"matmul_flops_{name}", lambda: probe_matmul_flops(dtype))
+
+
+def memory_bandwidth() -> float:
+    """Memory bandwidth of one device in bytes/s: the table, else the measured probe."""
+    override = os.environ.get("ARCHSCALE_MEMORY_BANDWIDTH")
+    if override:
+        return _positive_float("ARCHSCALE_MEMORY_BANDWIDTH", override)
+    peaks = known_peaks()
+    if peaks is not None:
+        return peaks.bandwidth
+    return _cached("read_bandwidth", probe_bandwidth)
+
+
+# ---- probes ---------------------------------------------------------------------------------
+def _best_seconds(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe_matmul_flops(dtype="float32", size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of a jitted square matmul (2 n^3 FLOPs)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.dtype(dtype))
+    seconds = _best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    return 2 * size**3 / seconds
+
+
+def probe_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Best-of-``repeats`` read bandwidth (bytes/s): a sum over an array far larger than caches."""
+    x = jnp.ones((n_bytes // 4,), jnp.float32)
+    seconds = _best_seconds(jax.jit(jnp.sum), x, repeats=repeats)
+    return n_bytes / seconds
+
+
+# ---- the per-machine cache ------------------------------------------------------------------
+def cache_path() -> Path:
+    default = Path.home() / ".cache" / "archscale" / "hardware.json"
+    return Path(os.environ.get("ARCHSCALE_HARDWARE_CACHE", default))
+
+
+def _machine_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+        cpu = f"{models[0]} x{len(models)}" if models else cpu
+    except OSError:
+        pass
+    return f"{device_kind()} | {cpu} | jax {jax.__version__}"
+
+
+def _cached(name: str, measure) -> float:
+    path = cache_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        table = {}
+    entry = table.setdefault(_machine_key(), {})
+    if name not in entry:
+        entry[name] = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=2, sort_keys=True))
+        tmp.replace(path)  # atomic: concurrent workers never read half a file
+    return float(entry[name])
+
+
+def _positive_float(var: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ArchscaleError(f"${var}={text!r} must be a positive number (e.g. 1e14); unset it to "
+                             "use the table or the probe")
+    return value

@@ -1,0 +1,197 @@
+"""Inference throughput of a shape: prefill and decode tokens/s beside their roofline estimates.
+
+The setting mirrors the paper's long-prompt serving measurement (a batch of long prompts, then
+generation with the cache holding them), scaled to the device: batch 8 x context 512 on CPU,
+batch 64 x context 2048 on accelerators (``default_setting``). Random weights are used: the
+speed of a shape does not depend on the values.
+
+* prefill: one batch of ``context``-token prompts through ``Transformer.prefill`` (logits of the
+  last position only, as a server needs), tokens/s = batch * context / seconds.
+* decode: ``decode_tokens`` greedy steps inside ONE compiled ``fori_loop``, the cache donated
+  and updated in place, starting with ``context`` cached tokens; tokens/s = batch * steps / s.
+
+Both are timed after a warm-up call (compilation) as the median of ``repeats`` calls.
+Rooflines: prefill time >= max(FLOPs / peak FLOP/s, bytes / bandwidth) where FLOPs are 2N per
+token, causal attention and one output projection per prompt, bytes the weights plus the
+written cache; a decode step reads the decode weights (N and the output projection) and the
+cache at its mean length and does 2N + attention + output projection FLOPs per token; its
+roofline time is the larger of the two quotients. ``*_fraction`` is measured / roofline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.model import KVCache, Transformer
+from archscale.arch.runtime import default_compute_dtype
+from archscale.arch.spec import ArchSpec
+from archscale.sweeps import hardware
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    """One throughput measurement of one shape, with its roofline context."""
+
+    spec: dict[str, Any]
+    """The measured ArchSpec as a dict."""
+    batch: int
+    """Sequences decoded together."""
+    context: int
+    """Prompt tokens per sequence (cached before decoding starts)."""
+    decode_tokens: int
+    """Generated tokens per sequence in the timed decode loop."""
+    repeats: int
+    """Timed calls; figures are their median."""
+    dtype: str
+    """Compute, weight and cache dtype."""
+    device_kind: str
+    """The device measured on."""
+    prefill_tokens_per_s: float
+    """Prompt tokens processed per second."""
+    decode_tokens_per_s: float
+    """Generated tokens per second, all sequences together."""
+    prefill_roofline_tokens_per_s: float
+    """Upper bound on prefill tokens/s from FLOPs and bytes against the device peaks."""
+    decode_roofline_tokens_per_s: float
+    """Upper bound on decode tokens/s from bytes and FLOPs against the device peaks."""
+    decode_bound: str
+    """Which limit sets the decode roofline: 'memory' or 'compute'."""
+    decode_bytes_per_step: int
+    """Bytes one decode step must read (weights plus the cache at its mean length)."""
+    peak_flops: float
+    """Device FLOP/s used for the rooflines."""
+    memory_bandwidth: float
+    """Device bytes/s used for the rooflines."""
+    compile_seconds: float
+    """Warm-up time of the prefill and decode functions (compilation plus one run)."""
+
+    @property
+    def prefill_fraction(self) -> float:
+        return self.prefill_tokens_per_s / self.prefill_roofline_tokens_per_s
+
+    @property
+    def decode_fraction(self) -> float:
+        return self.decode_tokens_per_s / self.decode_roofline_tokens_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "prefill_fraction": self.prefill_fraction,
+                "decode_fraction": self.decode_fraction}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ThroughputResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def default_setting() -> tuple[int, int]:
+    """(batch, context): long-prompt serving, scaled down on CPU."""
+    return (8, 512) if jax.default_backend() == "cpu" else (64, 2048)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def roofline(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dtype,
+             peak: float, bandwidth: float) -> dict[str, Any]:
+    """Prefill and decode roofline tokens/s (conventions in the module docstring)."""
+    name = jnp.dtype(dtype).name
+    # Prefill: causal attention sums 1..T keys; one output projection per prompt.
+    prefill_flops = batch * (context * 2 * spec.params_nonembed
+                             + spec.attention_flops_per_token(1) * context * (context + 1) // 2
+                             + spec.lm_head_flops_per_token())
+    prefill_bytes = spec.weight_bytes(name) + spec.kv_cache_bytes(batch, context, name)
+    prefill_s = max(prefill_flops / peak, prefill_bytes / bandwidth)
+    mean_context = context + decode_tokens // 2
+    step_bytes = spec.decode_weight_bytes(name) + spec.kv_cache_bytes(batch, mean_context, name)
+    step_flops = batch * spec.inference_flops_per_token(mean_context, include_lm_head=True)
+    memory_s, compute_s = step_bytes / bandwidth, step_flops / peak
+    return {
+        "prefill_roofline_tokens_per_s": batch * context / prefill_s,
+        "decode_roofline_tokens_per_s": batch / max(memory_s, compute_s),
+        "decode_bound": "memory" if memory_s >= compute_s else "compute",
+        "decode_bytes_per_step": step_bytes,
+    }
+
+
+def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int | None = None,
+                       decode_tokens: int = 32, repeats: int = 5, dtype=None,
+                       seed: int = 0) -> ThroughputResult:
+    """Prefill and decode tokens/s of ``spec`` (defaults from ``default_setting``)."""
+    default_batch, default_context = default_setting()
+    batch = default_batch if batch is None else batch
+    context = default_context if context is None else context
+    for name, value in (("batch", batch), ("context", context), ("decode_tokens", decode_tokens),
+                        ("repeats", repeats)):
+        if value < 1:
+            raise ArchscaleError(f"measure_throughput: {name}={value} must be >= 1")
+    dtype = jnp.dtype(dtype or default_compute_dtype())
+    # Weights stored in the compute dtype: a decode step reads them once, with no cast per step.
+    model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=dtype, param_dtype=dtype)
+    graphdef, state = nnx.split(model)
+    max_len = context + decode_tokens
+
+    @jax.jit
+    def empty_cache(state) -> KVCache:
+        return nnx.merge(graphdef, state).init_cache(batch, max_len)
+
+    def prefill(state, tokens_BxT, cache):
+        logits_Bx1xV, cache = nnx.merge(graphdef, state).prefill(tokens_BxT, cache, last_only=True)
+        return jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache
+
+    def decode(state, tokens_B, cache):
+        model = nnx.merge(graphdef, state)
+
+        def step(_, carry):
+            tokens_B, cache = carry
+            logits_BxV, cache = model.decode_step(tokens_B, cache)
+            return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32), cache
+
+        return jax.lax.fori_loop(0, decode_tokens, step, (tokens_B, cache))
+
+    # Donation lets XLA write the cache in place instead of copying it every call.
+    prefill = jax.jit(prefill, donate_argnums=2)
+    decode = jax.jit(decode, donate_argnums=2)
+    prompt_BxT = jax.random.randint(jax.random.key(seed), (batch, context), 0, spec.vocab_size)
+
+    start = time.perf_counter()
+    first_B, cache = jax.block_until_ready(prefill(state, prompt_BxT, empty_cache(state)))
+    jax.block_until_ready(decode(state, first_B, cache))
+    compile_seconds = time.perf_counter() - start
+
+    caches = [empty_cache(state) for _ in range(repeats)]  # allocated outside the timed calls
+    prefill_s = _median_seconds(lambda: prefill(state, prompt_BxT, caches.pop()), repeats)
+    _, cache = prefill(state, prompt_BxT, empty_cache(state))
+
+    def decode_from_context():
+        nonlocal cache
+        # Rewind to `context` cached tokens: each timed loop starts from the same state.
+        rewound = KVCache(cache.k_BxKxSxH, cache.v_BxKxSxH, jnp.int32(context))
+        _, cache = decode(state, first_B, rewound)
+        return cache
+
+    decode_s = _median_seconds(decode_from_context, repeats)
+    peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
+    return ThroughputResult(
+        spec=spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
+        repeats=repeats, dtype=dtype.name, device_kind=hardware.device_kind(),
+        prefill_tokens_per_s=batch * context / prefill_s,
+        decode_tokens_per_s=batch * decode_tokens / decode_s,
+        **roofline(spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
+                   peak=peak, bandwidth=bandwidth),
+        peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=compile_seconds,
+    )

@@ -1,0 +1,138 @@
+"""The compiled functions of a run: a chunk of optimizer steps, and the validation pass.
+
+One ``jax.jit`` per function over ``nnx.split`` state (not ``nnx.jit``), compiled ahead of time
+so compile time is measured apart from training. A chunk runs up to ``k`` optimizer steps in one
+dispatch (``lax.scan`` over k batches; steps past ``n_active`` are skipped by ``lax.cond``), so
+tiny models are not bound by dispatch overhead and any run length or evaluation interval reuses
+the same executable. The train state is donated. Everything numeric about the recipe (the LR
+schedule as ``ScheduleArgs``, the AdamW hyperparameters held in the optimizer state) is traced:
+one executable serves every LR, run length and schedule of a shape, and executables are kept
+per process, so an LR sweep or a study compiles each shape once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from archscale.arch.model import Transformer
+from archscale.arch.spec import ArchSpec
+from archscale.sweeps.recipe import Recipe, ScheduleArgs, learning_rate, make_optimizer
+from archscale.sweeps.sharding import batch_sharded, replicated
+
+_MAX_CACHED = 8
+
+
+@dataclass(frozen=True)
+class StepFunctions:
+    """The executables of one (shape, batch, chunk length, mesh, dtype, optimizer form)."""
+
+    chunk: Any
+    """(state, rest, batches_KxBxT1, ScheduleArgs, n_active) -> (state, losses_K); donates state."""
+    evaluate: Any
+    """(params, rest, windows_MxBxT1, weights_MxB) -> (sum of weighted per-window mean loss,
+    likewise accuracy), the M validation batches in one dispatch."""
+    compile_time_s: float
+    """Seconds spent compiling both (0.0 when taken from the process cache)."""
+
+
+_cache: OrderedDict[tuple, StepFunctions] = OrderedDict()
+
+
+def init_state(spec: ArchSpec, recipe: Recipe, seed: int, compute_dtype, mesh: Mesh):
+    """(graphdef, state, rest): fresh params and optimizer state, replicated over ``mesh``.
+
+    ``state`` is {"params", "opt", "step"}; ``rest`` holds any non-parameter model variables.
+    """
+    model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=compute_dtype)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = {"params": params, "opt": make_optimizer(recipe, spec).init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    return graphdef, jax.device_put(state, replicated(mesh)), jax.device_put(rest, replicated(mesh))
+
+
+def token_losses(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross-entropy (nats) and argmax correctness, fused: no log-softmax tensor."""
+    lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+    return lse_BxT - target_BxT, correct_BxT
+
+
+def _loss(graphdef, params, rest, batch_BxT1):
+    model = nnx.merge(graphdef, params, rest)
+    nll_BxT, _ = token_losses(model(batch_BxT1[:, :-1]), batch_BxT1[:, 1:])
+    return jnp.mean(nll_BxT)
+
+
+def _build(graphdef, tx: optax.GradientTransformation, k: int):
+    grad_fn = jax.value_and_grad(lambda p, r, b: _loss(graphdef, p, r, b))
+
+    def chunk(state, rest, batches_KxBxT1, sched: ScheduleArgs, n_active):
+        def step(state, batch_BxT1):
+            loss, grads = grad_fn(state["params"], rest, batch_BxT1)
+            opt = state["opt"]
+            opt.hyperparams["learning_rate"] = learning_rate(state["step"], sched)
+            updates, opt = tx.update(grads, opt, state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            return {"params": params, "opt": opt, "step": state["step"] + 1}, loss
+
+        if k == 1:
+            state, loss = step(state, batches_KxBxT1[0])
+            return state, loss[None]
+
+        def maybe_step(state, xs):
+            batch_BxT1, active = xs
+            return jax.lax.cond(active, step, lambda s, _: (s, jnp.zeros((), jnp.float32)),
+                                state, batch_BxT1)
+
+        return jax.lax.scan(maybe_step, state, (batches_KxBxT1, jnp.arange(k) < n_active))
+
+    def evaluate(params, rest, windows_MxBxT1, weights_MxB):
+        model = nnx.merge(graphdef, params, rest)
+
+        def batch(sums, xs):
+            windows_BxT1, weights_B = xs
+            nll_BxT, correct_BxT = token_losses(model(windows_BxT1[:, :-1]), windows_BxT1[:, 1:])
+            return (sums[0] + jnp.sum(jnp.mean(nll_BxT, axis=1) * weights_B),
+                    sums[1] + jnp.sum(jnp.mean(correct_BxT, axis=1) * weights_B)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        return jax.lax.scan(batch, (zero, zero), (windows_MxBxT1, weights_MxB))[0]
+
+    return chunk, evaluate
+
+
+def step_functions(spec: ArchSpec, recipe: Recipe, *, k: int, eval_batches: int, mesh: Mesh,
+                   compute_dtype, graphdef, state, rest) -> StepFunctions:
+    """The compiled chunk and eval functions for this run (from the process cache if present)."""
+    key = (spec, recipe.batch_size, k, eval_batches, tuple(d.id for d in mesh.devices.flat),
+           jnp.dtype(compute_dtype).name, recipe.lr_rule == "mup", recipe.mup_base_width)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return StepFunctions(_cache[key].chunk, _cache[key].evaluate, 0.0)
+    rep, data = replicated(mesh), batch_sharded(mesh, batch_axis=1)
+    chunk, evaluate = _build(graphdef, make_optimizer(recipe, spec), k)
+    B, T = recipe.batch_size, spec.seq_len
+    batches = jax.ShapeDtypeStruct((k, B, T + 1), jnp.int32, sharding=data)
+    sched = recipe.schedule_args(spec, 1)
+    start = time.perf_counter()
+    chunk_exe = jax.jit(chunk, in_shardings=(rep, rep, data, rep, rep), out_shardings=rep,
+                        donate_argnums=0).lower(state, rest, batches, sched, jnp.int32(k)).compile()
+    windows = jax.ShapeDtypeStruct((eval_batches, B, T + 1), jnp.int32, sharding=data)
+    weights = jax.ShapeDtypeStruct((eval_batches, B), jnp.float32, sharding=data)
+    eval_exe = jax.jit(evaluate, in_shardings=(rep, rep, data, data), out_shardings=rep).lower(
+        state["params"], rest, windows, weights).compile()
+    compiled = StepFunctions(chunk_exe, eval_exe, time.perf_counter() - start)
+    _cache[key] = compiled
+    if len(_cache) > _MAX_CACHED:
+        _cache.popitem(last=False)
+    return compiled
