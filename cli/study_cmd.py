@@ -1,0 +1,160 @@
+"""`archscale study ...`: create, run, work on, inspect and export Optuna studies."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import optuna
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from archscale.search import storage as storage_lib
+from archscale.search.study import create_study, open_study, progress_counts
+from archscale.search.table import pareto_front, status_table, trials_table
+from archscale.search.worker import WorkerOptions, run_study, run_worker
+
+app = typer.Typer(help="Optuna studies: grids and searches of shapes, run by workers.",
+                  no_args_is_help=True)
+
+STORAGE_HELP = (f"Storage: a journal file (default ./{storage_lib.DEFAULT_STORAGE}), "
+                "sqlite:///FILE (one worker) or postgresql://USER@HOST/DB (many machines).")
+StorageOpt = typer.Option(None, "--storage", "-s", help=STORAGE_HELP)
+HeartbeatOpt = typer.Option(storage_lib.DEFAULT_HEARTBEAT_S, "--heartbeat",
+                            help="Seconds between heartbeats of a running trial.")
+GraceOpt = typer.Option(None, "--grace", help="Seconds of silence after which a trial's worker "
+                        "counts as dead (default 2 x heartbeat + 10).")
+ArtifactsOpt = typer.Option(None, "--artifacts", help="Artifact folder (loss curves, checkpoints); "
+                            "default beside the storage file, or ./archscale.artifacts.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show training progress bars.")
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+@app.command()
+def create(
+    file: Annotated[Path, typer.Argument(help="Sweep file (YAML).", exists=True, dir_okay=False)],
+    storage: str | None = StorageOpt,
+) -> None:
+    """Validate a sweep file and create its study (enqueueing every grid run once)."""
+    _quiet_optuna()
+    handle = create_study(file, storage)
+    counts = progress_counts(handle)
+    planned = (f"{counts['planned']} planned runs" if handle.is_grid
+               else f"a search of {counts['n_trials']} trials")
+    typer.echo(f"study {handle.name!r} in {handle.url}: {planned}, {counts['COMPLETE']} complete, "
+               f"{counts['WAITING']} waiting")
+    typer.echo(f"run it:   archscale study run {handle.name} --storage {handle.url}")
+    typer.echo(f"watch it: optuna-dashboard {handle.url} --artifact-dir "
+               f"{storage_lib.artifact_dir(handle.url)}")
+
+
+@app.command()
+def run(
+    name: str = typer.Argument(..., help="Study name (or a sweep file: created first if needed)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Local worker processes, each pinned "
+                                "to its own cores."),
+    storage: str | None = StorageOpt,
+    heartbeat: int = HeartbeatOpt,
+    grace: int | None = GraceOpt,
+    artifacts: str | None = ArtifactsOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Run (or continue) a study to its end; finished trials are never retrained."""
+    _quiet_optuna()
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        name = create_study(name, storage).name
+    options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
+                            progress=progress and workers == 1)
+    run_study(name, storage, workers=workers, options=options, echo=typer.echo)
+    _print_status(name, storage)
+
+
+@app.command()
+def worker(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOpt,
+    cores: str | None = typer.Option(None, "--cores", help="Pin to these cores, e.g. 0,1,2."),
+    heartbeat: int = HeartbeatOpt,
+    grace: int | None = GraceOpt,
+    artifacts: str | None = ArtifactsOpt,
+    max_trials: int | None = typer.Option(None, "--max-trials", help="Stop after this many."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """One worker (per accelerator or machine): runs trials until the study is done."""
+    _quiet_optuna()
+    options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
+                            max_trials=max_trials, progress=progress)
+    pinned = [int(c) for c in cores.split(",")] if cores else None
+    run_worker(name, storage, options, echo=typer.echo, cores=pinned)
+
+
+def _print_status(name: str, storage: str | None) -> None:
+    handle = open_study(name, storage)
+    console = Console()
+    table = status_table(handle.study)
+    shown = Table(title=f"study {name} ({handle.url})")
+    columns = {"trial": "trial", "status": "status", "N": "N", "d_model": "d", "n_layers": "L",
+               "heads": "heads", "r": "r", "loss": "loss", "decode_tokens_per_s": "decode tok/s",
+               "seconds": "s"}
+    for title in columns.values():
+        shown.add_column(title)
+    notes = []
+    for row in table.to_dict("records"):
+        row["status"] = row["status"] or row["state"].lower()
+        shown.add_row(*(_fmt(row[c]) for c in columns))
+        if row["message"] and row["status"] != "complete":
+            notes.append(f"trial {row['trial']} {row['status']}: {row['message']}")
+    console.print(shown)
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
+    counts = progress_counts(handle)
+    console.print(", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v))
+    front = pareto_front(trials_table(handle.study))
+    if len(front):
+        pareto = Table(title="Pareto front: lower loss vs higher decode throughput")
+        for column in ("trial_id", "N", "d_model", "n_layers", "r", "gqa_group", "loss",
+                       "decode_tokens_per_s"):
+            pareto.add_column(column)
+        for row in front.to_dict("records"):
+            pareto.add_row(*(_fmt(row[c]) for c in ("trial_id", "N", "d_model", "n_layers", "r",
+                                                    "gqa_group", "loss", "decode_tokens_per_s")))
+        console.print(pareto)
+
+
+@app.command()
+def status(name: str = typer.Argument(..., help="Study name."),
+           storage: str | None = StorageOpt) -> None:
+    """Table of trials (state, outcome, shape, loss, throughput) and the Pareto front."""
+    _quiet_optuna()
+    _print_status(name, storage)
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    csv: Annotated[Path, typer.Option("--csv", help="Write the run table (canonical columns) here.")],
+    storage: str | None = StorageOpt,
+    include_failed: bool = typer.Option(False, "--include-failed",
+                                        help="Add diverged, failed and pruned runs (see status)."),
+) -> None:
+    """Export the run table that laws fit (one row per complete trial) as CSV."""
+    _quiet_optuna()
+    table = trials_table(open_study(name, storage).study, include_failed=include_failed)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv, index=False)
+    typer.echo(f"wrote {len(table)} runs to {csv}")

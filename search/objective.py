@@ -1,0 +1,201 @@
+"""One trial: plan the run, refuse a duplicate, train, measure throughput, record, tell.
+
+What a trial holds when it ends (the layout laws/ and ``search.table`` read):
+
+* user attrs ``config_key``, ``spec``, ``budget``: the planned run;
+* ``result``: the whole RunResult (``RunResult.to_dict()``, loss curve and throughput included);
+* ``status`` and ``message``, plus ``N``, ``D``, ``val_loss``, ``decode_tokens_per_s`` flat, for
+  optuna-dashboard's tables;
+* the loss curve as a JSON artifact (``loss_curve_artifact`` is its id) in the artifact store;
+* with ``checkpoints: true``, the run's checkpoints in ``<artifacts>/checkpoints/<study>/<key>``:
+  a retried trial resumes from them.
+
+The trial's state follows ``search.study``'s rules: COMPLETE with values, PRUNED, or FAIL with a
+``status`` naming the run's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from archscale.arch.errors import ArchscaleError
+from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
+from archscale.search.recovery import (
+    OWNER_ATTR,
+    STALE_ATTR,
+    Heartbeat,
+    RetryStaleTrial,
+    owner_info,
+)
+from archscale.search.study import StudyHandle
+from archscale.sweeps.data import TokenData
+from archscale.sweeps.results import RunResult
+from archscale.sweeps.tasks import default_task_path
+from archscale.sweeps.throughput import measure_throughput
+from archscale.sweeps.trainer import train
+
+RESULT_ATTR = "result"
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialRunner:
+    """Runs claimed trials of one study in this process."""
+
+    handle: StudyHandle
+    """The opened study."""
+    data: TokenData
+    """The study's data (already checked against its fingerprint)."""
+    artifacts: FileSystemArtifactStore
+    """Where loss curves go."""
+    artifact_dir: Path
+    """The artifact store's folder (checkpoints live under it)."""
+    heartbeat_s: float
+    """Seconds between heartbeats of a running trial."""
+    progress: bool = True
+    """Show the trainer's progress bar."""
+
+    def run(self, trial: optuna.Trial) -> TrialState:
+        """Run a trial this worker claimed (RUNNING) to its end; its final state."""
+        storage = self.handle.storage
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_info())
+        with Heartbeat(storage, trial._trial_id, self.heartbeat_s) as beat:
+            try:
+                return self._run(trial, beat)
+            except UpdateFinishedTrialError:
+                _log.warning("trial %d was taken over by another worker (this one looked dead): "
+                             "its result is discarded, the retry counts", trial.number)
+                return storage.get_trial(trial._trial_id).state
+            except KeyboardInterrupt:
+                self._requeue(trial, "interrupted")
+                raise
+            except Exception as err:  # a bug in one run must not stop the worker: record it
+                _log.exception("trial %d failed", trial.number)
+                self._set_attrs(trial, status="failed", message=f"{type(err).__name__}: {err}")
+                self.handle.study.tell(trial, state=TrialState.FAIL)
+                return TrialState.FAIL
+
+    # ---- the steps -------------------------------------------------------------------------------
+    def _run(self, trial: optuna.Trial, beat: Heartbeat) -> TrialState:
+        sweep = self.handle.sweep
+        try:
+            planned = self._plan(trial)
+        except ArchscaleError as err:
+            self._set_attrs(trial, status="failed", message=str(err))
+            self.handle.study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        twin = self._completed_twin(planned.key, trial.number)
+        if twin is not None:
+            return self._finish_duplicate(trial, twin)
+        task = None if sweep.task is None else (
+            default_task_path() if sweep.task == "default" else sweep.task)
+        checkpoint_dir = (self.artifact_dir / "checkpoints" / self.handle.name / planned.key
+                          if sweep.checkpoints else None)
+        result = train(planned.spec, planned.budget, sweep.recipe_obj, self.data, sweep.seed,
+                       checkpoint_dir=checkpoint_dir, report=self._reporter(trial, beat),
+                       task=task, progress=self.progress)
+        if result.status == "complete" and sweep.throughput.enabled:
+            tp = sweep.throughput
+            measured = measure_throughput(planned.spec, batch=tp.batch, context=sweep.tp_context,
+                                          decode_tokens=tp.decode_tokens, repeats=tp.repeats,
+                                          seed=sweep.seed)
+            result = result.replace(throughput=measured.to_dict())
+        return self._finish(trial, planned, result)
+
+    def _plan(self, trial: optuna.Trial) -> PlannedRun:
+        """The run a trial stands for: enqueued/retried (in its attrs) or suggested now."""
+        if self.handle.is_grid:
+            suggest_grid_params(trial, self.handle.sweep)
+        planned = planned_from_attrs(trial)
+        if planned is None:
+            if self.handle.is_grid:
+                raise ArchscaleError(f"grid trial {trial.number} carries no planned run")
+            planned = suggest_run(trial, self.handle.sweep, self.handle.vocab_size)
+            for key, value in planned.user_attrs().items():
+                trial.set_user_attr(key, value)
+        return planned
+
+    def _completed_twin(self, key: str, number: int) -> int | None:
+        """The number of a COMPLETE trial with this config key (other than ``number``)."""
+        for other in self.handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.number != number and other.user_attrs.get("config_key") == key:
+                return other.number
+        return None
+
+    def _reporter(self, trial: optuna.Trial, beat: Heartbeat):
+        single = len(self.handle.sweep.directions) == 1
+
+        def report(step: int, tokens: int, val_loss: float) -> bool:
+            # Optuna's intermediate values and pruners are single-objective only.
+            if single:
+                trial.report(val_loss, step)
+                if trial.should_prune():
+                    return True
+            return beat.lost
+
+        return report
+
+    # ---- recording -------------------------------------------------------------------------------
+    def _set_attrs(self, trial: optuna.Trial, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    def _finish_duplicate(self, trial: optuna.Trial, twin: int) -> TrialState:
+        self._set_attrs(trial, status="duplicate", duplicate_of=twin,
+                        message=f"same shape and budget as COMPLETE trial {twin}: not retrained")
+        self.handle.study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+
+    def _finish(self, trial: optuna.Trial, planned: PlannedRun, result: RunResult) -> TrialState:
+        study, sweep = self.handle.study, self.handle.sweep
+        throughput = result.throughput or {}
+        self._set_attrs(trial, **{RESULT_ATTR: result.to_dict()}, status=result.status,
+                        message=result.message, N=planned.spec.params_nonembed, D=result.tokens,
+                        val_loss=result.val_loss,
+                        decode_tokens_per_s=throughput.get("decode_tokens_per_s"))
+        self._upload_curve(trial, result)
+        target = sweep.search.target_loss if sweep.search is not None else None
+        if target is not None and result.val_loss is not None:  # pruned runs: the last loss
+            trial.set_constraint("target_loss", result.val_loss - target)
+        if result.status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        if result.status != "complete" or result.val_loss is None:
+            study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        twin = self._completed_twin(planned.key, trial.number)  # a twin may have finished meanwhile
+        if twin is not None:
+            return self._finish_duplicate(trial, twin)
+        values = {"loss": result.val_loss, "decode_throughput": throughput.get("decode_tokens_per_s")}
+        objectives = sweep.search.objectives if sweep.search is not None else ["loss"]
+        study.tell(trial, [values[name] for name in objectives])
+        return TrialState.COMPLETE
+
+    def _upload_curve(self, trial: optuna.Trial, result: RunResult) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"loss_curve_trial{trial.number}.json"
+            path.write_text(json.dumps(result.loss_curve))
+            artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(path),
+                                          study_or_trial=trial, mimetype="application/json")
+        trial.set_user_attr("loss_curve_artifact", artifact_id)
+
+    def _requeue(self, trial: optuna.Trial, reason: str) -> None:
+        """Fail a trial this worker abandons and enqueue its retry (as for a dead worker)."""
+        storage = self.handle.storage
+        try:
+            storage.set_trial_system_attr(trial._trial_id, STALE_ATTR, reason)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            return
+        RetryStaleTrial()(self.handle.study, storage.get_trial(trial._trial_id))
+

@@ -1,0 +1,344 @@
+"""The sweep file: one YAML document that describes a study, validated before anything runs.
+
+A sweep file names the study, the data (corpus + tokenizer), the sequence length, the training
+recipe (``archscale.sweeps.recipe.Recipe`` fields), the budget rule, how throughput is measured,
+the shape rules and a seed, and then either a ``grid:`` (every combination is enqueued as a fixed
+trial) or a ``search:`` (a sampler proposes shapes at one fixed N). The problems of a file are
+reported together, in one ``SweepFileError``, each line naming the key path (rules that relate
+several keys of a section, such as "exactly one of", are checked once its keys are valid)::
+
+    name: tiny-grid
+    corpus: null            # the embedded Shakespeare plays (or a path)
+    tokenizer: byte
+    seq_len: 64
+    recipe: {lr: 3.0e-3, batch_size: 8, eval_interval: 0.25}
+    budget: {tokens_per_param: 20}
+    throughput: {batch: 4, context: 64}
+    shape: {head_dim: 8}
+    seed: 0
+    grid:
+      scales: [2.0e4, 5.0e4]          # non-embedding N
+      d_over_sqrt_n: [0.15, 0.3]
+      r: [1.0, 4.0]
+      gqa: [1, 2]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from archscale.arch.errors import ArchscaleError
+from archscale.sweeps.recipe import Recipe
+
+OBJECTIVES = {"loss": "minimize", "decode_throughput": "maximize"}
+"""Objective names a search may use, with their direction."""
+
+
+class SweepFileError(ArchscaleError):
+    """A sweep file with problems; the message lists every one, by key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class BudgetRule(_Section):
+    """How much each run trains: tokens = k x N (the scale's target N), or a FLOPs budget."""
+
+    tokens_per_param: float | None = Field(default=None, gt=0)
+    """k in D = k x N, N the target non-embedding parameters of the scale (20 is Chinchilla)."""
+    flops: float | list[float] | None = None
+    """Training FLOPs per run: one number, or one per grid scale."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetRule:
+        if (self.tokens_per_param is None) == (self.flops is None):
+            raise ValueError("give exactly one of tokens_per_param or flops")
+        flops = self.flops if isinstance(self.flops, list) else [self.flops]
+        if self.flops is not None and not all(f is not None and f > 0 for f in flops):
+            raise ValueError(f"flops must be positive (got {self.flops})")
+        return self
+
+
+class ThroughputSettings(_Section):
+    """The inference throughput measured after each completed run."""
+
+    enabled: bool = True
+    """Measure prefill and decode throughput (needed for the decode_throughput objective)."""
+    batch: int = Field(default=1, ge=1)
+    """Sequences decoded together."""
+    context: int | None = Field(default=None, ge=1)
+    """Cached prompt length of the measurement; default: the study's seq_len."""
+    decode_tokens: int = Field(default=32, ge=1)
+    """Tokens generated per timed decode call."""
+    repeats: int = Field(default=5, ge=1)
+    """Timed calls; the median counts."""
+
+
+class ShapeRules(_Section):
+    """How (N, d, r, GQA) targets become integer shapes (``arch.shapes.shape_from_budget``)."""
+
+    head_dim: int = Field(default=64, ge=2)
+    """Width of every attention head."""
+    d_model_multiple: int = Field(default=8, ge=1)
+    """d_model is rounded to a multiple of this."""
+    d_ff_multiple: int = Field(default=8, ge=1)
+    """d_ff is rounded to a multiple of this."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the output projection."""
+    max_params_error: float = Field(default=0.25, gt=0)
+    """A target whose nearest shape misses N by more than this fraction is an error."""
+
+
+class GridSection(_Section):
+    """Scales x widths x ratios x GQA groups, each combination enqueued once as a fixed trial."""
+
+    scales: list[PositiveFloat] = Field(min_length=1)
+    """Target non-embedding parameter counts N."""
+    d_over_sqrt_n: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    """Widths as d_model / sqrt(N) (give this or d_model)."""
+    d_model: list[PositiveInt] | None = Field(default=None, min_length=1)
+    """Widths as d_model (give this or d_over_sqrt_n)."""
+    r: list[PositiveFloat] = Field(min_length=1)
+    """MLP-to-attention parameter ratios."""
+    gqa: list[PositiveInt] = Field(default=[1], min_length=1)
+    """GQA group sizes (query heads per KV head)."""
+    n_layers: list[PositiveInt] | None = None
+    """Depth per scale (same length as scales); default: the depth the budget affords."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GridSection:
+        problems = _width_problem(self.d_over_sqrt_n, self.d_model)
+        if self.n_layers is not None and len(self.n_layers) != len(self.scales):
+            problems.append(f"n_layers has {len(self.n_layers)} entries: give one per scale "
+                            f"({len(self.scales)})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class FloatRange(_Section):
+    """A real interval to search."""
+
+    low: float = Field(gt=0)
+    """Smallest value."""
+    high: float = Field(gt=0)
+    """Largest value."""
+    log: bool = False
+    """Sample on a log scale."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} must be below high={self.high}")
+        return self
+
+
+class IntRange(_Section):
+    """An integer interval to search."""
+
+    low: int = Field(ge=1)
+    """Smallest value."""
+    high: int = Field(ge=1)
+    """Largest value."""
+    step: int = Field(default=8, ge=1)
+    """Spacing of the values (d_model: keep it a multiple of the shape's d_model_multiple)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} must be below high={self.high}")
+        if (self.high - self.low) % self.step:
+            raise ValueError(f"high - low = {self.high - self.low} must be a multiple of "
+                             f"step={self.step}")
+        return self
+
+
+class SearchSection(_Section):
+    """A sampler proposes (width, r, GQA) at one fixed N and budget."""
+
+    n_params: float = Field(gt=0)
+    """Target non-embedding parameters N of every proposed shape."""
+    d_model: IntRange | None = None
+    """Width range as d_model (give this or d_over_sqrt_n)."""
+    d_over_sqrt_n: FloatRange | None = None
+    """Width range as d_model / sqrt(N)."""
+    r: FloatRange
+    """MLP-to-attention ratio range."""
+    gqa: list[PositiveInt] = Field(default=[1], min_length=1)
+    """GQA group sizes to choose from."""
+    n_layers: int | None = Field(default=None, ge=1)
+    """Fixed depth; default: the depth the budget affords."""
+    sampler: Literal["tpe", "nsga2", "gp"] = "tpe"
+    """tpe (multivariate TPE), nsga2 (NSGA-II) or gp (Gaussian process; needs torch)."""
+    objectives: list[Literal["loss", "decode_throughput"]] = Field(default=["loss"], min_length=1)
+    """loss (minimized) and optionally decode_throughput (maximized)."""
+    target_loss: float | None = Field(default=None, gt=0)
+    """Constraint: shapes with a final loss above this are infeasible (trial.set_constraint)."""
+    pruner: Literal["none", "median"] = "none"
+    """Stop runs early on intermediate validation loss (single objective only)."""
+    n_trials: int = Field(ge=1)
+    """Trials to run (finished or failed; duplicates of a finished shape count too)."""
+    n_startup_trials: int = Field(default=10, ge=1)
+    """Random trials before the model-based proposals (NSGA-II: the population size, >= 2)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSection:
+        problems = _width_problem(self.d_over_sqrt_n, self.d_model)
+        if len(set(self.objectives)) != len(self.objectives):
+            problems.append(f"objectives {self.objectives} repeat a name")
+        if self.objectives[0] != "loss":
+            problems.append("the first objective must be loss")
+        if self.pruner != "none" and len(self.objectives) > 1:
+            problems.append("Optuna's pruners need a single objective: set pruner: none or use "
+                            "objectives: [loss]")
+        if self.sampler == "nsga2" and self.n_startup_trials < 2:
+            problems.append("nsga2 needs n_startup_trials (its population size) >= 2")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class SweepFile(_Section):
+    """A whole study: data, recipe, budget, measurements, and a grid or a search."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    """Study name (letters, digits, '_', '.', '-')."""
+    corpus: str | None = None
+    """Corpus source for ``sweeps.data.load_data``: null for the embedded plays, or a path."""
+    tokenizer: str = "byte"
+    """byte or bpe:N."""
+    seq_len: int = Field(ge=2)
+    """Training context of every run."""
+    recipe: dict[str, Any] = {}
+    """Recipe fields shared by every run (``archscale.sweeps.recipe.Recipe``)."""
+    budget: BudgetRule
+    """Training budget rule."""
+    throughput: ThroughputSettings = ThroughputSettings()
+    """Throughput measurement settings."""
+    shape: ShapeRules = ShapeRules()
+    """Shape construction rules."""
+    task: str | None = None
+    """Multiple-choice task scored after each complete run: a .jsonl path, 'default' for the
+    shipped one (sweeps/tasks), or null for none."""
+    checkpoints: bool = False
+    """Checkpoint every evaluation (in the artifact folder), so a retried trial resumes."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of initialisation, data order and the sampler."""
+    grid: GridSection | None = None
+    """A grid of fixed trials."""
+    search: SearchSection | None = None
+    """A sampler-driven search."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepFile:
+        problems = []
+        if (self.grid is None) == (self.search is None):
+            problems.append("give exactly one of grid: or search:")
+        flops = self.budget.flops
+        if isinstance(flops, list):
+            if self.search is not None:
+                problems.append("budget.flops must be one number for a search")
+            elif self.grid is not None and len(flops) != len(self.grid.scales):
+                problems.append(f"budget.flops has {len(flops)} entries: give one per grid scale "
+                                f"({len(self.grid.scales)}) or a single number")
+        if (self.search is not None and "decode_throughput" in self.search.objectives
+                and not self.throughput.enabled):
+            problems.append("the decode_throughput objective needs throughput.enabled: true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def recipe_obj(self) -> Recipe:
+        return Recipe.from_dict(self.recipe)
+
+    @property
+    def tp_context(self) -> int:
+        return self.throughput.context or self.seq_len
+
+    @property
+    def directions(self) -> list[str]:
+        objectives = self.search.objectives if self.search is not None else ["loss"]
+        return [OBJECTIVES[name] for name in objectives]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _width_problem(d_over_sqrt_n: object, d_model: object) -> list[str]:
+    if (d_over_sqrt_n is None) == (d_model is None):
+        return ["give exactly one of d_over_sqrt_n or d_model"]
+    return []
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the section at ``loc`` (for 'unknown key' messages)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        inner = getattr(field, "annotation", None)
+        candidates = [inner, *getattr(inner, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                     None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _format(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        keys = _valid_keys(SweepFile, loc[:-1])
+        return f"{where}: unknown key (valid keys here: {', '.join(keys)})"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def parse_sweep(data: Any, source: str = "sweep file") -> SweepFile:
+    """Validate a sweep document (a dict), raising one SweepFileError that lists every problem."""
+    if not isinstance(data, dict):
+        raise SweepFileError(f"{source} must be a YAML mapping of keys (name:, seq_len:, ...)")
+    problems: list[str] = []
+    try:
+        sweep = SweepFile.model_validate(data)
+    except ValidationError as err:
+        problems = [_format(e) for e in err.errors()]
+        sweep = None
+    # The recipe is checked by its own dataclass, so its fields live in one place.
+    recipe = data.get("recipe")
+    if isinstance(recipe, dict):
+        try:
+            Recipe.from_dict(recipe)
+        except (ArchscaleError, TypeError) as err:
+            problems.append(f"recipe: {err}")
+    if problems:
+        raise SweepFileError(f"{source} has {len(problems)} problem(s):\n  - "
+                             + "\n  - ".join(problems))
+    assert sweep is not None
+    return sweep
+
+
+def load_sweep(path: str | Path) -> SweepFile:
+    """Read and validate a YAML sweep file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise SweepFileError(f"cannot read sweep file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise SweepFileError(f"{path} is not valid YAML: {err}") from None
+    return parse_sweep(data, source=str(path))

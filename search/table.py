@@ -1,0 +1,82 @@
+"""Trials as tables: the canonical run table laws/ fits, a status table, the Pareto front.
+
+``trials_table`` gives one row per COMPLETE trial with the columns of docs/CONTRIBUTING.md (a
+CSV export has exactly these), built from each trial's stored RunResult (``RunResult.row()``).
+Failed, diverged, pruned and duplicate runs join with ``include_failed=True``; their ``status``
+column says which, so a fit keeps ``status == "complete"``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from archscale.arch.spec import ArchSpec
+from archscale.search.objective import RESULT_ATTR
+from archscale.search.recovery import STALE_ATTR
+from archscale.sweeps.results import RunResult
+
+COLUMNS = ["N", "params_total", "D", "loss", "d_model", "n_layers", "n_heads", "n_kv_heads",
+           "head_dim", "d_ff", "vocab_size", "seq_len", "r", "d_over_sqrt_n", "gqa_group", "flops",
+           "val_accuracy", "task_accuracy", "prefill_tokens_per_s", "decode_tokens_per_s",
+           "tp_batch", "tp_context", "study", "trial_id", "status"]
+"""The canonical run table (docs/CONTRIBUTING.md), in order."""
+
+
+def trial_row(trial: FrozenTrial, study_name: str) -> dict | None:
+    """A trial's canonical row, or None when it holds no run result."""
+    if RESULT_ATTR not in trial.user_attrs:
+        return None
+    row = RunResult.from_dict(trial.user_attrs[RESULT_ATTR]).row()
+    # The trial's status wins: a run that finished after its twin is a "duplicate".
+    status = trial.user_attrs.get("status", row["status"])
+    return {**row, "study": study_name, "trial_id": trial.number, "status": status}
+
+
+def trials_table(study: optuna.Study, *, include_failed: bool = False) -> pd.DataFrame:
+    """One row per COMPLETE trial (plus failed/diverged/pruned runs with ``include_failed``)."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state != TrialState.COMPLETE and not include_failed:
+            continue
+        row = trial_row(trial, study.study_name)
+        if row is not None:
+            rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def status_table(study: optuna.Study) -> pd.DataFrame:
+    """Every trial, running and waiting ones included: state, outcome, shape, loss, throughput."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        spec = ArchSpec.from_dict(attrs["spec"]) if "spec" in attrs else None
+        seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
+                   if trial.datetime_complete and trial.datetime_start else None)
+        rows.append({
+            "trial": trial.number, "state": trial.state.name,
+            "status": attrs.get("status", ""),
+            "N": spec.params_nonembed if spec else None,
+            "d_model": spec.d_model if spec else None, "n_layers": spec.n_layers if spec else None,
+            "heads": f"{spec.n_heads}/{spec.n_kv_heads}" if spec else "",
+            "r": spec.r_mlp_attn if spec else None, "d_over_sqrt_n": spec.d_over_sqrt_n if spec else None,
+            "loss": attrs.get("val_loss"), "decode_tokens_per_s": attrs.get("decode_tokens_per_s"),
+            "seconds": seconds, "message": attrs.get("message", "") or trial.system_attrs.get(STALE_ATTR, ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def pareto_front(table: pd.DataFrame, loss: str = "loss",
+                 throughput: str = "decode_tokens_per_s") -> pd.DataFrame:
+    """Rows no other row beats on both lower ``loss`` and higher ``throughput``, by loss."""
+    ok = table[table[loss].notna() & table[throughput].notna()].sort_values(
+        [loss, throughput], ascending=[True, False])
+    keep, best = [], -math.inf
+    for index, value in ok[throughput].items():
+        if value > best:
+            keep.append(index)
+            best = value
+    return ok.loc[keep]

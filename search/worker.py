@@ -1,0 +1,189 @@
+"""Workers: claim trials, run them, recover the trials of dead workers; K local workers on cores.
+
+A worker loops: recover stale trials (``search.recovery``), claim one, run it. A grid worker only
+claims enqueued (WAITING) trials, by atomically moving one to RUNNING, so no trial without a
+planned run is ever created; a search worker asks the sampler while the study has fewer than
+``n_trials`` trials (retries of crashed trials first). With nothing left to claim, a worker waits
+while other workers' trials still run (one of them may die and need a retry) and stops when none
+is RUNNING: every planned run has then finished, whichever worker was killed.
+
+``run_study(..., workers=K)`` starts K ``archscale study worker`` processes, each pinned to its own
+share of this machine's cores (``os.sched_setaffinity``): XLA sizes its CPU thread pool from the
+affinity, so workers do not fight over cores. On accelerators run one worker per device instead
+(e.g. ``CUDA_VISIBLE_DEVICES=i archscale study worker NAME --storage URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from archscale.arch.errors import ArchscaleError
+from archscale.search import storage as storage_lib
+from archscale.search.objective import TrialRunner
+from archscale.search.recovery import recover_stale
+from archscale.search.study import StudyHandle, enqueue_missing, open_study
+
+_WORKER_MAIN = "from archscale.cli.main import main; main()"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs and watches over trials."""
+
+    heartbeat_s: int = storage_lib.DEFAULT_HEARTBEAT_S
+    """Seconds between heartbeats of a running trial."""
+    grace_s: int | None = None
+    """Silence after which another host's trial counts as dead (default 2 x heartbeat + 10)."""
+    artifacts: str | None = None
+    """Artifact folder (default: beside the storage file, or ./archscale.artifacts)."""
+    max_trials: int | None = None
+    """Stop after running this many trials (default: until the study is done)."""
+    progress: bool = True
+    """Show the trainer's progress bar."""
+
+    @property
+    def grace(self) -> int:
+        return self.grace_s or storage_lib.default_grace(self.heartbeat_s)
+
+    @property
+    def poll_s(self) -> float:
+        return float(min(5.0, max(0.5, self.heartbeat_s / 2)))
+
+    def cli_args(self) -> list[str]:
+        args = ["--heartbeat", str(self.heartbeat_s), "--grace", str(self.grace)]
+        if self.artifacts is not None:
+            args += ["--artifacts", self.artifacts]
+        return args + ([] if self.progress else ["--no-progress"])
+
+
+def _counted(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up the search budget (crashed ones do not: their retry does)."""
+    return trial.state != TrialState.FAIL or "status" in trial.user_attrs
+
+
+def claim(handle: StudyHandle) -> optuna.Trial | None:
+    """Move one trial of the study to RUNNING for this worker, or None if there is none to run."""
+    study, storage = handle.study, handle.storage
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if handle.is_grid:
+        for trial in waiting:
+            try:
+                if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                    return optuna.Trial(study, trial._trial_id)
+            except UpdateFinishedTrialError:
+                continue
+        return None
+    used = sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    if not waiting and used >= handle.sweep.search.n_trials:
+        return None
+    with warnings.catch_warnings():
+        # We beat for the trial ourselves (recovery.Heartbeat), as optimize() would.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
+def pin_to_cores(cores: list[int]) -> None:
+    """Restrict this process (and the XLA threads it will start) to ``cores`` (Linux)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
+
+def split_cores(workers: int, cores: list[int] | None = None) -> list[list[int]]:
+    """This process's cores in ``workers`` contiguous, near-equal shares."""
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else cores
+    if not 1 <= workers <= len(cores):
+        raise ArchscaleError(f"--workers {workers}: this machine gives {len(cores)} cores, so "
+                             f"use 1 to {len(cores)} workers")
+    return [[int(c) for c in share] for share in np.array_split(np.array(cores), workers)]
+
+
+def describe(trial: FrozenTrial) -> str:
+    """One line about a finished trial."""
+    attrs, spec = trial.user_attrs, trial.user_attrs.get("spec") or {}
+    shape = (f"N={attrs['N']:,} d={spec['d_model']} L={spec['n_layers']} "
+             f"h={spec['n_heads']}/{spec['n_kv_heads']} ff={spec['d_ff']}") if "N" in attrs else ""
+    loss = f" loss={attrs['val_loss']:.4f}" if attrs.get("val_loss") is not None else ""
+    decode = (f" decode={attrs['decode_tokens_per_s']:,.0f} tok/s"
+              if attrs.get("decode_tokens_per_s") is not None else "")
+    took = (trial.datetime_complete - trial.datetime_start).total_seconds() if (
+        trial.datetime_complete and trial.datetime_start) else 0.0
+    status = attrs.get("status", trial.state.name.lower())
+    message = f" ({attrs['message']})" if attrs.get("message") and status != "complete" else ""
+    return (f"trial {trial.number} {status}: {shape}{loss}{decode} [{took:.1f} s, "
+            f"pid {os.getpid()}]{message}")
+
+
+def run_worker(name: str, url: str | None = None, options: WorkerOptions = WorkerOptions(),
+               *, echo: Callable[[str], None] | None = None,
+               cores: list[int] | None = None) -> list[int]:
+    """Run trials of a study until it is done (or ``options.max_trials``); their numbers."""
+    if cores:
+        pin_to_cores(cores)
+    handle = open_study(name, url, heartbeat_s=options.heartbeat_s, grace_s=options.grace)
+    runner = TrialRunner(handle, handle.load_data(),
+                         storage_lib.artifact_store(handle.url, options.artifacts),
+                         storage_lib.artifact_dir(handle.url, options.artifacts),
+                         heartbeat_s=options.heartbeat_s, progress=options.progress)
+    ran: list[int] = []
+    while options.max_trials is None or len(ran) < options.max_trials:
+        for number in recover_stale(handle.study, handle.storage, options.grace):
+            if echo:
+                echo(f"trial {number}: its worker died; re-enqueued")
+        trial = claim(handle)
+        if trial is None:
+            if handle.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                time.sleep(options.poll_s)  # others still run; one may die and need a retry
+                continue
+            break
+        runner.run(trial)
+        ran.append(trial.number)
+        if echo:
+            echo(describe(handle.storage.get_trial(trial._trial_id)))
+    return ran
+
+
+def run_study(name: str, url: str | None = None, *, workers: int = 1,
+              options: WorkerOptions = WorkerOptions(),
+              echo: Callable[[str], None] | None = None) -> None:
+    """Continue a study to its end with ``workers`` local processes (1: in this process)."""
+    handle = open_study(name, url, heartbeat_s=options.heartbeat_s, grace_s=options.grace)
+    enqueue_missing(handle, handle.planned_runs())  # an interrupted `study create`
+    if workers > 1 and storage_lib.storage_kind(handle.url) == "sqlite":
+        raise ArchscaleError("SQLite storage takes one worker: use the default journal file "
+                             "(--storage archscale.journal) or PostgreSQL for --workers > 1")
+    if workers == 1:
+        run_worker(name, handle.url, options, echo=echo)
+        return
+    shares = split_cores(workers)
+    command = [sys.executable, "-c", _WORKER_MAIN, "study", "worker", name,
+               "--storage", handle.url, *options.cli_args()]
+    procs = [subprocess.Popen([*command, "--cores", ",".join(map(str, share))])
+             for share in shares]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    failed = [f"worker {i} (pid {p.pid}) exited with {code}"
+              for i, (p, code) in enumerate(zip(procs, codes, strict=True)) if code]
+    if failed:
+        raise ArchscaleError("; ".join(failed) + ": see its output above, then rerun "
+                             f"`archscale study run {name}` to continue")

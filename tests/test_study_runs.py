@@ -1,0 +1,176 @@
+"""Real studies: tiny models trained by real workers on real storages (journal, SQLite, PostgreSQL).
+
+Every grid test uses the same four shapes, so after the first one XLA's persistent cache serves
+the compilations (also to the worker subprocesses, which inherit ARCHSCALE_JAX_CACHE).
+"""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from archscale.cli.main import app
+from archscale.search.recovery import OWNER_ATTR, STALE_ATTR
+from archscale.search.storage import artifact_dir
+from archscale.search.study import create_study, open_study
+from archscale.search.sweepfile import parse_sweep
+from archscale.search.table import COLUMNS, trials_table
+from archscale.search.worker import WorkerOptions, run_study, run_worker
+
+pytestmark = pytest.mark.slow
+
+GRID = {
+    "name": "tiny-grid", "seq_len": 32,
+    "recipe": {"lr": 3e-3, "batch_size": 4, "eval_interval": 0.5, "eval_tokens": 1024},
+    "budget": {"tokens_per_param": 1}, "throughput": {"enabled": False},
+    "shape": {"head_dim": 8},
+    "grid": {"scales": [6e3], "d_model": [16, 24], "r": [1.0], "gqa": [1, 2], "n_layers": [1]},
+}
+QUIET = WorkerOptions(progress=False)
+WORKER = [sys.executable, "-c", "from archscale.cli.main import main; main()", "study", "worker"]
+
+
+def grid_sweep(name: str):
+    return parse_sweep({**GRID, "name": name})
+
+
+def assert_exactly_once(handle) -> list:
+    """Every planned run has exactly one COMPLETE trial, with a finite loss; those trials."""
+    complete = handle.study.get_trials(states=(TrialState.COMPLETE,))
+    planned = {run.key for run in handle.planned_runs()}
+    keys = [t.user_attrs["config_key"] for t in complete]
+    assert sorted(keys) == sorted(planned)
+    assert all(math.isfinite(t.values[0]) for t in complete)
+    return complete
+
+
+def kill_one_worker_mid_trial(url: str, name: str, n_workers: int, grace: int) -> None:
+    """Start workers, SIGKILL the first one seen running a trial, let the others finish."""
+    procs = [subprocess.Popen([*WORKER, name, "--storage", url, "--heartbeat", "1",
+                               "--grace", str(grace), "--no-progress"]) for _ in range(n_workers)]
+    try:
+        handle = open_study(name, url)
+        pids = {p.pid: p for p in procs}
+        victim = None
+        deadline = time.time() + 600
+        while victim is None and time.time() < deadline:
+            for trial in handle.study.get_trials(states=(TrialState.RUNNING,)):
+                owner = trial.system_attrs.get(OWNER_ATTR, {})
+                if owner.get("pid") in pids:
+                    victim = pids[owner["pid"]]
+                    break
+            time.sleep(0.2)
+        assert victim is not None, "no worker started a trial"
+        os.kill(victim.pid, signal.SIGKILL)
+        survivors = [p for p in procs if p is not victim]
+        assert [p.wait(timeout=900) for p in survivors] == [0] * len(survivors)
+        victim.wait()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_continuing_a_study_never_retrains_finished_trials(tmp_path):
+    url = str(tmp_path / "study.journal")
+    handle = create_study(grid_sweep("tiny-grid"), url)
+    first_number = run_worker("tiny-grid", url, WorkerOptions(max_trials=1, progress=False))[0]
+    first = handle.study.get_trials()[first_number]
+    assert first.state == TrialState.COMPLETE
+
+    run_study("tiny-grid", url, options=QUIET)
+    complete = assert_exactly_once(handle)
+    assert len(complete) == 4 and len(handle.study.trials) == 4
+    assert handle.study.get_trials()[first_number].datetime_complete == first.datetime_complete
+    run_study("tiny-grid", url, options=QUIET)  # done: nothing runs again
+    create_study(grid_sweep("tiny-grid"), url)  # nor is anything enqueued again
+    assert len(handle.study.get_trials()) == 4
+
+    table = trials_table(handle.study)
+    assert list(table.columns) == COLUMNS and len(table) == 4
+    assert (table["status"] == "complete").all() and table["loss"].between(2.0, 6.0).all()
+    assert (table["D"] >= 6000).all() and (table["study"] == "tiny-grid").all()
+    assert sorted(table["trial_id"]) == [0, 1, 2, 3]
+    assert set(table["gqa_group"]) == {1, 2} and set(table["d_model"]) == {16, 24}
+    curve_id = first.user_attrs["loss_curve_artifact"]
+    assert (artifact_dir(url) / curve_id).is_file()
+
+    cli = CliRunner()
+    status = cli.invoke(app, ["study", "status", "tiny-grid", "--storage", url])
+    assert status.exit_code == 0, status.output
+    assert "complete: 4" in status.output
+    csv = tmp_path / "runs.csv"
+    export = cli.invoke(app, ["study", "export", "tiny-grid", "--storage", url, "--csv", str(csv)])
+    assert export.exit_code == 0 and "wrote 4 runs" in export.output
+    assert csv.read_text().splitlines()[0] == ",".join(COLUMNS)
+
+
+def test_journal_two_workers_one_killed_mid_trial_each_config_once(tmp_path):
+    url = str(tmp_path / "study.journal")
+    handle = create_study(grid_sweep("kill-journal"), url)
+    kill_one_worker_mid_trial(url, "kill-journal", n_workers=2, grace=30)
+    assert_exactly_once(handle)
+    dead = handle.study.get_trials(states=(TrialState.FAIL,))
+    assert len(dead) == 1 and "is gone" in dead[0].system_attrs[STALE_ATTR]
+    assert "status" not in dead[0].user_attrs
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get("ARCHSCALE_TEST_POSTGRES_URL"),
+                    reason="set ARCHSCALE_TEST_POSTGRES_URL (bash tests/postgres.sh prints one)")
+def test_postgres_three_workers_one_killed_mid_trial_each_config_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the artifact folder of a server storage is ./archscale.artifacts
+    url = os.environ["ARCHSCALE_TEST_POSTGRES_URL"]
+    name = f"kill-pg-{uuid.uuid4().hex[:8]}"
+    handle = create_study(grid_sweep(name), url)
+    try:
+        kill_one_worker_mid_trial(url, name, n_workers=3, grace=4)
+        assert_exactly_once(handle)
+        dead = [t for t in handle.study.get_trials(states=(TrialState.FAIL,))
+                if "status" not in t.user_attrs]
+        assert len(dead) >= 1  # failed by Optuna's heartbeat, then retried
+        retried = {t.system_attrs.get("failed_trial") for t in handle.study.trials}
+        assert all(t.number in retried for t in dead)
+        assert (Path("archscale.artifacts")).is_dir()
+    finally:
+        optuna.delete_study(study_name=name, storage=handle.storage)
+
+
+def test_multiobjective_search_with_a_seed_proposes_the_same_configs_again(tmp_path):
+    search = {
+        "name": "tiny-search", "seq_len": 32,
+        "recipe": {"lr": 3e-3, "batch_size": 4, "eval_interval": 0.5, "eval_tokens": 1024},
+        "budget": {"tokens_per_param": 1}, "shape": {"head_dim": 8, "max_params_error": 0.5},
+        "throughput": {"batch": 1, "context": 16, "decode_tokens": 4, "repeats": 1},
+        "seed": 7,
+        "search": {"n_params": 6e3, "d_model": {"low": 16, "high": 32}, "r": {"low": 0.5, "high": 3},
+                   "gqa": [1, 2], "n_layers": 1, "objectives": ["loss", "decode_throughput"],
+                   "target_loss": 4.5, "n_trials": 3, "n_startup_trials": 3},
+    }
+    sqlite = f"sqlite:///{tmp_path / 'a.db'}"
+    first = create_study(parse_sweep(search), sqlite)
+    run_study("tiny-search", sqlite, options=QUIET)
+    journal = str(tmp_path / "b.journal")
+    second = create_study(parse_sweep(search), journal)
+    run_worker("tiny-search", journal, WorkerOptions(max_trials=1, progress=False))
+    run_worker("tiny-search", journal, QUIET)  # a new process would resume the same way
+
+    def proposals(handle):
+        return [t.params for t in handle.study.get_trials()]
+
+    assert len(proposals(first)) == 3 and proposals(first) == proposals(second)
+    for trial in first.study.get_trials():
+        assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("message")
+        loss, decode = trial.values
+        assert decode == trial.user_attrs["result"]["throughput"]["decode_tokens_per_s"] > 0
+        assert trial.system_attrs["constraints:target_loss"] == pytest.approx(loss - 4.5)
+    assert first.study.best_trials
