@@ -1,0 +1,56 @@
+"""What every law form provides: a fit, bootstrap refits and a vectorized prediction.
+
+A law kind (chinchilla, conditional, throughput, accuracy) is a ``LawKind`` of plain functions
+over a JSON-able ``config`` (the declared form: terms, target column, options) so that a law
+file rebuilds its predictor from the config and coefficients alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point fit."""
+
+    coef: np.ndarray
+    """Coefficients, in the order of ``names``."""
+    names: tuple[str, ...]
+    """Coefficient names."""
+    converged: bool
+    """Whether the optimizer met its stopping rule."""
+    config: dict[str, Any]
+    """The config completed by the fit (e.g. the measured L_opt table, a default setting)."""
+    notes: tuple[str, ...] = field(default=())
+    """Anything the user should know about this fit."""
+    state: Any = None
+    """What the bootstrap reuses from the point fit (warm starts); not saved."""
+
+
+@dataclass(frozen=True)
+class LawKind:
+    """The functions that make one law form."""
+
+    name: str
+    """The --law name."""
+    configure: Callable[[dict[str, Any]], dict[str, Any]]
+    """Options (CLI or Python) -> the complete, validated, JSON-able config."""
+    target: Callable[[dict[str, Any]], str]
+    """The column the law predicts, given its config."""
+    n_params: Callable[[dict[str, Any]], int]
+    """Fitted coefficients (to refuse tables with too few runs)."""
+    min_scales: int
+    """Distinct scales the form needs (2 for laws in N and D)."""
+    fit: Callable[[pd.DataFrame, dict[str, Any]], Estimate]
+    """Point fit on a table."""
+    bootstrap: Callable[[pd.DataFrame, dict[str, Any], Estimate, np.ndarray],
+                        tuple[np.ndarray, np.ndarray]]
+    """Refits on resampled runs (counts, one row per resample) -> (samples S x P, converged S)."""
+    predict: Callable[[dict[str, Any], np.ndarray, pd.DataFrame], np.ndarray]
+    """Predictions of every coefficient row (S x P) for every table row: S x n."""

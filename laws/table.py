@@ -1,0 +1,198 @@
+"""The run table laws fit: loading (DataFrame or CSV with a column mapping), derived features,
+validation of the columns a law needs, scale groups, and the same features for any ArchSpec.
+
+Canonical columns are those of docs/CONTRIBUTING.md. Derived here when missing: ``D`` from
+``flops`` (D = flops / 6N), ``d_over_sqrt_n`` (d_model / sqrt(N)), ``aspect`` (d_model / n_layers,
+Bian et al. 2025a), ``r`` and ``gqa_group`` from the shape columns (through ArchSpec, where the
+counting conventions live). A ``scale`` column names each run's model-size group; without one,
+runs whose N lie within 10% of a neighbour share a scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.spec import ArchSpec
+
+SHAPE_COLUMNS = ("vocab_size", "seq_len", "n_layers", "d_model", "n_heads", "n_kv_heads",
+                 "head_dim", "d_ff")
+"""Columns that rebuild a run's ArchSpec."""
+SCALE_GAP = 0.10
+"""Neighbouring N values more than this relative gap apart start a new scale."""
+
+
+class TableError(ArchscaleError):
+    """A run table that cannot be fitted; the message names the column or rows and the fix."""
+
+
+def parse_columns(mapping: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``"N=Model Size,D=tokens,loss=final_loss"`` -> {canonical: source column}."""
+    if mapping is None or mapping == "":
+        return {}
+    if isinstance(mapping, Mapping):
+        return dict(mapping)
+    out = {}
+    for item in mapping.split(","):
+        name, sep, source = item.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise TableError(f"bad --columns entry {item!r}: write CANONICAL=SOURCE pairs "
+                             "separated by commas, e.g. N=n_params,D=train_tokens,loss=final_loss")
+        out[name.strip()] = source.strip()
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def table_sha256(table: pd.DataFrame) -> str:
+    """A stable hash of a table's contents (its CSV text)."""
+    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
+
+
+def load_table(source: pd.DataFrame | str | Path,
+               columns: str | Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A run table with canonical names and derived features; rows not ``complete`` dropped."""
+    if isinstance(source, pd.DataFrame):
+        raw = source.copy()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise TableError(f"no CSV file at {path}: pass an existing run table (--csv FILE)")
+        try:
+            raw = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise TableError(f"{path} is not a readable CSV: {err}") from None
+    mapping = parse_columns(columns)
+    missing = sorted(src for src in mapping.values() if src not in raw.columns)
+    if missing:
+        raise TableError(f"--columns names {missing}, which the table lacks; its columns are "
+                         f"{list(raw.columns)}")
+    table = raw.rename(columns={src: name for name, src in mapping.items()})
+    if "status" in table.columns:
+        table = table[table["status"].fillna("complete") == "complete"]
+    return add_features(table.reset_index(drop=True))
+
+
+def add_features(table: pd.DataFrame) -> pd.DataFrame:
+    """Derive D, d_over_sqrt_n, aspect, r and gqa_group where the inputs allow and they lack."""
+    table = table.copy()
+    has = set(table.columns)
+    if "D" not in has and {"flops", "N"} <= has:
+        table["D"] = table["flops"] / (6.0 * table["N"])
+    if "d_over_sqrt_n" not in has and {"d_model", "N"} <= has:
+        table["d_over_sqrt_n"] = table["d_model"] / np.sqrt(table["N"].astype(float))
+    if "aspect" not in has and {"d_model", "n_layers"} <= has:
+        table["aspect"] = table["d_model"] / table["n_layers"]
+    if not {"r", "gqa_group"} <= has and set(SHAPE_COLUMNS) <= has:
+        specs = row_specs(table)
+        if "r" not in has:
+            table["r"] = [s.r_mlp_attn for s in specs]
+        if "gqa_group" not in has:
+            table["gqa_group"] = [s.gqa_group for s in specs]
+    return table
+
+
+def row_specs(table: pd.DataFrame) -> list[ArchSpec]:
+    """The ArchSpec of every row (needs the shape columns)."""
+    require_columns(table, SHAPE_COLUMNS, "shape-derived features")
+    return [ArchSpec(**{k: int(row[k]) for k in SHAPE_COLUMNS})
+            for row in table[list(SHAPE_COLUMNS)].to_dict("records")]
+
+
+def require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise TableError(f"{what} needs columns {missing}, which the table lacks (it has "
+                         f"{list(table.columns)}): map them with --columns CANONICAL=SOURCE")
+
+
+def positive_values(table: pd.DataFrame, columns: Sequence[str], what: str,
+                    positive: bool = True) -> dict[str, np.ndarray]:
+    """The named columns as float arrays, refusing missing, NaN, infinite or (with ``positive``)
+    non-positive values."""
+    require_columns(table, columns, what)
+    out = {}
+    for name in columns:
+        values = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | ((values <= 0) if positive else False))
+        if bad.size:
+            kind = "missing, NaN or non-positive" if positive else "missing or NaN"
+            raise TableError(
+                f"{what}: column {name!r} has {bad.size} {kind} values "
+                f"(rows {bad[:5].tolist()}{'...' if bad.size > 5 else ''}): drop those runs or fix "
+                "the column")
+        out[name] = values
+    return out
+
+
+def scale_labels(table: pd.DataFrame) -> np.ndarray:
+    """Each run's scale: the ``scale`` column, else clusters of N (gaps above SCALE_GAP split);
+    one scale "all" for a table with neither (an accuracy table, say)."""
+    if "scale" in table.columns:
+        return table["scale"].astype(str).to_numpy()
+    if "N" not in table.columns:
+        return np.full(len(table), "all")
+    n_params = positive_values(table, ["N"], "grouping runs by scale")["N"]
+    order = np.argsort(n_params, kind="stable")
+    cluster = np.cumsum(np.r_[0, np.diff(np.log(n_params[order])) > math.log1p(SCALE_GAP)])
+    labels = np.empty(len(n_params), dtype=object)
+    for k in np.unique(cluster):
+        members = order[cluster == k]
+        labels[members] = f"{np.median(n_params[members]):.3g}"
+    return labels.astype(str)
+
+
+def scale_order(table: pd.DataFrame) -> list[str]:
+    """Scale labels from smallest to largest median N."""
+    labels = scale_labels(table)
+    if "N" not in table.columns:
+        return sorted(str(s) for s in set(labels))
+    n_params = table["N"].to_numpy(dtype=np.float64)
+    medians = {s: float(np.median(n_params[labels == s])) for s in np.unique(labels)}
+    return [str(s) for s in sorted(medians, key=medians.get)]
+
+
+def group_labels(table: pd.DataFrame) -> np.ndarray:
+    """(scale, tokens) group of every run, as one string: architectures compared fairly."""
+    scales = scale_labels(table)
+    tokens = table["D"].to_numpy(dtype=np.float64) if "D" in table.columns else np.zeros(len(table))
+    return np.array([f"{s}|{t:.4g}" for s, t in zip(scales, tokens, strict=True)])
+
+
+def spec_features(spec: ArchSpec, tokens: float, *, batch: int | None = None,
+                  context: int | None = None) -> dict[str, float]:
+    """The canonical columns a law reads, for one shape trained on ``tokens`` tokens.
+
+    ``batch`` and ``context`` set the throughput setting (tp_batch, tp_context); without them a
+    throughput law uses the setting it was fitted at.
+    """
+    row: dict[str, float] = {
+        "N": spec.params_nonembed, "params_total": spec.params_total, "D": float(tokens),
+        **{k: getattr(spec, k) for k in SHAPE_COLUMNS},
+        "r": spec.r_mlp_attn, "d_over_sqrt_n": spec.d_over_sqrt_n, "gqa_group": spec.gqa_group,
+        "aspect": spec.d_model / spec.n_layers,
+        "flops": float(tokens) * spec.train_flops_per_token(),
+    }
+    if batch is not None:
+        row["tp_batch"] = batch
+    if context is not None:
+        row["tp_context"] = context
+    return row
+
+
+def spec_table(specs: Sequence[ArchSpec], tokens: float | Sequence[float],
+               **setting: int) -> pd.DataFrame:
+    """``spec_features`` of many shapes as one DataFrame (what ``Law.predict`` takes)."""
+    tokens_list = [tokens] * len(specs) if np.isscalar(tokens) else list(tokens)
+    if len(tokens_list) != len(specs):
+        raise TableError(f"got {len(specs)} specs but {len(tokens_list)} token counts")
+    rows = [spec_features(s, t, **setting) for s, t in zip(specs, tokens_list, strict=True)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,97 @@
+"""Throughput law (roofline features, non-negative efficiencies) and accuracy law (sigmoid)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.arch import ArchSpec, get_preset, shape_from_budget
+from archscale.arch.errors import ArchscaleError
+from archscale.laws import fit_law, spec_features, spec_table
+from archscale.laws.accuracy import sigmoid
+from archscale.laws.throughput import roofline_features
+
+OVERHEAD_S, BANDWIDTH, PEAK = 2e-4, 5e10, 2e12
+
+
+def measured_table(target, noise=0.02, seed=0):
+    """Shapes of several sizes, ratios and GQA groups 'measured' with a known time model."""
+    rng = np.random.default_rng(seed)
+    specs = [shape_from_budget(n, r, g, d_over_sqrt_n=dn, vocab_size=1024, seq_len=512).spec
+             for n in (2e6, 8e6, 3e7) for r, g, dn in ((1, 1, 0.1), (4, 2, 0.08), (2, 4, 0.06))]
+    table = spec_table(specs, tokens=1e8)
+    table["tp_batch"] = np.tile([4, 16, 8], 3)
+    table["tp_context"] = 512
+    features, tokens = roofline_features({"target": target, "dtype": "bf16"}, table)
+    seconds = features @ np.array([OVERHEAD_S, 1 / BANDWIDTH, 1 / PEAK])
+    measured = tokens / seconds * np.exp(noise * rng.normal(size=len(table)))
+    column = "decode_tokens_per_s" if target == "decode" else "prefill_tokens_per_s"
+    return table.assign(**{column: measured})
+
+
+@pytest.mark.parametrize("target", ["decode", "prefill"])
+def test_throughput_recovers_the_time_model(target):
+    table = measured_table(target, noise=0.0)
+    law = fit_law("throughput", table, {"target": target}, n_boot=0)
+    np.testing.assert_allclose(law.coef, [OVERHEAD_S, 1 / BANDWIDTH, 1 / PEAK], rtol=1e-6)
+    assert law.config["batch"] in (4, 8, 16) and law.config["context"] == 512
+
+
+def test_decode_law_predicts_a_new_spec_with_an_interval():
+    table = measured_table("decode")
+    law = fit_law("throughput", table, {"target": "decode"}, n_boot=100)
+    assert law.validation["in_sample"]["mean_relative_error"] < 0.05
+    spec = shape_from_budget(1e8, 3, 4, d_over_sqrt_n=0.05, vocab_size=1024, seq_len=512).spec
+    row = spec_features(spec, 1e9, batch=8, context=512)
+    features, tokens = roofline_features(law.config, pd.DataFrame([row]))
+    truth = tokens / (features @ [OVERHEAD_S, 1 / BANDWIDTH, 1 / PEAK])
+    predicted = law.predict(row)
+    lo, hi = law.predict_interval(row)
+    assert predicted == pytest.approx(truth, rel=0.1)
+    assert lo[0] <= predicted[0] <= hi[0]
+    # larger GQA groups read less KV cache: faster decoding at equal size
+    wide = law.predict([spec_features(spec.replace(n_kv_heads=spec.n_heads), 1e9)])
+    assert wide[0] < law.predict([spec_features(spec, 1e9)])[0]
+
+
+def test_throughput_needs_the_measurement_setting():
+    table = measured_table("decode").drop(columns=["tp_batch", "tp_context"])
+    with pytest.raises(ArchscaleError, match="tp_batch"):
+        fit_law("throughput", table, n_boot=0)
+    with pytest.raises(ArchscaleError, match="decode or prefill"):
+        fit_law("throughput", measured_table("decode"), {"target": "train"}, n_boot=0)
+
+
+def test_spec_features_follow_archspec(tiny_spec):
+    row = spec_features(tiny_spec, 1e6, batch=2, context=16)
+    assert row["N"] == tiny_spec.params_nonembed
+    assert row["r"] == tiny_spec.r_mlp_attn
+    assert row["d_over_sqrt_n"] == tiny_spec.d_over_sqrt_n
+    assert row["aspect"] == 16.0 and row["tp_batch"] == 2
+    shape = ("vocab_size", "seq_len", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim",
+             "d_ff")
+    assert ArchSpec(**{k: row[k] for k in shape}) == tiny_spec
+    llama = spec_features(get_preset("llama-3.2-1b"), 1e11)
+    assert llama["d_over_sqrt_n"] == pytest.approx(0.066, abs=5e-4)
+
+
+def test_accuracy_sigmoid_recovered_and_monotone():
+    rng = np.random.default_rng(0)
+    loss = np.linspace(2.5, 5.0, 25)
+    truth = np.array([0.45, -2.5, 3.6, 0.05])
+    acc = sigmoid(truth, loss)[0] + 0.002 * rng.normal(size=loss.size)
+    table = pd.DataFrame({"loss": loss, "val_accuracy": acc, "N": 1e8, "D": 1e9})
+    law = fit_law("accuracy", table, n_boot=50)
+    np.testing.assert_allclose(law.coef, truth, rtol=0.1)
+    predicted = law.predict([{"loss": 3.0}, {"loss": 3.5}, {"loss": 4.0}])
+    assert np.all(np.diff(predicted) < 0)
+    lo, hi = law.predict_interval([{"loss": 3.5}])
+    assert lo[0] < predicted[1] < hi[0]
+    assert "heldout" not in law.validation  # one scale: nothing to hold out
+
+
+def test_accuracy_refuses_missing_target():
+    table = pd.DataFrame({"loss": np.linspace(3, 4, 10), "val_accuracy": np.nan})
+    with pytest.raises(ArchscaleError, match="missing or NaN"):
+        fit_law("accuracy", table, n_boot=0)
+    with pytest.raises(ArchscaleError, match="task_accuracy"):
+        fit_law("accuracy", table, {"target": "top5"}, n_boot=0)
