@@ -7,7 +7,7 @@ import sys
 import typer
 
 from archscale.arch.errors import ArchscaleError
-from archscale.cli import arch_cmd
+from archscale.cli import arch_cmd, bench_cmd, laws_cmd, study_cmd, train_cmd
 
 app = typer.Typer(
     name="archscale",
@@ -17,6 +17,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(arch_cmd.app, name="arch")
+app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(study_cmd.app, name="study")
+app.command("train")(train_cmd.train)
+app.command("fit")(laws_cmd.fit)
+app.command("predict")(laws_cmd.predict)
 
 
 def main() -> None:
