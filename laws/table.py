@@ -175,9 +175,7 @@ def spec_features(spec: ArchSpec, tokens: float, *, batch: int | None = None,
     throughput law uses the setting it was fitted at.
     """
     row: dict[str, float] = {
-        "N": spec.params_nonembed, "params_total": spec.params_total, "D": float(tokens),
-        **{k: getattr(spec, k) for k in SHAPE_COLUMNS},
-        "r": spec.r_mlp_attn, "d_over_sqrt_n": spec.d_over_sqrt_n, "gqa_group": spec.gqa_group,
+        **spec.table_row(), "D": float(tokens),
         "aspect": spec.d_model / spec.n_layers,
         "flops": float(tokens) * spec.train_flops_per_token(),
     }

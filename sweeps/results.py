@@ -131,11 +131,7 @@ class RunResult:
         spec = self.arch_spec
         throughput = self.throughput or {}
         return {
-            "N": spec.params_nonembed, "params_total": spec.params_total, "D": self.tokens,
-            "loss": self.val_loss,
-            **{k: self.spec[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                                         "d_ff", "vocab_size", "seq_len")},
-            "r": spec.r_mlp_attn, "d_over_sqrt_n": spec.d_over_sqrt_n, "gqa_group": spec.gqa_group,
+            **spec.table_row(), "D": self.tokens, "loss": self.val_loss,
             "flops": self.flops, "val_accuracy": self.val_accuracy,
             "task_accuracy": self.task_accuracy,
             "prefill_tokens_per_s": throughput.get("prefill_tokens_per_s"),
