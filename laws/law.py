@@ -130,6 +130,11 @@ def _provenance(table: pd.DataFrame) -> dict[str, Any]:
         out["trial_ids"] = [int(t) for t in table["trial_id"]]
     else:
         out["table_sha256"] = table_sha256(table)
+    # the trained scales, so a prediction at a target N, D can state how far it extrapolates
+    for name, column in (("n_range", "N"), ("d_range", "D")):
+        if column in table.columns:
+            values = pd.to_numeric(table[column], errors="coerce")
+            out[name] = [float(values.min()), float(values.max())]
     return out
 
 

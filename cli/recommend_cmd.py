@@ -1,0 +1,180 @@
+"""`archscale recommend` and `archscale export`: shapes at a target scale from fitted laws, and
+HuggingFace configs for them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.spec import load_spec
+from archscale.laws import load_law
+from archscale.laws.table import file_sha256
+
+if TYPE_CHECKING:
+    from archscale.search.recommend import Recommendation, Scored
+
+DEFAULT_DEVICE = "h100"
+
+
+def parse_fraction(text: str) -> float:
+    """``0.5%`` or ``0.005`` -> 0.005."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ArchscaleError(f"--max-loss-increase {text!r} is not a number: write e.g. 0.5% or "
+                             "0.005") from None
+    return value
+
+
+def parse_range(text: str, flag: str) -> tuple[float, float]:
+    """``MIN:MAX`` -> (min, max), both positive."""
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ArchscaleError(f"{flag} {text!r}: write MIN:MAX, e.g. 0.03:0.3") from None
+    if not 0 < low <= high:
+        raise ArchscaleError(f"{flag} {text!r}: need 0 < MIN <= MAX")
+    return low, high
+
+
+def _throughput_model(throughput_law: Path | None, device: str):
+    from archscale.search.recommend import RooflineThroughput, throughput_from_law
+    from archscale.sweeps.hardware import KNOWN_DEVICES
+
+    if throughput_law is not None:
+        return throughput_from_law(load_law(throughput_law))
+    if device not in KNOWN_DEVICES:
+        raise ArchscaleError(f"unknown --device {device!r}: choose one of {sorted(KNOWN_DEVICES)} "
+                             "or give --throughput-law")
+    peaks = KNOWN_DEVICES[device]
+    return RooflineThroughput(peaks.bf16_flops, peaks.bandwidth, device)
+
+
+def _interval(s: Scored) -> str:
+    if not (math.isfinite(s.loss_low) and math.isfinite(s.loss_high)):
+        return f"{s.loss:.4f}"
+    return f"{s.loss:.4f} [{s.loss_low:.4f}, {s.loss_high:.4f}]"
+
+
+def _gain(s: Scored, base: Scored | None) -> str:
+    if base is None or s is base:
+        return ""
+    gain = s.decode_tokens_per_s / base.decode_tokens_per_s - 1
+    return f"{gain:+.0%}" + ("" if s.loss <= base.loss else " (worse loss)")
+
+
+def print_recommendation(rec: Recommendation) -> None:
+    table = Table(title=f"recommended shapes: target loss {rec.target_loss:.4f}, decode at batch "
+                        f"{rec.batch}, context {rec.context}")
+    for column in ("rank", "d_model", "n_layers", "heads/kv", "d_ff", "r", "d/sqrt(N)",
+                   f"predicted loss [{rec.provenance['search']['interval_level']:.0%}]",
+                   "decode tok/s", "gain vs baseline", "KV bytes/token"):
+        table.add_column(column, justify="right")
+
+    def add(rank: str, s: Scored) -> None:
+        spec = s.spec
+        table.add_row(rank, str(spec.d_model), str(spec.n_layers),
+                      f"{spec.n_heads}/{spec.n_kv_heads}", str(spec.d_ff),
+                      f"{spec.r_mlp_attn:.2f}", f"{spec.d_over_sqrt_n:.4f}", _interval(s),
+                      f"{s.decode_tokens_per_s:,.0f}", _gain(s, rec.baseline),
+                      f"{spec.kv_cache_bytes_per_token(rec.dtype):,}")
+
+    for rank, s in enumerate(rec.recommended, 1):
+        add(str(rank), s)
+    table.add_section()
+    add("loss-opt", rec.loss_optimal)
+    if rec.baseline is not None:
+        add("baseline", rec.baseline)
+    Console(width=160).print(table)
+    for note in rec.notes:
+        typer.echo(f"note: {note}")
+
+
+def recommend(
+    law: Annotated[Path, typer.Option(help="Conditional loss law.json (`archscale fit`).")],
+    params: Annotated[float, typer.Option(help="Target non-embedding parameters N, e.g. 1e9.")],
+    tokens: Annotated[float, typer.Option(help="Training tokens D, e.g. 1e11.")],
+    out: Annotated[Path, typer.Option(help="Folder for recommendations.json.")],
+    target_loss: Annotated[float | None, typer.Option(help="Absolute loss target.")] = None,
+    max_loss_increase: Annotated[str | None, typer.Option(
+        help="Target as a loss increase over the loss-optimal shape: 0.5% or 0.005.")] = None,
+    throughput_law: Annotated[Path | None, typer.Option(
+        help="Fitted decode throughput law.json (default: the --device roofline).")] = None,
+    device: Annotated[str, typer.Option(
+        help="Roofline device without --throughput-law (sweeps/hardware.py names).")] = DEFAULT_DEVICE,
+    baseline: Annotated[str | None, typer.Option(
+        help="Preset or spec JSON to compare with, e.g. llama-3.2-1b.")] = None,
+    top: Annotated[int, typer.Option(help="Recommended shapes to keep.")] = 5,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the target model.")] = 128256,
+    seq_len: Annotated[int, typer.Option(help="Training context of the target model.")] = 8192,
+    head_dim: Annotated[int, typer.Option(help="Head width.")] = 64,
+    layers: Annotated[int | None, typer.Option(
+        help="Fixed depth (default: what the budget affords at n_heads near d / head_dim).")] = None,
+    gqa: Annotated[int, typer.Option(help="GQA group of the grid; the GQA search starts here.")] = 4,
+    min_kv_heads: Annotated[int, typer.Option(help="Fewest KV heads the GQA search goes to.")] = 1,
+    d_over_sqrt_n: Annotated[str, typer.Option(help="Width range MIN:MAX as d/sqrt(N).")] = "0.03:0.3",
+    r: Annotated[str, typer.Option(help="MLP/attention ratio range MIN:MAX.")] = "0.5:8",
+    any_heads: Annotated[bool, typer.Option(
+        "--any-heads", help="Allow d_model not divisible by n_heads (transformers 5.x refuses "
+                            "such configs).")] = False,
+    batch: Annotated[int, typer.Option(help="Decode batch of the throughput predictions.")] = 64,
+    context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")] = 2048,
+    level: Annotated[float, typer.Option(help="Interval level.")] = 0.95,
+) -> None:
+    """Recommend shapes: highest predicted decode throughput under a loss target at N, D."""
+    # every option as given, first thing, for the provenance of the output
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
+    from archscale.search.recommend import SearchSpace, save_recommendation
+    from archscale.search.recommend import recommend as run_recommend
+
+    loss_law = load_law(law)
+    model = _throughput_model(throughput_law, device)
+    space = SearchSpace(params, tokens, d_over_sqrt_n=parse_range(d_over_sqrt_n, "--d-over-sqrt-n"),
+                        r=parse_range(r, "--r"), gqa_group=gqa, head_dim=head_dim, n_layers=layers,
+                        vocab_size=vocab_size, seq_len=seq_len, heads_divide_d_model=not any_heads)
+    files = {"loss_law_file": {"path": str(law), "sha256": file_sha256(law), "kind": loss_law.kind}}
+    if throughput_law is not None:
+        files["throughput_law_file"] = {"path": str(throughput_law),
+                                        "sha256": file_sha256(throughput_law), "kind": "throughput"}
+    else:
+        files["throughput_assumption"] = (f"no --throughput-law: decode throughput is the roofline "
+                                          f"of --device {device}")
+    increase = None if max_loss_increase is None else parse_fraction(max_loss_increase)
+    rec = run_recommend(
+        loss_law, space, model, target_loss=target_loss, max_loss_increase=increase, top=top,
+        batch=batch, context=context, level=level,
+        baseline=None if baseline is None else load_spec(baseline), min_kv_heads=min_kv_heads,
+        provenance={**files, "command_settings": settings})
+    print_recommendation(rec)
+    typer.echo(f"wrote {save_recommendation(rec, out)}")
+
+
+def export(
+    source: Annotated[Path, typer.Argument(help="Folder of `archscale recommend --out`, or its "
+                                                "recommendations.json.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="Export format: hf (HuggingFace config.json).")] = "hf",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: SOURCE folder/hf).")] = None,
+    dtype: Annotated[str, typer.Option(help="The configs' dtype field.")] = "bfloat16",
+) -> None:
+    """Write one HuggingFace config.json per recommended shape, with the predictions and their
+    provenance in recommendations.json."""
+    from archscale.search.export import FORMATS, export_hf, recommendation_path
+
+    if fmt not in FORMATS:
+        raise ArchscaleError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
+    out = out if out is not None else recommendation_path(source).parent / "hf"
+    for path in export_hf(source, out, dtype):
+        typer.echo(f"wrote {path}")
+    manifest = out / "recommendations.json"
+    typer.echo(f"wrote {manifest}")
+    for note in json.loads(manifest.read_text())["export"]["notes"]:
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
