@@ -7,7 +7,15 @@ import sys
 import typer
 
 from archscale.arch.errors import ArchscaleError
-from archscale.cli import arch_cmd, bench_cmd, laws_cmd, recommend_cmd, study_cmd, train_cmd
+from archscale.cli import (
+    arch_cmd,
+    bench_cmd,
+    demo_cmd,
+    laws_cmd,
+    recommend_cmd,
+    study_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="archscale",
@@ -22,6 +30,7 @@ app.add_typer(study_cmd.app, name="study")
 app.command("train")(train_cmd.train)
 app.command("fit")(laws_cmd.fit)
 app.command("predict")(laws_cmd.predict)
+app.command("demo")(demo_cmd.demo)
 app.command("recommend")(recommend_cmd.recommend)
 app.command("export")(recommend_cmd.export)
 

@@ -46,7 +46,7 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
 
 
 def _throughput_model(throughput_law: Path | None, device: str):
-    from archscale.search.recommend import RooflineThroughput, throughput_from_law
+    from archscale.search.throughput_models import RooflineThroughput, throughput_from_law
     from archscale.sweeps.hardware import KNOWN_DEVICES
 
     if throughput_law is not None:

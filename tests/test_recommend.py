@@ -21,14 +21,13 @@ from archscale.cli.main import app
 from archscale.laws import chinchilla, fit_law, save_law, spec_table
 from archscale.laws.table import file_sha256
 from archscale.search.recommend import (
-    RooflineThroughput,
     SearchSpace,
     gqa_local_search,
     recommend,
     save_recommendation,
     score,
-    throughput_from_law,
 )
+from archscale.search.throughput_models import RooflineThroughput, throughput_from_law
 from archscale.sweeps.hardware import KNOWN_DEVICES
 
 CHIN = [400.0, 1500.0, 1.8, 0.34, 0.36]

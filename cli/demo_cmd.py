@@ -1,0 +1,70 @@
+"""`archscale demo`: the whole loop on the embedded corpus (README command 1)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import optuna
+import typer
+
+from archscale.search.demo import DEMO_SWEEP, DemoOptions, run_demo, verify
+
+
+def _percent(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 <= value < 1:
+        raise typer.BadParameter(f"{text}: give a fraction in [0, 1) such as 1% or 0.01")
+    return value
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
+    storage: Annotated[str | None, typer.Option(
+        help="Study storage (default ./archscale.journal: rerun to continue).")] = None,
+    sweep: Annotated[Path, typer.Option(
+        help="Grid sweep file (default: the packaged demo grid).", exists=True,
+        dir_okay=False)] = DEMO_SWEEP,
+    workers: Annotated[int, typer.Option(
+        help="Local worker processes, each pinned to its own cores.")] = min(2, os.cpu_count() or 1),
+    scale_factor: Annotated[float, typer.Option(
+        help="Recommend at this multiple of the largest trained N.")] = 10.0,
+    max_loss_increase: Annotated[str, typer.Option(
+        help="Loss target over the loss-optimal shape's prediction (1% or 0.01).")] = "1%",
+    top: Annotated[int, typer.Option(help="Recommended shapes to keep.")] = 3,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap refits per law.")] = 200,
+    progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
+    verify_run: Annotated[bool, typer.Option(
+        "--verify", help="Train one recommended shape at an affordable scale and compare it with "
+        "the laws' predictions (run the demo first).")] = False,
+    verify_scale: Annotated[float, typer.Option(
+        help="--verify trains at this multiple of the largest trained N.")] = 2.0,
+) -> None:
+    """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),
+                          scale_factor=scale_factor, max_loss_increase=_percent(max_loss_increase),
+                          top=top, n_boot=n_boot, progress=progress)
+    if verify_run:
+        result = verify(options, verify_scale, echo=typer.echo)
+        low, high = result["loss_interval"]
+        typer.echo(
+            f"loss: predicted {result['predicted_loss']:.4f} (95% {low:.4f}-{high:.4f}), measured "
+            f"{result['measured_loss']:.4f} ({result['loss_relative_error']:+.2%}; "
+            f"{'inside' if result['measured_loss_inside_interval'] else 'outside'} the interval)")
+        typer.echo(
+            f"decode tokens/s: predicted {result['predicted_decode_tokens_per_s']:,.0f}, measured "
+            f"{result['measured_decode_tokens_per_s']:,.0f} "
+            f"({result['throughput_relative_error']:+.1%})")
+        typer.echo(f"saved {out / 'verify.json'}")
+        return
+    outcome = run_demo(options, echo=typer.echo)
+    rec = outcome.recommendation
+    best = rec.recommended[0]
+    typer.echo(f"recommended at N={outcome.target_params:,.0f}: d_model {best.spec.d_model}, "
+               f"{best.spec.n_layers} layers, {best.spec.n_heads}/{best.spec.n_kv_heads} heads, "
+               f"d_ff {best.spec.d_ff}: loss {best.loss:.4f}, {best.decode_tokens_per_s:,.0f} "
+               f"decode tok/s ({best.decode_tokens_per_s / rec.loss_optimal.decode_tokens_per_s - 1:+.0%}"
+               " vs the loss-optimal shape)")
+    typer.echo(f"report: {out / 'report.md'}")

@@ -1,0 +1,276 @@
+"""`archscale demo`: the whole loop on the embedded corpus, sized for a laptop CPU.
+
+Stages, each resumable because every run lives in the study's storage:
+
+1. create (or continue) the grid study of ``examples/demo.yaml`` and run its missing trials;
+2. fit the Chinchilla, architecture-conditional and decode-throughput laws on the complete runs,
+   each validated by fitting on the smaller scales and predicting the largest trained one;
+3. recommend shapes at ``scale_factor`` x the largest trained N (Algorithm 1 over the laws),
+   beside the loss-optimal shape and a LLaMA-3.2-proportioned baseline at the same N;
+4. write ``report/``: report.md, PNG figures, the law JSONs, recommendations.json, HF configs.
+
+``verify`` then trains one recommended shape at a scale this machine affords and compares the
+laws' predictions with what it measures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.shapes import shape_from_budget
+from archscale.arch.spec import ArchSpec, SpecError
+from archscale.laws import fit_law, load_law, load_table
+from archscale.laws.law import Law
+from archscale.search.recommend import Recommendation, SearchSpace, recommend
+from archscale.search.study import StudyHandle, create_study, open_study
+from archscale.search.sweepfile import SweepFile, load_sweep
+from archscale.search.table import trials_table
+from archscale.search.throughput_models import throughput_from_law
+from archscale.search.worker import WorkerOptions, run_study
+from archscale.sweeps.recipe import Budget
+from archscale.sweeps.throughput import measure_throughput
+from archscale.sweeps.trainer import train
+
+DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
+"""The demo's grid: 3 scales x 3 widths x 3 MLP ratios x 2 GQA groups on the embedded plays."""
+LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
+             "throughput": "throughput.json"}
+"""Where each fitted law is saved, under ``<out>/laws/``."""
+LLAMA_PROPORTIONS = {"r": 4.8, "d_over_sqrt_n": 0.066, "gqa": 4}
+"""LLaMA-3.2-1B's shape ratios (arch/presets/llama-3.2-1b.json), the baseline's at any N."""
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs and where it writes."""
+
+    sweep: Path = DEMO_SWEEP
+    """Grid sweep file; the default is the packaged demo grid."""
+    storage: str | None = None
+    """Study storage URL (default: ./archscale.journal, a file in the working directory)."""
+    out: Path = Path("report")
+    """Report folder."""
+    workers: int = 2
+    """Local worker processes, each pinned to its own cores (tiny models use one core well)."""
+    scale_factor: float = 10.0
+    """Recommend at this multiple of the largest trained N (tokens scale with the budget rule)."""
+    max_loss_increase: float = 0.01
+    """Loss target: the loss-optimal shape's prediction plus this fraction."""
+    top: int = 3
+    """Recommended shapes to keep."""
+    n_boot: int = 200
+    """Bootstrap refits per law (intervals)."""
+    seed: int = 0
+    """Bootstrap seed."""
+    progress: bool = True
+    """Show the trainer's progress bars."""
+
+
+@dataclass
+class DemoOutcome:
+    """What a demo run produced (the report is written from this)."""
+
+    handle: StudyHandle
+    table: pd.DataFrame
+    laws: dict[str, Law]
+    recommendation: Recommendation
+    target_params: float
+    target_tokens: float
+    baseline_note: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def tokens_for(sweep: SweepFile, n_params: float, spec: ArchSpec | None = None) -> float:
+    """Training tokens the study's budget rule gives a run at ``n_params``."""
+    rule = sweep.budget
+    if rule.tokens_per_param is not None:
+        return rule.tokens_per_param * n_params
+    if spec is None:
+        raise ArchscaleError("a FLOPs budget needs a shape to turn into tokens")
+    flops = max(rule.flops) if isinstance(rule.flops, list) else rule.flops
+    return flops / spec.train_flops_per_token()
+
+
+def _require_grid(sweep: SweepFile) -> None:
+    if sweep.grid is None or sweep.grid.d_over_sqrt_n is None or sweep.budget.tokens_per_param is None:
+        raise ArchscaleError("the demo needs a grid sweep with d_over_sqrt_n widths and a "
+                             "tokens_per_param budget (see search/examples/demo.yaml)")
+    if len(sweep.grid.scales) < 3:
+        raise ArchscaleError(f"the demo needs 3+ grid scales to fit on the smaller ones and check "
+                             f"the largest; {sweep.grid and len(sweep.grid.scales)} given")
+
+
+def run_trials(options: DemoOptions, echo: Echo) -> StudyHandle:
+    """Create or continue the study and run every missing trial."""
+    sweep = load_sweep(options.sweep)
+    _require_grid(sweep)
+    handle = create_study(sweep, options.storage)
+    done = len(trials_table(handle.study))
+    planned = len(handle.planned_runs())
+    echo(f"[1/4] study {handle.name!r} in {handle.url}: {done}/{planned} runs complete; "
+         f"running the rest on {options.workers} worker(s)")
+    run_study(handle.name, handle.url, workers=options.workers,
+              options=WorkerOptions(progress=options.progress), echo=echo)
+    return open_study(handle.name, handle.url)
+
+
+def conditional_terms(table: pd.DataFrame) -> list[dict[str, str]]:
+    """Bian et al.'s U-shaped terms in d/sqrt(N) and r, plus ln(GQA group) when GQA varies."""
+    terms = [{"feature": "d_over_sqrt_n", "form": "u_log_inv"}, {"feature": "r", "form": "u_log_inv"}]
+    if table["gqa_group"].nunique() > 1:
+        terms.append({"feature": "gqa_group", "form": "log"})
+    return terms
+
+
+def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
+             echo: Echo) -> dict[str, Law]:
+    """Fit and validate the three laws (held out: the largest trained scale)."""
+    provenance = {"source": "study", "study": handle.name, "storage": handle.url}
+    largest = float(table["N"].max())
+    holdout_above = largest * 0.75  # the largest grid scale (realized N scatters around it)
+    settings = {
+        "chinchilla": {},
+        "conditional": {"terms": conditional_terms(table)},
+        "throughput": {"target": "decode"},
+    }
+    laws = {}
+    for kind, law_options in settings.items():
+        echo(f"[2/4] fitting the {kind} law on {len(table)} runs ({options.n_boot} bootstrap refits)")
+        laws[kind] = fit_law(kind, table, law_options, n_boot=options.n_boot, seed=options.seed,
+                             holdout_above=holdout_above, provenance=provenance)
+    return laws
+
+
+def baseline_shape(sweep: SweepFile, n_params: float, vocab_size: int) -> tuple[ArchSpec, str]:
+    """LLaMA-3.2-1B's ratios (r 4.8, d/sqrt(N) 0.066, GQA 4) at ``n_params`` in the study's units."""
+    for gqa in (LLAMA_PROPORTIONS["gqa"], 2, 1):
+        try:
+            shape = shape_from_budget(
+                n_params, LLAMA_PROPORTIONS["r"], gqa, d_over_sqrt_n=LLAMA_PROPORTIONS["d_over_sqrt_n"],
+                head_dim=sweep.shape.head_dim, vocab_size=vocab_size, seq_len=sweep.seq_len,
+                d_ff_multiple=sweep.shape.d_ff_multiple,
+                d_model_multiple=sweep.shape.d_model_multiple)
+        except SpecError:
+            continue
+        return shape.spec, (f"LLaMA-3.2-1B proportions at N={shape.spec.params_nonembed:,} "
+                            f"(r {LLAMA_PROPORTIONS['r']}, d/sqrt(N) "
+                            f"{LLAMA_PROPORTIONS['d_over_sqrt_n']}, GQA {gqa})")
+    raise ArchscaleError(f"no LLaMA-proportioned shape at N={n_params:,.0f}: "
+                         "raise --scale-factor")
+
+
+def search_space(sweep: SweepFile, table: pd.DataFrame, n_params: float, tokens: float,
+                 vocab_size: int, points: int = 15) -> SearchSpace:
+    """Candidates at the target in the study's shape family, within the trained ranges of
+    d/sqrt(N) and r: the laws' U-curves are not extrapolated in shape, only in scale."""
+    def span(column: str) -> tuple[float, ...]:
+        low, high = float(table[column].min()), float(table[column].max())
+        return tuple(np.round(np.geomspace(low, high, points), 4))
+
+    return SearchSpace(
+        params=n_params, tokens=tokens, d_over_sqrt_n=span("d_over_sqrt_n"), r=span("r"),
+        gqa_group=int(table["gqa_group"].min()), head_dim=sweep.shape.head_dim,
+        vocab_size=vocab_size, seq_len=sweep.seq_len,
+        d_model_multiple=sweep.shape.d_model_multiple, d_ff_multiple=sweep.shape.d_ff_multiple)
+
+
+def recommend_at(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law], n_params: float,
+                 options: DemoOptions) -> tuple[Recommendation, float, str]:
+    """Algorithm 1 at ``n_params`` with the study's budget rule; (recommendation, D, baseline)."""
+    sweep = handle.sweep
+    tokens = tokens_for(sweep, n_params)
+    baseline, note = baseline_shape(sweep, n_params, handle.vocab_size)
+    rec = recommend(laws["conditional"], search_space(sweep, table, n_params, tokens,
+                                                      handle.vocab_size),
+                    throughput_from_law(laws["throughput"]),
+                    max_loss_increase=options.max_loss_increase, top=options.top,
+                    batch=sweep.throughput.batch, context=sweep.tp_context, baseline=baseline)
+    return rec, tokens, note
+
+
+def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
+    """Stages 1-4 (see the module docstring); returns what the report shows."""
+    from archscale.search.report import write_report
+
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    handle = run_trials(options, echo)
+    seconds["trials"] = time.perf_counter() - start
+    table = load_table(trials_table(handle.study))
+    if len(table) < 10:
+        raise ArchscaleError(f"only {len(table)} complete runs in study {handle.name!r}: the laws "
+                             "need more; check failed trials with `archscale study status`")
+    start = time.perf_counter()
+    laws = fit_laws(handle, table, options, echo)
+    seconds["fits"] = time.perf_counter() - start
+    target = options.scale_factor * float(handle.sweep.grid.scales[-1])
+    echo(f"[3/4] recommending shapes at N={target:,.0f} ({options.scale_factor:g}x the largest "
+         "trained scale)")
+    start = time.perf_counter()
+    rec, tokens, note = recommend_at(handle, table, laws, target, options)
+    seconds["recommend"] = time.perf_counter() - start
+    outcome = DemoOutcome(handle, table, laws, rec, target, tokens, note, seconds)
+    echo(f"[4/4] writing {options.out}/")
+    write_report(outcome, options.out)
+    return outcome
+
+
+def load_report_laws(out: Path) -> dict[str, Law]:
+    """The laws a finished demo saved, or one error saying to run the demo first."""
+    paths = {kind: out / "laws" / name for kind, name in LAW_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ArchscaleError(f"no fitted laws in {out}/laws ({', '.join(missing)} missing): run "
+                             "`archscale demo` first (same --out and --storage)")
+    return {kind: load_law(path) for kind, path in paths.items()}
+
+
+def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) -> dict[str, Any]:
+    """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare."""
+    from archscale.search.report import write_json
+
+    laws = load_report_laws(options.out)
+    handle = open_study(load_sweep(options.sweep).name, options.storage)
+    table = load_table(trials_table(handle.study))
+    n_params = scale_factor * float(handle.sweep.grid.scales[-1])
+    rec, tokens, _ = recommend_at(handle, table, laws, n_params, options)
+    top = rec.recommended[0]
+    spec = top.spec
+    echo(f"verify: training the top recommended shape at N={spec.params_nonembed:,} "
+         f"(d_model {spec.d_model}, {spec.n_layers} layers, {spec.n_heads}/{spec.n_kv_heads} "
+         f"heads, d_ff {spec.d_ff}) on {tokens:,.0f} tokens")
+    sweep = handle.sweep
+    result = train(spec, Budget(tokens=round(tokens)), sweep.recipe_obj, handle.load_data(), seed=sweep.seed,
+                   progress=options.progress)
+    if result.status != "complete" or result.val_loss is None:
+        raise ArchscaleError(f"the verification run ended {result.status}: {result.message}")
+    speed = measure_throughput(spec, batch=sweep.throughput.batch, context=sweep.tp_context,
+                               decode_tokens=sweep.throughput.decode_tokens,
+                               repeats=sweep.throughput.repeats)
+    loss_in = top.loss_low <= result.val_loss <= top.loss_high
+    report = {
+        "spec": spec.to_dict(), "params_nonembed": spec.params_nonembed, "tokens": result.tokens,
+        "extrapolation_factor": n_params / float(table["N"].max()),
+        "predicted_loss": top.loss, "loss_interval": [top.loss_low, top.loss_high],
+        "measured_loss": result.val_loss,
+        "loss_relative_error": (top.loss - result.val_loss) / result.val_loss,
+        "measured_loss_inside_interval": loss_in,
+        "predicted_decode_tokens_per_s": top.decode_tokens_per_s,
+        "measured_decode_tokens_per_s": speed.decode_tokens_per_s,
+        "throughput_relative_error": (top.decode_tokens_per_s - speed.decode_tokens_per_s)
+        / speed.decode_tokens_per_s,
+        "run": result.to_dict(),
+    }
+    write_json(report, options.out / "verify.json")
+    return report
+

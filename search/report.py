@@ -1,0 +1,187 @@
+"""The demo's report folder: report.md, PNG figures, law JSONs, recommendations, HF configs.
+
+Layout of ``<out>/``::
+
+    report.md                 what was run, the laws with intervals, held-out error, the answer
+    laws/*.json               the fitted laws (``archscale predict`` / ``recommend`` read them)
+    figures/*.png             U-curves, held-out, fits, the measured and predicted Pareto fronts
+    recommendations.json      the recommendation with provenance (``archscale export`` reads it)
+    hf/<shape>/config.json    one HuggingFace LlamaConfig per exported shape
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: the demo runs on machines without a screen
+import matplotlib.pyplot as plt
+import pandas as pd
+
+import archscale
+from archscale.laws import save_law
+from archscale.laws.law import Law
+from archscale.laws.plots import save_plots
+from archscale.search.export import export_hf
+from archscale.search.recommend import Recommendation, Scored, save_recommendation
+from archscale.search.table import pareto_front
+
+if TYPE_CHECKING:
+    from archscale.search.demo import DemoOutcome
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, allow_nan=False, default=float) + "\n")
+    return path
+
+
+def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
+    """Left: measured runs (loss vs decode tok/s) with each scale's front; right: the target."""
+    fig, (ax_runs, ax_target) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for n_params, runs in table.groupby(table["N"].round(-3)):
+        points = ax_runs.scatter(runs["decode_tokens_per_s"], runs["loss"], s=14,
+                                 label=f"N~{n_params:,.0f}")
+        front = pareto_front(runs)
+        ax_runs.plot(front["decode_tokens_per_s"], front["loss"], color=points.get_facecolor()[0],
+                     lw=1)
+    ax_runs.set_xscale("log")
+    ax_runs.set_xlabel("measured decode tokens/s")
+    ax_runs.set_ylabel("measured validation loss")
+    ax_runs.set_title("trained runs and their Pareto fronts")
+    ax_runs.legend(fontsize=8)
+
+    def mark(items: list[Scored], **style: Any) -> None:
+        ax_target.scatter([s.decode_tokens_per_s for s in items], [s.loss for s in items], **style)
+
+    mark(rec.pareto, s=12, color="gray", label="Pareto set (predicted)")
+    mark(rec.recommended, s=40, marker="*", color="tab:red", label="recommended")
+    mark([rec.loss_optimal], s=40, marker="s", color="tab:blue", label="loss-optimal")
+    if rec.baseline is not None:
+        mark([rec.baseline], s=40, marker="^", color="black", label="baseline")
+    ax_target.axhline(rec.target_loss, color="tab:red", lw=0.8, ls="--", label="target loss")
+    ax_target.set_xscale("log")
+    ax_target.set_xlabel("predicted decode tokens/s")
+    ax_target.set_ylabel("predicted loss")
+    ax_target.set_title("at the target scale (laws)")
+    ax_target.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "n/a" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+
+
+def _coefficients(law: Law) -> list[str]:
+    intervals = law.coef_intervals(0.95)
+    lines = ["| coefficient | value | 95% interval |", "|---|---|---|"]
+    for name, value in law.coefficients.items():
+        low, high = intervals.get(name, (None, None))
+        shown = "" if low is None else f"({low:.4g}, {high:.4g})"
+        lines.append(f"| {name} | {value:.5g} | {shown} |")
+    return lines
+
+
+def _validation(law: Law) -> str:
+    held = law.validation.get("heldout") or {}
+    if "mse" not in held:
+        return f"held-out check skipped: {held.get('skipped', 'one scale only')}"
+    spearman = held.get("spearman_min")
+    return (f"held out ({held['rule']}, {held['n_test']} runs): MSE {held['mse']:.3g}, mean "
+            f"relative error {held['mean_relative_error']:.2%}, lowest Spearman per group "
+            f"{'n/a' if spearman is None else f'{spearman:.2f}'}")
+
+
+def _shape_rows(rec: Recommendation) -> list[str]:
+    lines = ["| shape | d_model | layers | heads/kv | d_ff | r | d/sqrt(N) | N | predicted loss "
+             "[95%] | decode tok/s | vs baseline | KV bytes/token |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(f"recommended #{i}", s) for i, s in enumerate(rec.recommended, 1)]
+    rows.append(("loss-optimal", rec.loss_optimal))
+    if rec.baseline is not None:
+        rows.append(("baseline", rec.baseline))
+    for label, s in rows:
+        info = rec.shape_dict(s)
+        gain = (info.get("vs_baseline") or {}).get("throughput_gain")
+        spec = s.spec
+        lines.append(
+            f"| {label} | {spec.d_model} | {spec.n_layers} | {spec.n_heads}/{spec.n_kv_heads} | "
+            f"{spec.d_ff} | {spec.r_mlp_attn:.2f} | {spec.d_over_sqrt_n:.3f} | "
+            f"{spec.params_nonembed:,} | {s.loss:.4f} {_interval(*info['loss_interval'])} | "
+            f"{s.decode_tokens_per_s:,.0f} | {'' if gain is None else f'{gain:+.1%}'} | "
+            f"{info['kv_cache_bytes_per_token']:,} |")
+    return lines
+
+
+def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: list[Path],
+              out: Path) -> str:
+    handle, table, rec = outcome.handle, outcome.table, outcome.recommendation
+    sweep = handle.sweep
+    scales = ", ".join(f"{n:,.0f}" for n in sweep.grid.scales)
+    extrapolation = (rec.extrapolation.get("loss_law") or {}).get("N") or {}
+    lines = [
+        "# archscale demo report", "",
+        f"Written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by archscale {archscale.__version__}.",
+        "", "## What was trained", "",
+        f"Study `{handle.name}` in `{handle.url}`: {len(table)} complete runs on "
+        f"{handle.study.user_attrs.get('data_source', 'the embedded plays')} ({sweep.tokenizer} "
+        f"tokenizer, sequence length {sweep.seq_len}), a grid of scales N = {scales} x "
+        f"d/sqrt(N) {sweep.grid.d_over_sqrt_n} x r {sweep.grid.r} x GQA {sweep.grid.gqa}, each run "
+        f"trained on {sweep.budget.tokens_per_param:g} tokens per parameter. Trials took "
+        f"{outcome.seconds.get('trials', 0):.0f} s in this invocation (finished runs are never "
+        "retrained), the fits {:.0f} s.".format(outcome.seconds.get("fits", 0)), "",
+        f"Watch or inspect it: `optuna-dashboard {handle.url}`.", "",
+        "## Fitted laws", "",
+        "Intervals are 95% bootstrap percentile intervals over runs: the uncertainty of the law's "
+        "mean, not the scatter of single runs. The held-out check refits on the smaller scales and "
+        "predicts the largest trained one.", "",
+    ]
+    for kind, law in outcome.laws.items():
+        lines += [f"### {kind} ({law.target})", "", *_coefficients(law), "", _validation(law), ""]
+        lines += [f"note: {note}" for note in law.notes]
+        lines += [f"![{kind} {p.stem}](figures/{p.name})" for p in figures.get(kind, [])] + [""]
+    lines += [
+        f"## Recommendation at N = {outcome.target_params:,.0f}, D = {outcome.target_tokens:,.0f}",
+        "",
+        f"Target loss {rec.target_loss:.4f} (the loss-optimal shape's prediction + "
+        f"{(rec.target_loss / rec.loss_optimal.loss - 1):.1%}). Decode throughput predicted by the "
+        f"throughput law fitted on this machine's measurements (batch {rec.batch}, context "
+        f"{rec.context}). Baseline: {outcome.baseline_note}.", "",
+        *_shape_rows(rec), "",
+        f"Extrapolation: {extrapolation.get('factor', float('nan')):.1f}x beyond the largest "
+        "trained N; the intervals above are the laws' at that distance and widen with it.", "",
+    ]
+    lines += [f"- {note}" for note in rec.notes]
+    lines += ["", "![Pareto fronts](figures/pareto.png)", "", "## Files", ""]
+    lines += [f"- `{p.relative_to(out)}`" for p in sorted(out.glob("laws/*.json"))]
+    lines += ["- `recommendations.json`: every number above with how it was obtained"]
+    lines += [f"- `{p.relative_to(out)}`" for p in configs]
+    lines += ["", "Next: `archscale demo --verify` trains a recommended shape at a scale this "
+              "machine affords and compares prediction with measurement.", ""]
+    return "\n".join(lines)
+
+
+def write_report(outcome: DemoOutcome, out: Path) -> Path:
+    """Write the whole report folder; returns the path of report.md."""
+    from archscale.search.demo import LAW_FILES
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures_dir = out / "figures"
+    figures: dict[str, list[Path]] = {}
+    for kind, law in outcome.laws.items():
+        save_law(law, out / "laws" / LAW_FILES[kind])
+        paths = save_plots(law, outcome.table, figures_dir / kind)
+        figures[kind] = [p.rename(figures_dir / f"{kind}_{p.name}") for p in paths]
+        (figures_dir / kind).rmdir()
+    plot_pareto(outcome.table, outcome.recommendation, figures_dir / "pareto.png")
+    source = save_recommendation(outcome.recommendation, out)
+    configs = export_hf(source, out / "hf")
+    report = out / "report.md"
+    report.write_text(_markdown(outcome, figures, configs, out))
+    return report

@@ -1,0 +1,89 @@
+"""`archscale demo` end to end on the session's small finished study: report, laws, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SMALL_STUDY_SWEEP
+from typer.testing import CliRunner
+
+from archscale.cli.main import app
+from archscale.laws import load_law, load_table
+from archscale.search.study import open_study
+from archscale.search.table import trials_table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_report(small_study, tmp_path_factory):
+    name, url = small_study
+    out = tmp_path_factory.mktemp("demo") / "report"
+    before = len(open_study(name, url).study.trials)
+    result = CliRunner().invoke(app, [
+        "demo", "--sweep", str(SMALL_STUDY_SWEEP), "--storage", url, "--out", str(out),
+        "--workers", "1", "--n-boot", "40", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out, result.output, url, name, before
+
+
+def test_a_finished_study_is_continued_not_retrained(demo_report):
+    _, output, url, name, before = demo_report
+    assert len(open_study(name, url).study.trials) == before
+    assert "24/24 runs complete" in output
+
+
+def test_report_has_every_section_figure_and_file(demo_report):
+    out = demo_report[0]
+    text = (out / "report.md").read_text()
+    for heading in ("## What was trained", "### chinchilla", "### conditional", "### throughput",
+                    "## Recommendation at N = ", "Extrapolation: ", "held out"):
+        assert heading in text
+    for figure in ("pareto.png", "conditional_u_curves.png", "conditional_heldout.png",
+                   "throughput_fit.png"):
+        path = out / "figures" / figure
+        assert path.stat().st_size > 5000, figure
+        assert f"figures/{figure}" in text
+    assert not (out / "figures" / "conditional").exists()
+
+
+def test_saved_laws_predict_what_the_fit_reported(demo_report):
+    out, _, url, name, _ = demo_report
+    table = load_table(trials_table(open_study(name, url).study))
+    conditional = load_law(out / "laws" / "conditional.json")
+    assert {t["feature"] for t in conditional.config["terms"]} == {"d_over_sqrt_n", "r",
+                                                                     "gqa_group"}
+    predicted = conditional.predict(table)
+    assert np.all(np.isfinite(predicted))
+    in_sample = conditional.validation["in_sample"]
+    assert np.isclose(np.mean((predicted - table["loss"]) ** 2), in_sample["mse"])
+    held = conditional.validation["heldout"]
+    assert held["n_test"] == 8 and held["mse"] < 0.05  # the largest scale, fitted on the rest
+
+
+def test_recommendation_meets_its_target_at_ten_times_the_largest_scale(demo_report):
+    out = demo_report[0]
+    rec = json.loads((out / "recommendations.json").read_text())
+    largest = max(load_law(out / "laws" / "conditional.json").provenance["n_range"])
+    for shape in rec["recommended"]:
+        assert shape["predicted_loss"] <= rec["target_loss"] + 1e-12
+        assert shape["predicted_decode_tokens_per_s"] >= (
+            rec["loss_optimal"]["predicted_decode_tokens_per_s"] * (1 - 1e-9))
+        assert shape["extrapolation"]["N"] == pytest.approx(
+            shape["params_nonembed"] / largest)
+        assert 5 < shape["extrapolation"]["N"] < 20
+    assert rec["baseline"] is not None
+    configs = sorted((out / "hf").glob("*/config.json"))
+    assert len(configs) >= len(rec["recommended"])
+    first = json.loads(configs[0].read_text())
+    assert first["model_type"] == "llama" and first["vocab_size"] == 256
+
+
+def test_verify_without_a_report_is_one_clear_error(tmp_path, small_study):
+    _, url = small_study
+    result = CliRunner().invoke(app, ["demo", "--verify", "--sweep", str(SMALL_STUDY_SWEEP),
+                                      "--storage", url, "--out", str(tmp_path / "none")])
+    assert result.exit_code != 0
+    assert "run `archscale demo` first" in str(result.exception or result.output)
