@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import LogFormatterSciNotation
 
 from archscale.laws.law import Law, as_table
 from archscale.laws.table import scale_labels, scale_order
@@ -97,7 +97,8 @@ def plot_u_curves(law: Law, table: pd.DataFrame, path: Path) -> Path | None:
             order = members[np.argsort(x[members])]
             ax.plot(x[order], predicted[order], color="black", lw=0.8, alpha=0.6)
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short range collide
+        # Label minor ticks too: a range under one decade would otherwise show no labels at all.
+        ax.xaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         ax.set_xlabel(feature)
         ax.set_ylabel("loss")
     fig.suptitle("U-curves: points measured, lines the law (one per scale and token count)")

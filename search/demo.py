@@ -134,10 +134,9 @@ def conditional_terms(table: pd.DataFrame) -> list[dict[str, str]]:
 
 def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
              echo: Echo) -> dict[str, Law]:
-    """Fit and validate the three laws (held out: the largest trained scale)."""
+    """Fit and validate the three laws (held out: the largest grid scale, by the table's
+    ``scale`` column)."""
     provenance = {"source": "study", "study": handle.name, "storage": handle.url}
-    largest = float(table["N"].max())
-    holdout_above = largest * 0.75  # the largest grid scale (realized N scatters around it)
     settings = {
         "chinchilla": {},
         "conditional": {"terms": conditional_terms(table)},
@@ -147,7 +146,7 @@ def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
     for kind, law_options in settings.items():
         echo(f"[2/4] fitting the {kind} law on {len(table)} runs ({options.n_boot} bootstrap refits)")
         laws[kind] = fit_law(kind, table, law_options, n_boot=options.n_boot, seed=options.seed,
-                             holdout_above=holdout_above, provenance=provenance)
+                             provenance=provenance)
     return laws
 
 

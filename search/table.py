@@ -22,8 +22,9 @@ from archscale.sweeps.results import RunResult
 COLUMNS = ["N", "params_total", "D", "loss", "d_model", "n_layers", "n_heads", "n_kv_heads",
            "head_dim", "d_ff", "vocab_size", "seq_len", "r", "d_over_sqrt_n", "gqa_group", "flops",
            "val_accuracy", "task_accuracy", "prefill_tokens_per_s", "decode_tokens_per_s",
-           "tp_batch", "tp_context", "study", "trial_id", "status"]
-"""The canonical run table (docs/CONTRIBUTING.md), in order."""
+           "tp_batch", "tp_context", "scale", "study", "trial_id", "status"]
+"""The canonical run table (docs/CONTRIBUTING.md), in order. ``scale`` is a grid trial's target N:
+realized N scatter around it (up to shape.max_params_error), so clustering N could split a scale."""
 
 
 def trial_row(trial: FrozenTrial, study_name: str) -> dict | None:
@@ -33,7 +34,8 @@ def trial_row(trial: FrozenTrial, study_name: str) -> dict | None:
     row = RunResult.from_dict(trial.user_attrs[RESULT_ATTR]).row()
     # The trial's status wins: a run that finished after its twin is a "duplicate".
     status = trial.user_attrs.get("status", row["status"])
-    return {**row, "study": study_name, "trial_id": trial.number, "status": status}
+    return {**row, "scale": trial.params.get("N"), "study": study_name, "trial_id": trial.number,
+            "status": status}
 
 
 def trials_table(study: optuna.Study, *, include_failed: bool = False) -> pd.DataFrame:
@@ -45,7 +47,9 @@ def trials_table(study: optuna.Study, *, include_failed: bool = False) -> pd.Dat
         row = trial_row(trial, study.study_name)
         if row is not None:
             rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    # Searched trials have no grid scale: laws then group runs by clusters of N.
+    return table.drop(columns="scale") if table["scale"].isna().any() else table
 
 
 def status_table(study: optuna.Study) -> pd.DataFrame:

@@ -22,3 +22,25 @@ def tiny_spec():
 
     return ArchSpec(vocab_size=256, seq_len=32, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
                     head_dim=8, d_ff=64)
+
+
+SMALL_STUDY_SWEEP = REPO_ROOT / "tests" / "data" / "small_study.yaml"
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory):
+    """(name, storage URL) of tests/data/small_study.yaml, created and run to its end once per
+    session in a temporary journal file, through the Python API. Every planned run is COMPLETE.
+    Shared by the tests that read a finished study: read it, never add trials to it."""
+    from archscale.search.study import create_study
+    from archscale.search.table import trials_table
+    from archscale.search.worker import WorkerOptions, run_study
+
+    url = str(tmp_path_factory.mktemp("small_study") / "study.journal")
+    handle = create_study(SMALL_STUDY_SWEEP, url)
+    run_study(handle.name, handle.url, options=WorkerOptions(progress=False))
+    complete = len(trials_table(handle.study))
+    assert complete == len(handle.planned_runs()), (
+        f"small_study: {complete} of {len(handle.planned_runs())} runs completed; see "
+        f"`archscale study status {handle.name} --storage {handle.url}`")
+    return handle.name, handle.url

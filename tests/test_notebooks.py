@@ -1,0 +1,145 @@
+"""The notebooks run top to bottom (nbclient, a real kernel) against a real finished study, the
+``small_study`` fixture, and produce the numbers they teach; the committed files hold no outputs.
+
+Each notebook writes a summary JSON to $ARCHSCALE_NOTEBOOK_OUT; the tests check those numbers
+against the study itself.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from archscale.arch.export import spec_from_hf_config
+from archscale.arch.spec import ArchSpec
+from archscale.search.study import open_study
+from archscale.search.table import trials_table
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+CELL_TIMEOUT_S = 600
+"""Per cell: generous, as the machine is shared; a hung kernel still fails the test."""
+N_BOOT = 40
+"""Bootstrap refits in the notebooks (their default is 200): enough for finite intervals."""
+
+
+def execute(name: str, study: tuple[str, str], out: Path, monkeypatch) -> nbformat.NotebookNode:
+    """Run notebooks/NAME in a fresh python3 kernel pointed at ``study``; the executed notebook."""
+    env = {"ARCHSCALE_STUDY": study[0], "ARCHSCALE_STORAGE": study[1],
+           "ARCHSCALE_NOTEBOOK_OUT": str(out), "ARCHSCALE_NOTEBOOK_NBOOT": str(N_BOOT)}
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)  # the kernel inherits this process's environment
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                   resources={"metadata": {"path": str(out)}}).execute()
+    return notebook
+
+
+def outputs_of(notebook: nbformat.NotebookNode, mime: str) -> list:
+    return [o["data"][mime] for cell in notebook.cells if cell.cell_type == "code"
+            for o in cell.outputs if mime in o.get("data", {})]
+
+
+def assert_finite(values) -> None:
+    values = list(values)
+    assert values and all(v is not None and math.isfinite(v) for v in values), values
+
+
+def study_table(study: tuple[str, str]):
+    return trials_table(open_study(*study).study)
+
+
+def test_committed_notebooks_have_no_outputs():
+    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert [p.name for p in paths] == ["01_study_and_laws.ipynb", "02_pareto_and_recommend.ipynb"]
+    for path in paths:
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert code, path
+        assert all(c.execution_count is None and c.outputs == [] for c in code), (
+            f"{path.name} holds outputs: clear them (jupyter nbconvert --clear-output --inplace)")
+
+
+@pytest.mark.slow
+def test_study_and_laws_notebook(small_study, tmp_path, monkeypatch):
+    notebook = execute("01_study_and_laws.ipynb", small_study, tmp_path, monkeypatch)
+    summary = json.loads((tmp_path / "01_study_and_laws.json").read_text())
+    table = study_table(small_study)
+    assert summary["study"] == small_study[0]
+    assert summary["n_runs"] == len(table) == 24
+    assert summary["scales"] == ["4e+03", "8e+03", "1.6e+04"]  # the grid's target N
+    for kind in ("chinchilla", "conditional"):
+        law = summary[kind]
+        assert_finite(law["coefficients"].values())
+        assert law["intervals"].keys() == law["coefficients"].keys()
+        for low, high in law["intervals"].values():
+            assert_finite([low, high])
+            assert low <= high
+        held = law["heldout"]  # fit on the two smaller scales, predict the 8 runs of the largest
+        assert held["rule"] == "largest scale '1.6e+04' held out"
+        assert (held["n_train"], held["n_test"]) == (16, 8)
+        assert_finite([held["mse"], held["mean_relative_error"]])
+        assert held["mse"] > 0
+    assert summary["conditional"]["converged"]
+    # The joint fit starts from the Chinchilla fit with flat shape terms and least squares never
+    # goes uphill, so its in-sample error is at most Chinchilla's.
+    assert (summary["conditional"]["in_sample"]["mse"]
+            <= summary["chinchilla"]["in_sample"]["mse"] * (1 + 1e-9))
+    # U-curves, two held-out plots and the fit plot, shown inline and saved
+    assert len(outputs_of(notebook, "image/png")) == 4
+    assert {Path(p).name for p in summary["figures"]} == {
+        "u_curves.png", "heldout_chinchilla.png", "heldout_conditional.png", "fit_conditional.png"}
+    assert json.loads((tmp_path / "conditional.json").read_text())["law"] == "conditional"
+
+
+@pytest.mark.slow
+def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
+    notebook = execute("02_pareto_and_recommend.ipynb", small_study, tmp_path, monkeypatch)
+    summary = json.loads((tmp_path / "02_pareto_and_recommend.json").read_text())
+    table = study_table(small_study)
+    assert len(outputs_of(notebook, "image/png")) == 1  # loss vs decode throughput
+
+    coef = summary["throughput_law"]["coefficients"]
+    assert_finite(coef.values())
+    assert min(coef.values()) >= 0 and max(coef.values()) > 0
+
+    # The Pareto front: measured runs, better loss only at lower throughput, none dominated.
+    front = summary["pareto_front"]
+    assert front
+    losses = [p["loss"] for p in front]
+    speeds = [p["decode_tokens_per_s"] for p in front]
+    assert losses == sorted(losses) and speeds == sorted(speeds)
+    runs = table.set_index("trial_id")
+    for point in front:
+        run = runs.loc[point["trial_id"]]
+        assert (run["loss"], run["decode_tokens_per_s"]) == (point["loss"],
+                                                            point["decode_tokens_per_s"])
+        beaten = (table["loss"] < point["loss"]) & (
+            table["decode_tokens_per_s"] > point["decode_tokens_per_s"])
+        assert not beaten.any()
+
+    # Recommended at 10x the largest trained N: on the target, under the loss target, fastest first.
+    assert summary["target_params"] == 10 * table["N"].max()
+    recommended, optimal = summary["recommended"], summary["loss_optimal"]
+    assert 1 <= len(recommended) <= 5
+    assert summary["target_loss"] == pytest.approx(optimal["loss"] * 1.01)
+    for shape in [*recommended, optimal]:
+        assert abs(shape["N"] / summary["target_params"] - 1) <= 0.05
+        assert_finite([shape["loss"], *shape["loss_interval"], shape["decode_tokens_per_s"]])
+    assert all(s["loss"] <= summary["target_loss"] for s in recommended)
+    speeds = [s["decode_tokens_per_s"] for s in recommended]
+    assert speeds == sorted(speeds, reverse=True)
+    assert speeds[0] >= optimal["decode_tokens_per_s"]
+
+    # Exported HF configs describe exactly the recommended shapes.
+    shapes = {f"rank-{i}": s for i, s in enumerate(recommended, 1)} | {"loss-optimal": optimal}
+    assert summary["hf_configs"].keys() == shapes.keys()
+    for name, path in summary["hf_configs"].items():
+        config = json.loads(Path(path).read_text())
+        assert config["model_type"] == "llama"
+        assert spec_from_hf_config(config) == ArchSpec.from_dict(shapes[name]["spec"])
+    manifest = json.loads((tmp_path / "hf" / "recommendations.json").read_text())
+    assert manifest["export"]["configs"].keys() == shapes.keys()
