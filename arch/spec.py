@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1}
 
@@ -195,10 +195,7 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown ArchSpec keys {unknown}: valid keys are {sorted(known)}")
+        reject_unknown_keys(cls, data, error=SpecError)
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in data)
         if missing:

@@ -124,11 +124,17 @@ def run_trials(options: DemoOptions, echo: Echo) -> StudyHandle:
     return open_study(handle.name, handle.url)
 
 
-def conditional_terms(table: pd.DataFrame) -> list[dict[str, str]]:
-    """Bian et al.'s U-shaped terms in d/sqrt(N) and r, plus ln(GQA group) when GQA varies."""
-    terms = [{"feature": "d_over_sqrt_n", "form": "u_log_inv"}, {"feature": "r", "form": "u_log_inv"}]
-    if table["gqa_group"].nunique() > 1:
-        terms.append({"feature": "gqa_group", "form": "log"})
+def conditional_terms(sweep: SweepFile) -> list[dict[str, str]]:
+    """Bian et al.'s U-shaped terms in d/sqrt(N) and r where the grid has 3+ values of them (a
+    U needs three), ln of the feature where it has two, plus ln(GQA group) when GQA varies."""
+    grid = sweep.grid
+    terms = []
+    for feature, values in (("d_over_sqrt_n", grid.d_over_sqrt_n), ("r", grid.r),
+                            ("gqa_group", grid.gqa)):
+        if len(set(values)) >= 3 and feature != "gqa_group":
+            terms.append({"feature": feature, "form": "u_log_inv"})
+        elif len(set(values)) >= 2:
+            terms.append({"feature": feature, "form": "log"})
     return terms
 
 
@@ -139,7 +145,7 @@ def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
     provenance = {"source": "study", "study": handle.name, "storage": handle.url}
     settings = {
         "chinchilla": {},
-        "conditional": {"terms": conditional_terms(table)},
+        "conditional": {"terms": conditional_terms(handle.sweep)},
         "throughput": {"target": "decode"},
     }
     laws = {}

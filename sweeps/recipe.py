@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.spec import ArchSpec
 
 
@@ -192,10 +192,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ArchscaleError(f"unknown Recipe keys {unknown}: valid keys are {sorted(known)}")
+        reject_unknown_keys(cls, data)
         return cls(**data)
 
 

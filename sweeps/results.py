@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.spec import ArchSpec
 
 Status = Literal["complete", "diverged", "oom", "pruned", "failed"]
@@ -97,11 +97,7 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ArchscaleError(f"unknown RunResult keys {unknown}: is this a run JSON written by "
-                                 "a newer archscale?")
+        reject_unknown_keys(cls, data, hint="is this a run JSON written by a newer archscale?")
         return cls(**data)
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -44,3 +44,12 @@ def small_study(tmp_path_factory):
         f"small_study: {complete} of {len(handle.planned_runs())} runs completed; see "
         f"`archscale study status {handle.name} --storage {handle.url}`")
     return handle.name, handle.url
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private $ARCHSCALE_CACHE (tokenizers, hardware probes) for one test module."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("archscale-cache")
+        mp.setenv("ARCHSCALE_CACHE", str(path))
+        yield path

@@ -16,14 +16,6 @@ from archscale.sweeps.tokenizer import text_hash
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("archscale-cache")
-        mp.setenv("ARCHSCALE_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def plays():
     return corpus.shakespeare_documents()
 

@@ -19,14 +19,6 @@ UNSEEN = "Naïve café — “quoted” 😀 tabs\tand\r\nCRLF, 日本語, and t
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("archscale-cache")
-        mp.setenv("ARCHSCALE_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def texts():
     """Three plays' worth of training text (about 400 kB) keeps BPE training to a second."""
     return [text for _, text in corpus.shakespeare_documents()[:3]]
