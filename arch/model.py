@@ -9,8 +9,13 @@ accelerators, fp32 on CPU, see ``archscale.arch.runtime.default_compute_dtype``)
 accumulation; norms, RoPE and softmax run in fp32; logits are fp32.
 
 Dimension letters: B batch, T query positions, S key positions (cache slots), D d_model,
-N query heads, K KV heads, G query heads per KV head (N = K G), H head_dim, F d_ff, V vocab,
-L layers.
+N query heads, K KV heads, G query heads per KV head (N = K G), J = N + 2K heads of the fused
+QKV projection, H head_dim, F d_ff, V vocab, L layers. Letters run together name one flattened
+axis: JH is J * H.
+
+Matmuls see every weight as a 2-D output x input matrix (``Layers.stacked``): XLA lowers such a
+dot to one GEMM on the stored array, where a weight with several free or contracted axes gets
+transposed on every call (on CPU: every weight at every generated token).
 
 Keys and values are laid out BxKxSxH (KV head before position), in the forward pass and in the
 cache alike: the decode step's two attention matmuls then read the cache in place, batched over
@@ -19,6 +24,7 @@ cache alike: the decode step's two attention matmuls then read the cache in plac
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -81,9 +87,13 @@ def _weight_shapes(spec: ArchSpec) -> dict[str, tuple[tuple[int, ...], float | N
 def _initial_weights(key: jax.Array, spec: ArchSpec, dtype) -> dict[str, jax.Array]:
     """All initial weights from one compiled call (eager init compiles once per weight shape)."""
     shapes = _weight_shapes(spec)
-    keys = dict(zip(shapes, jax.random.split(key, len(shapes)), strict=True))
+    # One normal draw sliced into every weight: a threefry per weight made this tiny function
+    # take seconds to compile, which dominated short runs of small models.
+    sizes = {name: math.prod(shape) for name, (shape, std) in shapes.items() if std is not None}
+    flat = jax.random.normal(key, (sum(sizes.values()),), dtype)
+    offsets = dict(zip(sizes, itertools.accumulate(sizes.values(), initial=0), strict=False))
     return {name: jnp.ones(shape, dtype) if std is None
-            else std * jax.random.normal(keys[name], shape, dtype)
+            else std * flat[offsets[name]:offsets[name] + sizes[name]].reshape(shape)
             for name, (shape, std) in shapes.items()}
 
 
@@ -99,11 +109,17 @@ class Layers(nnx.Module):
         self.w_down_LxDxF = nnx.Param(weights["w_down_LxDxF"])
 
     def stacked(self, dtype) -> dict[str, jax.Array]:
-        """The stacked weights as plain arrays (matrices cast to ``dtype``), for lax.scan."""
-        # Keys drop the layer axis from the name: "wo_LxDxNxH" -> "wo_DxNxH" (one layer's shape).
-        arrays = {name.replace("_Lx", "_"): var[...] for name, var in vars(self).items()
-                  if isinstance(var, nnx.Param)}
-        return {name: a if "norm" in name else a.astype(dtype) for name, a in arrays.items()}
+        """Every layer's weights stacked along L, for lax.scan: norm scales as stored, matrices
+        as 2-D output x input views (free reshapes) in ``dtype``. Keys name one layer's shape."""
+        L, D = self.attn_norm_LxD.shape
+        matrices = {
+            "wqkv_JHxD": self.wqkv_LxJxHxD[...].reshape(L, -1, D),
+            "wo_DxNH": self.wo_LxDxNxH[...].reshape(L, D, -1),
+            "w_gate_up_2FxD": self.w_gate_up_Lx2xFxD[...].reshape(L, -1, D),
+            "w_down_DxF": self.w_down_LxDxF[...],
+        }
+        return {"attn_norm_D": self.attn_norm_LxD[...], "mlp_norm_D": self.mlp_norm_LxD[...],
+                **{name: w.astype(dtype) for name, w in matrices.items()}}
 
 
 class Transformer(nnx.Module):
@@ -142,9 +158,10 @@ class Transformer(nnx.Module):
             raise ArchscaleError(f"init_cache(batch={batch}, max_len={max_len}): both must be >= 1")
         s = self.spec
         dtype = jnp.dtype(dtype or self.compute_dtype)
-        zeros = tuple(jnp.zeros((batch, s.n_kv_heads, max_len, s.head_dim), dtype)
-                      for _ in range(s.n_layers))
-        return KVCache(zeros, zeros, jnp.zeros((), jnp.int32))
+        shape = (batch, s.n_kv_heads, max_len, s.head_dim)
+        # 2 L distinct buffers: a donated cache must not hand XLA one buffer twice.
+        k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(s.n_layers)) for _ in range(2))
+        return KVCache(k, v, jnp.zeros((), jnp.int32))
 
     def layer_weights(self) -> tuple[dict[str, jax.Array], ...]:
         """Each layer's weights sliced out of the stacks, in the compute dtype.
@@ -201,6 +218,30 @@ class Transformer(nnx.Module):
         logits_Bx1xV, cache = self.prefill(tokens_B[:, None], cache, weights=weights)
         return logits_Bx1xV[:, 0], cache
 
+    def greedy_decode(self, tokens_B: jax.Array, cache: KVCache, steps: int, *,
+                      weights: tuple[dict[str, jax.Array], ...] | None = None,
+                      ) -> tuple[jax.Array, KVCache]:
+        """Feed ``tokens_B``, then each row's argmax, ``steps`` times in one ``lax.fori_loop``.
+
+        Returns the generated tokens_BxN (N = steps; token i is the argmax after input i) and
+        the cache ``steps`` tokens longer. Jit it with the cache donated: every step then
+        updates each layer's buffer in place. ``weights`` (``layer_weights()``) may be prepared
+        once per model, as a server does; by default they are sliced here, before the loop.
+        The caller keeps ``cache.length + steps <= cache.max_len``.
+        """
+        weights = weights or self.layer_weights()
+
+        def step(i, carry):
+            tokens_B, cache, out_BxN = carry
+            logits_BxV, cache = self.decode_step(tokens_B, cache, weights=weights)
+            tokens_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+            return tokens_B, cache, out_BxN.at[:, i].set(tokens_B)
+
+        out_BxN = jnp.zeros((tokens_B.shape[0], steps), jnp.int32)
+        _, cache, out_BxN = jax.lax.fori_loop(0, steps, step,
+                                              (tokens_B.astype(jnp.int32), cache, out_BxN))
+        return out_BxN, cache
+
     # ---- pieces shared by the forward pass and the cached path -------------------------------
     def _embed(self, tokens_BxT: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(self.compute_dtype)
@@ -210,9 +251,10 @@ class Transformer(nnx.Module):
         s = self.spec
         N, K = s.n_heads, s.n_kv_heads
         h_BxTxD = _rms_norm(x_BxTxD, p["attn_norm_D"], s.norm_eps)
-        qkv_BxTxJxH = jnp.einsum("btd,jhd->btjh", h_BxTxD, p["wqkv_JxHxD"])
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = jnp.split(qkv_BxTxJxH, [N, N + K], axis=2)
         B, T = x_BxTxD.shape[:2]
+        qkv_BxTxJH = jnp.einsum("btd,ed->bte", h_BxTxD, p["wqkv_JHxD"])
+        qkv_BxTxJxH = qkv_BxTxJH.reshape(B, T, N + 2 * K, s.head_dim)
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = jnp.split(qkv_BxTxJxH, [N, N + K], axis=2)
         q_BxTxKxGxH = _rope(q_BxTxNxH, cos, sin).reshape(B, T, K, s.gqa_group, s.head_dim)
         k_BxKxTxH = jnp.swapaxes(_rope(k_BxTxKxH, cos, sin), 1, 2)
         return q_BxTxKxGxH, k_BxKxTxH, jnp.swapaxes(v_BxTxKxH, 1, 2)
@@ -220,10 +262,11 @@ class Transformer(nnx.Module):
     def _finish(self, p, x_BxTxD, attn_BxTxKxGxH):
         """Output projection and residual, then the SwiGLU MLP block and residual."""
         B, T = x_BxTxD.shape[:2]
-        attn_BxTxNxH = attn_BxTxKxGxH.reshape(B, T, self.spec.n_heads, self.spec.head_dim)
-        x_BxTxD = x_BxTxD + jnp.einsum("btnh,dnh->btd", attn_BxTxNxH, p["wo_DxNxH"])
+        attn_BxTxNH = attn_BxTxKxGxH.reshape(B, T, -1)
+        x_BxTxD = x_BxTxD + jnp.einsum("bte,de->btd", attn_BxTxNH, p["wo_DxNH"])
         h_BxTxD = _rms_norm(x_BxTxD, p["mlp_norm_D"], self.spec.norm_eps)
-        gate_up_BxTx2xF = jnp.einsum("btd,cfd->btcf", h_BxTxD, p["w_gate_up_2xFxD"])
+        gate_up_BxTx2F = jnp.einsum("btd,ed->bte", h_BxTxD, p["w_gate_up_2FxD"])
+        gate_up_BxTx2xF = gate_up_BxTx2F.reshape(B, T, 2, self.spec.d_ff)
         hidden_BxTxF = jax.nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
         return x_BxTxD + jnp.einsum("btf,df->btd", hidden_BxTxF, p["w_down_DxF"])
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from archscale.arch.errors import ArchscaleError
 from archscale.cli.shape_options import (
     DFF,
     DModel,
@@ -43,7 +44,7 @@ def throughput(
         None, help="Prompt tokens per sequence (default 512 on CPU, 2048 on accelerators).",
         show_default=False),
     decode_tokens: int = typer.Option(32, help="Generated tokens per timed decode loop."),
-    repeats: int = typer.Option(5, help="Timed calls; the median is reported."),
+    repeats: int = typer.Option(5, help="Timed calls; the fastest is reported."),
     dtype: str | None = typer.Option(
         None, help="Compute dtype (default bf16 on accelerators, float32 on CPU).",
         show_default=False),
@@ -54,6 +55,8 @@ def throughput(
     arch = spec_from_options(spec, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                              n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
                              vocab_size=vocab_size, tie_embeddings=tie_embeddings)
+    if out is not None and out.is_dir():
+        raise ArchscaleError(f"--out {out} is a directory: give the path of a JSON file to write")
     # Imported here so `archscale --help` and the arch commands do not start JAX.
     from archscale.arch.runtime import configure_jax
     from archscale.sweeps.throughput import measure_throughput

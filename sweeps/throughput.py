@@ -7,10 +7,13 @@ speed of a shape does not depend on the values.
 
 * prefill: one batch of ``context``-token prompts through ``Transformer.prefill`` (logits of the
   last position only, as a server needs), tokens/s = batch * context / seconds.
-* decode: ``decode_tokens`` greedy steps inside ONE compiled ``fori_loop``, the cache donated
-  and updated in place, starting with ``context`` cached tokens; tokens/s = batch * steps / s.
+* decode: ``decode_tokens`` greedy steps inside ONE compiled ``fori_loop``
+  (``Transformer.greedy_decode``), the cache donated and updated in place, starting with
+  ``context`` cached tokens; tokens/s = batch * steps / s.
 
-Both are timed after a warm-up call (compilation) as the median of ``repeats`` calls.
+Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls: other
+processes sharing the device only ever add time, so the fastest call is the figure that
+repeats (the ratio of two shapes' figures is what laws use).
 Rooflines: prefill time >= max(FLOPs / peak FLOP/s, bytes / bandwidth) where FLOPs are 2N per
 token, causal attention and one output projection per prompt, bytes the weights plus the
 written cache; a decode step reads the decode weights (N and the output projection) and the
@@ -21,7 +24,6 @@ roofline time is the larger of the two quotients. ``*_fraction`` is measured / r
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +52,7 @@ class ThroughputResult:
     decode_tokens: int
     """Generated tokens per sequence in the timed decode loop."""
     repeats: int
-    """Timed calls; figures are their median."""
+    """Timed calls; figures are from the fastest."""
     dtype: str
     """Compute, weight and cache dtype."""
     device_kind: str
@@ -92,18 +94,33 @@ class ThroughputResult:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+_COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+                   "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+
+def compute_dtype(dtype=None) -> jnp.dtype:
+    """The dtype to measure in: a name ('bf16', 'float32', ...) or a dtype; None: the default."""
+    if dtype is None:
+        return default_compute_dtype()
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in _COMPUTE_DTYPES:
+        raise ArchscaleError(f"dtype {dtype!r} is not a floating compute dtype: use one of "
+                             f"{sorted(_COMPUTE_DTYPES)}")
+    return jnp.dtype(_COMPUTE_DTYPES[name])
+
+
 def default_setting() -> tuple[int, int]:
     """(batch, context): long-prompt serving, scaled down on CPU."""
     return (8, 512) if jax.default_backend() == "cpu" else (64, 2048)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
+def _best_seconds(fn, repeats: int) -> float:
+    best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def roofline(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dtype,
@@ -139,7 +156,7 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
                         ("repeats", repeats)):
         if value < 1:
             raise ArchscaleError(f"measure_throughput: {name}={value} must be >= 1")
-    dtype = jnp.dtype(dtype or default_compute_dtype())
+    dtype = compute_dtype(dtype)
     # Weights stored in the compute dtype: a decode step reads them once, with no cast per step.
     model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=dtype, param_dtype=dtype)
     graphdef, state = nnx.split(model)
@@ -149,42 +166,40 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
     def empty_cache(state) -> KVCache:
         return nnx.merge(graphdef, state).init_cache(batch, max_len)
 
-    def prefill(state, tokens_BxT, cache):
-        logits_Bx1xV, cache = nnx.merge(graphdef, state).prefill(tokens_BxT, cache, last_only=True)
+    # Per-layer weights are sliced out of the stacks once, as a server does when it loads them.
+    weights = jax.jit(lambda state: nnx.merge(graphdef, state).layer_weights())(state)
+
+    def prefill(state, weights, tokens_BxT, cache):
+        logits_Bx1xV, cache = nnx.merge(graphdef, state).prefill(tokens_BxT, cache, last_only=True,
+                                                                 weights=weights)
         return jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache
 
-    def decode(state, tokens_B, cache):
-        model = nnx.merge(graphdef, state)
-
-        def step(_, carry):
-            tokens_B, cache = carry
-            logits_BxV, cache = model.decode_step(tokens_B, cache)
-            return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32), cache
-
-        return jax.lax.fori_loop(0, decode_tokens, step, (tokens_B, cache))
+    def decode(state, weights, tokens_B, cache):
+        return nnx.merge(graphdef, state).greedy_decode(tokens_B, cache, decode_tokens,
+                                                        weights=weights)
 
     # Donation lets XLA write the cache in place instead of copying it every call.
-    prefill = jax.jit(prefill, donate_argnums=2)
-    decode = jax.jit(decode, donate_argnums=2)
+    prefill = jax.jit(prefill, donate_argnums=3)
+    decode = jax.jit(decode, donate_argnums=3)
     prompt_BxT = jax.random.randint(jax.random.key(seed), (batch, context), 0, spec.vocab_size)
 
     start = time.perf_counter()
-    first_B, cache = jax.block_until_ready(prefill(state, prompt_BxT, empty_cache(state)))
-    jax.block_until_ready(decode(state, first_B, cache))
+    first_B, cache = jax.block_until_ready(prefill(state, weights, prompt_BxT, empty_cache(state)))
+    jax.block_until_ready(decode(state, weights, first_B, cache))
     compile_seconds = time.perf_counter() - start
 
     caches = [empty_cache(state) for _ in range(repeats)]  # allocated outside the timed calls
-    prefill_s = _median_seconds(lambda: prefill(state, prompt_BxT, caches.pop()), repeats)
-    _, cache = prefill(state, prompt_BxT, empty_cache(state))
+    prefill_s = _best_seconds(lambda: prefill(state, weights, prompt_BxT, caches.pop()), repeats)
+    _, cache = prefill(state, weights, prompt_BxT, empty_cache(state))
 
     def decode_from_context():
         nonlocal cache
         # Rewind to `context` cached tokens: each timed loop starts from the same state.
         rewound = KVCache(cache.k_BxKxSxH, cache.v_BxKxSxH, jnp.int32(context))
-        _, cache = decode(state, first_B, rewound)
+        _, cache = decode(state, weights, first_B, rewound)
         return cache
 
-    decode_s = _median_seconds(decode_from_context, repeats)
+    decode_s = _best_seconds(decode_from_context, repeats)
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
     return ThroughputResult(
         spec=spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,

@@ -54,7 +54,8 @@ def init_state(spec: ArchSpec, recipe: Recipe, seed: int, compute_dtype, mesh: M
     """
     model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=compute_dtype)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = {"params": params, "opt": make_optimizer(recipe, spec).init(params),
+    # Jitted: eager init compiles one zeros op per distinct weight shape.
+    state = {"params": params, "opt": jax.jit(make_optimizer(recipe, spec).init)(params),
              "step": jnp.zeros((), jnp.int32)}
     return graphdef, jax.device_put(state, replicated(mesh)), jax.device_put(rest, replicated(mesh))
 

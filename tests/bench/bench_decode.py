@@ -1,0 +1,97 @@
+"""Decode throughput against the memory-bandwidth roofline, and the stability of throughput ratios.
+
+    python tests/bench/bench_decode.py [--repeats 3] [--skip-stability]
+
+1. Decode tokens/s at batch 32, context 512 of d_model 512, 4 layers (8 heads of 64, no GQA,
+   fp32 on CPU) through ``measure_throughput``, against the roofline of a decode step that reads
+   the weights (N and the output projection) plus the KV cache at its mean length once, at the
+   read bandwidth of ``hardware.probe_bandwidth``. The probe runs here, beside the measurement
+   (best of one probe before and one after), because other processes sharing the cores slow
+   both alike; the cached figure the library uses is printed too. Target: >= 50% of roofline.
+2. Ratio stability: laws compare shapes by throughput ratios, so the decode tokens/s ratio of
+   two shapes (GQA 4 vs none, the default CPU setting) is measured twice; the two ratios must
+   agree within 10%. Each run measures the shapes in the order A B B A (fastest of 10 calls
+   per measurement, best of the two per shape), so load from other processes that drifts
+   during a run affects both alike; load that changes between runs still shows up here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax.numpy as jnp
+
+from archscale.arch import ArchSpec
+from archscale.arch.runtime import configure_jax
+from archscale.sweeps import hardware
+from archscale.sweeps.throughput import measure_throughput
+
+SPEC = ArchSpec(vocab_size=256, seq_len=512, n_layers=4, d_model=512, n_heads=8, n_kv_heads=8,
+                head_dim=64, d_ff=1536)
+BATCH, CONTEXT, DECODE_TOKENS = 32, 512, 32
+PAIR = (ArchSpec(vocab_size=256, seq_len=256, n_layers=4, d_model=256, n_heads=8, n_kv_heads=8,
+                 head_dim=32, d_ff=768),
+        ArchSpec(vocab_size=256, seq_len=256, n_layers=4, d_model=256, n_heads=8, n_kv_heads=2,
+                 head_dim=32, d_ff=768))
+
+
+def roofline_check(repeats: int) -> None:
+    before = hardware.probe_bandwidth()
+    result = measure_throughput(SPEC, batch=BATCH, context=CONTEXT, decode_tokens=DECODE_TOKENS,
+                                repeats=repeats, dtype=jnp.float32)
+    bandwidth = max(before, hardware.probe_bandwidth())
+    peak = hardware.probe_matmul_flops("float32")
+    step_bytes = result.decode_bytes_per_step
+    mean_context = CONTEXT + DECODE_TOKENS // 2
+    step_flops = BATCH * SPEC.inference_flops_per_token(mean_context, include_lm_head=True)
+    roofline = BATCH * bandwidth / step_bytes
+    print(f"decode d={SPEC.d_model} L={SPEC.n_layers} heads {SPEC.n_heads}/{SPEC.n_kv_heads} "
+          f"batch {BATCH} context {CONTEXT} (+{DECODE_TOKENS}) fp32 on {result.device_kind}")
+    print(f"  per step: {step_bytes / 1e6:.1f} MB read (weights "
+          f"{SPEC.decode_weight_bytes('float32') / 1e6:.1f} MB + KV cache "
+          f"{SPEC.kv_cache_bytes(BATCH, mean_context, 'float32') / 1e6:.1f} MB), "
+          f"{step_flops / 1e9:.2f} GFLOP")
+    print(f"  bandwidth measured now {bandwidth / 1e9:.1f} GB/s (cached figure "
+          f"{hardware.memory_bandwidth() / 1e9:.1f} GB/s); matmul peak now {peak / 1e9:.0f} "
+          f"GFLOP/s")
+    print(f"  memory time {step_bytes / bandwidth * 1e3:.1f} ms/step, compute time "
+          f"{step_flops / peak * 1e3:.1f} ms/step at those rates")
+    print(f"  measured {result.decode_tokens_per_s:,.0f} tok/s "
+          f"({BATCH / result.decode_tokens_per_s * 1e3:.1f} ms/step) vs roofline "
+          f"{roofline:,.0f} tok/s: {result.decode_tokens_per_s / roofline:.1%} (target >= 50%)")
+    print(f"  prefill {result.prefill_tokens_per_s:,.0f} tok/s "
+          f"({result.prefill_fraction:.1%} of its roofline at the cached peaks)")
+
+
+def stability_check(repeats: int) -> None:
+    configure_jax()  # the persistent compilation cache: repeated shapes compile once
+    ratios = []
+    for run in (1, 2):
+        best = {0: 0.0, 1: 0.0}
+        for index in (0, 1, 1, 0):
+            tokens_per_s = measure_throughput(PAIR[index], repeats=repeats).decode_tokens_per_s
+            best[index] = max(best[index], tokens_per_s)
+        a, b = best[0], best[1]
+        ratios.append(b / a)
+        print(f"  run {run}: GQA-4 {b:,.0f} tok/s / MHA {a:,.0f} tok/s = {b / a:.3f}")
+    difference = abs(ratios[0] - ratios[1]) / (sum(ratios) / 2)
+    print(f"ratio stability: {ratios[0]:.3f} vs {ratios[1]:.3f}, relative difference "
+          f"{difference:.1%} (must be within 10%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-stability", action="store_true")
+    args = parser.parse_args()
+    roofline_check(args.repeats)
+    if not args.skip_stability:
+        print(f"stability: d={PAIR[0].d_model} L={PAIR[0].n_layers} at the default CPU setting")
+        stability_check(max(args.repeats, 10))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Throughput: measured prefill/decode tokens/s, roofline estimates, and `archscale bench throughput`.
+
+The measurement and the CLI use one tiny shape and setting, so the second compiles nothing new
+(the persistent compilation cache serves it).
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from typer.testing import CliRunner
+
+from archscale.arch import ArchscaleError, ArchSpec
+from archscale.arch.model import Transformer
+from archscale.cli.main import app
+from archscale.sweeps.throughput import (
+    ThroughputResult,
+    compute_dtype,
+    measure_throughput,
+    roofline,
+)
+
+SPEC = ArchSpec(vocab_size=256, seq_len=256, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
+                head_dim=8, d_ff=64)
+SETTING = dict(batch=2, context=16, decode_tokens=4, repeats=2)
+SHAPE_FLAGS = ["--d-model", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+               "--head-dim", "8", "--d-ff", "64"]
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return measure_throughput(SPEC, **SETTING)
+
+
+def test_measurement_is_positive_and_below_the_roofline(measured):
+    r = measured
+    assert (r.batch, r.context, r.decode_tokens, r.repeats) == (2, 16, 4, 2)
+    assert r.spec == SPEC.to_dict() and r.dtype == "float32"
+    assert r.prefill_tokens_per_s > 0 and r.decode_tokens_per_s > 0
+    assert r.peak_flops > 0 and r.memory_bandwidth > 0 and r.compile_seconds > 0
+    assert 0 < r.prefill_fraction <= 1.5 and 0 < r.decode_fraction <= 1.5
+    # One decode step reads N plus the output projection, and the cache at its mean length.
+    mean_context = 16 + 4 // 2
+    expected_bytes = (SPEC.params_nonembed + SPEC.vocab_size * SPEC.d_model) * 4 + (
+        2 * mean_context * 2 * SPEC.n_layers * SPEC.n_kv_heads * SPEC.head_dim * 4)
+    assert r.decode_bytes_per_step == expected_bytes
+    assert r.decode_bound in ("memory", "compute")
+    assert ThroughputResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_greedy_decode_continues_like_the_forward_pass():
+    """Each token greedy_decode emits is the argmax of the full forward pass at its position."""
+    model = Transformer(SPEC, rngs=nnx.Rngs(3), compute_dtype=jnp.float32)
+    graphdef, state = nnx.split(model)
+    prompt_BxT = jax.random.randint(jax.random.key(4), (2, 6), 0, SPEC.vocab_size)
+
+    @jax.jit
+    def generate(state, prompt_BxT):
+        model = nnx.merge(graphdef, state)
+        logits_Bx1xV, cache = model.prefill(prompt_BxT, model.init_cache(2, 12), last_only=True)
+        first_B = jnp.argmax(logits_Bx1xV[:, 0], axis=-1)
+        return first_B, *model.greedy_decode(first_B, cache, 5)
+
+    first_B, generated_Bx5, cache = generate(state, prompt_BxT)
+    assert generated_Bx5.shape == (2, 5) and int(cache.length) == 11
+    sequence_Bx12 = jnp.concatenate([prompt_BxT, first_B[:, None], generated_Bx5], axis=1)
+    logits_Bx11xV = np.asarray(model(sequence_Bx12[:, :-1])[:, 5:])
+    chosen = np.take_along_axis(logits_Bx11xV, np.asarray(sequence_Bx12[:, 6:, None]), axis=-1)
+    # Chosen == row max up to float noise between the cached and uncached paths (near-ties).
+    np.testing.assert_allclose(chosen[..., 0], logits_Bx11xV.max(axis=-1), atol=1e-4, rtol=0)
+
+
+def test_gqa_shrinks_the_cache_and_the_long_context_decode_time():
+    mha = SPEC.replace(n_kv_heads=4)
+    gqa = SPEC.replace(n_kv_heads=1)
+    for spec in (mha, gqa):  # the model allocates exactly the bytes the spec counts
+        cache = Transformer(spec, rngs=nnx.Rngs(0)).init_cache(batch=3, max_len=40)
+        nbytes = sum(a.nbytes for a in (*cache.k_BxKxSxH, *cache.v_BxKxSxH))
+        assert nbytes == spec.kv_cache_bytes(3, 40, "float32")
+    assert gqa.kv_cache_bytes(64, 8192) * 4 == mha.kv_cache_bytes(64, 8192)
+    # A memory-bound device (bandwidth low against peak): at long context the cache dominates.
+    device = dict(batch=64, context=8192, decode_tokens=32, dtype="bfloat16", peak=1e15,
+                  bandwidth=1e12)
+    r_mha, r_gqa = roofline(mha, **device), roofline(gqa, **device)
+    assert r_mha["decode_bound"] == r_gqa["decode_bound"] == "memory"
+    assert r_gqa["decode_bytes_per_step"] < r_mha["decode_bytes_per_step"] / 3
+    assert r_gqa["decode_roofline_tokens_per_s"] > 3 * r_mha["decode_roofline_tokens_per_s"]
+
+
+def test_compute_dtype_names():
+    assert compute_dtype("bf16") == jnp.bfloat16 and compute_dtype("fp32") == jnp.float32
+    assert compute_dtype(np.float32) == jnp.float32 and compute_dtype("float16") == jnp.float16
+    with pytest.raises(ArchscaleError, match="not a floating compute dtype"):
+        compute_dtype("int8")
+
+
+def test_bench_throughput_cli_writes_json_and_prints_a_summary(measured, tmp_path):
+    out = tmp_path / "tp" / "throughput.json"
+    result = CliRunner().invoke(app, ["bench", "throughput", *SHAPE_FLAGS, "--batch", "2",
+                                      "--context", "16", "--decode-tokens", "4", "--repeats", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "prefill" in result.output and "decode" in result.output
+    assert "tokens/s" in result.output and f"wrote {out}" in result.output
+    data = json.loads(out.read_text())
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "prefill_roofline_tokens_per_s",
+                "decode_roofline_tokens_per_s", "prefill_fraction", "decode_fraction",
+                "decode_bound", "batch", "context", "spec"):
+        assert key in data
+    assert data["spec"] == SPEC.to_dict()  # the flags built exactly this shape
+    assert (data["batch"], data["context"]) == (2, 16)
+    assert data["decode_tokens_per_s"] > 0 and data["prefill_tokens_per_s"] > 0
+    assert data["decode_bytes_per_step"] == measured.decode_bytes_per_step
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"--dtype": "int8"}, "not a floating compute dtype"),
+    ({"--batch": "0"}, "batch=0 must be >= 1"),
+    ({"--kv-heads": "3"}, "not divisible by n_kv_heads=3"),
+    ({"--out": "."}, "is a directory"),
+])
+def test_bench_throughput_user_errors(changes, match):
+    """Caught before anything compiles; cli/main.py prints them as one line with exit status 2."""
+    flags = dict(zip(SHAPE_FLAGS[::2], SHAPE_FLAGS[1::2], strict=True)) | changes
+    result = CliRunner().invoke(app, ["bench", "throughput", *(x for kv in flags.items() for x in kv)])
+    assert isinstance(result.exception, ArchscaleError)
+    assert match in str(result.exception)
