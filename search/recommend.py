@@ -391,6 +391,10 @@ def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
         best = min(s.loss for s in scored)
         raise ArchscaleError(f"no shape reaches the target loss {target_loss:.4f}: the best "
                              f"predicted is {best:.4f}; raise --target-loss or --tokens")
+    if loss_optimal.loss <= target_loss:
+        # A shape slower than the loss-optimal one is dominated by it: never recommend it.
+        feasible = [s for s in feasible
+                    if s.decode_tokens_per_s >= loss_optimal.decode_tokens_per_s]
     recommended: dict[ArchSpec, Scored] = {}
     visited = list(scored)
     for start in feasible:

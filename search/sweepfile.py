@@ -84,7 +84,7 @@ class ThroughputSettings(_Section):
     decode_tokens: int = Field(default=32, ge=1)
     """Tokens generated per timed decode call."""
     repeats: int = Field(default=5, ge=1)
-    """Timed calls; the median counts."""
+    """Timed calls; the fastest counts (other processes only add time)."""
 
 
 class ShapeRules(_Section):
