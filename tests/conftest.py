@@ -13,7 +13,10 @@ from archscale.arch.runtime import configure_jax
 configure_jax()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VALIDATION_DIR = REPO_ROOT.parent / "shared" / "validation"
+# Public validation data is read in place, never copied: ../shared/validation beside the checkout,
+# or wherever $ARCHSCALE_VALIDATION_DIR points (a clone elsewhere).
+VALIDATION_DIR = Path(os.environ.get("ARCHSCALE_VALIDATION_DIR",
+                                     REPO_ROOT.parent / "shared" / "validation"))
 
 
 @pytest.fixture
