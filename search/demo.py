@@ -29,13 +29,13 @@ from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
 from archscale.laws import fit_law, load_law, load_table
 from archscale.laws.law import Law
+from archscale.search.plan import budget_for
 from archscale.search.recommend import Recommendation, SearchSpace, recommend
 from archscale.search.study import StudyHandle, create_study, open_study
 from archscale.search.sweepfile import SweepFile, load_sweep
 from archscale.search.table import trials_table
 from archscale.search.throughput_models import throughput_from_law
 from archscale.search.worker import WorkerOptions, run_study
-from archscale.sweeps.recipe import Budget
 from archscale.sweeps.throughput import measure_throughput
 from archscale.sweeps.trainer import train
 
@@ -88,17 +88,6 @@ class DemoOutcome:
     target_tokens: float
     baseline_note: str
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def tokens_for(sweep: SweepFile, n_params: float, spec: ArchSpec | None = None) -> float:
-    """Training tokens the study's budget rule gives a run at ``n_params``."""
-    rule = sweep.budget
-    if rule.tokens_per_param is not None:
-        return rule.tokens_per_param * n_params
-    if spec is None:
-        raise ArchscaleError("a FLOPs budget needs a shape to turn into tokens")
-    flops = max(rule.flops) if isinstance(rule.flops, list) else rule.flops
-    return flops / spec.train_flops_per_token()
 
 
 def _require_grid(sweep: SweepFile) -> None:
@@ -193,7 +182,7 @@ def recommend_at(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law],
                  options: DemoOptions) -> tuple[Recommendation, float, str]:
     """Algorithm 1 at ``n_params`` with the study's budget rule; (recommendation, D, baseline)."""
     sweep = handle.sweep
-    tokens = tokens_for(sweep, n_params)
+    tokens = float(budget_for(sweep, n_params).tokens)  # the rule every grid run trained under
     baseline, note = baseline_shape(sweep, n_params, handle.vocab_size)
     rec = recommend(laws["conditional"], search_space(sweep, table, n_params, tokens,
                                                       handle.vocab_size),
@@ -255,7 +244,7 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
          f"(d_model {spec.d_model}, {spec.n_layers} layers, {spec.n_heads}/{spec.n_kv_heads} "
          f"heads, d_ff {spec.d_ff}) on {tokens:,.0f} tokens")
     sweep = handle.sweep
-    result = train(spec, Budget(tokens=round(tokens)), sweep.recipe_obj, handle.load_data(), seed=sweep.seed,
+    result = train(spec, budget_for(sweep, n_params), sweep.recipe_obj, handle.load_data(), seed=sweep.seed,
                    progress=options.progress)
     if result.status != "complete" or result.val_loss is None:
         raise ArchscaleError(f"the verification run ended {result.status}: {result.message}")
