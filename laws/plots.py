@@ -105,13 +105,15 @@ def plot_u_curves(law: Law, table: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def save_plots(law: Law, table: pd.DataFrame, directory: str | Path) -> list[Path]:
-    """Every figure that applies to this law and table, as PNGs in ``directory``."""
+def save_plots(law: Law, table: pd.DataFrame, directory: str | Path,
+               prefix: str = "") -> list[Path]:
+    """Every figure that applies to this law and table, as PNGs ``<prefix><figure>.png`` in
+    ``directory`` (a prefix lets several laws share one folder)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     table = as_table(table)
-    made = [plot_fit(law, table, directory / "fit.png"),
-            plot_residuals(law, table, directory / "residuals.png"),
-            plot_heldout(law, directory / "heldout.png"),
-            plot_u_curves(law, table, directory / "u_curves.png")]
+    made = [plot_fit(law, table, directory / f"{prefix}fit.png"),
+            plot_residuals(law, table, directory / f"{prefix}residuals.png"),
+            plot_heldout(law, directory / f"{prefix}heldout.png"),
+            plot_u_curves(law, table, directory / f"{prefix}u_curves.png")]
     return [p for p in made if p is not None]

@@ -176,9 +176,7 @@ def write_report(outcome: DemoOutcome, out: Path) -> Path:
     figures: dict[str, list[Path]] = {}
     for kind, law in outcome.laws.items():
         save_law(law, out / "laws" / LAW_FILES[kind])
-        paths = save_plots(law, outcome.table, figures_dir / kind)
-        figures[kind] = [p.rename(figures_dir / f"{kind}_{p.name}") for p in paths]
-        (figures_dir / kind).rmdir()
+        figures[kind] = save_plots(law, outcome.table, figures_dir, prefix=f"{kind}_")
     plot_pareto(outcome.table, outcome.recommendation, figures_dir / "pareto.png")
     source = save_recommendation(outcome.recommendation, out)
     configs = export_hf(source, out / "hf")
