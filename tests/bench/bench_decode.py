@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from archscale.arch import ArchSpec
 from archscale.arch.runtime import configure_jax
+from archscale.cli.entry import tune_allocator
 from archscale.sweeps import hardware
 from archscale.sweeps.throughput import measure_throughput
 
@@ -94,4 +95,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    tune_allocator()  # huge-page-backed malloc, as the `archscale` command runs with
     main()

@@ -19,6 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from archscale.arch import ArchSpec
 from archscale.arch.runtime import default_compute_dtype
+from archscale.cli.entry import tune_allocator
 from archscale.sweeps import hardware
 from archscale.sweeps.data import load_data
 from archscale.sweeps.recipe import Budget, Recipe
@@ -61,4 +62,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    tune_allocator()  # huge-page-backed malloc, as the `archscale` command runs with
     main()

@@ -1,0 +1,58 @@
+"""Process-level speed settings: training compiles without YNNPACK on CPU, and the `archscale`
+command restarting itself with a huge-page-backed allocator."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from archscale.arch.runtime import training_compiler_options
+from archscale.cli.entry import ALLOCATOR_TUNABLE
+
+
+def test_training_compiles_leave_dots_to_eigen_on_cpu():
+    if jax.default_backend() != "cpu":
+        assert training_compiler_options() == {}
+        return
+    x = jnp.ones((256, 256))
+    lowered = jax.jit(lambda a: a @ a).lower(x)
+    assert "__ynn_fusion" in lowered.compile().as_text()  # XLA's default on CPU
+    compiled = lowered.compile(compiler_options=training_compiler_options())
+    assert "__ynn_fusion" not in compiled.as_text()
+    assert jnp.allclose(compiled(x), x @ x)
+
+
+def _tunables_seen(env: dict[str, str], *args: str) -> list[str]:
+    """Run a script that calls tune_allocator; what it sees after the restart, and its argv."""
+    script = ("import os, sys; from archscale.cli.entry import tune_allocator; tune_allocator(); "
+              "print(os.environ.get('GLIBC_TUNABLES')); print(sys.argv[1:])")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("GLIBC_TUNABLES", "ARCHSCALE_KEEP_ALLOCATOR")}
+    result = subprocess.run([sys.executable, "-c", script, *args], env={**base, **env},
+                            capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux-only")
+def test_tune_allocator_restarts_once_with_the_tunable_added():
+    assert _tunables_seen({}, "a", "--b") == [ALLOCATOR_TUNABLE, "['a', '--b']"]
+    # A user's own tunables are kept; an already-tuned process does not restart again.
+    assert _tunables_seen({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})[0] == \
+        f"glibc.malloc.arena_max=2:{ALLOCATOR_TUNABLE}"
+    assert _tunables_seen({"GLIBC_TUNABLES": ALLOCATOR_TUNABLE})[0] == ALLOCATOR_TUNABLE
+    assert _tunables_seen({"ARCHSCALE_KEEP_ALLOCATOR": "1"})[0] == "None"
+
+
+def test_the_archscale_command_goes_through_the_entry_point():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "archscale"]
+    assert script.value == "archscale.cli.entry:main"
+    command = shutil.which("archscale") or pytest.skip("the archscale script is not on PATH")
+    result = subprocess.run([command, "arch", "show", "tiny", "--json"], capture_output=True,
+                            text=True, check=True)
+    assert json.loads(result.stdout)["spec"]["d_model"] > 0
