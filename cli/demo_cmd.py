@@ -9,11 +9,13 @@ from typing import Annotated
 import optuna
 import typer
 
+from archscale.cli.recommend_cmd import parse_fraction
 from archscale.search.demo import DEMO_SWEEP, DemoOptions, run_demo, verify
 
 
 def _percent(text: str) -> float:
-    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    """Checked before any training: recommend() would only refuse it after the whole study."""
+    value = parse_fraction(text)
     if not 0 <= value < 1:
         raise typer.BadParameter(f"{text}: give a fraction in [0, 1) such as 1% or 0.01")
     return value

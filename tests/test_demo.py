@@ -90,3 +90,14 @@ def test_verify_without_a_report_is_one_clear_error(tmp_path, small_study):
                                       "--storage", url, "--out", str(tmp_path / "none")])
     assert result.exit_code != 0
     assert "run `archscale demo` first" in str(result.exception or result.output)
+
+
+@pytest.mark.parametrize(("value", "message"), [("abc", "is not a number"),
+                                                ("150%", "fraction in [0, 1)")])
+def test_a_bad_loss_target_is_refused_before_any_training(tmp_path, value, message):
+    result = CliRunner().invoke(app, ["demo", "--max-loss-increase", value, "--out",
+                                      str(tmp_path / "report"), "--storage",
+                                      f"sqlite:///{tmp_path / 'never.db'}"])
+    assert result.exit_code != 0
+    assert message in result.output + str(result.exception)
+    assert not (tmp_path / "never.db").exists() and not (tmp_path / "report").exists()
