@@ -91,28 +91,34 @@ def memory_bandwidth() -> float:
 
 
 # ---- probes ---------------------------------------------------------------------------------
-def _best_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
+def best_seconds(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn()`` (its outputs waited for). Other processes
+    sharing the device only ever add time, so the fastest call is the figure that repeats."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(fn())
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _warm_best_seconds(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    return best_seconds(lambda: fn(*args), repeats)
 
 
 def probe_matmul_flops(dtype="float32", size: int = 2048, repeats: int = 5) -> float:
     """Best-of-``repeats`` FLOP/s of a jitted square matmul (2 n^3 FLOPs)."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.dtype(dtype))
-    seconds = _best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    seconds = _warm_best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
     return 2 * size**3 / seconds
 
 
 def probe_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
     """Best-of-``repeats`` read bandwidth (bytes/s): a sum over an array far larger than caches."""
     x = jnp.ones((n_bytes // 4,), jnp.float32)
-    seconds = _best_seconds(jax.jit(jnp.sum), x, repeats=repeats)
+    seconds = _warm_best_seconds(jax.jit(jnp.sum), x, repeats=repeats)
     return n_bytes / seconds
 
 

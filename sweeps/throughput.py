@@ -114,15 +114,6 @@ def default_setting() -> tuple[int, int]:
     return (8, 512) if jax.default_backend() == "cpu" else (64, 2048)
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def roofline(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dtype,
              peak: float, bandwidth: float) -> dict[str, Any]:
     """Prefill and decode roofline tokens/s (conventions in the module docstring)."""
@@ -189,7 +180,7 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
     compile_seconds = time.perf_counter() - start
 
     caches = [empty_cache(state) for _ in range(repeats)]  # allocated outside the timed calls
-    prefill_s = _best_seconds(lambda: prefill(state, weights, prompt_BxT, caches.pop()), repeats)
+    prefill_s = hardware.best_seconds(lambda: prefill(state, weights, prompt_BxT, caches.pop()), repeats)
     _, cache = prefill(state, weights, prompt_BxT, empty_cache(state))
 
     def decode_from_context():
@@ -199,7 +190,7 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
         _, cache = decode(state, weights, first_B, rewound)
         return cache
 
-    decode_s = _best_seconds(decode_from_context, repeats)
+    decode_s = hardware.best_seconds(decode_from_context, repeats)
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
     return ThroughputResult(
         spec=spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
