@@ -40,7 +40,7 @@ from archscale.sweeps.throughput import measure_throughput
 from archscale.sweeps.trainer import train
 
 DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
-"""The demo's grid: 3 scales x 3 widths x 3 MLP ratios x 2 GQA groups on the embedded plays."""
+"""The demo's grid: 4 scales x 3 widths x 2 MLP ratios x 2 GQA groups on the embedded plays."""
 LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
              "throughput": "throughput.json"}
 """Where each fitted law is saved, under ``<out>/laws/``."""

@@ -26,6 +26,7 @@ import archscale
 from archscale.laws import save_law
 from archscale.laws.law import Law
 from archscale.laws.plots import save_plots
+from archscale.laws.table import scale_labels, scale_order
 from archscale.search.export import export_hf
 from archscale.search.recommend import Recommendation, Scored, save_recommendation
 from archscale.search.table import pareto_front
@@ -43,9 +44,11 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
 def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
     """Left: measured runs (loss vs decode tok/s) with each scale's front; right: the target."""
     fig, (ax_runs, ax_target) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for n_params, runs in table.groupby(table["N"].round(-3)):
+    labels = scale_labels(table)  # grid scales: realized N scatter around each target
+    for label in scale_order(table):
+        runs = table[labels == label]
         points = ax_runs.scatter(runs["decode_tokens_per_s"], runs["loss"], s=14,
-                                 label=f"N~{n_params:,.0f}")
+                                 label=f"N~{float(label):,.0f}")
         front = pareto_front(runs)
         ax_runs.plot(front["decode_tokens_per_s"], front["loss"], color=points.get_facecolor()[0],
                      lw=1)
@@ -64,7 +67,8 @@ def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
     if rec.baseline is not None:
         mark([rec.baseline], s=40, marker="^", color="black", label="baseline")
     ax_target.axhline(rec.target_loss, color="tab:red", lw=0.8, ls="--", label="target loss")
-    ax_target.set_xscale("log")
+    # Linear: the shapes at one N differ by tens of percent, and a log axis over so short a
+    # range labels its minor ticks on top of each other.
     ax_target.set_xlabel("predicted decode tokens/s")
     ax_target.set_ylabel("predicted loss")
     ax_target.set_title("at the target scale (laws)")
