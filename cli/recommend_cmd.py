@@ -4,7 +4,6 @@ HuggingFace configs for them."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,7 +17,7 @@ from archscale.laws import load_law
 from archscale.laws.table import file_sha256
 
 if TYPE_CHECKING:
-    from archscale.search.recommend import Recommendation, Scored
+    from archscale.search.recommend import Recommendation
 
 DEFAULT_DEVICE = "h100"
 
@@ -58,42 +57,18 @@ def _throughput_model(throughput_law: Path | None, device: str):
     return RooflineThroughput(peaks.bf16_flops, peaks.bandwidth, device)
 
 
-def _interval(s: Scored) -> str:
-    if not (math.isfinite(s.loss_low) and math.isfinite(s.loss_high)):
-        return f"{s.loss:.4f}"
-    return f"{s.loss:.4f} [{s.loss_low:.4f}, {s.loss_high:.4f}]"
-
-
-def _gain(s: Scored, base: Scored | None) -> str:
-    if base is None or s is base:
-        return ""
-    gain = s.decode_tokens_per_s / base.decode_tokens_per_s - 1
-    return f"{gain:+.0%}" + ("" if s.loss <= base.loss else " (worse loss)")
-
-
 def print_recommendation(rec: Recommendation) -> None:
     table = Table(title=f"recommended shapes: target loss {rec.target_loss:.4f}, decode at batch "
                         f"{rec.batch}, context {rec.context}")
-    for column in ("rank", "d_model", "n_layers", "heads/kv", "d_ff", "r", "d/sqrt(N)",
-                   f"predicted loss [{rec.provenance['search']['interval_level']:.0%}]",
-                   "decode tok/s", "gain vs baseline", "KV bytes/token"):
+    rows = rec.display_rows()
+    table.add_column("shape", justify="right")
+    for column in rows[0][1]:
         table.add_column(column, justify="right")
-
-    def add(rank: str, s: Scored) -> None:
-        spec = s.spec
-        table.add_row(rank, str(spec.d_model), str(spec.n_layers),
-                      f"{spec.n_heads}/{spec.n_kv_heads}", str(spec.d_ff),
-                      f"{spec.r_mlp_attn:.2f}", f"{spec.d_over_sqrt_n:.4f}", _interval(s),
-                      f"{s.decode_tokens_per_s:,.0f}", _gain(s, rec.baseline),
-                      f"{spec.kv_cache_bytes_per_token(rec.dtype):,}")
-
-    for rank, s in enumerate(rec.recommended, 1):
-        add(str(rank), s)
-    table.add_section()
-    add("loss-opt", rec.loss_optimal)
-    if rec.baseline is not None:
-        add("baseline", rec.baseline)
-    Console(width=160).print(table)
+    for index, (label, cells) in enumerate(rows):
+        if index == len(rec.recommended):
+            table.add_section()  # the loss-optimal shape and the baseline, for comparison
+        table.add_row(label, *cells.values())
+    Console(width=180).print(table)
     for note in rec.notes:
         typer.echo(f"note: {note}")
 

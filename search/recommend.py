@@ -212,6 +212,16 @@ class Recommendation:
         out["obtained"] = self.methods
         return out
 
+    def display_rows(self) -> list[tuple[str, dict[str, str]]]:
+        """(label, column -> text) for the recommended shapes by rank, the loss-optimal shape and
+        the baseline: the one table ``archscale recommend`` prints and the demo report shows."""
+        level = self.provenance["search"]["interval_level"]
+        rows = [(f"#{rank}", s) for rank, s in enumerate(self.recommended, 1)]
+        rows.append(("loss-optimal", self.loss_optimal))
+        if self.baseline is not None:
+            rows.append(("baseline", self.baseline))
+        return [(label, _display_cells(s, self.baseline, level, self.dtype)) for label, s in rows]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target_loss": self.target_loss,
@@ -225,6 +235,24 @@ class Recommendation:
             "notes": list(self.notes),
             "provenance": self.provenance,
         }
+
+
+def _display_cells(s: Scored, baseline: Scored | None, level: float, dtype: str) -> dict[str, str]:
+    spec = s.spec
+    loss = f"{s.loss:.4f}"
+    if math.isfinite(s.loss_low) and math.isfinite(s.loss_high):
+        loss += f" [{s.loss_low:.4f}, {s.loss_high:.4f}]"
+    gain = ""
+    if baseline is not None and s is not baseline:
+        versus = _versus(s, baseline)
+        gain = f"{versus['throughput_gain']:+.1%}" + ("" if versus["equal_or_better_loss"]
+                                                       else " (worse loss)")
+    return {"d_model": str(spec.d_model), "layers": str(spec.n_layers),
+            "heads/kv": f"{spec.n_heads}/{spec.n_kv_heads}", "d_ff": str(spec.d_ff),
+            "r": f"{spec.r_mlp_attn:.2f}", "d/sqrt(N)": f"{spec.d_over_sqrt_n:.4f}",
+            "N": f"{spec.params_nonembed:,}", f"predicted loss [{level:.0%}]": loss,
+            "decode tok/s": f"{s.decode_tokens_per_s:,.0f}", "vs baseline": gain,
+            "KV bytes/token": f"{spec.kv_cache_bytes_per_token(dtype):,}"}
 
 
 def _finite(x: float) -> float | None:

@@ -78,10 +78,6 @@ def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
     return path
 
 
-def _interval(low: float | None, high: float | None) -> str:
-    return "n/a" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
-
-
 def _coefficients(law: Law) -> list[str]:
     intervals = law.coef_intervals(0.95)
     lines = ["| coefficient | value | 95% interval |", "|---|---|---|"]
@@ -103,24 +99,10 @@ def _validation(law: Law) -> str:
 
 
 def _shape_rows(rec: Recommendation) -> list[str]:
-    lines = ["| shape | d_model | layers | heads/kv | d_ff | r | d/sqrt(N) | N | predicted loss "
-             "[95%] | decode tok/s | vs baseline | KV bytes/token |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [(f"recommended #{i}", s) for i, s in enumerate(rec.recommended, 1)]
-    rows.append(("loss-optimal", rec.loss_optimal))
-    if rec.baseline is not None:
-        rows.append(("baseline", rec.baseline))
-    for label, s in rows:
-        info = rec.shape_dict(s)
-        gain = (info.get("vs_baseline") or {}).get("throughput_gain")
-        spec = s.spec
-        lines.append(
-            f"| {label} | {spec.d_model} | {spec.n_layers} | {spec.n_heads}/{spec.n_kv_heads} | "
-            f"{spec.d_ff} | {spec.r_mlp_attn:.2f} | {spec.d_over_sqrt_n:.3f} | "
-            f"{spec.params_nonembed:,} | {s.loss:.4f} {_interval(*info['loss_interval'])} | "
-            f"{s.decode_tokens_per_s:,.0f} | {'' if gain is None else f'{gain:+.1%}'} | "
-            f"{info['kv_cache_bytes_per_token']:,} |")
-    return lines
+    rows = rec.display_rows()
+    columns = ["shape", *rows[0][1]]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join([label, *cells.values()]) + " |" for label, cells in rows]
 
 
 def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: list[Path],
