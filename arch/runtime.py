@@ -42,14 +42,15 @@ def default_compute_dtype() -> jnp.dtype:
 
 # XLA:CPU's YNNPACK fusions ran a training step (d_model 256, 6 layers, 4096 tokens) 10-25%
 # slower than its own Eigen dots and loop fusions on the 2-core CPU: the step's GEMMs have
-# thousands of rows and its softmax-gradient reductions are large. Decode's few-row GEMMs run
-# faster on YNNPACK, so only training compiles turn it off.
-_CPU_TRAINING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# thousands of rows and its softmax-gradient reductions are large. Decode's 32-row GEMMs on
+# in x out weights (``Transformer.layer_weights``) ran at 73-90 GFLOP/s on Eigen against
+# 57-66 on YNNPACK (weights out of cache), so every compile turns it off.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
-def training_compiler_options() -> dict[str, str]:
-    """XLA options for compiling training steps on this backend ({} where none apply).
+def compiler_options() -> dict[str, str]:
+    """XLA options for compiling training, eval, prefill and decode ({} where none apply).
 
     An XLA that does not know an option rejects the compile; the options are then dropped
     (checked once with a tiny function) rather than failing every run.
@@ -57,7 +58,7 @@ def training_compiler_options() -> dict[str, str]:
     if jax.default_backend() != "cpu":
         return {}
     try:
-        jax.jit(jnp.sum).lower(jnp.ones(2)).compile(compiler_options=_CPU_TRAINING_OPTIONS)
+        jax.jit(jnp.sum).lower(jnp.ones(2)).compile(compiler_options=_CPU_OPTIONS)
     except Exception:  # any rejection means: compile without them
         return {}
-    return dict(_CPU_TRAINING_OPTIONS)
+    return dict(_CPU_OPTIONS)

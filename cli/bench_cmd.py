@@ -65,7 +65,8 @@ def throughput(
     result = measure_throughput(arch, batch=batch, context=context, decode_tokens=decode_tokens,
                                 repeats=repeats, dtype=dtype, seed=seed)
     table = Table(title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
-                        f"{result.batch}, context {result.context}")
+                        f"{result.batch}, context {result.context}",
+                  caption=f"decode attention: {result.decode_attention}")
     for column in ("", "tokens/s", "roofline tokens/s", "fraction"):
         table.add_column(column, justify="right")
     table.add_row("prefill", f"{result.prefill_tokens_per_s:,.0f}",

@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from archscale.arch.cpu_kernels import KERNEL_IMPL, XLA_IMPL, use_decode_kernel
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.model import KVCache, Transformer
-from archscale.arch.runtime import default_compute_dtype
+from archscale.arch.runtime import compiler_options, default_compute_dtype
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps import hardware
 
@@ -75,6 +76,8 @@ class ThroughputResult:
     """Device bytes/s used for the rooflines."""
     compile_seconds: float
     """Warm-up time of the prefill and decode functions (compilation plus one run)."""
+    decode_attention: str = XLA_IMPL
+    """Which decode attention ran: 'archscale-cpu-kernel' (``arch.cpu_kernels``) or 'xla'."""
 
     @property
     def prefill_fraction(self) -> float:
@@ -169,12 +172,15 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
         return nnx.merge(graphdef, state).greedy_decode(tokens_B, cache, decode_tokens,
                                                         weights=weights)
 
-    # Donation lets XLA write the cache in place instead of copying it every call.
-    prefill = jax.jit(prefill, donate_argnums=3)
-    decode = jax.jit(decode, donate_argnums=3)
     prompt_BxT = jax.random.randint(jax.random.key(seed), (batch, context), 0, spec.vocab_size)
-
+    cache_shapes = jax.eval_shape(empty_cache, state)
     start = time.perf_counter()
+    # Donation lets XLA write the cache in place instead of copying it every call.
+    prefill = jax.jit(prefill, donate_argnums=3).lower(
+        state, weights, prompt_BxT, cache_shapes).compile(compiler_options=compiler_options())
+    decode = jax.jit(decode, donate_argnums=3).lower(
+        state, weights, jax.ShapeDtypeStruct((batch,), jnp.int32), cache_shapes).compile(
+            compiler_options=compiler_options())
     first_B, cache = jax.block_until_ready(prefill(state, weights, prompt_BxT, empty_cache(state)))
     jax.block_until_ready(decode(state, weights, first_B, cache))
     compile_seconds = time.perf_counter() - start
@@ -200,4 +206,5 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
         **roofline(spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
                    peak=peak, bandwidth=bandwidth),
         peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=compile_seconds,
+        decode_attention=KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL,
     )

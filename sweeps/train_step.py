@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from archscale.arch.model import Transformer
-from archscale.arch.runtime import training_compiler_options
+from archscale.arch.runtime import compiler_options
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps.recipe import Recipe, ScheduleArgs, learning_rate, make_optimizer
 from archscale.sweeps.sharding import batch_sharded, replicated
@@ -129,11 +129,11 @@ def step_functions(spec: ArchSpec, recipe: Recipe, *, k: int, eval_batches: int,
     start = time.perf_counter()
     chunk_exe = jax.jit(chunk, in_shardings=(rep, rep, data, rep, rep), out_shardings=rep,
                         donate_argnums=0).lower(state, rest, batches, sched, jnp.int32(k)).compile(
-                            compiler_options=training_compiler_options())
+                            compiler_options=compiler_options())
     windows = jax.ShapeDtypeStruct((eval_batches, B, T + 1), jnp.int32, sharding=data)
     weights = jax.ShapeDtypeStruct((eval_batches, B), jnp.float32, sharding=data)
     eval_exe = jax.jit(evaluate, in_shardings=(rep, rep, data, data), out_shardings=rep).lower(
-        state["params"], rest, windows, weights).compile(compiler_options=training_compiler_options())
+        state["params"], rest, windows, weights).compile(compiler_options=compiler_options())
     compiled = StepFunctions(chunk_exe, eval_exe, time.perf_counter() - start)
     _cache[key] = compiled
     if len(_cache) > _MAX_CACHED:

@@ -12,18 +12,18 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from archscale.arch.runtime import training_compiler_options
+from archscale.arch.runtime import compiler_options
 from archscale.cli.entry import ALLOCATOR_TUNABLE
 
 
 def test_training_compiles_leave_dots_to_eigen_on_cpu():
     if jax.default_backend() != "cpu":
-        assert training_compiler_options() == {}
+        assert compiler_options() == {}
         return
     x = jnp.ones((256, 256))
     lowered = jax.jit(lambda a: a @ a).lower(x)
     assert "__ynn_fusion" in lowered.compile().as_text()  # XLA's default on CPU
-    compiled = lowered.compile(compiler_options=training_compiler_options())
+    compiled = lowered.compile(compiler_options=compiler_options())
     assert "__ynn_fusion" not in compiled.as_text()
     assert jnp.allclose(compiled(x), x @ x)
 

@@ -14,6 +14,7 @@ from flax import nnx
 from typer.testing import CliRunner
 
 from archscale.arch import ArchscaleError, ArchSpec
+from archscale.arch.cpu_kernels import XLA_IMPL, decode_attention_impl
 from archscale.arch.model import Transformer
 from archscale.cli.main import app
 from archscale.sweeps.throughput import (
@@ -49,6 +50,10 @@ def test_measurement_is_positive_and_below_the_roofline(measured):
     assert r.decode_bytes_per_step == expected_bytes
     assert r.decode_bound in ("memory", "compute")
     assert ThroughputResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    # Which decode attention ran is recorded; results written before the field read as XLA's.
+    assert r.decode_attention == decode_attention_impl()
+    older = {k: v for k, v in r.to_dict().items() if k != "decode_attention"}
+    assert ThroughputResult.from_dict(older).decode_attention == XLA_IMPL
 
 
 def test_greedy_decode_continues_like_the_forward_pass():
@@ -105,6 +110,7 @@ def test_bench_throughput_cli_writes_json_and_prints_a_summary(measured, tmp_pat
     assert result.exit_code == 0, result.output
     assert "prefill" in result.output and "decode" in result.output
     assert "tokens/s" in result.output and f"wrote {out}" in result.output
+    assert f"decode attention: {measured.decode_attention}" in result.output
     data = json.loads(out.read_text())
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "prefill_roofline_tokens_per_s",
                 "decode_roofline_tokens_per_s", "prefill_fraction", "decode_fraction",

@@ -1,0 +1,115 @@
+"""The native CPU decode-attention kernel: built on first use, called from jitted code via XLA FFI.
+
+XLA:CPU runs a decode step's attention as one tiny matrix-vector product per (sequence, KV head),
+each with its own thread-pool round trip; ``kernels/decode_attention.cc`` reads each head's keys
+and values once instead (why and how: the file's header). It is C++ compiled once per machine
+with the system compiler (``$CXX``, else ``c++``/``g++``/``clang++``) against the installed
+jaxlib's FFI headers, and cached in ``$ARCHSCALE_KERNEL_CACHE`` (default
+``~/.cache/archscale/kernels``) under a key of the source, flags, compiler, jax version and CPU,
+so a shared home directory never hands one machine another's ``-march=native`` build.
+
+Without a compiler, with ``ARCHSCALE_CPU_KERNELS=0``, or off CPU, decode uses XLA's attention
+(same numbers to ~1e-6); ``decode_attention_impl()`` says which one runs, and throughput results
+record it, because the two are not equally fast.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+_log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "decode_attention.cc"
+TARGET = "archscale_decode_attention"
+SYMBOL = "ArchscaleDecodeAttention"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+KERNEL_IMPL, XLA_IMPL = "archscale-cpu-kernel", "xla"
+
+
+def cache_dir() -> Path:
+    default = Path.home() / ".cache" / "archscale" / "kernels"
+    return Path(os.environ.get("ARCHSCALE_KERNEL_CACHE", default))
+
+
+def _compiler() -> str | None:
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def _cpu_description() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "flags")
+    return "\n".join(sorted({line for line in lines if line.startswith(wanted)}))
+
+
+def _build(compiler: str) -> Path:
+    """The compiled library, from the cache or compiled now (atomically, safe across workers)."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, jax.__version__,
+                                    platform.machine(), _cpu_description()]).encode()).hexdigest()
+    library = cache_dir() / f"decode_attention-{key[:16]}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = Path(scratch) / library.name
+        result = subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE),
+                                 "-o", str(built)], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip()[-2000:])
+        os.replace(built, library)
+    return library
+
+
+@functools.cache
+def decode_attention_impl() -> str:
+    """Which decode attention runs here: the native kernel (built and registered) or XLA's."""
+    if jax.default_backend() != "cpu" or os.environ.get("ARCHSCALE_CPU_KERNELS") == "0":
+        return XLA_IMPL
+    compiler = _compiler()
+    if compiler is None:
+        _log.warning("no C++ compiler found (set CXX or install g++): decode attention runs on "
+                     "XLA, which is slower on CPU; throughput results record this")
+        return XLA_IMPL
+    try:
+        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)),
+                                    platform="cpu")
+    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
+        _log.warning("building the CPU decode-attention kernel failed, decode attention runs "
+                     "on XLA (throughput results record this): %s", error)
+        return XLA_IMPL
+    return KERNEL_IMPL
+
+
+def use_decode_kernel(*dtypes) -> bool:
+    """True where the kernel serves a decode step whose query and cache have ``dtypes``."""
+    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and decode_attention_impl() == KERNEL_IMPL
+
+
+def decode_attention(q_BxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
+                     valid: jax.Array) -> jax.Array:
+    """Softmax attention of one query position to the first ``valid`` cached keys (fp32).
+
+    Same result as the masked attention of ``model._attend``; call only where
+    ``use_decode_kernel`` is true.
+    """
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q_BxKxGxH.shape, jnp.float32),
+                            vmap_method="sequential")
+    return call(q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, jnp.asarray(valid, jnp.int32))
