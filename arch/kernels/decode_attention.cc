@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #ifdef __AVX2__
@@ -221,6 +222,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v
   work->Run();
   // Every part is claimed by now; wait for the ones other threads are still running.
   while (work->parts_done.load(std::memory_order_acquire) < work->parts) {
+    std::this_thread::yield();
   }
   return ffi::Error::Success();
 }
