@@ -177,6 +177,10 @@ void AttendOneKvHead(const float* q, const float* k, const float* v, float* out,
   }
 }
 
+// Parts per thread: a woken helper thread often starts late (tens of microseconds in a VM); with
+// one part per thread the calling thread had claimed both before it started.
+constexpr int64_t kPartsPerThread = 8;
+
 // The B K (row, KV head) pairs split into `parts` contiguous runs, claimed by whichever thread
 // is free; shared with the scheduled tasks, which may start after the call has returned.
 struct Work {
@@ -217,7 +221,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v
   work->S = kv_dims[2];
   work->L = L;
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
-  work->parts = std::min(threads, work->kv_heads);
+  work->parts = std::min(threads * kPartsPerThread, work->kv_heads);
   for (int64_t t = 1; t < work->parts; ++t) pool.Schedule([work] { work->Run(); });
   work->Run();
   // Every part is claimed by now; wait for the ones other threads are still running.
