@@ -45,6 +45,8 @@ def throughput(
         show_default=False),
     decode_tokens: int = typer.Option(32, help="Generated tokens per timed decode loop."),
     repeats: int = typer.Option(5, help="Timed calls; the fastest is reported."),
+    min_seconds: float = typer.Option(2.0, help="Time decode for at least this long (more calls "
+                                                "than --repeats when they are short)."),
     dtype: str | None = typer.Option(
         None, help="Compute dtype (default bf16 on accelerators, float32 on CPU).",
         show_default=False),
@@ -63,7 +65,7 @@ def throughput(
 
     configure_jax()
     result = measure_throughput(arch, batch=batch, context=context, decode_tokens=decode_tokens,
-                                repeats=repeats, dtype=dtype, seed=seed)
+                                repeats=repeats, min_seconds=min_seconds, dtype=dtype, seed=seed)
     table = Table(title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
                         f"{result.batch}, context {result.context}",
                   caption=f"decode attention: {result.decode_attention}")

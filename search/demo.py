@@ -250,7 +250,8 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
         raise ArchscaleError(f"the verification run ended {result.status}: {result.message}")
     speed = measure_throughput(spec, batch=sweep.throughput.batch, context=sweep.tp_context,
                                decode_tokens=sweep.throughput.decode_tokens,
-                               repeats=sweep.throughput.repeats)
+                               repeats=sweep.throughput.repeats,
+                               min_seconds=sweep.throughput.min_seconds)
     loss_in = top.loss_low <= result.val_loss <= top.loss_high
     report = {
         "spec": spec.to_dict(), "params_nonembed": spec.params_nonembed, "tokens": result.tokens,

@@ -108,7 +108,7 @@ class TrialRunner:
             tp = sweep.throughput
             measured = measure_throughput(planned.spec, batch=tp.batch, context=sweep.tp_context,
                                           decode_tokens=tp.decode_tokens, repeats=tp.repeats,
-                                          seed=sweep.seed)
+                                          min_seconds=tp.min_seconds, seed=sweep.seed)
             result = result.replace(throughput=measured.to_dict())
         return self._finish(trial, planned, result)
 

@@ -91,20 +91,23 @@ def memory_bandwidth() -> float:
 
 
 # ---- probes ---------------------------------------------------------------------------------
-def best_seconds(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls of ``fn()`` (its outputs waited for). Other processes
-    sharing the device only ever add time, so the fastest call is the figure that repeats."""
-    best = float("inf")
-    for _ in range(repeats):
+def best_seconds(fn, repeats: int, min_seconds: float = 0.0) -> tuple[float, int]:
+    """Fastest timed call of ``fn()`` (its outputs waited for), and the number of calls: at
+    least ``repeats``, and more until ``min_seconds`` of calls have been timed. Other processes
+    sharing the device only ever add time, so the fastest call is the figure that repeats, and
+    the more calls it is taken over, the closer it gets to the undisturbed time."""
+    best, timed, calls = float("inf"), 0.0, 0
+    while calls < repeats or timed < min_seconds:
         start = time.perf_counter()
         jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
+        seconds = time.perf_counter() - start
+        best, timed, calls = min(best, seconds), timed + seconds, calls + 1
+    return best, calls
 
 
 def _warm_best_seconds(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))  # compile and warm up
-    return best_seconds(lambda: fn(*args), repeats)
+    return best_seconds(lambda: fn(*args), repeats)[0]
 
 
 def probe_matmul_flops(dtype="float32", size: int = 2048, repeats: int = 5) -> float:

@@ -13,7 +13,10 @@ speed of a shape does not depend on the values.
 
 Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls: other
 processes sharing the device only ever add time, so the fastest call is the figure that
-repeats (the ratio of two shapes' figures is what laws use).
+repeats (the ratio of two shapes' figures is what laws use). Decode keeps calling until
+``min_seconds`` of calls are timed: a small shape's decode call takes ~0.1 s on CPU, and on a
+shared 2-core VM single calls spread +-15% (p10 to p90), so the fastest of a handful says
+little; the fastest over seconds of calls comes closer to the undisturbed time.
 Rooflines: prefill time >= max(FLOPs / peak FLOP/s, bytes / bandwidth) where FLOPs are 2N per
 token, causal attention and one output projection per prompt, bytes the weights plus the
 written cache; a decode step reads the decode weights (N and the output projection) and the
@@ -53,7 +56,7 @@ class ThroughputResult:
     decode_tokens: int
     """Generated tokens per sequence in the timed decode loop."""
     repeats: int
-    """Timed calls; figures are from the fastest."""
+    """Timed calls at least; figures are from the fastest."""
     dtype: str
     """Compute, weight and cache dtype."""
     device_kind: str
@@ -76,6 +79,8 @@ class ThroughputResult:
     """Device bytes/s used for the rooflines."""
     compile_seconds: float
     """Warm-up time of the prefill and decode functions (compilation plus one run)."""
+    decode_calls: int = 0
+    """Timed decode calls: ``repeats``, or more to fill ``min_seconds`` (0: not recorded)."""
     decode_attention: str = XLA_IMPL
     """Which decode attention ran: 'archscale-cpu-kernel' (``arch.cpu_kernels``) or 'xla'."""
 
@@ -140,9 +145,10 @@ def roofline(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dt
 
 
 def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int | None = None,
-                       decode_tokens: int = 32, repeats: int = 5, dtype=None,
-                       seed: int = 0) -> ThroughputResult:
-    """Prefill and decode tokens/s of ``spec`` (defaults from ``default_setting``)."""
+                       decode_tokens: int = 32, repeats: int = 5, min_seconds: float = 2.0,
+                       dtype=None, seed: int = 0) -> ThroughputResult:
+    """Prefill and decode tokens/s of ``spec`` (defaults from ``default_setting``); decode is
+    timed over at least ``repeats`` calls and ``min_seconds`` seconds."""
     default_batch, default_context = default_setting()
     batch = default_batch if batch is None else batch
     context = default_context if context is None else context
@@ -150,6 +156,8 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
                         ("repeats", repeats)):
         if value < 1:
             raise ArchscaleError(f"measure_throughput: {name}={value} must be >= 1")
+    if min_seconds < 0:
+        raise ArchscaleError(f"measure_throughput: min_seconds={min_seconds} must be >= 0")
     dtype = compute_dtype(dtype)
     # Weights stored in the compute dtype: a decode step reads them once, with no cast per step.
     model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=dtype, param_dtype=dtype)
@@ -186,7 +194,8 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
     compile_seconds = time.perf_counter() - start
 
     caches = [empty_cache(state) for _ in range(repeats)]  # allocated outside the timed calls
-    prefill_s = hardware.best_seconds(lambda: prefill(state, weights, prompt_BxT, caches.pop()), repeats)
+    prefill_s, _ = hardware.best_seconds(lambda: prefill(state, weights, prompt_BxT, caches.pop()),
+                                         repeats)
     _, cache = prefill(state, weights, prompt_BxT, empty_cache(state))
 
     def decode_from_context():
@@ -196,7 +205,7 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
         _, cache = decode(state, weights, first_B, rewound)
         return cache
 
-    decode_s = hardware.best_seconds(decode_from_context, repeats)
+    decode_s, decode_calls = hardware.best_seconds(decode_from_context, repeats, min_seconds)
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
     return ThroughputResult(
         spec=spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
@@ -206,5 +215,5 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
         **roofline(spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
                    peak=peak, bandwidth=bandwidth),
         peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=compile_seconds,
-        decode_attention=KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL,
+        decode_calls=decode_calls, decode_attention=KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL,
     )

@@ -5,6 +5,7 @@ The measurement and the CLI use one tiny shape and setting, so the second compil
 """
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from archscale.arch import ArchscaleError, ArchSpec
 from archscale.arch.cpu_kernels import XLA_IMPL, decode_attention_impl
 from archscale.arch.model import Transformer
 from archscale.cli.main import app
+from archscale.sweeps import hardware
 from archscale.sweeps.throughput import (
     ThroughputResult,
     compute_dtype,
@@ -26,7 +28,7 @@ from archscale.sweeps.throughput import (
 
 SPEC = ArchSpec(vocab_size=256, seq_len=256, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
                 head_dim=8, d_ff=64)
-SETTING = dict(batch=2, context=16, decode_tokens=4, repeats=2)
+SETTING = dict(batch=2, context=16, decode_tokens=4, repeats=2, min_seconds=0.3)
 SHAPE_FLAGS = ["--d-model", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                "--head-dim", "8", "--d-ff", "64"]
 
@@ -39,6 +41,7 @@ def measured():
 def test_measurement_is_positive_and_below_the_roofline(measured):
     r = measured
     assert (r.batch, r.context, r.decode_tokens, r.repeats) == (2, 16, 4, 2)
+    assert r.decode_calls > r.repeats  # millisecond calls: min_seconds asked for many more
     assert r.spec == SPEC.to_dict() and r.dtype == "float32"
     assert r.prefill_tokens_per_s > 0 and r.decode_tokens_per_s > 0
     assert r.peak_flops > 0 and r.memory_bandwidth > 0 and r.compile_seconds > 0
@@ -95,6 +98,20 @@ def test_gqa_shrinks_the_cache_and_the_long_context_decode_time():
     assert r_gqa["decode_roofline_tokens_per_s"] > 3 * r_mha["decode_roofline_tokens_per_s"]
 
 
+def test_best_seconds_times_at_least_repeats_calls_and_min_seconds():
+    calls = []
+
+    def nap():
+        calls.append(time.perf_counter())
+        time.sleep(0.02 if len(calls) != 3 else 0.005)  # the third call is the fastest
+        return jnp.zeros(())
+
+    best, count = hardware.best_seconds(nap, repeats=2, min_seconds=0.2)
+    assert count == len(calls) and 8 <= count <= 12
+    assert 0.005 <= best < 0.015
+    assert hardware.best_seconds(nap, repeats=3)[1] == 3  # no minimum time: exactly repeats
+
+
 def test_compute_dtype_names():
     assert compute_dtype("bf16") == jnp.bfloat16 and compute_dtype("fp32") == jnp.float32
     assert compute_dtype(np.float32) == jnp.float32 and compute_dtype("float16") == jnp.float16
@@ -106,7 +123,7 @@ def test_bench_throughput_cli_writes_json_and_prints_a_summary(measured, tmp_pat
     out = tmp_path / "tp" / "throughput.json"
     result = CliRunner().invoke(app, ["bench", "throughput", *SHAPE_FLAGS, "--batch", "2",
                                       "--context", "16", "--decode-tokens", "4", "--repeats", "2",
-                                      "--out", str(out)])
+                                      "--min-seconds", "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "prefill" in result.output and "decode" in result.output
     assert "tokens/s" in result.output and f"wrote {out}" in result.output
@@ -120,11 +137,13 @@ def test_bench_throughput_cli_writes_json_and_prints_a_summary(measured, tmp_pat
     assert (data["batch"], data["context"]) == (2, 16)
     assert data["decode_tokens_per_s"] > 0 and data["prefill_tokens_per_s"] > 0
     assert data["decode_bytes_per_step"] == measured.decode_bytes_per_step
+    assert data["decode_calls"] == 2  # --min-seconds 0: exactly --repeats calls
 
 
 @pytest.mark.parametrize("changes, match", [
     ({"--dtype": "int8"}, "not a floating compute dtype"),
     ({"--batch": "0"}, "batch=0 must be >= 1"),
+    ({"--min-seconds": "-1"}, "min_seconds=-1.0 must be >= 0"),
     ({"--kv-heads": "3"}, "not divisible by n_kv_heads=3"),
     ({"--out": "."}, "is a directory"),
 ])

@@ -1,6 +1,6 @@
 """Decode throughput against the memory-bandwidth roofline, and the stability of throughput ratios.
 
-    python tests/bench/bench_decode.py [--repeats 3] [--skip-stability]
+    python tests/bench/bench_decode.py [--repeats 3] [--min-seconds 2] [--skip-stability]
 
 1. Decode tokens/s at batch 32, context 512 of d_model 512, 4 layers (8 heads of 64, no GQA,
    fp32 on CPU) through ``measure_throughput``, against the roofline of a decode step that reads
@@ -10,9 +10,10 @@
    both alike; the cached figure the library uses is printed too. Target: >= 50% of roofline.
 2. Ratio stability: laws compare shapes by throughput ratios, so the decode tokens/s ratio of
    two shapes (GQA 4 vs none, the default CPU setting) is measured twice; the two ratios must
-   agree within 10%. Each run measures the shapes in the order A B B A (fastest of 10 calls
-   per measurement, best of the two per shape), so load from other processes that drifts
-   during a run affects both alike; load that changes between runs still shows up here.
+   agree within 10%. Each run measures the shapes in the order A B B A (fastest of at least 10
+   calls and --min-seconds of calls per measurement, best of the two per shape), so load from
+   other processes that drifts during a run affects both alike; load that changes between runs
+   still shows up here.
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def roofline_check(repeats: int) -> None:
           f"({result.prefill_fraction:.1%} of its roofline at the cached peaks)")
 
 
-def stability_check(repeats: int) -> None:
+def stability_check(repeats: int, min_seconds: float) -> None:
     configure_jax()  # the persistent compilation cache: repeated shapes compile once
     ratios = []
     for run in (1, 2):
         best = {0: 0.0, 1: 0.0}
         for index in (0, 1, 1, 0):
-            tokens_per_s = measure_throughput(PAIR[index], repeats=repeats).decode_tokens_per_s
+            tokens_per_s = measure_throughput(PAIR[index], repeats=repeats,
+                                              min_seconds=min_seconds).decode_tokens_per_s
             best[index] = max(best[index], tokens_per_s)
         a, b = best[0], best[1]
         ratios.append(b / a)
@@ -86,12 +88,14 @@ def stability_check(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="decode timed for at least this long per stability measurement")
     parser.add_argument("--skip-stability", action="store_true")
     args = parser.parse_args()
     roofline_check(args.repeats)
     if not args.skip_stability:
         print(f"stability: d={PAIR[0].d_model} L={PAIR[0].n_layers} at the default CPU setting")
-        stability_check(max(args.repeats, 10))
+        stability_check(max(args.repeats, 10), args.min_seconds)
 
 
 if __name__ == "__main__":
