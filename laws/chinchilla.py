@@ -47,9 +47,12 @@ def to_natural(p_BxP: np.ndarray) -> np.ndarray:
 
 
 def to_log(coef_BxP: np.ndarray) -> np.ndarray:
-    """(A, B, E, alpha, beta) -> (a, b, e, alpha, beta)."""
+    """(A, B, E, alpha, beta) -> (a, b, e, alpha, beta); a coefficient of 0 (a term the data
+    cannot identify, e.g. B when every run has the same tokens per parameter) maps to -inf,
+    which ``to_natural`` maps back to 0, so the log of 0 is expected here, not warned about."""
     coef_BxP = np.atleast_2d(coef_BxP)
-    return np.column_stack([np.log(coef_BxP[:, :3]), coef_BxP[:, 3:]])
+    with np.errstate(divide="ignore"):
+        return np.column_stack([np.log(coef_BxP[:, :3]), coef_BxP[:, 3:]])
 
 
 def predict(coef_SxP: np.ndarray, n_params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
