@@ -248,10 +248,7 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
                    progress=options.progress)
     if result.status != "complete" or result.val_loss is None:
         raise ArchscaleError(f"the verification run ended {result.status}: {result.message}")
-    speed = measure_throughput(spec, batch=sweep.throughput.batch, context=sweep.tp_context,
-                               decode_tokens=sweep.throughput.decode_tokens,
-                               repeats=sweep.throughput.repeats,
-                               min_seconds=sweep.throughput.min_seconds)
+    speed = measure_throughput(spec, **sweep.throughput_options())
     loss_in = top.loss_low <= result.val_loss <= top.loss_high
     report = {
         "spec": spec.to_dict(), "params_nonembed": spec.params_nonembed, "tokens": result.tokens,

@@ -105,10 +105,8 @@ class TrialRunner:
                        checkpoint_dir=checkpoint_dir, report=self._reporter(trial, beat),
                        task=task, progress=self.progress)
         if result.status == "complete" and sweep.throughput.enabled:
-            tp = sweep.throughput
-            measured = measure_throughput(planned.spec, batch=tp.batch, context=sweep.tp_context,
-                                          decode_tokens=tp.decode_tokens, repeats=tp.repeats,
-                                          min_seconds=tp.min_seconds, seed=sweep.seed)
+            measured = measure_throughput(planned.spec, **sweep.throughput_options(),
+                                          seed=sweep.seed)
             result = result.replace(throughput=measured.to_dict())
         return self._finish(trial, planned, result)
 

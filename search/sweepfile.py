@@ -271,6 +271,12 @@ class SweepFile(_Section):
     def tp_context(self) -> int:
         return self.throughput.context or self.seq_len
 
+    def throughput_options(self) -> dict[str, Any]:
+        """``measure_throughput`` keyword arguments of this sweep's throughput setting."""
+        tp = self.throughput
+        return {"batch": tp.batch, "context": self.tp_context, "decode_tokens": tp.decode_tokens,
+                "repeats": tp.repeats, "min_seconds": tp.min_seconds}
+
     @property
     def directions(self) -> list[str]:
         objectives = self.search.objectives if self.search is not None else ["loss"]
