@@ -5,7 +5,7 @@ The measurement and the CLI use one tiny shape and setting, so the second compil
 """
 
 import json
-import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -98,18 +98,22 @@ def test_gqa_shrinks_the_cache_and_the_long_context_decode_time():
     assert r_gqa["decode_roofline_tokens_per_s"] > 3 * r_mha["decode_roofline_tokens_per_s"]
 
 
-def test_best_seconds_times_at_least_repeats_calls_and_min_seconds():
-    calls = []
+def test_best_seconds_times_at_least_repeats_calls_and_min_seconds(monkeypatch):
+    """A fake clock that each call advances: no real time is measured, so nothing here is timed."""
+    now, calls = [0.0], []
+    monkeypatch.setattr(hardware, "time", SimpleNamespace(perf_counter=lambda: now[0]))
 
-    def nap():
-        calls.append(time.perf_counter())
-        time.sleep(0.02 if len(calls) != 3 else 0.005)  # the third call is the fastest
+    def call():
+        calls.append(now[0])
+        now[0] += 0.005 if len(calls) == 3 else 0.02  # the third call is the fastest
         return jnp.zeros(())
 
-    best, count = hardware.best_seconds(nap, repeats=2, min_seconds=0.2)
-    assert count == len(calls) and 8 <= count <= 12
-    assert 0.005 <= best < 0.015
-    assert hardware.best_seconds(nap, repeats=3)[1] == 3  # no minimum time: exactly repeats
+    best, count = hardware.best_seconds(call, repeats=2, min_seconds=0.2)
+    # 0.045 s after three calls, then 0.02 s per call until 0.2 s: eleven calls.
+    assert count == len(calls) == 11
+    assert best == pytest.approx(0.005)
+    calls.clear()
+    assert hardware.best_seconds(call, repeats=3) == (pytest.approx(0.005), 3)  # exactly repeats
 
 
 def test_compute_dtype_names():
