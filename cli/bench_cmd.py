@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
+from archscale.arch.spec import load_spec
 from archscale.cli.shape_options import (
     DFF,
     DModel,
@@ -25,6 +27,33 @@ from archscale.cli.shape_options import (
 
 app = typer.Typer(help="Measure inference throughput on this device.", no_args_is_help=True)
 
+# The measurement setting, shared by `throughput` and `compare`.
+Batch = Annotated[int | None, typer.Option(
+    help="Sequences decoded together (default 8 on CPU, 64 on accelerators).", show_default=False)]
+Context = Annotated[int | None, typer.Option(
+    help="Prompt tokens per sequence (default 512 on CPU, 2048 on accelerators).",
+    show_default=False)]
+DecodeTokens = Annotated[int, typer.Option(help="Generated tokens per timed decode loop.")]
+Repeats = Annotated[int, typer.Option(help="Timed calls; the fastest is reported.")]
+MinSeconds = Annotated[float, typer.Option(
+    help="Time decode for at least this long (more calls than --repeats when they are short).")]
+Dtype = Annotated[str | None, typer.Option(
+    help="Compute dtype (default bf16 on accelerators, float32 on CPU).", show_default=False)]
+Seed = Annotated[int, typer.Option(help="Seed of the random weights and prompts.")]
+Out = Annotated[Path | None, typer.Option("--out", help="Write the result as JSON here.")]
+
+
+def _check_out(out: Path | None) -> None:
+    if out is not None and out.is_dir():
+        raise ArchscaleError(f"--out {out} is a directory: give the path of a JSON file to write")
+
+
+def _write(out: Path | None, data: dict) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n")
+        typer.echo(f"wrote {out}")
+
 
 @app.command()
 def throughput(
@@ -37,28 +66,20 @@ def throughput(
     d_ff: DFF = None,
     vocab_size: Vocab = None,
     tie_embeddings: Tie = None,
-    batch: int | None = typer.Option(
-        None, help="Sequences decoded together (default 8 on CPU, 64 on accelerators).",
-        show_default=False),
-    context: int | None = typer.Option(
-        None, help="Prompt tokens per sequence (default 512 on CPU, 2048 on accelerators).",
-        show_default=False),
-    decode_tokens: int = typer.Option(32, help="Generated tokens per timed decode loop."),
-    repeats: int = typer.Option(5, help="Timed calls; the fastest is reported."),
-    min_seconds: float = typer.Option(2.0, help="Time decode for at least this long (more calls "
-                                                "than --repeats when they are short)."),
-    dtype: str | None = typer.Option(
-        None, help="Compute dtype (default bf16 on accelerators, float32 on CPU).",
-        show_default=False),
-    seed: int = typer.Option(0, help="Seed of the random weights and prompts."),
-    out: Path | None = typer.Option(None, "--out", help="Write the result as JSON here."),
+    batch: Batch = None,
+    context: Context = None,
+    decode_tokens: DecodeTokens = 32,
+    repeats: Repeats = 5,
+    min_seconds: MinSeconds = 2.0,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    out: Out = None,
 ) -> None:
     """Prefill and decode tokens/s through the KV cache, beside the roofline estimates."""
     arch = spec_from_options(spec, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                              n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
                              vocab_size=vocab_size, tie_embeddings=tie_embeddings)
-    if out is not None and out.is_dir():
-        raise ArchscaleError(f"--out {out} is a directory: give the path of a JSON file to write")
+    _check_out(out)
     # Imported here so `archscale --help` and the arch commands do not start JAX.
     from archscale.arch.runtime import configure_jax
     from archscale.sweeps.throughput import measure_throughput
@@ -76,7 +97,56 @@ def throughput(
     table.add_row(f"decode ({result.decode_bound}-bound)", f"{result.decode_tokens_per_s:,.0f}",
                   f"{result.decode_roofline_tokens_per_s:,.0f}", f"{result.decode_fraction:.1%}")
     Console().print(table)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        typer.echo(f"wrote {out}")
+    _write(out, result.to_dict())
+
+
+@app.command()
+def compare(
+    specs: Annotated[list[str], typer.Argument(
+        help="Two or more presets or spec / HF config JSON files (a run or throughput JSON "
+             "works too); speeds are relative to the first.", show_default=False)],
+    batch: Batch = None,
+    context: Context = None,
+    decode_tokens: DecodeTokens = 32,
+    repeats: Repeats = 5,
+    min_seconds: MinSeconds = 2.0,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    out: Out = None,
+) -> None:
+    """Throughput of several shapes measured together, their calls interleaved.
+
+    Each round times one call of every shape; a shape's speed relative to
+    the first is the median of its per-round ratios, so load that drifts
+    over minutes on a shared machine cancels out of the comparison.
+    """
+    if len(specs) < 2:
+        raise ArchscaleError("bench compare needs at least two shapes: the first is the reference "
+                             "the others' speeds are given relative to")
+    archs = [load_spec(name) for name in specs]
+    _check_out(out)
+    from archscale.arch.runtime import configure_jax
+    from archscale.sweeps.throughput import compare_throughput
+
+    configure_jax()
+    comparison = compare_throughput(archs, batch=batch, context=context,
+                                    decode_tokens=decode_tokens, repeats=repeats,
+                                    min_seconds=min_seconds, dtype=dtype, seed=seed)
+    first = comparison.results[0]
+    table = Table(title=f"{len(archs)} shapes on {first.device_kind} ({first.dtype}), batch "
+                        f"{first.batch}, context {first.context}, calls interleaved",
+                  caption=f"relative: median of per-round ratios to {Path(specs[0]).name} over "
+                          f"{first.decode_calls} decode rounds; decode attention: "
+                          f"{first.decode_attention}")
+    for column in ("shape", "params", "prefill tok/s", "relative", "decode tok/s", "relative",
+                   "decode / roofline"):
+        table.add_column(column, justify="right")
+    for name, arch, result, prefill_ratio, decode_ratio in zip(
+            specs, archs, comparison.results, comparison.prefill_ratios, comparison.decode_ratios,
+            strict=True):
+        table.add_row(Path(name).name, f"{arch.params_total / 1e6:,.2f}M",
+                      f"{result.prefill_tokens_per_s:,.0f}", f"{prefill_ratio:.3f}",
+                      f"{result.decode_tokens_per_s:,.0f}", f"{decode_ratio:.3f}",
+                      f"{result.decode_fraction:.1%}")
+    Console().print(table)
+    _write(out, comparison.to_dict())

@@ -91,18 +91,29 @@ def memory_bandwidth() -> float:
 
 
 # ---- probes ---------------------------------------------------------------------------------
+def timed_rounds(fns, repeats: int, min_seconds: float = 0.0) -> list[list[float]]:
+    """Seconds of each call of each of ``fns`` (outputs waited for), called in turn: round r
+    calls fns[0], fns[1], ... once each. Rounds go on until every function has been called at
+    least ``repeats`` times and timed for at least ``min_seconds``. Returns times[fn][round].
+
+    Calling the functions alternately exposes them to the same load from other processes, so
+    their per-round ratios cancel the load that a shared machine adds to both alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    while any(len(ts) < repeats or sum(ts) < min_seconds for ts in times):
+        for fn, ts in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - start)
+    return times
+
+
 def best_seconds(fn, repeats: int, min_seconds: float = 0.0) -> tuple[float, int]:
-    """Fastest timed call of ``fn()`` (its outputs waited for), and the number of calls: at
-    least ``repeats``, and more until ``min_seconds`` of calls have been timed. Other processes
-    sharing the device only ever add time, so the fastest call is the figure that repeats, and
-    the more calls it is taken over, the closer it gets to the undisturbed time."""
-    best, timed, calls = float("inf"), 0.0, 0
-    while calls < repeats or timed < min_seconds:
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        seconds = time.perf_counter() - start
-        best, timed, calls = min(best, seconds), timed + seconds, calls + 1
-    return best, calls
+    """Fastest timed call of ``fn()`` and the number of calls (``timed_rounds`` of one function).
+    Other processes sharing the device only ever add time, so the fastest call is the figure
+    that repeats, and the more calls it is taken over, the closer it gets to the undisturbed
+    time."""
+    times = timed_rounds([fn], repeats, min_seconds)[0]
+    return min(times), len(times)
 
 
 def _warm_best_seconds(fn, *args, repeats: int) -> float:

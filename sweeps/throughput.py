@@ -13,10 +13,15 @@ speed of a shape does not depend on the values.
 
 Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls: other
 processes sharing the device only ever add time, so the fastest call is the figure that
-repeats (the ratio of two shapes' figures is what laws use). Decode keeps calling until
-``min_seconds`` of calls are timed: a small shape's decode call takes ~0.1 s on CPU, and on a
-shared 2-core VM single calls spread +-15% (p10 to p90), so the fastest of a handful says
-little; the fastest over seconds of calls comes closer to the undisturbed time.
+repeats. Decode keeps calling until ``min_seconds`` of calls are timed: a small shape's decode
+call takes ~0.1 s on CPU, and on a shared 2-core VM single calls spread +-15% (p10 to p90), so
+the fastest of a handful says little; the fastest over seconds of calls comes closer to the
+undisturbed time.
+Laws compare shapes by their throughput ratios, and load on a shared machine drifts by 20-30%
+over minutes, moving shapes measured at different times apart. ``compare_throughput`` measures
+several shapes in one process with their calls interleaved (one call of each per round) and
+reports each shape's speed relative to the first as the median of per-round ratios, which the
+load two neighbouring calls share cancels out of.
 Rooflines: prefill time >= max(FLOPs / peak FLOP/s, bytes / bandwidth) where FLOPs are 2N per
 token, causal attention and one output projection per prompt, bytes the weights plus the
 written cache; a decode step reads the decode weights (N and the output projection) and the
@@ -27,7 +32,9 @@ roofline time is the larger of the two quotients. ``*_fraction`` is measured / r
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,29 +151,45 @@ def roofline(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dt
     }
 
 
-def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int | None = None,
-                       decode_tokens: int = 32, repeats: int = 5, min_seconds: float = 2.0,
-                       dtype=None, seed: int = 0) -> ThroughputResult:
-    """Prefill and decode tokens/s of ``spec`` (defaults from ``default_setting``); decode is
-    timed over at least ``repeats`` calls and ``min_seconds`` seconds."""
-    default_batch, default_context = default_setting()
-    batch = default_batch if batch is None else batch
-    context = default_context if context is None else context
-    for name, value in (("batch", batch), ("context", context), ("decode_tokens", decode_tokens),
-                        ("repeats", repeats)):
-        if value < 1:
-            raise ArchscaleError(f"measure_throughput: {name}={value} must be >= 1")
-    if min_seconds < 0:
-        raise ArchscaleError(f"measure_throughput: min_seconds={min_seconds} must be >= 0")
-    dtype = compute_dtype(dtype)
+@dataclass(frozen=True)
+class ThroughputComparison:
+    """Several shapes measured together in one setting, their calls interleaved."""
+
+    results: tuple[ThroughputResult, ...]
+    """Each shape's measurement, in the order given."""
+    decode_ratios: tuple[float, ...]
+    """Each shape's decode tokens/s relative to the first: the median over rounds of the ratio
+    of its call and the first shape's call in the same round."""
+    prefill_ratios: tuple[float, ...]
+    """The same for prefill tokens/s."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [r.to_dict() for r in self.results],
+                "decode_ratios": list(self.decode_ratios),
+                "prefill_ratios": list(self.prefill_ratios)}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One shape compiled for one setting, with its cache: the calls to time."""
+
+    spec: ArchSpec
+    compile_seconds: float
+    prefill: Callable[[], Any]
+    """Prefill ``context`` tokens into the cache rewound to empty."""
+    decode: Callable[[], Any]
+    """``decode_tokens`` steps from the cache rewound to ``context`` tokens."""
+
+
+def _compile(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dtype,
+             seed: int) -> _Compiled:
     # Weights stored in the compute dtype: a decode step reads them once, with no cast per step.
     model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=dtype, param_dtype=dtype)
     graphdef, state = nnx.split(model)
-    max_len = context + decode_tokens
 
     @jax.jit
     def empty_cache(state) -> KVCache:
-        return nnx.merge(graphdef, state).init_cache(batch, max_len)
+        return nnx.merge(graphdef, state).init_cache(batch, context + decode_tokens)
 
     # Per-layer weights are sliced out of the stacks once, as a server does when it loads them.
     weights = jax.jit(lambda state: nnx.merge(graphdef, state).layer_weights())(state)
@@ -190,30 +213,71 @@ def measure_throughput(spec: ArchSpec, *, batch: int | None = None, context: int
         state, weights, jax.ShapeDtypeStruct((batch,), jnp.int32), cache_shapes).compile(
             compiler_options=compiler_options())
     first_B, cache = jax.block_until_ready(prefill(state, weights, prompt_BxT, empty_cache(state)))
-    jax.block_until_ready(decode(state, weights, first_B, cache))
+    _, cache = jax.block_until_ready(decode(state, weights, first_B, cache))
     compile_seconds = time.perf_counter() - start
+    held = [cache]  # one cache, donated to each call and replaced by its result
 
-    caches = [empty_cache(state) for _ in range(repeats)]  # allocated outside the timed calls
-    prefill_s, _ = hardware.best_seconds(lambda: prefill(state, weights, prompt_BxT, caches.pop()),
-                                         repeats)
-    _, cache = prefill(state, weights, prompt_BxT, empty_cache(state))
+    def rewound(length: int) -> KVCache:
+        # Every timed call starts from the same state; slots past `length` are masked garbage.
+        return KVCache(held[0].k_BxKxSxH, held[0].v_BxKxSxH, jnp.int32(length))
 
-    def decode_from_context():
-        nonlocal cache
-        # Rewind to `context` cached tokens: each timed loop starts from the same state.
-        rewound = KVCache(cache.k_BxKxSxH, cache.v_BxKxSxH, jnp.int32(context))
-        _, cache = decode(state, weights, first_B, rewound)
-        return cache
+    def prefill_call() -> KVCache:
+        _, held[0] = prefill(state, weights, prompt_BxT, rewound(0))
+        return held[0]
 
-    decode_s, decode_calls = hardware.best_seconds(decode_from_context, repeats, min_seconds)
+    def decode_call() -> KVCache:
+        _, held[0] = decode(state, weights, first_B, rewound(context))
+        return held[0]
+
+    return _Compiled(spec, compile_seconds, prefill_call, decode_call)
+
+
+def paired_ratio(reference_seconds: list[float], seconds: list[float]) -> float:
+    """Speed relative to the reference from calls timed in the same rounds: the median of the
+    per-round ratios, which the load two neighbouring calls share cancels out of."""
+    return statistics.median(r / s for r, s in zip(reference_seconds, seconds, strict=True))
+
+
+def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
+                       context: int | None = None, decode_tokens: int = 32, repeats: int = 5,
+                       min_seconds: float = 2.0, dtype=None, seed: int = 0) -> ThroughputComparison:
+    """Prefill and decode tokens/s of each of ``specs`` in one setting (defaults from
+    ``default_setting``), their timed calls interleaved (``hardware.timed_rounds``): each shape's
+    decode is timed over at least ``repeats`` calls and ``min_seconds`` seconds, prefill over
+    ``repeats`` calls. Every shape stays compiled, with its cache, until all are measured."""
+    default_batch, default_context = default_setting()
+    batch = default_batch if batch is None else batch
+    context = default_context if context is None else context
+    for name, value in (("batch", batch), ("context", context), ("decode_tokens", decode_tokens),
+                        ("repeats", repeats), ("number of shapes", len(specs))):
+        if value < 1:
+            raise ArchscaleError(f"throughput measurement: {name}={value} must be >= 1")
+    if min_seconds < 0:
+        raise ArchscaleError(f"throughput measurement: min_seconds={min_seconds} must be >= 0")
+    dtype = compute_dtype(dtype)
+    compiled = [_compile(spec, batch=batch, context=context, decode_tokens=decode_tokens,
+                         dtype=dtype, seed=seed) for spec in specs]
+    prefill_times = hardware.timed_rounds([c.prefill for c in compiled], repeats)
+    decode_times = hardware.timed_rounds([c.decode for c in compiled], repeats, min_seconds)
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
-    return ThroughputResult(
-        spec=spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
+    attention = KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL
+    results = tuple(ThroughputResult(
+        spec=c.spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
         repeats=repeats, dtype=dtype.name, device_kind=hardware.device_kind(),
-        prefill_tokens_per_s=batch * context / prefill_s,
-        decode_tokens_per_s=batch * decode_tokens / decode_s,
-        **roofline(spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
+        prefill_tokens_per_s=batch * context / min(prefill_s),
+        decode_tokens_per_s=batch * decode_tokens / min(decode_s),
+        **roofline(c.spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
                    peak=peak, bandwidth=bandwidth),
-        peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=compile_seconds,
-        decode_calls=decode_calls, decode_attention=KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL,
-    )
+        peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=c.compile_seconds,
+        decode_calls=len(decode_s), decode_attention=attention,
+    ) for c, prefill_s, decode_s in zip(compiled, prefill_times, decode_times, strict=True))
+    return ThroughputComparison(
+        results,
+        decode_ratios=tuple(paired_ratio(decode_times[0], d) for d in decode_times),
+        prefill_ratios=tuple(paired_ratio(prefill_times[0], p) for p in prefill_times))
+
+
+def measure_throughput(spec: ArchSpec, **setting: Any) -> ThroughputResult:
+    """Prefill and decode tokens/s of one shape: ``compare_throughput`` of ``spec`` alone (the
+    same keyword arguments)."""
+    return compare_throughput([spec], **setting).results[0]

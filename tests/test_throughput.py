@@ -21,8 +21,10 @@ from archscale.cli.main import app
 from archscale.sweeps import hardware
 from archscale.sweeps.throughput import (
     ThroughputResult,
+    compare_throughput,
     compute_dtype,
     measure_throughput,
+    paired_ratio,
     roofline,
 )
 
@@ -114,6 +116,90 @@ def test_best_seconds_times_at_least_repeats_calls_and_min_seconds(monkeypatch):
     assert best == pytest.approx(0.005)
     calls.clear()
     assert hardware.best_seconds(call, repeats=3) == (pytest.approx(0.005), 3)  # exactly repeats
+
+
+def test_timed_rounds_alternate_until_every_function_has_its_calls_and_seconds(monkeypatch):
+    now, order = [0.0], []
+    monkeypatch.setattr(hardware, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def call(name, seconds):
+        def fn():
+            order.append(name)
+            now[0] += seconds
+            return jnp.zeros(())
+        return fn
+
+    times = hardware.timed_rounds([call("a", 0.02), call("b", 0.05)], repeats=2, min_seconds=0.2)
+    # a needs 10 calls for 0.2 s, b 4; both are called in every round, in the given order.
+    assert order == ["a", "b"] * 10
+    assert times == [[pytest.approx(0.02)] * 10, [pytest.approx(0.05)] * 10]
+
+
+def test_paired_ratio_cancels_load_that_both_calls_of_a_round_share():
+    # B is twice as fast as A; the machine is 1x, 3x and 1.5x loaded in the three rounds, and
+    # one B call caught an extra 4x burst that its round's A call did not.
+    a = [1.0, 3.0, 1.5]
+    b = [0.5, 1.5 * 4, 0.75]
+    assert paired_ratio(a, b) == pytest.approx(2.0)  # B's speed relative to A
+    assert paired_ratio(a, a) == 1.0
+
+
+def test_compare_throughput_interleaves_shapes_and_reports_paired_ratios(monkeypatch):
+    """Real compiled calls; the figures are checked against the call times they came from."""
+    recorded = []
+
+    def timed_rounds(fns, repeats, min_seconds=0.0):
+        recorded.append(real(fns, repeats, min_seconds))
+        return recorded[-1]
+
+    real = hardware.timed_rounds
+    monkeypatch.setattr(hardware, "timed_rounds", timed_rounds)
+    mha = SPEC.replace(n_kv_heads=4)
+    comparison = compare_throughput([SPEC, mha], **SETTING)
+    (prefill_times, decode_times) = recorded
+    batch, context, decode_tokens = SETTING["batch"], SETTING["context"], SETTING["decode_tokens"]
+    assert [r.spec for r in comparison.results] == [SPEC.to_dict(), mha.to_dict()]
+    assert [len(t) for t in prefill_times] == [SETTING["repeats"]] * 2  # prefill: exactly repeats
+    for result, prefill_s, decode_s in zip(comparison.results, prefill_times, decode_times,
+                                           strict=True):
+        assert result.decode_calls == len(decode_s) == len(decode_times[0])  # same rounds
+        assert sum(decode_s) >= SETTING["min_seconds"]
+        assert result.decode_tokens_per_s == pytest.approx(batch * decode_tokens / min(decode_s))
+        assert result.prefill_tokens_per_s == pytest.approx(batch * context / min(prefill_s))
+    assert comparison.decode_ratios == (1.0, pytest.approx(paired_ratio(*decode_times)))
+    assert comparison.prefill_ratios == (1.0, pytest.approx(paired_ratio(*prefill_times)))
+    data = json.loads(json.dumps(comparison.to_dict()))
+    assert [ThroughputResult.from_dict(r) for r in data["results"]] == list(comparison.results)
+    assert data["decode_ratios"] == list(comparison.decode_ratios)
+
+
+def test_bench_compare_cli_writes_every_shape_and_its_ratio(tmp_path):
+    files = []
+    for name, spec in (("gqa", SPEC), ("mha", SPEC.replace(n_kv_heads=4))):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(spec.to_dict()))
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(app, ["bench", "compare", *map(str, files), "--batch", "2",
+                                      "--context", "16", "--decode-tokens", "4", "--repeats", "2",
+                                      "--min-seconds", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "calls interleaved" in result.output and "relative" in result.output
+    assert "mha.json" in result.output  # each shape is named by its file
+    data = json.loads(out.read_text())
+    assert [r["spec"]["n_kv_heads"] for r in data["results"]] == [2, 4]
+    assert data["decode_ratios"][0] == data["prefill_ratios"][0] == 1.0
+    assert data["decode_ratios"][1] > 0
+    assert [r["decode_calls"] for r in data["results"]] == [2, 2]
+
+
+@pytest.mark.parametrize("specs, match", [
+    (["tiny"], "at least two shapes"),
+    (["tiny", "no-such-shape"], "neither a preset"),
+])
+def test_bench_compare_user_errors(specs, match):
+    result = CliRunner().invoke(app, ["bench", "compare", *specs])
+    assert isinstance(result.exception, ArchscaleError)
+    assert match in str(result.exception)
 
 
 def test_compute_dtype_names():
