@@ -1,16 +1,18 @@
-"""The native CPU decode-attention kernel: built on first use, called from jitted code via XLA FFI.
+"""Native CPU kernels of a decode step: built on first use, called from jitted code via XLA FFI.
 
 XLA:CPU runs a decode step's attention as one tiny matrix-vector product per (sequence, KV head),
-each with its own thread-pool round trip; ``kernels/decode_attention.cc`` reads each head's keys
-and values once instead (why and how: the file's header). It is C++ compiled once per machine
+each with its own thread-pool round trip, and its few-row weight matmuls at 50-75 GFLOP/s with
+the weights cold in memory. ``kernels/decode.cc`` streams each head's keys and values once, and
+multiplies the batch's rows by weights packed in contiguous panels (why and how: the file's
+comments). It is C++ compiled once per machine
 with the system compiler (``$CXX``, else ``c++``/``g++``/``clang++``) against the installed
 jaxlib's FFI headers, and cached in ``$ARCHSCALE_KERNEL_CACHE`` (default
 ``~/.cache/archscale/kernels``) under a key of the source, flags, compiler, jax version and CPU,
 so a shared home directory never hands one machine another's ``-march=native`` build.
 
-Without a compiler, with ``ARCHSCALE_CPU_KERNELS=0``, or off CPU, decode uses XLA's attention
-(same numbers to ~1e-6); ``decode_attention_impl()`` says which one runs, and throughput results
-record it, because the two are not equally fast.
+Without a compiler, with ``ARCHSCALE_CPU_KERNELS=0``, or off CPU, decode runs on XLA alone
+(same numbers to ~1e-6); ``decode_kernels_impl()`` says which runs, and throughput results record
+it, because the two are not equally fast.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ import jax.numpy as jnp
 
 _log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "kernels" / "decode_attention.cc"
-TARGET = "archscale_decode_attention"
-SYMBOL = "ArchscaleDecodeAttention"
+SOURCE = Path(__file__).parent / "kernels" / "decode.cc"
+TARGETS = {"archscale_decode_attention": "ArchscaleDecodeAttention",
+           "archscale_panel_matmul": "ArchscalePanelMatmul"}
+"""XLA FFI target name -> the handler symbol the library exports."""
+PANEL = 16
+"""Output columns per panel of a packed weight (``pack_panels``)."""
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 KERNEL_IMPL, XLA_IMPL = "archscale-cpu-kernel", "xla"
 
@@ -63,7 +68,7 @@ def _build(compiler: str) -> Path:
                              timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, jax.__version__,
                                     platform.machine(), _cpu_description()]).encode()).hexdigest()
-    library = cache_dir() / f"decode_attention-{key[:16]}.so"
+    library = cache_dir() / f"decode-{key[:16]}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -78,29 +83,30 @@ def _build(compiler: str) -> Path:
 
 
 @functools.cache
-def decode_attention_impl() -> str:
-    """Which decode attention runs here: the native kernel (built and registered) or XLA's."""
+def decode_kernels_impl() -> str:
+    """What a decode step runs on here: the native kernels (built and registered) or XLA alone."""
     if jax.default_backend() != "cpu" or os.environ.get("ARCHSCALE_CPU_KERNELS") == "0":
         return XLA_IMPL
     compiler = _compiler()
     if compiler is None:
-        _log.warning("no C++ compiler found (set CXX or install g++): decode attention runs on "
-                     "XLA, which is slower on CPU; throughput results record this")
+        _log.warning("no C++ compiler found (set CXX or install g++): decode runs on XLA alone, "
+                     "which is slower on CPU; throughput results record this")
         return XLA_IMPL
     try:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)),
-                                    platform="cpu")
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                        platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
-        _log.warning("building the CPU decode-attention kernel failed, decode attention runs "
-                     "on XLA (throughput results record this): %s", error)
+        _log.warning("building the CPU decode kernels failed, decode runs on XLA alone "
+                     "(throughput results record this): %s", error)
         return XLA_IMPL
     return KERNEL_IMPL
 
 
 def use_decode_kernel(*dtypes) -> bool:
-    """True where the kernel serves a decode step whose query and cache have ``dtypes``."""
-    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and decode_attention_impl() == KERNEL_IMPL
+    """True where the kernels serve a decode step whose operands have ``dtypes``."""
+    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and decode_kernels_impl() == KERNEL_IMPL
 
 
 def decode_attention(q_BxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
@@ -110,6 +116,29 @@ def decode_attention(q_BxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.
     Same result as the masked attention of ``model._attend``; call only where
     ``use_decode_kernel`` is true.
     """
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q_BxKxGxH.shape, jnp.float32),
+    call = jax.ffi.ffi_call("archscale_decode_attention",
+                            jax.ShapeDtypeStruct(q_BxKxGxH.shape, jnp.float32),
                             vmap_method="sequential")
     return call(q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, jnp.asarray(valid, jnp.int32))
+
+
+def use_panel_matmul(dtype, out_features: int) -> bool:
+    """True where a decode step's matmul with ``out_features`` outputs runs on packed panels."""
+    return out_features % PANEL == 0 and use_decode_kernel(dtype)
+
+
+def pack_panels(w_IxO: jax.Array) -> jax.Array:
+    """An input x output weight as O / 16 panels of I x 16 (``panel_matmul``'s layout): each
+    panel is contiguous, so a decode step streams it from memory once."""
+    inputs, outputs = w_IxO.shape
+    return w_IxO.reshape(inputs, outputs // PANEL, PANEL).transpose(1, 0, 2)
+
+
+def panel_matmul(x_MxI: jax.Array, w_PxIx16: jax.Array) -> jax.Array:
+    """x @ W for few rows (a decode step's batch) and W packed by ``pack_panels`` (fp32); call
+    only where ``use_panel_matmul`` is true."""
+    rows, outputs = x_MxI.shape[0], w_PxIx16.shape[0] * PANEL
+    call = jax.ffi.ffi_call("archscale_panel_matmul",
+                            jax.ShapeDtypeStruct((rows, outputs), jnp.float32),
+                            vmap_method="sequential")
+    return call(x_MxI, w_PxIx16)

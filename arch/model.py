@@ -21,7 +21,9 @@ transposed on every call (on CPU: every weight at every generated token).
 
 Keys and values are laid out BxKxSxH (KV head before position), in the forward pass and in the
 cache alike: the decode step's attention reads each (row, KV head) of the cache in place, with no
-transpose. On CPU a decode step's attention is the native kernel of ``arch.cpu_kernels``.
+transpose. On CPU a decode step's attention and its weight matmuls are the native kernels of
+``arch.cpu_kernels``; there ``layer_weights`` packs each serving matrix whose output width is a
+multiple of 16 into contiguous panels (``PANEL_NAMES``) instead.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ INIT_STD = 0.02
 SERVING_NAMES = {"wqkv_JHxD": "wqkv_DxJH", "wo_DxNH": "wo_NHxD",
                  "w_gate_up_2FxD": "w_gate_up_Dx2F", "w_down_DxF": "w_down_FxD"}
 """Each stacked output x input matrix and the name of its input x output serving copy."""
+
+PANEL_NAMES = {"wqkv_JHxD": "wqkv_PxDx16", "wo_DxNH": "wo_PxNHx16",
+               "w_gate_up_2FxD": "w_gate_up_PxDx16", "w_down_DxF": "w_down_PxFx16"}
+"""The serving copy's name where it is packed in panels (``cpu_kernels.pack_panels``)."""
 
 
 @jax.tree_util.register_dataclass
@@ -178,8 +184,15 @@ class Transformer(nnx.Module):
         ``decode_step``: slicing inside the loop would copy every weight at every token.
         """
         stacked = self.layers.stacked(self.compute_dtype)
-        return tuple({SERVING_NAMES.get(name, name): w[index].T if name in SERVING_NAMES
-                      else w[index] for name, w in stacked.items()}
+
+        def serving(name: str, w_OxI: jax.Array) -> tuple[str, jax.Array]:
+            if name not in SERVING_NAMES:
+                return name, w_OxI
+            if cpu_kernels.use_panel_matmul(w_OxI.dtype, w_OxI.shape[0]):
+                return PANEL_NAMES[name], cpu_kernels.pack_panels(w_OxI.T)
+            return SERVING_NAMES[name], w_OxI.T
+
+        return tuple(dict(serving(name, w[index]) for name, w in stacked.items())
                      for index in range(self.spec.n_layers))
 
     def prefill(self, tokens_BxT: jax.Array, cache: KVCache, *, last_only: bool = False,
@@ -307,7 +320,13 @@ def _matmul(x_BxTxI: jax.Array, p: dict[str, jax.Array], name: str) -> jax.Array
     """x @ W for the matrix stored as ``name`` (output x input) or as its serving copy."""
     if name in p:
         return jnp.einsum("bti,oi->bto", x_BxTxI, p[name])
-    return jnp.einsum("bti,io->bto", x_BxTxI, p[SERVING_NAMES[name]])
+    if SERVING_NAMES[name] in p:
+        return jnp.einsum("bti,io->bto", x_BxTxI, p[SERVING_NAMES[name]])
+    w_PxIx16 = p[PANEL_NAMES[name]]
+    B, T, _ = x_BxTxI.shape
+    if T == 1:
+        return cpu_kernels.panel_matmul(x_BxTxI[:, 0], w_PxIx16)[:, None]
+    return jnp.einsum("bti,pic->btpc", x_BxTxI, w_PxIx16).reshape(B, T, -1)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

@@ -89,7 +89,7 @@ def throughput(
                                 repeats=repeats, min_seconds=min_seconds, dtype=dtype, seed=seed)
     table = Table(title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
                         f"{result.batch}, context {result.context}",
-                  caption=f"decode attention: {result.decode_attention}")
+                  caption=f"decode kernels: {result.decode_kernels}")
     for column in ("", "tokens/s", "roofline tokens/s", "fraction"):
         table.add_column(column, justify="right")
     table.add_row("prefill", f"{result.prefill_tokens_per_s:,.0f}",
@@ -136,8 +136,8 @@ def compare(
     table = Table(title=f"{len(archs)} shapes on {first.device_kind} ({first.dtype}), batch "
                         f"{first.batch}, context {first.context}, calls interleaved",
                   caption=f"relative: median of per-round ratios to {Path(specs[0]).name} over "
-                          f"{first.decode_calls} decode rounds; decode attention: "
-                          f"{first.decode_attention}")
+                          f"{first.decode_calls} decode rounds; decode kernels: "
+                          f"{first.decode_kernels}")
     for column in ("shape", "params", "prefill tok/s", "relative", "decode tok/s", "relative",
                    "decode / roofline"):
         table.add_column(column, justify="right")

@@ -49,6 +49,9 @@ from archscale.arch.runtime import compiler_options, default_compute_dtype
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps import hardware
 
+ATTENTION_ONLY = f"{KERNEL_IMPL} (attention only)"
+"""``decode_kernels`` of results measured before decode's matmuls had a kernel."""
+
 
 @dataclass(frozen=True)
 class ThroughputResult:
@@ -88,8 +91,9 @@ class ThroughputResult:
     """Warm-up time of the prefill and decode functions (compilation plus one run)."""
     decode_calls: int = 0
     """Timed decode calls: ``repeats``, or more to fill ``min_seconds`` (0: not recorded)."""
-    decode_attention: str = XLA_IMPL
-    """Which decode attention ran: 'archscale-cpu-kernel' (``arch.cpu_kernels``) or 'xla'."""
+    decode_kernels: str = XLA_IMPL
+    """What decode ran on: 'archscale-cpu-kernel' (attention and matmuls of
+    ``arch.cpu_kernels``) or 'xla'."""
 
     @property
     def prefill_fraction(self) -> float:
@@ -106,6 +110,9 @@ class ThroughputResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ThroughputResult:
         names = {f.name for f in dataclasses.fields(cls)}
+        # Results written before the matmul kernel record the attention kernel alone.
+        attention = data.get("decode_attention", XLA_IMPL)
+        data = {"decode_kernels": attention if attention == XLA_IMPL else ATTENTION_ONLY, **data}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -260,7 +267,7 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
     prefill_times = hardware.timed_rounds([c.prefill for c in compiled], repeats)
     decode_times = hardware.timed_rounds([c.decode for c in compiled], repeats, min_seconds)
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
-    attention = KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL
+    kernels = KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL
     results = tuple(ThroughputResult(
         spec=c.spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
         repeats=repeats, dtype=dtype.name, device_kind=hardware.device_kind(),
@@ -269,7 +276,7 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
         **roofline(c.spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
                    peak=peak, bandwidth=bandwidth),
         peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=c.compile_seconds,
-        decode_calls=len(decode_s), decode_attention=attention,
+        decode_calls=len(decode_s), decode_kernels=kernels,
     ) for c, prefill_s, decode_s in zip(compiled, prefill_times, decode_times, strict=True))
     return ThroughputComparison(
         results,

@@ -1,5 +1,5 @@
-"""The native CPU decode-attention kernel: same numbers as XLA's attention, built once and cached,
-and a clear fallback to XLA where it cannot be built."""
+"""The native CPU decode kernels (attention, panel matmul): the same numbers as XLA, built once
+and cached, and a clear fallback to XLA where they cannot be built."""
 
 import logging
 import os
@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from archscale.arch import cpu_kernels
-from archscale.arch.model import _attend
+from archscale.arch import ArchSpec, cpu_kernels
+from archscale.arch.model import PANEL_NAMES, SERVING_NAMES, Transformer, _attend
 
 pytestmark = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or cpu_kernels.decode_attention_impl() != cpu_kernels.KERNEL_IMPL,
+    jax.default_backend() != "cpu" or cpu_kernels.decode_kernels_impl() != cpu_kernels.KERNEL_IMPL,
     reason="the kernel runs on CPU with a C++ compiler")
 
 
@@ -41,6 +42,61 @@ def test_kernel_matches_xla_attention(batch, kv_heads, group, head_dim, slots, v
     np.testing.assert_allclose(got, _xla_reference(q, k, v, valid), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize(("rows", "inputs", "outputs"), [
+    (32, 64, 48),   # five full tiles of 6 rows and a tail of 2
+    (7, 40, 16),    # one tile and a single-row tail, one panel
+    (5, 9, 32),     # fewer rows than a tile
+    (1, 3, 64),
+])
+def test_panel_matmul_matches_a_float64_matmul(rows, inputs, outputs):
+    keys = jax.random.split(jax.random.key(rows * inputs), 2)
+    x_MxI = jax.random.normal(keys[0], (rows, inputs))
+    w_IxO = jax.random.normal(keys[1], (inputs, outputs))
+    got = jax.jit(lambda x, w: cpu_kernels.panel_matmul(x, cpu_kernels.pack_panels(w)))(x_MxI, w_IxO)
+    expected = np.asarray(x_MxI, np.float64) @ np.asarray(w_IxO, np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_panels_are_contiguous_16_column_slices():
+    w_IxO = jnp.arange(3 * 32, dtype=jnp.float32).reshape(3, 32)
+    panels_PxIx16 = cpu_kernels.pack_panels(w_IxO)
+    assert panels_PxIx16.shape == (2, 3, 16)
+    np.testing.assert_array_equal(panels_PxIx16[1], w_IxO[:, 16:])
+
+
+def test_layer_weights_pack_only_matrices_with_whole_panels():
+    # Output widths: wqkv (4 + 2 * 2) * 12 = 96 and gate/up 2 * 40 = 80 are whole panels;
+    # wo and w_down give d_model 36 outputs, which stay input x output copies for XLA.
+    spec = ArchSpec(vocab_size=64, seq_len=16, n_layers=1, d_model=36, n_heads=4, n_kv_heads=2,
+                    head_dim=12, d_ff=40)
+    model = Transformer(spec, rngs=nnx.Rngs(0), compute_dtype=jnp.float32)
+    (weights,) = model.layer_weights()
+    assert weights[PANEL_NAMES["wqkv_JHxD"]].shape == (6, 36, 16)
+    assert weights[PANEL_NAMES["w_gate_up_2FxD"]].shape == (5, 36, 16)
+    assert weights[SERVING_NAMES["wo_DxNH"]].shape == (48, 36)
+    assert weights[SERVING_NAMES["w_down_DxF"]].shape == (40, 36)
+    # bf16 weights are never packed: the kernels are fp32.
+    bf16 = Transformer(spec, rngs=nnx.Rngs(0), compute_dtype=jnp.bfloat16)
+    assert set(bf16.layer_weights()[0]).isdisjoint(PANEL_NAMES.values())
+
+
+def test_decode_on_packed_weights_matches_the_forward_pass():
+    """Prefill (T > 1: XLA on the panels) then decode steps (the kernel) against the forward pass
+    of the stored weights."""
+    spec = ArchSpec(vocab_size=64, seq_len=16, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
+                    head_dim=8, d_ff=48)
+    model = Transformer(spec, rngs=nnx.Rngs(1), compute_dtype=jnp.float32)
+    assert set(model.layer_weights()[0]) >= set(PANEL_NAMES.values())
+    tokens_BxT = jax.random.randint(jax.random.key(2), (3, 9), 0, spec.vocab_size)
+    expected_BxTxV = model(tokens_BxT)
+    logits_BxTxV, cache = model.prefill(tokens_BxT[:, :6], model.init_cache(3, 9))
+    steps = [logits_BxTxV]
+    for t in range(6, 9):
+        logits_BxV, cache = model.decode_step(tokens_BxT[:, t], cache)
+        steps.append(logits_BxV[:, None])
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), expected_BxTxV, atol=2e-5)
+
+
 def test_a_valid_length_outside_the_cache_is_an_error():
     x = jnp.ones((1, 1, 1, 8))
     cache = jnp.ones((1, 1, 4, 8))
@@ -59,8 +115,8 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
 
 def _impl_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess:
     script = ("import logging; logging.basicConfig(); "
-              "from archscale.arch.cpu_kernels import decode_attention_impl; "
-              "print(decode_attention_impl())")
+              "from archscale.arch.cpu_kernels import decode_kernels_impl; "
+              "print(decode_kernels_impl())")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, env={**_base_env(), **env})
 
@@ -72,7 +128,7 @@ def _base_env() -> dict[str, str]:
 @pytest.mark.parametrize(("env", "warning"), [
     ({"ARCHSCALE_CPU_KERNELS": "0"}, None),
     ({"CXX": "/nonexistent/c++"}, "no C++ compiler found"),
-    ({"CXX": "false"}, "building the CPU decode-attention kernel failed"),
+    ({"CXX": "false"}, "building the CPU decode kernels failed"),
 ])
 def test_falls_back_to_xla_with_one_clear_warning(env, warning, tmp_path):
     result = _impl_in_subprocess({**env, "ARCHSCALE_KERNEL_CACHE": str(tmp_path)})

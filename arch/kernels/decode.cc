@@ -1,18 +1,22 @@
-// Decode attention on CPU as an XLA FFI custom call (built by archscale/arch/cpu_kernels.py).
+// The two halves of a CPU decode step that XLA:CPU ran slowly, as XLA FFI custom calls (built by
+// archscale/arch/cpu_kernels.py): attention over the cache, and the few-row weight matmuls.
 //
-// One query position per sequence attends to the first `valid` cached keys of its KV head:
+// Attention: one query position per sequence attends to the first `valid` cached keys of its KV head:
 //   q: B x K x G x H (G query heads share each of the K KV heads), k, v: B x K x S x H (the
 //   cache, S slots of which the first `valid` are filled), out: B x K x G x H, fp32 throughout.
 // Why not XLA: XLA:CPU runs these attention matmuls as one tiny matrix-vector product per
 // (batch row, KV head), each with its own thread-pool round trip, so decode spent most of its
 // attention time on overhead (about 13 GB/s against a 19 GB/s read roofline for d_model 512).
-// Here each (row, head) reads its keys and values once, G query heads at a time, and only the
-// `valid` slots; contiguous runs of heads are split over XLA's intra-op threads.
+// Here each (row, head)'s keys and values are streamed from memory once and only the `valid`
+// slots are read (its G query heads re-read them from L2); contiguous runs of heads are split
+// over XLA's intra-op threads.
+// Matmuls: see PanelMatmul below.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -26,6 +30,8 @@
 namespace ffi = xla::ffi;
 using Tensor4 = ffi::Buffer<ffi::F32, 4>;  // aliases: a comma inside a macro argument splits it
 using Scalar = ffi::Buffer<ffi::S32, 0>;
+using Matrix = ffi::Buffer<ffi::F32, 2>;
+using Tensor3 = ffi::Buffer<ffi::F32, 3>;
 
 namespace {
 
@@ -181,26 +187,37 @@ void AttendOneKvHead(const float* q, const float* k, const float* v, float* out,
 // one part per thread the calling thread had claimed both before it started.
 constexpr int64_t kPartsPerThread = 8;
 
-// The B K (row, KV head) pairs split into `parts` contiguous runs, claimed by whichever thread
-// is free; shared with the scheduled tasks, which may start after the call has returned.
-struct Work {
-  const float *q, *k, *v;
-  float* out;
-  int64_t kv_heads, G, H, S, L, parts;
-  std::atomic<int64_t> next_part{0};
-  std::atomic<int64_t> parts_done{0};
+// Parts of one call, claimed by whichever thread is free; shared with the scheduled tasks,
+// which may start after the call has returned (they then find nothing left to claim).
+struct Parts {
+  std::function<void(int64_t)> run_part;
+  int64_t count;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
 
   void Run() {
-    std::vector<float> scores(G * L);
-    for (int64_t part; (part = next_part.fetch_add(1)) < parts;) {
-      for (int64_t i = part * kv_heads / parts; i < (part + 1) * kv_heads / parts; ++i) {
-        AttendOneKvHead(q + i * G * H, k + i * S * H, v + i * S * H, out + i * G * H, G, H, L,
-                        scores.data());
-      }
-      parts_done.fetch_add(1, std::memory_order_release);
+    for (int64_t part; (part = next.fetch_add(1)) < count;) {
+      run_part(part);
+      done.fetch_add(1, std::memory_order_release);
     }
   }
 };
+
+// run_part(p) for p in [0, parts), on the calling thread and XLA's intra-op threads; returns
+// when every part is done.
+void ParallelFor(ffi::ThreadPool& pool, int64_t parts, std::function<void(int64_t)> run_part) {
+  auto work = std::make_shared<Parts>();
+  work->run_part = std::move(run_part);
+  work->count = parts;
+  for (int64_t t = 1; t < parts; ++t) pool.Schedule([work] { work->Run(); });
+  work->Run();
+  // Every part is claimed by now; wait for the ones other threads are still running.
+  while (work->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+}
+
+int64_t PartsFor(ffi::ThreadPool& pool, int64_t items) {
+  return std::min(std::max<int64_t>(pool.num_threads(), 1) * kPartsPerThread, items);
+}
 
 ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v, Scalar valid,
                            ffi::Result<Tensor4> out) {
@@ -210,24 +227,78 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v
   if (L < 1 || L > kv_dims[2]) {
     return ffi::Error::InvalidArgument("decode attention: the valid length is outside the cache");
   }
-  auto work = std::make_shared<Work>();
-  work->q = q.typed_data();
-  work->k = k.typed_data();
-  work->v = v.typed_data();
-  work->out = out->typed_data();
-  work->kv_heads = q_dims[0] * q_dims[1];
-  work->G = q_dims[2];
-  work->H = q_dims[3];
-  work->S = kv_dims[2];
-  work->L = L;
-  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
-  work->parts = std::min(threads * kPartsPerThread, work->kv_heads);
-  for (int64_t t = 1; t < work->parts; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  // Every part is claimed by now; wait for the ones other threads are still running.
-  while (work->parts_done.load(std::memory_order_acquire) < work->parts) {
-    std::this_thread::yield();
+  const float *q_data = q.typed_data(), *k_data = k.typed_data(), *v_data = v.typed_data();
+  float* out_data = out->typed_data();
+  const int64_t kv_heads = q_dims[0] * q_dims[1], G = q_dims[2], H = q_dims[3], S = kv_dims[2];
+  const int64_t parts = PartsFor(pool, kv_heads);
+  ParallelFor(pool, parts, [=](int64_t part) {
+    std::vector<float> scores(G * L);
+    for (int64_t i = part * kv_heads / parts; i < (part + 1) * kv_heads / parts; ++i) {
+      AttendOneKvHead(q_data + i * G * H, k_data + i * S * H, v_data + i * S * H,
+                      out_data + i * G * H, G, H, L, scores.data());
+    }
+  });
+  return ffi::Error::Success();
+}
+
+
+// ---- few-row matmul -----------------------------------------------------------------------
+// out (M x N) = x (M x K) @ W for the M rows of a decode step (M = batch), W packed once per
+// model into P = N / 16 panels of K x 16 (``cpu_kernels.pack_panels``). Why not XLA: Eigen's
+// GEMM ran these at 50-75 GFLOP/s with the weights cold in memory, as every decode step has
+// them; a panel is read from memory once and reused from L1/L2 by every tile of rows.
+typedef float Vec8 __attribute__((vector_size(32), aligned(4)));  // unaligned 8-float loads
+
+// Rows [0, R) of x against one panel: R x 16 accumulators in registers over the whole K.
+template <int R>
+void PanelTile(const float* x, int64_t K, const float* panel, float* out, int64_t N) {
+  Vec8 low[R], high[R];
+  for (int r = 0; r < R; ++r) low[r] = high[r] = Vec8{};
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec8 w_low = *reinterpret_cast<const Vec8*>(panel + k * 16);
+    const Vec8 w_high = *reinterpret_cast<const Vec8*>(panel + k * 16 + 8);
+    __builtin_prefetch(panel + (k + 16) * 16);
+    for (int r = 0; r < R; ++r) {
+      const float x_rk = x[r * K + k];
+      low[r] += x_rk * w_low;
+      high[r] += x_rk * w_high;
+    }
   }
+  for (int r = 0; r < R; ++r) {
+    *reinterpret_cast<Vec8*>(out + r * N) = low[r];
+    *reinterpret_cast<Vec8*>(out + r * N + 8) = high[r];
+  }
+}
+
+// Every row of x against one panel, in tiles of 6 rows (12 accumulators, 4 registers spare).
+void PanelRows(const float* x, int64_t M, int64_t K, const float* panel, float* out, int64_t N) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) PanelTile<6>(x + m * K, K, panel, out + m * N, N);
+  x += m * K;
+  out += m * N;
+  switch (M - m) {
+    case 5: PanelTile<5>(x, K, panel, out, N); break;
+    case 4: PanelTile<4>(x, K, panel, out, N); break;
+    case 3: PanelTile<3>(x, K, panel, out, N); break;
+    case 2: PanelTile<2>(x, K, panel, out, N); break;
+    case 1: PanelTile<1>(x, K, panel, out, N); break;
+    default: break;
+  }
+}
+
+ffi::Error PanelMatmul(ffi::ThreadPool pool, Matrix x, Tensor3 panels, ffi::Result<Matrix> out) {
+  const int64_t M = x.dimensions()[0], K = x.dimensions()[1], P = panels.dimensions()[0];
+  if (panels.dimensions()[1] != K || panels.dimensions()[2] != 16) {
+    return ffi::Error::InvalidArgument("panel matmul: panels must be P x K x 16");
+  }
+  const float *x_data = x.typed_data(), *panel_data = panels.typed_data();
+  float* out_data = out->typed_data();
+  const int64_t parts = PartsFor(pool, P);
+  ParallelFor(pool, parts, [=](int64_t part) {
+    for (int64_t p = part * P / parts; p < (part + 1) * P / parts; ++p) {
+      PanelRows(x_data, M, K, panel_data + p * K * 16, out_data + p * 16, P * 16);
+    }
+  });
   return ffi::Error::Success();
 }
 
@@ -241,3 +312,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ArchscaleDecodeAttention, DecodeAttention,
                                   .Arg<Tensor4>()
                                   .Arg<Scalar>()
                                   .Ret<Tensor4>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArchscalePanelMatmul, PanelMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Matrix>()
+                                  .Arg<Tensor3>()
+                                  .Ret<Matrix>());
