@@ -89,12 +89,15 @@ def throughput(
                                 repeats=repeats, min_seconds=min_seconds, dtype=dtype, seed=seed)
     table = Table(title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
                         f"{result.batch}, context {result.context}",
-                  caption=f"decode kernels: {result.decode_kernels}")
-    for column in ("", "tokens/s", "roofline tokens/s", "fraction"):
+                  caption=f"tokens/s of the fastest of {result.decode_calls} decode calls; decode "
+                          f"kernels: {result.decode_kernels}")
+    for column in ("", "tokens/s", "median call", "roofline tokens/s", "fraction"):
         table.add_column(column, justify="right")
     table.add_row("prefill", f"{result.prefill_tokens_per_s:,.0f}",
+                  f"{result.prefill_tokens_per_s_median:,.0f}",
                   f"{result.prefill_roofline_tokens_per_s:,.0f}", f"{result.prefill_fraction:.1%}")
     table.add_row(f"decode ({result.decode_bound}-bound)", f"{result.decode_tokens_per_s:,.0f}",
+                  f"{result.decode_tokens_per_s_median:,.0f}",
                   f"{result.decode_roofline_tokens_per_s:,.0f}", f"{result.decode_fraction:.1%}")
     Console().print(table)
     _write(out, result.to_dict())

@@ -11,7 +11,8 @@ speed of a shape does not depend on the values.
   (``Transformer.greedy_decode``), the cache donated and updated in place, starting with
   ``context`` cached tokens; tokens/s = batch * steps / s.
 
-Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls: other
+Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls (the
+median call is recorded beside it): other
 processes sharing the device only ever add time, so the fastest call is the figure that
 repeats. Decode keeps calling until ``min_seconds`` of calls are timed: a small shape's decode
 call takes ~0.1 s on CPU, and on a shared 2-core VM single calls spread +-15% (p10 to p90), so
@@ -72,9 +73,9 @@ class ThroughputResult:
     device_kind: str
     """The device measured on."""
     prefill_tokens_per_s: float
-    """Prompt tokens processed per second."""
+    """Prompt tokens processed per second (the fastest call)."""
     decode_tokens_per_s: float
-    """Generated tokens per second, all sequences together."""
+    """Generated tokens per second, all sequences together (the fastest call)."""
     prefill_roofline_tokens_per_s: float
     """Upper bound on prefill tokens/s from FLOPs and bytes against the device peaks."""
     decode_roofline_tokens_per_s: float
@@ -91,6 +92,10 @@ class ThroughputResult:
     """Warm-up time of the prefill and decode functions (compilation plus one run)."""
     decode_calls: int = 0
     """Timed decode calls: ``repeats``, or more to fill ``min_seconds`` (0: not recorded)."""
+    prefill_tokens_per_s_median: float | None = None
+    """Prefill tokens/s of the median call (None: not recorded)."""
+    decode_tokens_per_s_median: float | None = None
+    """Decode tokens/s of the median call (None: not recorded)."""
     decode_kernels: str = XLA_IMPL
     """What decode ran on: 'archscale-cpu-kernel' (attention and matmuls of
     ``arch.cpu_kernels``) or 'xla'."""
@@ -277,6 +282,8 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
                    peak=peak, bandwidth=bandwidth),
         peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=c.compile_seconds,
         decode_calls=len(decode_s), decode_kernels=kernels,
+        prefill_tokens_per_s_median=batch * context / statistics.median(prefill_s),
+        decode_tokens_per_s_median=batch * decode_tokens / statistics.median(decode_s),
     ) for c, prefill_s, decode_s in zip(compiled, prefill_times, decode_times, strict=True))
     return ThroughputComparison(
         results,

@@ -59,7 +59,8 @@ def test_cached_decoding_matches_forward(kv_heads, tokens_BxT):
 
     @jax.jit
     def decode(state, tokens_BxT, cache):
-        # Token by token with the layer weights sliced once, as a generation loop does.
+        # Token by token with the layer weights sliced once, as a generation loop does (on CPU
+        # with the native kernels, packed in panels: every output width here is a multiple of 16).
         model = nnx.merge(graphdef, state)
         weights = model.layer_weights()
         steps = []

@@ -80,23 +80,6 @@ def test_layer_weights_pack_only_matrices_with_whole_panels():
     assert set(bf16.layer_weights()[0]).isdisjoint(PANEL_NAMES.values())
 
 
-def test_decode_on_packed_weights_matches_the_forward_pass():
-    """Prefill (T > 1: XLA on the panels) then decode steps (the kernel) against the forward pass
-    of the stored weights."""
-    spec = ArchSpec(vocab_size=64, seq_len=16, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
-                    head_dim=8, d_ff=48)
-    model = Transformer(spec, rngs=nnx.Rngs(1), compute_dtype=jnp.float32)
-    assert set(model.layer_weights()[0]) >= set(PANEL_NAMES.values())
-    tokens_BxT = jax.random.randint(jax.random.key(2), (3, 9), 0, spec.vocab_size)
-    expected_BxTxV = model(tokens_BxT)
-    logits_BxTxV, cache = model.prefill(tokens_BxT[:, :6], model.init_cache(3, 9))
-    steps = [logits_BxTxV]
-    for t in range(6, 9):
-        logits_BxV, cache = model.decode_step(tokens_BxT[:, t], cache)
-        steps.append(logits_BxV[:, None])
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), expected_BxTxV, atol=2e-5)
-
-
 def test_a_valid_length_outside_the_cache_is_an_error():
     x = jnp.ones((1, 1, 1, 8))
     cache = jnp.ones((1, 1, 4, 8))

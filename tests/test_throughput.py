@@ -170,6 +170,10 @@ def test_compare_throughput_interleaves_shapes_and_reports_paired_ratios(monkeyp
         assert sum(decode_s) >= SETTING["min_seconds"]
         assert result.decode_tokens_per_s == pytest.approx(batch * decode_tokens / min(decode_s))
         assert result.prefill_tokens_per_s == pytest.approx(batch * context / min(prefill_s))
+        assert result.decode_tokens_per_s_median == pytest.approx(
+            batch * decode_tokens / np.median(decode_s))
+        assert result.prefill_tokens_per_s_median == pytest.approx(
+            batch * context / np.median(prefill_s))
     assert comparison.decode_ratios == (1.0, pytest.approx(paired_ratio(*decode_times)))
     assert comparison.prefill_ratios == (1.0, pytest.approx(paired_ratio(*prefill_times)))
     data = json.loads(json.dumps(comparison.to_dict()))

@@ -63,6 +63,8 @@ def roofline_check(repeats: int) -> None:
     print(f"  measured {result.decode_tokens_per_s:,.0f} tok/s "
           f"({BATCH / result.decode_tokens_per_s * 1e3:.1f} ms/step) vs roofline "
           f"{roofline:,.0f} tok/s: {result.decode_tokens_per_s / roofline:.1%} (target >= 50%)")
+    print(f"  median of {result.decode_calls} calls {result.decode_tokens_per_s_median:,.0f} tok/s: "
+          f"{result.decode_tokens_per_s_median / roofline:.1%} of the roofline")
     print(f"  prefill {result.prefill_tokens_per_s:,.0f} tok/s "
           f"({result.prefill_fraction:.1%} of its roofline at the cached peaks)")
 
