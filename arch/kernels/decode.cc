@@ -186,6 +186,11 @@ void AttendOneKvHead(const float* q, const float* k, const float* v, float* out,
 // Parts per thread: a woken helper thread often starts late (tens of microseconds in a VM); with
 // one part per thread the calling thread had claimed both before it started.
 constexpr int64_t kPartsPerThread = 8;
+// Work per part at least: about 20 us of one core's time. Waking a helper costs a few
+// microseconds, so a tiny model's calls (a d_model 64 matmul is ~1 us) run on the calling thread;
+// splitting them over the pool made their decode calls 1.5-4x slower at the median.
+constexpr int64_t kMinFlopsPerPart = 1 << 20;
+constexpr int64_t kMinBytesPerPart = 256 << 10;
 
 // Parts of one call, claimed by whichever thread is free; shared with the scheduled tasks,
 // which may start after the call has returned (they then find nothing left to claim).
@@ -206,17 +211,22 @@ struct Parts {
 // run_part(p) for p in [0, parts), on the calling thread and XLA's intra-op threads; returns
 // when every part is done.
 void ParallelFor(ffi::ThreadPool& pool, int64_t parts, std::function<void(int64_t)> run_part) {
+  if (parts == 1) return run_part(0);
   auto work = std::make_shared<Parts>();
   work->run_part = std::move(run_part);
   work->count = parts;
-  for (int64_t t = 1; t < parts; ++t) pool.Schedule([work] { work->Run(); });
+  // Each helper claims parts until none are left, so one per pool thread is enough.
+  const int64_t helpers = std::min<int64_t>(parts - 1, pool.num_threads());
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
   work->Run();
   // Every part is claimed by now; wait for the ones other threads are still running.
   while (work->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
 }
 
-int64_t PartsFor(ffi::ThreadPool& pool, int64_t items) {
-  return std::min(std::max<int64_t>(pool.num_threads(), 1) * kPartsPerThread, items);
+// Parts for `items` independent items costing `work` in all, at least `min_work` per part.
+int64_t PartsFor(ffi::ThreadPool& pool, int64_t items, int64_t work, int64_t min_work) {
+  const int64_t most = std::max<int64_t>(pool.num_threads(), 1) * kPartsPerThread;
+  return std::max<int64_t>(1, std::min({most, items, work / min_work}));
 }
 
 ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v, Scalar valid,
@@ -230,7 +240,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v
   const float *q_data = q.typed_data(), *k_data = k.typed_data(), *v_data = v.typed_data();
   float* out_data = out->typed_data();
   const int64_t kv_heads = q_dims[0] * q_dims[1], G = q_dims[2], H = q_dims[3], S = kv_dims[2];
-  const int64_t parts = PartsFor(pool, kv_heads);
+  const int64_t parts = PartsFor(pool, kv_heads, 2 * kv_heads * L * H * 4, kMinBytesPerPart);
   ParallelFor(pool, parts, [=](int64_t part) {
     std::vector<float> scores(G * L);
     for (int64_t i = part * kv_heads / parts; i < (part + 1) * kv_heads / parts; ++i) {
@@ -293,7 +303,7 @@ ffi::Error PanelMatmul(ffi::ThreadPool pool, Matrix x, Tensor3 panels, ffi::Resu
   }
   const float *x_data = x.typed_data(), *panel_data = panels.typed_data();
   float* out_data = out->typed_data();
-  const int64_t parts = PartsFor(pool, P);
+  const int64_t parts = PartsFor(pool, P, 2 * M * K * P * 16, kMinFlopsPerPart);
   ParallelFor(pool, parts, [=](int64_t part) {
     for (int64_t p = part * P / parts; p < (part + 1) * P / parts; ++p) {
       PanelRows(x_data, M, K, panel_data + p * K * 16, out_data + p * 16, P * 16);
