@@ -4,11 +4,11 @@ XLA:CPU runs a decode step's attention as one tiny matrix-vector product per (se
 each with its own thread-pool round trip, and its few-row weight matmuls at 50-75 GFLOP/s with
 the weights cold in memory. ``kernels/decode.cc`` streams each head's keys and values once, and
 multiplies the batch's rows by weights packed in contiguous panels (why and how: the file's
-comments). It is C++ compiled once per machine
-with the system compiler (``$CXX``, else ``c++``/``g++``/``clang++``) against the installed
-jaxlib's FFI headers, and cached in ``$ARCHSCALE_KERNEL_CACHE`` (default
-``~/.cache/archscale/kernels``) under a key of the source, flags, compiler, jax version and CPU,
-so a shared home directory never hands one machine another's ``-march=native`` build.
+comments). It is C++ compiled once per machine with the system compiler (``$CXX``, else
+``c++``/``g++``/``clang++``) against the installed jaxlib's FFI headers, and cached in
+``$ARCHSCALE_KERNEL_CACHE`` (default ``~/.cache/archscale/kernels``) under a key of the source,
+flags, compiler, jax version and CPU, so a shared home directory never hands one machine
+another's ``-march=native`` build.
 
 Without a compiler, with ``ARCHSCALE_CPU_KERNELS=0``, or off CPU, decode runs on XLA alone
 (same numbers to ~1e-6); ``decode_kernels_impl()`` says which runs, and throughput results record
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 _log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "kernels" / "decode.cc"
-TARGETS = {"archscale_decode_attention": "ArchscaleDecodeAttention",
-           "archscale_panel_matmul": "ArchscalePanelMatmul"}
+ATTENTION_TARGET, MATMUL_TARGET = "archscale_decode_attention", "archscale_panel_matmul"
+TARGETS = {ATTENTION_TARGET: "ArchscaleDecodeAttention", MATMUL_TARGET: "ArchscalePanelMatmul"}
 """XLA FFI target name -> the handler symbol the library exports."""
 PANEL = 16
 """Output columns per panel of a packed weight (``pack_panels``)."""
@@ -116,8 +116,7 @@ def decode_attention(q_BxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.
     Same result as the masked attention of ``model._attend``; call only where
     ``use_decode_kernel`` is true.
     """
-    call = jax.ffi.ffi_call("archscale_decode_attention",
-                            jax.ShapeDtypeStruct(q_BxKxGxH.shape, jnp.float32),
+    call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(q_BxKxGxH.shape, jnp.float32),
                             vmap_method="sequential")
     return call(q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, jnp.asarray(valid, jnp.int32))
 
@@ -138,7 +137,6 @@ def panel_matmul(x_MxI: jax.Array, w_PxIx16: jax.Array) -> jax.Array:
     """x @ W for few rows (a decode step's batch) and W packed by ``pack_panels`` (fp32); call
     only where ``use_panel_matmul`` is true."""
     rows, outputs = x_MxI.shape[0], w_PxIx16.shape[0] * PANEL
-    call = jax.ffi.ffi_call("archscale_panel_matmul",
-                            jax.ShapeDtypeStruct((rows, outputs), jnp.float32),
+    call = jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((rows, outputs), jnp.float32),
                             vmap_method="sequential")
     return call(x_MxI, w_PxIx16)

@@ -178,7 +178,8 @@ class Transformer(nnx.Module):
 
     def layer_weights(self) -> tuple[dict[str, jax.Array], ...]:
         """Each layer's weights sliced out of the stacks, in the compute dtype, its matrices
-        transposed to input x output (``SERVING_NAMES``).
+        transposed to input x output (``SERVING_NAMES``), or packed in panels for the CPU
+        decode kernel where it runs and the output width is a multiple of 16 (``PANEL_NAMES``).
 
         A generation loop computes this once, before the loop, and passes it to every
         ``decode_step``: slicing inside the loop would copy every weight at every token.
@@ -317,7 +318,8 @@ class Transformer(nnx.Module):
 
 
 def _matmul(x_BxTxI: jax.Array, p: dict[str, jax.Array], name: str) -> jax.Array:
-    """x @ W for the matrix stored as ``name`` (output x input) or as its serving copy."""
+    """x @ W for the matrix stored as ``name`` (output x input) or as its serving copy (input x
+    output, or panels: the kernel for one position, XLA for a prompt)."""
     if name in p:
         return jnp.einsum("bti,oi->bto", x_BxTxI, p[name])
     if SERVING_NAMES[name] in p:

@@ -12,12 +12,11 @@ speed of a shape does not depend on the values.
   ``context`` cached tokens; tokens/s = batch * steps / s.
 
 Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls (the
-median call is recorded beside it): other
-processes sharing the device only ever add time, so the fastest call is the figure that
-repeats. Decode keeps calling until ``min_seconds`` of calls are timed: a small shape's decode
-call takes ~0.1 s on CPU, and on a shared 2-core VM single calls spread +-15% (p10 to p90), so
-the fastest of a handful says little; the fastest over seconds of calls comes closer to the
-undisturbed time.
+median call is recorded beside it): other processes sharing the device only ever add time, so
+the fastest call is the figure that repeats. Decode keeps calling until ``min_seconds`` of
+calls are timed: a small shape's decode call takes ~0.1 s on CPU, and on a shared 2-core VM
+single calls spread +-15% (p10 to p90), so the fastest of a handful says little; the fastest
+over seconds of calls comes closer to the undisturbed time.
 Laws compare shapes by their throughput ratios, and load on a shared machine drifts by 20-30%
 over minutes, moving shapes measured at different times apart. ``compare_throughput`` measures
 several shapes in one process with their calls interleaved (one call of each per round) and
