@@ -186,11 +186,14 @@ void AttendOneKvHead(const float* q, const float* k, const float* v, float* out,
 // Parts per thread: a woken helper thread often starts late (tens of microseconds in a VM); with
 // one part per thread the calling thread had claimed both before it started.
 constexpr int64_t kPartsPerThread = 8;
-// Work per part at least: about 20 us of one core's time. Waking a helper costs a few
-// microseconds, so a tiny model's calls (a d_model 64 matmul is ~1 us) run on the calling thread;
-// splitting them over the pool made their decode calls 1.5-4x slower at the median.
-constexpr int64_t kMinFlopsPerPart = 1 << 20;
-constexpr int64_t kMinBytesPerPart = 256 << 10;
+// Work per part at least: about 60-100 us of one core's time. Every split call risks a stall
+// (a helper woken late, or descheduled while it holds a part), so small calls run on the calling
+// thread: a d_model 64 model's matmul is ~1 us, and splitting everything over the pool made its
+// decode calls 1.5-4x slower at the median; at d_model 256, batch 8, parts of 1 MFLOP / 256 KB
+// left single decode calls spread so widely (GQA p10-p90 68-108 ms) that the GQA/MHA ratio of
+// two interleaved measurements differed by up to 8%, against 1-2% with these.
+constexpr int64_t kMinFlopsPerPart = 4 << 20;
+constexpr int64_t kMinBytesPerPart = 1 << 20;
 
 // Parts of one call, claimed by whichever thread is free; shared with the scheduled tasks,
 // which may start after the call has returned (they then find nothing left to claim).
