@@ -214,7 +214,10 @@ struct Parts {
 // run_part(p) for p in [0, parts), on the calling thread and XLA's intra-op threads; returns
 // when every part is done.
 void ParallelFor(ffi::ThreadPool& pool, int64_t parts, std::function<void(int64_t)> run_part) {
-  if (parts == 1) return run_part(0);
+  if (parts == 1) {
+    run_part(0);
+    return;
+  }
   auto work = std::make_shared<Parts>();
   work->run_part = std::move(run_part);
   work->count = parts;
@@ -254,7 +257,6 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Tensor4 q, Tensor4 k, Tensor4 v
   return ffi::Error::Success();
 }
 
-
 // ---- few-row matmul -----------------------------------------------------------------------
 // out (M x N) = x (M x K) @ W for the M rows of a decode step (M = batch), W packed once per
 // model into P = N / 16 panels of K x 16 (``cpu_kernels.pack_panels``). Why not XLA: Eigen's
@@ -270,7 +272,7 @@ void PanelTile(const float* x, int64_t K, const float* panel, float* out, int64_
   for (int64_t k = 0; k < K; ++k) {
     const Vec8 w_low = *reinterpret_cast<const Vec8*>(panel + k * 16);
     const Vec8 w_high = *reinterpret_cast<const Vec8*>(panel + k * 16 + 8);
-    __builtin_prefetch(panel + (k + 16) * 16);
+    __builtin_prefetch(panel + (k + 16) * 16);  // past the panel's end: harmless, never faults
     for (int r = 0; r < R; ++r) {
       const float x_rk = x[r * K + k];
       low[r] += x_rk * w_low;
@@ -283,7 +285,8 @@ void PanelTile(const float* x, int64_t K, const float* panel, float* out, int64_
   }
 }
 
-// Every row of x against one panel, in tiles of 6 rows (12 accumulators, 4 registers spare).
+// Every row of x against one panel, in tiles of 6 rows: 12 accumulators, 2 weight vectors and
+// a broadcast fill 15 of AVX2's 16 vector registers.
 void PanelRows(const float* x, int64_t M, int64_t K, const float* panel, float* out, int64_t N) {
   int64_t m = 0;
   for (; m + 6 <= M; m += 6) PanelTile<6>(x + m * K, K, panel, out + m * N, N);
