@@ -36,7 +36,8 @@ Context = Annotated[int | None, typer.Option(
 DecodeTokens = Annotated[int, typer.Option(help="Generated tokens per timed decode loop.")]
 Repeats = Annotated[int, typer.Option(help="Timed calls; the fastest is reported.")]
 MinSeconds = Annotated[float, typer.Option(
-    help="Time decode for at least this long (more calls than --repeats when they are short).")]
+    help="Time prefill and decode each for at least this long (more calls than --repeats when "
+         "they are short).")]
 Dtype = Annotated[str | None, typer.Option(
     help="Compute dtype (default bf16 on accelerators, float32 on CPU).", show_default=False)]
 Seed = Annotated[int, typer.Option(help="Seed of the random weights and prompts.")]
@@ -89,7 +90,8 @@ def throughput(
                                 repeats=repeats, min_seconds=min_seconds, dtype=dtype, seed=seed)
     table = Table(title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
                         f"{result.batch}, context {result.context}",
-                  caption=f"tokens/s of the fastest of {result.decode_calls} decode calls")
+                  caption=f"tokens/s of the fastest of {result.prefill_calls} prefill and "
+                          f"{result.decode_calls} decode calls")
     for column in ("", "tokens/s", "median call", "roofline tokens/s", "fraction"):
         table.add_column(column, justify="right")
     table.add_row("prefill", f"{result.prefill_tokens_per_s:,.0f}",

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from archscale.arch.runtime import configure_jax
 from archscale.search import storage as storage_lib
+from archscale.search.remeasure import remeasure_table
 from archscale.search.study import create_study, open_study, progress_counts
 from archscale.search.table import pareto_front, status_table, trials_table
 from archscale.search.worker import WorkerOptions, run_study, run_worker
@@ -151,10 +153,23 @@ def export(
     storage: str | None = StorageOpt,
     include_failed: bool = typer.Option(False, "--include-failed",
                                         help="Add diverged, failed and pruned runs (see status)."),
+    remeasure: bool = typer.Option(
+        False, "--remeasure-throughput",
+        help="Time every shape's throughput again, all together with their calls interleaved, "
+             "instead of the figures each trial measured alone (minutes apart, under different "
+             "load)."),
+    min_seconds: float | None = typer.Option(
+        None, help="With --remeasure-throughput: decode seconds per shape (default: the sweep's "
+                   "throughput.min_seconds).", show_default=False),
 ) -> None:
     """Export the run table that laws fit (one row per complete trial) as CSV."""
     _quiet_optuna()
-    table = trials_table(open_study(name, storage).study, include_failed=include_failed)
+    handle = open_study(name, storage)
+    table = trials_table(handle.study, include_failed=include_failed)
+    if remeasure:
+        configure_jax()
+        table = remeasure_table(handle, table, min_seconds=min_seconds)
     csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv, index=False)
-    typer.echo(f"wrote {len(table)} runs to {csv}")
+    how = " (throughput re-measured, all shapes interleaved)" if remeasure else ""
+    typer.echo(f"wrote {len(table)} runs to {csv}{how}")

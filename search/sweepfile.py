@@ -86,7 +86,8 @@ class ThroughputSettings(_Section):
     repeats: int = Field(default=5, ge=1)
     """Timed calls; the fastest counts (other processes only add time)."""
     min_seconds: float = Field(default=2.0, ge=0)
-    """Decode is timed for at least this long (more calls than repeats when they are short)."""
+    """Prefill and decode are each timed for at least this long (more calls than repeats when
+    they are short)."""
 
 
 class ShapeRules(_Section):

@@ -91,19 +91,32 @@ def memory_bandwidth() -> float:
 
 
 # ---- probes ---------------------------------------------------------------------------------
-def timed_rounds(fns, repeats: int, min_seconds: float = 0.0) -> list[list[float]]:
-    """Seconds of each call of each of ``fns`` (outputs waited for), called in turn: round r
-    calls fns[0], fns[1], ... once each. Rounds go on until every function has been called at
-    least ``repeats`` times and timed for at least ``min_seconds``. Returns times[fn][round].
+def timed_rounds(fns, repeats: int, min_seconds: float = 0.0) -> list[list[float | None]]:
+    """Seconds of each call of each of ``fns`` (outputs waited for), called in turn, round after
+    round, until every function has been called at least ``repeats`` times and timed for at
+    least ``min_seconds``. Returns times[fn][round]: None where a function that already had its
+    calls sat the round out. ``fns[0]`` is called in every round, so every other function's call
+    has a call of it from the same round to be compared with.
 
     Calling the functions alternately exposes them to the same load from other processes, so
-    their per-round ratios cancel the load that a shared machine adds to both alike."""
-    times: list[list[float]] = [[] for _ in fns]
-    while any(len(ts) < repeats or sum(ts) < min_seconds for ts in times):
-        for fn, ts in zip(fns, times, strict=True):
+    their per-round ratios cancel the load that a shared machine adds to both alike. Letting
+    the others sit out keeps a slow function from being called as often as the fastest needs."""
+    times: list[list[float | None]] = [[] for _ in fns]
+    calls, seconds = [0] * len(fns), [0.0] * len(fns)
+
+    def satisfied(index: int) -> bool:
+        return calls[index] >= repeats and seconds[index] >= min_seconds
+
+    while not all(satisfied(index) for index in range(len(fns))):
+        for index, fn in enumerate(fns):
+            if index and satisfied(index):
+                times[index].append(None)
+                continue
             start = time.perf_counter()
             jax.block_until_ready(fn())
-            ts.append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            times[index].append(elapsed)
+            calls[index], seconds[index] = calls[index] + 1, seconds[index] + elapsed
     return times
 
 
@@ -113,7 +126,7 @@ def best_seconds(fn, repeats: int, min_seconds: float = 0.0) -> tuple[float, int
     that repeats, and the more calls it is taken over, the closer it gets to the undisturbed
     time."""
     times = timed_rounds([fn], repeats, min_seconds)[0]
-    return min(times), len(times)
+    return min(times), len(times)  # one function: it never sits a round out
 
 
 def _warm_best_seconds(fn, *args, repeats: int) -> float:

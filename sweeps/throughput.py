@@ -13,10 +13,10 @@ speed of a shape does not depend on the values.
 
 Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls (the
 median call is recorded beside it): other processes sharing the device only ever add time, so
-the fastest call is the figure that repeats. Decode keeps calling until ``min_seconds`` of
-calls are timed: a small shape's decode call takes ~0.1 s on CPU, and on a shared 2-core VM
-single calls spread +-15% (p10 to p90), so the fastest of a handful says little; the fastest
-over seconds of calls comes closer to the undisturbed time.
+the fastest call is the figure that repeats. Both keep calling until ``min_seconds`` of calls
+are timed: a small shape's decode call takes ~0.1 s on CPU and its prefill a few milliseconds,
+and on a shared 2-core VM single calls spread +-15% (p10 to p90), so the fastest of a handful
+says little; the fastest over seconds of calls comes closer to the undisturbed time.
 Laws compare shapes by their throughput ratios, and load on a shared machine drifts by 20-30%
 over minutes, moving shapes measured at different times apart. ``compare_throughput`` measures
 several shapes in one process with their calls interleaved (one call of each per round) and
@@ -91,6 +91,8 @@ class ThroughputResult:
     """Warm-up time of the prefill and decode functions (compilation plus one run)."""
     decode_calls: int = 0
     """Timed decode calls: ``repeats``, or more to fill ``min_seconds`` (0: not recorded)."""
+    prefill_calls: int = 0
+    """Timed prefill calls, likewise (0: not recorded; before it was recorded, ``repeats``)."""
     prefill_tokens_per_s_median: float | None = None
     """Prefill tokens/s of the median call (None: not recorded)."""
     decode_tokens_per_s_median: float | None = None
@@ -243,10 +245,12 @@ def _compile(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dt
     return _Compiled(spec, compile_seconds, prefill_call, decode_call)
 
 
-def paired_ratio(reference_seconds: list[float], seconds: list[float]) -> float:
-    """Speed relative to the reference from calls timed in the same rounds: the median of the
-    per-round ratios, which the load two neighbouring calls share cancels out of."""
-    return statistics.median(r / s for r, s in zip(reference_seconds, seconds, strict=True))
+def paired_ratio(reference_seconds: list[float], seconds: list[float | None]) -> float:
+    """Speed relative to the reference from calls timed in the same rounds (None: no call that
+    round): the median of the per-round ratios, which the load two neighbouring calls share
+    cancels out of."""
+    return statistics.median(r / s for r, s in zip(reference_seconds, seconds, strict=True)
+                             if s is not None)
 
 
 def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
@@ -254,8 +258,8 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
                        min_seconds: float = 2.0, dtype=None, seed: int = 0) -> ThroughputComparison:
     """Prefill and decode tokens/s of each of ``specs`` in one setting (defaults from
     ``default_setting``), their timed calls interleaved (``hardware.timed_rounds``): each shape's
-    decode is timed over at least ``repeats`` calls and ``min_seconds`` seconds, prefill over
-    ``repeats`` calls. Every shape stays compiled, with its cache, until all are measured."""
+    prefill and its decode are each timed over at least ``repeats`` calls and ``min_seconds``
+    seconds. Every shape stays compiled, with its cache, until all are measured."""
     default_batch, default_context = default_setting()
     batch = default_batch if batch is None else batch
     context = default_context if context is None else context
@@ -268,8 +272,10 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
     dtype = compute_dtype(dtype)
     compiled = [_compile(spec, batch=batch, context=context, decode_tokens=decode_tokens,
                          dtype=dtype, seed=seed) for spec in specs]
-    prefill_times = hardware.timed_rounds([c.prefill for c in compiled], repeats)
-    decode_times = hardware.timed_rounds([c.decode for c in compiled], repeats, min_seconds)
+    prefill_rounds = hardware.timed_rounds([c.prefill for c in compiled], repeats, min_seconds)
+    decode_rounds = hardware.timed_rounds([c.decode for c in compiled], repeats, min_seconds)
+    prefill_times, decode_times = ([[t for t in ts if t is not None] for ts in rounds]
+                                   for rounds in (prefill_rounds, decode_rounds))
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
     kernels = KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL
     results = tuple(ThroughputResult(
@@ -280,14 +286,14 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
         **roofline(c.spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
                    peak=peak, bandwidth=bandwidth),
         peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=c.compile_seconds,
-        decode_calls=len(decode_s), decode_kernels=kernels,
+        decode_calls=len(decode_s), prefill_calls=len(prefill_s), decode_kernels=kernels,
         prefill_tokens_per_s_median=batch * context / statistics.median(prefill_s),
         decode_tokens_per_s_median=batch * decode_tokens / statistics.median(decode_s),
     ) for c, prefill_s, decode_s in zip(compiled, prefill_times, decode_times, strict=True))
     return ThroughputComparison(
         results,
-        decode_ratios=tuple(paired_ratio(decode_times[0], d) for d in decode_times),
-        prefill_ratios=tuple(paired_ratio(prefill_times[0], p) for p in prefill_times))
+        decode_ratios=tuple(paired_ratio(decode_rounds[0], d) for d in decode_rounds),
+        prefill_ratios=tuple(paired_ratio(prefill_rounds[0], p) for p in prefill_rounds))
 
 
 def measure_throughput(spec: ArchSpec, **setting: Any) -> ThroughputResult:
