@@ -28,13 +28,14 @@ def remeasure_table(handle: StudyHandle, table: pd.DataFrame, *,
     """``table`` (rows of ``handle``'s trials, from ``trials_table``) with its
     ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``tp_batch`` and ``tp_context`` measured
     anew, interleaved, in the sweep's throughput setting. ``min_seconds`` (default: the sweep's)
-    is the decode time per shape. Rows whose run did not complete keep no throughput."""
+    is the prefill and the decode time per shape. Rows of runs that did not complete are left as
+    they are."""
     sweep = handle.sweep
     if not sweep.throughput.enabled:
         raise ArchscaleError(f"study {handle.name!r} measures no throughput (throughput.enabled is "
                              "false in its sweep file): there is nothing to re-measure")
     complete = table["status"] == "complete"
-    trials = handle.study.get_trials(deepcopy=False)
+    trials = {trial.number: trial for trial in handle.study.get_trials(deepcopy=False)}
     keys = {}  # row index -> the canonical JSON of its shape
     for index, trial_id in table.loc[complete, "trial_id"].items():
         spec = RunResult.from_dict(trials[int(trial_id)].user_attrs[RESULT_ATTR]).arch_spec
