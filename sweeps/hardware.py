@@ -120,18 +120,12 @@ def timed_rounds(fns, repeats: int, min_seconds: float = 0.0) -> list[list[float
     return times
 
 
-def best_seconds(fn, repeats: int, min_seconds: float = 0.0) -> tuple[float, int]:
-    """Fastest timed call of ``fn()`` and the number of calls (``timed_rounds`` of one function).
-    Other processes sharing the device only ever add time, so the fastest call is the figure
-    that repeats, and the more calls it is taken over, the closer it gets to the undisturbed
-    time."""
-    times = timed_rounds([fn], repeats, min_seconds)[0]
-    return min(times), len(times)  # one function: it never sits a round out
-
-
 def _warm_best_seconds(fn, *args, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls after a warm-up call: other processes sharing the
+    device only ever add time, so the fastest call is the figure that repeats."""
     jax.block_until_ready(fn(*args))  # compile and warm up
-    return best_seconds(lambda: fn(*args), repeats)[0]
+    (seconds,) = timed_rounds([lambda: fn(*args)], repeats)
+    return min(seconds)
 
 
 def probe_matmul_flops(dtype="float32", size: int = 2048, repeats: int = 5) -> float:

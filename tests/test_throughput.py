@@ -105,7 +105,7 @@ def test_gqa_shrinks_the_cache_and_the_long_context_decode_time():
     assert r_gqa["decode_roofline_tokens_per_s"] > 3 * r_mha["decode_roofline_tokens_per_s"]
 
 
-def test_best_seconds_times_at_least_repeats_calls_and_min_seconds(monkeypatch):
+def test_timed_rounds_of_one_function_time_at_least_repeats_calls_and_min_seconds(monkeypatch):
     """A fake clock that each call advances: no real time is measured, so nothing here is timed."""
     now, calls = [0.0], []
     monkeypatch.setattr(hardware, "time", SimpleNamespace(perf_counter=lambda: now[0]))
@@ -115,12 +115,13 @@ def test_best_seconds_times_at_least_repeats_calls_and_min_seconds(monkeypatch):
         now[0] += 0.005 if len(calls) == 3 else 0.02  # the third call is the fastest
         return jnp.zeros(())
 
-    best, count = hardware.best_seconds(call, repeats=2, min_seconds=0.2)
+    (seconds,) = hardware.timed_rounds([call], repeats=2, min_seconds=0.2)
     # 0.045 s after three calls, then 0.02 s per call until 0.2 s: eleven calls.
-    assert count == len(calls) == 11
-    assert best == pytest.approx(0.005)
+    assert len(seconds) == len(calls) == 11
+    assert min(seconds) == pytest.approx(0.005)
     calls.clear()
-    assert hardware.best_seconds(call, repeats=3) == (pytest.approx(0.005), 3)  # exactly repeats
+    (seconds,) = hardware.timed_rounds([call], repeats=3)
+    assert (min(seconds), len(seconds)) == (pytest.approx(0.005), 3)  # exactly repeats
 
 
 def test_timed_rounds_alternate_until_every_function_has_its_calls_and_seconds(monkeypatch):
