@@ -159,8 +159,8 @@ def export(
              "instead of the figures each trial measured alone (minutes apart, under different "
              "load)."),
     min_seconds: float | None = typer.Option(
-        None, help="With --remeasure-throughput: decode seconds per shape (default: the sweep's "
-                   "throughput.min_seconds).", show_default=False),
+        None, help="With --remeasure-throughput: prefill and decode seconds per shape (default: "
+                   "the sweep's throughput.min_seconds).", show_default=False),
 ) -> None:
     """Export the run table that laws fit (one row per complete trial) as CSV."""
     _quiet_optuna()
