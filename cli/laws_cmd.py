@@ -15,7 +15,9 @@ from rich.table import Table
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import load_spec
 from archscale.laws import fit_law, load_law, load_table, save_law, spec_features
-from archscale.laws.law import KINDS, Law
+from archscale.laws.bootstrap import percentile_interval
+from archscale.laws.chinchilla import compute_optimal
+from archscale.laws.law import KINDS, Law, as_table
 from archscale.laws.table import file_sha256, parse_columns
 
 
@@ -36,7 +38,7 @@ def _runs(study: str | None, storage: str | None, csv: Path | None,
     table = load_table(trials_table(handle.study), columns)
     if table.empty:
         raise ArchscaleError(f"study {study!r} has no complete trials to fit yet")
-    return table, {"source": "study", "study": study, "storage": handle.url}
+    return table, {"source": "study", "study": study, "storage": handle.shown_url}
 
 
 def _drop_highest(table: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -62,26 +64,47 @@ def _print_law(law: Law) -> None:
     held = law.validation.get("heldout")
     if held and "mse" in held:
         spearman = held.get("spearman_min")
+        coverage = held.get("coverage_90")
         typer.echo(f"held out ({held['rule']}, {held['n_test']} runs): MSE {held['mse']:.4g}, "
                    f"mean relative error {held['mean_relative_error']:.3%}, min Spearman per "
-                   f"group {'n/a' if spearman is None else f'{spearman:.3f}'}")
+                   f"group {'n/a' if spearman is None else f'{spearman:.3f}'}"
+                   + ("" if coverage is None else f", 90% prediction intervals cover "
+                      f"{coverage:.0%}"))
     elif held:
         typer.echo(f"held out: skipped ({held.get('skipped')})")
     for task in law.validation.get("progressive", []):
         if "mse" in task:
             typer.echo(f"  progressive -> {task['test_scale']}: MSE {task['mse']:.4g}, "
                        f"mean relative error {task['mean_relative_error']:.3%}")
+    model = law.error_model
+    if model is not None:
+        growth = "not calibrated" if model.growth is None else f"{model.growth:.3g}"
+        typer.echo(f"prediction intervals ({model.method}): run scatter {model.sigma_run:.3g}, "
+                   f"growth per log unit of extrapolation {growth} ({model.space} units)")
     for note in law.notes:
         typer.echo(f"note: {note}")
-    if not law.converged:
-        typer.secho("WARNING: the fit did not converge", fg=typer.colors.YELLOW, err=True)
+    for problem in law.problems:
+        typer.secho(f"not identified: {problem.message}", fg=typer.colors.YELLOW, err=True)
+
+
+def _write_heldout(law: Law, out: Path) -> Path | None:
+    """The held-out rows of a ``--holdout-above`` fit, each with its prediction interval."""
+    rows = (law.validation.get("heldout") or {}).get("rows")
+    if not rows or "lower" not in rows:
+        return None
+    path = out.with_name(f"{out.stem}.heldout.csv")
+    pd.DataFrame({"row": rows["index"], law.target: rows["measured"],
+                  "prediction": rows["predicted"], "lower": rows["lower"],
+                  "upper": rows["upper"], "extrapolation": rows["distance"]}
+                 ).to_csv(path, index=False)
+    return path
 
 
 def fit(
     law: Annotated[str, typer.Option(help=f"Law form: {', '.join(KINDS)}.")],
     out: Annotated[Path, typer.Option(help="Where to write law.json.")],
     study: Annotated[str | None, typer.Option(help="Fit the complete trials of a study.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Study storage URL.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Study storage URL.", envvar="ARCHSCALE_STORAGE")] = None,
     csv: Annotated[Path | None, typer.Option(help="Fit a run table CSV instead.")] = None,
     columns: Annotated[str | None, typer.Option(
         help="Map CSV columns: N=Model Size,D=tokens,loss=final_loss (also flops=, scale=, "
@@ -101,7 +124,18 @@ def fit(
     target: Annotated[str | None, typer.Option(
         help="Throughput: decode or prefill; accuracy: val_accuracy or task_accuracy.")] = None,
     holdout_above: Annotated[float | None, typer.Option(
-        help="Validate by fitting on N below this and predicting the rest.")] = None,
+        help="Hold out the runs at or above this value (of --holdout-by): the law is fitted on "
+             "the rest, and the held-out rows are saved with their prediction intervals.")] = None,
+    holdout_by: Annotated[str, typer.Option(
+        help="Column --holdout-above applies to: N, D, flops or any numeric column.")] = "N",
+    n_definition: Annotated[str, typer.Option(
+        help="What the table's N counts: non_embedding (the convention) or total; predict "
+             "--spec converts a shape to it.")] = "non_embedding",
+    noise_floor: Annotated[float | None, typer.Option(
+        help="Measured seed-to-seed scatter of the loss (relative), the least scatter "
+             "prediction intervals assume.")] = None,
+    allow_degenerate: Annotated[bool, typer.Option(
+        help="Save a law even if the runs do not identify it (it is marked so).")] = False,
     n_boot: Annotated[int | None, typer.Option(
         help="Bootstrap refits (default 1000 for chinchilla, 200 otherwise; 0 for none).")] = None,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
@@ -126,10 +160,18 @@ def fit(
         options["chinchilla"] = given.coef.tolist()
         provenance["lopt_law"] = str(lopt_law)
     fitted = fit_law(law, table, options, n_boot=n_boot, seed=seed, holdout_above=holdout_above,
-                     progressive=progressive, provenance=provenance)
-    save_law(fitted, out)
+                     holdout_by=holdout_by, progressive=progressive, provenance=provenance,
+                     noise_floor=noise_floor, n_definition=n_definition)
     _print_law(fitted)
+    if fitted.problems and not allow_degenerate:
+        raise ArchscaleError(f"the {fitted.kind} law is not identified by these runs "
+                             f"({len(fitted.problems)} problem(s) above) and was not saved: add "
+                             "the runs named there, or pass --allow-degenerate to save it marked")
+    save_law(fitted, out)
     typer.echo(f"saved {out}")
+    heldout_csv = _write_heldout(fitted, out)
+    if heldout_csv is not None:
+        typer.echo(f"held-out rows with 90% prediction intervals: {heldout_csv}")
     if plot is not None:
         from archscale.laws.plots import save_plots
 
@@ -137,40 +179,119 @@ def fit(
             typer.echo(f"plot {path}")
 
 
+def _spec_row(law: Law, spec: str, tokens: float | None, batch: int | None,
+              context: int | None) -> dict[str, Any]:
+    if law.kind in ("chinchilla", "conditional") and not (tokens and tokens > 0):
+        raise ArchscaleError(f"a {law.kind} law needs --tokens (training tokens, e.g. 1e11)")
+    shape = load_spec(spec)
+    row = spec_features(shape, tokens or 0.0, batch=batch, context=context,
+                        n_definition=law.n_definition)
+    if law.n_definition == "total":
+        typer.echo(f"note: this law was fitted with N = total parameters: the shape's "
+                   f"{shape.params_total:,} total (not its {shape.params_nonembed:,} "
+                   "non-embedding) is used as N")
+    return row
+
+
+def _interval_columns(law: Law, table: pd.DataFrame, level: float) -> dict[str, np.ndarray]:
+    out = {"prediction": law.predict(table)}
+    out["lower"], out["upper"] = law.prediction_interval(table, level)
+    if len(law.coef_samples):
+        out["mean_lower"], out["mean_upper"] = law.mean_interval(table, 0.95)
+    return out
+
+
+def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
+                 level: float) -> None:
+    if out is None:
+        raise ArchscaleError("--csv needs --out (the CSV to write with prediction, lower, upper)")
+    table = load_table(csv, columns)
+    if table.empty:
+        raise ArchscaleError(f"{csv} has no complete rows to predict")
+    scored = table.assign(**_interval_columns(law, table, level))
+    scored.to_csv(out, index=False)
+    line = f"predicted {len(scored)} rows of {csv} -> {out} ({level:.0%} prediction intervals)"
+    if law.target in scored.columns:
+        measured = scored[law.target].to_numpy(dtype=float)
+        inside = np.mean((scored["lower"] <= measured) & (measured <= scored["upper"]))
+        error = np.mean(np.abs(scored["prediction"] - measured) / np.abs(measured))
+        line += f"; measured {law.target}: mean relative error {error:.2%}, coverage {inside:.0%}"
+    typer.echo(line)
+
+
+def _predict_compute(law: Law, compute: float, as_json: bool) -> None:
+    if law.kind != "chinchilla" or "d_line" in law.config:
+        raise ArchscaleError("--compute needs a Chinchilla law fitted on runs that identify both "
+                             "N and D terms (`archscale fit --law chinchilla`)")
+    if not compute > 0:
+        raise ArchscaleError(f"--compute {compute:g} must be positive training FLOPs, e.g. 1e21")
+    n_opt, d_opt = (float(v[0]) for v in compute_optimal(law.coef, compute))
+    result: dict[str, Any] = {"compute": compute, "N": n_opt, "D": d_opt,
+                              "tokens_per_param": d_opt / n_opt}
+    if len(law.coef_samples):
+        n_s, d_s = compute_optimal(law.coef_samples, compute)
+        for key, values in (("N", n_s), ("D", d_s), ("tokens_per_param", d_s / n_s)):
+            lo, hi = percentile_interval(values[:, None], 0.95)
+            result[f"{key}_interval_95"] = [float(lo[0]), float(hi[0])]
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"compute-optimal at C = {compute:.4g} FLOPs (C = 6 N D; 95% intervals of the "
+               "law's mean, bootstrap):")
+    for key, label in (("N", "N*"), ("D", "D*"), ("tokens_per_param", "D*/N*")):
+        interval = result.get(f"{key}_interval_95")
+        shown = "" if interval is None else f"  (95% {interval[0]:.4g} - {interval[1]:.4g})"
+        typer.echo(f"  {label} = {result[key]:.4g}{shown}")
+
+
 def predict(
     law_file: Annotated[Path, typer.Argument(help="A law.json written by `archscale fit`.")],
     spec: Annotated[str | None, typer.Option(help="Preset name or spec JSON file.")] = None,
     tokens: Annotated[float | None, typer.Option(help="Training tokens D.")] = None,
     loss: Annotated[float | None, typer.Option(help="Validation loss (accuracy laws).")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        help="Score every row of a run table CSV (with --out).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="--csv output: the rows plus prediction, lower, upper (prediction interval), "
+             "mean_lower, mean_upper (95% interval of the law's mean).")] = None,
+    columns: Annotated[str | None, typer.Option(
+        help="Map --csv columns: N=n_params,D=train_tokens,... (as for fit).")] = None,
+    compute: Annotated[float | None, typer.Option(
+        help="Chinchilla law: compute-optimal N*, D* and D*/N* at this many FLOPs.")] = None,
     batch: Annotated[int | None, typer.Option(help="Throughput batch (default: fitted).")] = None,
     context: Annotated[int | None, typer.Option(
         help="Throughput context (default: fitted).")] = None,
-    level: Annotated[float, typer.Option(help="Interval level.")] = 0.95,
+    level: Annotated[float, typer.Option(help="Prediction-interval level.")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Predict with a saved law for one shape (and token count), with its bootstrap interval."""
+    """Predict with a saved law: one shape, a whole CSV, or the compute-optimal N and D."""
     law = load_law(law_file)
+    for problem in law.problems:
+        typer.secho(f"warning: this law is not identified: {problem.message}",
+                    fg=typer.colors.YELLOW, err=True)
+    if compute is not None:
+        _predict_compute(law, compute, as_json)
+        return
+    if csv is not None:
+        _predict_csv(law, csv, out, columns, level)
+        return
     row: dict[str, Any] = {}
     if spec is not None:
-        row.update(spec_features(load_spec(spec), tokens or 0.0, batch=batch, context=context))
-    if law.kind in ("chinchilla", "conditional") and not (tokens and tokens > 0):
-        raise ArchscaleError(f"a {law.kind} law needs --tokens (training tokens, e.g. 1e11)")
-    if law.kind in ("chinchilla", "conditional", "throughput") and spec is None:
-        raise ArchscaleError(f"a {law.kind} law needs --spec (a preset or spec JSON)")
+        row.update(_spec_row(law, spec, tokens, batch, context))
+    elif law.kind in ("chinchilla", "conditional", "throughput"):
+        raise ArchscaleError(f"a {law.kind} law needs --spec (a preset or spec JSON), or --csv")
     if loss is not None:
         row["loss"] = loss
     elif law.kind == "accuracy":
         raise ArchscaleError("an accuracy law needs --loss (validation loss)")
-    value = float(law.predict(row)[0])
-    interval = None
-    if len(law.coef_samples):
-        lo, hi = law.predict_interval(row, level)
-        interval = (float(lo[0]), float(hi[0]))
+    values = {k: float(v[0]) for k, v in _interval_columns(law, as_table(row), level).items()}
     if as_json:
-        typer.echo(json.dumps({"target": law.target, "prediction": value, "level": level,
-                               "interval": interval}))
+        typer.echo(json.dumps({"target": law.target, "identified": law.identified,
+                               "level": level, **values}))
         return
-    shown = f"{law.target}: {value:.6g}"
-    if interval is not None and np.all(np.isfinite(interval)):
-        shown += f"  ({level:.0%} interval {interval[0]:.6g} - {interval[1]:.6g})"
-    typer.echo(shown)
+    shown = (f"{law.target}: {values['prediction']:.6g}  ({level:.0%} prediction interval "
+             f"{values['lower']:.6g} - {values['upper']:.6g}")
+    if "mean_lower" in values:
+        shown += f"; 95% interval of the law's mean {values['mean_lower']:.6g} - " \
+                 f"{values['mean_upper']:.6g}"
+    typer.echo(shown + ")")

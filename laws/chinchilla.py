@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
+from archscale.laws import diagnostics
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.newton import minimize_batch
 from archscale.laws.table import positive_values
@@ -30,6 +31,8 @@ COEF_NAMES = ("A", "B", "E", "alpha", "beta")
 """Natural-unit coefficients, in the order of every coefficient vector this module returns."""
 N_WARM_GRID_STARTS = 3
 """Grid starts (besides the full-data optimum) that warm-start each bootstrap refit."""
+BLOCK_ELEMENTS = 24_000
+"""Batch rows x runs the objective evaluates at once: small enough to stay in a core's cache."""
 
 
 def grid_starts() -> np.ndarray:
@@ -61,8 +64,24 @@ def predict(coef_SxP: np.ndarray, n_params: np.ndarray, tokens: np.ndarray) -> n
     return E + A * np.power(n_params, -alpha) + B * np.power(tokens, -beta)
 
 
+def compute_optimal(coef_SxP: np.ndarray, compute: float) -> tuple[np.ndarray, np.ndarray]:
+    """N* and D* minimizing the law at training compute C = 6 N D (Hoffmann et al.'s budget):
+    N* = (alpha A / (beta B))^(1 / (alpha + beta)) (C / 6)^(beta / (alpha + beta)), D* = C / 6N*."""
+    A, B, _, alpha, beta = np.atleast_2d(coef_SxP).T
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        n_opt = (alpha * A / (beta * B)) ** (1 / (alpha + beta)) * (compute / 6) ** (
+            beta / (alpha + beta))
+        return n_opt, compute / (6 * n_opt)
+
+
 class HuberLogObjective:
-    """Sum of (optionally weighted) Huber losses of log residuals, for a batch of parameters."""
+    """Sum of (optionally weighted) Huber losses of log residuals, for a batch of parameters.
+
+    ``value`` computes the objective, its gradient and its Hessian together, a block of batch
+    rows at a time (BLOCK_ELEMENTS points per block, so every temporary stays in the core's
+    cache; whole-batch temporaries of 4,500 starts x hundreds of runs would not); the gradient
+    and Hessian are the cache that ``derivatives`` hands back.
+    """
 
     def __init__(self, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
                  weights_BxN: np.ndarray | None = None, delta: float = HUBER_DELTA) -> None:
@@ -72,44 +91,66 @@ class HuberLogObjective:
         # sums over points of weight * [1, log N, log D, log N^2, log D^2, log N log D]
         self.basis_Nx6 = np.column_stack([np.ones_like(log_n), log_n, log_d, log_n**2, log_d**2,
                                           log_n * log_d])
+        self.block_rows = max(1, BLOCK_ELEMENTS // max(len(log_n), 1))
 
     def value(self, x_BxP: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, tuple]:
-        a, b, e, alpha, beta = (c[:, None] for c in x_BxP.T)
+        n_rows = len(rows)
+        f, g, h = np.empty(n_rows), np.empty((n_rows, 5)), np.empty((n_rows, 5, 5))
+        for start in range(0, n_rows, self.block_rows):
+            block = slice(start, start + self.block_rows)
+            weights = None if self.weights_BxN is None else self.weights_BxN[rows[block]]
+            f[block], g[block], h[block] = self._evaluate(x_BxP[block], weights)
+        return f, (g, h)
+
+    def derivatives(self, cache: tuple, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return cache
+
+    def _evaluate(self, x_bxP: np.ndarray, weights_bxN: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """f, gradient and Hessian for one block of rows."""
+        a, b, e, alpha, beta = (c[:, None] for c in x_bxP.T)
+        delta = self.delta
         # relative to e so only two exponentials are needed; the clip only guards overflow
-        q1 = np.exp(np.minimum(a - e - alpha * self.log_n, 700.0))
-        q2 = np.exp(np.minimum(b - e - beta * self.log_d, 700.0))
+        q1 = alpha * self.log_n
+        np.subtract(a - e, q1, out=q1)
+        np.exp(np.minimum(q1, 700.0, out=q1), out=q1)
+        q2 = beta * self.log_d
+        np.subtract(b - e, q2, out=q2)
+        np.exp(np.minimum(q2, 700.0, out=q2), out=q2)
         z = q1 + q2
         z += 1.0
         resid = np.log(z)
         resid += e - self.log_loss
         abs_resid = np.abs(resid)
-        clipped = np.minimum(abs_resid, self.delta)
+        clipped = np.minimum(abs_resid, delta)
         # Huber(r) = m (|r| - m / 2) with m = min(|r|, delta)
-        loss = clipped * (abs_resid - 0.5 * clipped)
-        if self.weights_BxN is not None:
-            loss *= self.weights_BxN[rows]
-        return loss.sum(axis=1), (q1, q2, z, resid)
+        loss = clipped * -0.5
+        loss += abs_resid
+        loss *= clipped
+        if weights_bxN is not None:
+            loss *= weights_bxN
+        f = loss.sum(axis=1)
 
-    def derivatives(self, cache: tuple, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q1, q2, z, resid = cache
-        n_rows = len(rows)
-        s3 = np.reciprocal(z)
-        s1, s2 = q1 * s3, q2 * s3  # softmax weights of the three terms
-        psi = np.clip(resid, -self.delta, self.delta)  # Huber'(r)
-        curv = (np.abs(resid) < self.delta).astype(np.float64)  # Huber''(r)
-        if self.weights_BxN is not None:
-            psi *= self.weights_BxN[rows]
-            curv *= self.weights_BxN[rows]
+        s3 = np.reciprocal(z, out=z)
+        s1, s2 = np.multiply(q1, s3, out=q1), np.multiply(q2, s3, out=q2)  # softmax weights
+        psi = np.clip(resid, -delta, delta, out=resid)  # Huber'(r)
+        curv = np.less(abs_resid, delta).astype(np.float64)  # Huber''(r)
+        if weights_bxN is not None:
+            psi *= weights_bxN
+            curv *= weights_bxN
         curv -= psi
         # Gradient of r: J = (s1, s2, s3, -s1 log N, -s2 log D). Hessian of the objective:
         # sum curv J J^T + psi sum_k s_k G_k G_k^T, G_k the gradient of the k-th LSE argument.
-        weights_9xBxN = np.empty((9, n_rows, z.shape[1]))
+        n_rows, n_points = z.shape
+        weights_9xbxN = np.empty((9, n_rows, n_points))
         for k, (u, v) in enumerate([(s1, s1), (s1, s2), (s1, s3), (s2, s2), (s2, s3), (s3, s3)]):
-            np.multiply(curv, u, out=weights_9xBxN[k])
-            weights_9xBxN[k] *= v
+            np.multiply(curv, u, out=weights_9xbxN[k])
+            weights_9xbxN[k] *= v
         for k, u in enumerate((s1, s2, s3), start=6):
-            np.multiply(psi, u, out=weights_9xBxN[k])
-        P11, P12, P13, P22, P23, P33, D1, D2, D3 = weights_9xBxN @ self.basis_Nx6
+            np.multiply(psi, u, out=weights_9xbxN[k])
+        # nine small products, not one (9 b) x N one: OpenBLAS runs a product this small on one
+        # thread, where a larger one would spin up threads that cost more than they save
+        P11, P12, P13, P22, P23, P33, D1, D2, D3 = weights_9xbxN @ self.basis_Nx6
         g = np.column_stack([D1[:, 0], D2[:, 0], D3[:, 0], -D1[:, 1], -D2[:, 2]])
         h = np.empty((n_rows, 5, 5))
         upper = {
@@ -122,7 +163,7 @@ class HuberLogObjective:
         }
         for (i, j), value in upper.items():
             h[:, i, j] = h[:, j, i] = value
-        return g, h
+        return f, g, h
 
 
 @dataclass(frozen=True)
@@ -205,24 +246,65 @@ def _columns(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values["N"], values["D"], values["loss"]
 
 
+REDUCED_NAMES = ("A", "E", "alpha")
+"""Coefficients of L(N) = E + A / N^alpha, what a design with D tied to N identifies."""
+LINE_TOLERANCE = 0.05
+"""A reduced law predicts rows whose D lies within this fraction of its fitted D(N) line."""
+
+
+def reduced_starts() -> np.ndarray:
+    """The grid's distinct (a, e, alpha) starts with the D term switched off (B = 0, beta = 0)."""
+    grid = np.unique(grid_starts()[:, [0, 2, 3]], axis=0)
+    return np.column_stack([grid[:, 0], np.full(len(grid), -1e3), grid[:, 1], grid[:, 2],
+                            np.zeros(len(grid))])
+
+
 def _fit(table: pd.DataFrame, config: dict[str, Any]) -> Estimate:
-    fit = fit_chinchilla(*_columns(table), delta=config["huber_delta"])
-    notes = (f"{fit.n_at_best} of {fit.n_starts} starts reached the best objective "
-             f"{fit.objective:.6g}",)
-    return Estimate(coef=fit.coef, names=COEF_NAMES, converged=fit.converged, config=config,
+    columns = _columns(table)  # refuses missing or non-positive values first
+    line = diagnostics.collinear_nd(table)
+    config = {k: v for k, v in config.items() if k != "d_line"}
+    if line is None:
+        fit = fit_chinchilla(*columns, delta=config["huber_delta"])
+        names, coef, notes = COEF_NAMES, fit.coef, ()
+    else:
+        # N and D move together: only L(N) along their line is identified, so fit that
+        fit = fit_chinchilla(*columns, starts=reduced_starts(), delta=config["huber_delta"])
+        config["d_line"] = list(line)
+        names, coef = REDUCED_NAMES, fit.coef[[0, 2, 3]]
+        notes = (f"N and D are collinear ({diagnostics.ratio_text(line)}): fitted what these runs "
+                 f"identify, L(N) = E + A / N^alpha along that line; it predicts only there",)
+    notes = (*notes, f"{fit.n_at_best} of {fit.n_starts} starts reached the best objective "
+                     f"{fit.objective:.6g}")
+    return Estimate(coef=coef, names=names, converged=fit.converged, config=config,
                     notes=notes, state=fit)
 
 
 def _bootstrap(table: pd.DataFrame, config: dict[str, Any], estimate: Estimate,
                counts_SxN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return bootstrap_chinchilla(*_columns(table), estimate.state, counts_SxN, config["huber_delta"])
+    samples, ok = bootstrap_chinchilla(*_columns(table), estimate.state, counts_SxN,
+                                       config["huber_delta"])
+    return (samples[:, [0, 2, 3]] if "d_line" in config else samples), ok
 
 
 def _predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     values = positive_values(table, ["N", "D"], "predicting with the Chinchilla law")
+    coef_SxP = np.atleast_2d(coef_SxP)
+    if "d_line" in config:
+        intercept, slope = config["d_line"]
+        on_line = np.exp(intercept) * values["N"] ** slope
+        off = np.flatnonzero(np.abs(values["D"] / on_line - 1) > LINE_TOLERANCE)
+        if off.size:
+            i = int(off[0])
+            raise ArchscaleError(
+                f"this Chinchilla law was fitted on runs with "
+                f"{diagnostics.ratio_text((intercept, slope))} (N and D collinear) and predicts "
+                f"only there; row {i} has N={values['N'][i]:.4g}, D={values['D'][i]:.4g}: refit "
+                "on runs at a second tokens-per-parameter ratio")
+        zeros = np.zeros(len(coef_SxP))
+        coef_SxP = np.column_stack([coef_SxP[:, 0], zeros, coef_SxP[:, 1], coef_SxP[:, 2], zeros])
     return predict(coef_SxP, values["N"], values["D"])
 
 
 KIND = LawKind(name="chinchilla", configure=_configure, target=lambda config: "loss",
-               n_params=lambda config: 5, min_scales=2, fit=_fit, bootstrap=_bootstrap,
-               predict=_predict)
+               n_params=lambda config: 3 if "d_line" in config else 5, min_scales=2, fit=_fit, bootstrap=_bootstrap,
+               predict=_predict, axes=("N", "D"))

@@ -273,4 +273,4 @@ def bootstrap(table: pd.DataFrame, config: dict[str, Any], estimate: Estimate,
 
 KIND = LawKind(name="conditional", configure=configure, target=lambda config: "loss",
                n_params=lambda config: len(coef_names(config)),
-               min_scales=2, fit=fit, bootstrap=bootstrap, predict=predict)
+               min_scales=2, fit=fit, bootstrap=bootstrap, predict=predict, axes=("N", "D"))

@@ -2,8 +2,9 @@
 
 Floats are written with Python's shortest round-trip repr, so coefficients and bootstrap samples
 come back bit for bit. The file holds the form (kind and declared config), coefficients, their
-95% intervals, the bootstrap samples that prediction intervals are recomputed from, validation
-metrics, data provenance and the archscale version.
+95% intervals, whether the law is identified (and why not), the bootstrap samples that intervals
+of the mean are recomputed from, the error model behind prediction intervals, validation metrics
+(held-out rows with their intervals), what N counted, data provenance and the archscale version.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from archscale.arch.errors import ArchscaleError
-from archscale.laws.law import Law, get_kind
+from archscale.laws.diagnostics import Problem
+from archscale.laws.intervals import ErrorModel
+from archscale.laws.law import N_DEFINITIONS, Law, get_kind
 
 FORMAT_VERSION = 1
 
@@ -46,6 +49,10 @@ def law_to_dict(law: Law) -> dict[str, Any]:
         "coefficients": law.coefficients,
         "intervals": {"level": 0.95, **{k: list(v) for k, v in intervals.items()}},
         "converged": law.converged,
+        "identified": law.identified,
+        "problems": [p.to_dict() for p in law.problems],
+        "n_definition": law.n_definition,
+        "prediction_interval": None if law.error_model is None else law.error_model.to_dict(),
         "notes": list(law.notes),
         "bootstrap": {**law.bootstrap, "coef_names": list(law.coef_names),
                       "samples": law.coef_samples},
@@ -72,10 +79,17 @@ def law_from_dict(data: dict[str, Any]) -> Law:
         config = {k: v for k, v in data["form"].items() if k != "predicts"}
         bootstrap = {k: v for k, v in data["bootstrap"].items()
                      if k not in ("coef_names", "samples")}
+        error_model = data.get("prediction_interval")
+        n_definition = data.get("n_definition", "non_embedding")
+        if n_definition not in N_DEFINITIONS:
+            raise ValueError(f"n_definition {n_definition!r} is not one of {N_DEFINITIONS}")
         return Law(kind=kind.name, config=config, coef_names=names, coef=coef,
                    coef_samples=samples.reshape(-1, len(names)), converged=bool(data["converged"]),
                    validation=data.get("validation", {}), provenance=data.get("provenance", {}),
                    bootstrap=bootstrap, notes=tuple(data.get("notes", ())),
+                   problems=tuple(Problem(**p) for p in data.get("problems", ())),
+                   error_model=None if error_model is None else ErrorModel.from_dict(error_model),
+                   n_definition=n_definition,
                    version=data.get("archscale_version", "unknown"))
     except (KeyError, TypeError, ValueError) as err:
         raise ArchscaleError(f"not a valid law file ({type(err).__name__}: {err}): write one with "
@@ -83,7 +97,7 @@ def law_from_dict(data: dict[str, Any]) -> Law:
 
 
 def load_law(path: str | Path) -> Law:
-    """The law saved at ``path`` (``law.predict``, ``law.predict_interval`` work at once)."""
+    """The law saved at ``path`` (``law.predict``, ``law.prediction_interval`` work at once)."""
     path = Path(path)
     if not path.is_file():
         raise ArchscaleError(f"no law file at {path}: fit one with "

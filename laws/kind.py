@@ -54,3 +54,6 @@ class LawKind:
     """Refits on resampled runs (counts, one row per resample) -> (samples S x P, converged S)."""
     predict: Callable[[dict[str, Any], np.ndarray, pd.DataFrame], np.ndarray]
     """Predictions of every coefficient row (S x P) for every table row: S x n."""
+    axes: tuple[str, ...] = ()
+    """Inputs along which a prediction can extrapolate beyond the fitted runs (N, D, loss):
+    prediction intervals widen with the distance beyond their fitted range."""

@@ -1,9 +1,15 @@
-"""A fitted law: form, coefficients, bootstrap samples, validation and provenance, and
-vectorized predictions with intervals. ``fit_law`` makes one from a run table.
+"""A fitted law: form, coefficients, bootstrap samples, validation, identifiability and
+provenance, and vectorized predictions with two kinds of interval. ``fit_law`` makes one.
 
-Intervals come from the seeded bootstrap over runs: a coefficient interval is the percentile
-interval of its refits; a prediction interval is the percentile interval of the predictions of
-every refit (uncertainty of the law's mean, not the scatter of single runs around it).
+* The interval of the law's *mean* comes from the seeded bootstrap over runs: the percentile
+  interval of the predictions of every refit that converged (``mean_interval``). Coefficient
+  intervals are the percentile intervals of the refits.
+* The *prediction* interval says where a new run will land: the mean plus the scatter of runs
+  and the error of extrapolating the form, calibrated on progressive held-out fits
+  (laws/intervals.py; ``prediction_interval``). This is the one to read as "the run will land in".
+
+A law whose design cannot identify it, or whose fit came out degenerate, carries the reasons
+(laws/diagnostics.py) and is not ``identified``.
 """
 
 from __future__ import annotations
@@ -17,16 +23,28 @@ import pandas as pd
 
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import accuracy, chinchilla, conditional, throughput, validation
+from archscale.laws import (
+    accuracy,
+    chinchilla,
+    conditional,
+    diagnostics,
+    intervals,
+    throughput,
+    validation,
+)
 from archscale.laws.bootstrap import percentile_interval, resample_counts
-from archscale.laws.kind import LawKind
-from archscale.laws.table import add_features, scale_labels, table_sha256
+from archscale.laws.diagnostics import Problem
+from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
+from archscale.laws.kind import Estimate, LawKind
+from archscale.laws.table import TableError, add_features, scale_labels, table_sha256
 
 KINDS: dict[str, LawKind] = {k.name: k for k in (chinchilla.KIND, conditional.KIND,
                                                  throughput.KIND, accuracy.KIND)}
 """Every law form, by its --law name."""
 DEFAULT_N_BOOT = {"chinchilla": 1000, "conditional": 200, "throughput": 200, "accuracy": 200}
 """Bootstrap refits when not given: the batched Chinchilla refits are cheap, the rest loop."""
+N_DEFINITIONS = ("non_embedding", "total")
+"""What a table's N counts: non-embedding parameters (the convention, arch/spec.py) or all."""
 
 Rows = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
@@ -72,8 +90,18 @@ class Law:
     """Seed, resample count and the fraction of refits that converged."""
     notes: tuple[str, ...] = ()
     """What the user should know about this fit."""
+    problems: tuple[Problem, ...] = ()
+    """Why the design or the fit does not identify the law (empty: identified)."""
+    error_model: ErrorModel | None = None
+    """Scatter and extrapolation error behind prediction intervals (laws/intervals.py)."""
+    n_definition: str = "non_embedding"
+    """What N counted in the fitted table (N_DEFINITIONS); ``predict --spec`` converts to it."""
     version: str = archscale.__version__
     """archscale version that made the fit."""
+
+    @property
+    def identified(self) -> bool:
+        return not self.problems
 
     @property
     def law_kind(self) -> LawKind:
@@ -103,8 +131,20 @@ class Law:
                                  "(--n-boot) to get intervals")
         return self.law_kind.predict(self.config, self.coef_samples, as_table(rows))
 
-    def predict_interval(self, rows: Rows, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    def mean_interval(self, rows: Rows, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Bootstrap interval of the law's mean (not where a single run lands)."""
         return percentile_interval(self.predict_samples(rows), level)
+
+    def prediction_interval(self, rows: Rows, level: float = DEFAULT_LEVEL
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a new run at each row will land, with probability ``level``."""
+        if self.error_model is None:
+            raise ArchscaleError("this law has no prediction-interval calibration (fitted by an "
+                                 "older archscale): refit it with `archscale fit`")
+        table = as_table(rows)
+        mean = self.mean_interval(table, level) if len(self.coef_samples) else None
+        return intervals.interval(self.error_model, self.predict(table),
+                                  intervals.distance(table, self.error_model.ranges), level, mean)
 
 
 def _check_table(kind: LawKind, config: dict[str, Any], table: pd.DataFrame) -> None:
@@ -115,12 +155,10 @@ def _check_table(kind: LawKind, config: dict[str, Any], table: pd.DataFrame) -> 
                              f"{len(table)} runs: it needs at least {n_params + 1}")
     if kind.min_scales > 1 and {"N", "D"} <= set(table.columns):  # else the kind names the gap
         n_scales = len(set(scale_labels(table)))
-        n_tokens = table["D"].nunique()
-        if n_scales < kind.min_scales or n_tokens < 2:
+        if n_scales < kind.min_scales:
             raise ArchscaleError(
-                f"the {kind.name} law needs runs at {kind.min_scales}+ model sizes and 2+ token "
-                f"counts; the table has {n_scales} size(s) and {n_tokens} token count(s): add "
-                "runs at other scales")
+                f"the {kind.name} law needs runs at {kind.min_scales}+ model sizes; the table "
+                f"has {n_scales}: add runs at other scales")
 
 
 def _provenance(table: pd.DataFrame) -> dict[str, Any]:
@@ -138,15 +176,117 @@ def _provenance(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def holdout_mask(table: pd.DataFrame, above: float, by: str = "N") -> np.ndarray:
+    """Rows held out: ``by`` (N, D, flops or any numeric column) at or above ``above``."""
+    if by not in table.columns:
+        raise TableError(f"--holdout-by {by}: the table has no column {by!r} (it has "
+                         f"{list(table.columns)}); choose N, D, flops or another numeric column")
+    values = pd.to_numeric(table[by], errors="coerce").to_numpy(dtype=float)
+    test = values >= above
+    if not test.any() or test.all():
+        raise ArchscaleError(
+            f"--holdout-above {above:.4g} (by {by}) leaves {'no' if not test.any() else 'only'} "
+            f"held-out runs: choose a value between {np.nanmin(values):.4g} and "
+            f"{np.nanmax(values):.4g}")
+    return test
+
+
+def _design_problems(kind: LawKind, config: dict[str, Any], table: pd.DataFrame) -> list[Problem]:
+    problems = []
+    if kind.name == "chinchilla" or (kind.name == "conditional"
+                                     and config["lopt"] in ("joint", "chinchilla")):
+        collinear = diagnostics.collinear_problem(table, kind.name)
+        if collinear is not None:
+            problems.append(collinear)
+    if kind.name == "conditional":
+        problems += diagnostics.term_problems(table, config["terms"])
+    return problems
+
+
+def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
+                  boot_info: dict[str, Any]) -> list[Problem]:
+    coef = dict(zip(estimate.names, estimate.coef.tolist(), strict=True))
+    problems = []
+    if not estimate.converged:
+        problems.append(Problem("not_converged", "the optimizer stopped before its tolerance: "
+                                "check the data for outliers or diverged runs"))
+    if kind.target(estimate.config) == "loss":
+        loss = table["loss"].to_numpy(dtype=float)
+        problems += diagnostics.exponent_problems(coef)
+        # in the product form E scales with the shape factor, so only E -> 0 is telling there
+        problems += [p for p in diagnostics.irreducible_problems(coef, loss)
+                     if kind.name == "chinchilla" or p.code == "E_zero"]
+        problems += diagnostics.vanished_problems(coef, table["N"].to_numpy(dtype=float),
+                                                  table["D"].to_numpy(dtype=float), loss)
+    if kind.name == "accuracy" and coef["k"] >= 0:
+        problems.append(Problem("wrong_sign", f"accuracy rises with loss (k = {coef['k']:.3g}): "
+                                "the runs span too little loss; add runs at other sizes"))
+    problems += diagnostics.flat_directions(
+        lambda c: kind.predict(estimate.config, c[None, :], table)[0], estimate.coef,
+        estimate.names)
+    problems += diagnostics.refit_problems(boot_info.get("converged_fraction"), boot_info["n"])
+    return problems
+
+
+def _heldout_rows(law: Law, table: pd.DataFrame, index: np.ndarray, rule: str,
+                  level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+    """The law's predictions, prediction intervals and metrics on held-out rows."""
+    target = law.target
+    predicted = law.predict(table)
+    low, high = law.prediction_interval(table, level)
+    measured = table[target].to_numpy(dtype=float)
+    task = {"rule": rule, "n_train": law.provenance.get("n_runs"), "n_test": len(table),
+            **validation.prediction_metrics(predicted, measured, validation.group_labels(table)),
+            f"coverage_{round(level * 100)}": intervals.coverage(low, high, measured)}
+    task["rows"] = {"index": index.tolist(), "predicted": predicted.tolist(),
+                    "measured": measured.tolist(), "lower": low.tolist(), "upper": high.tolist(),
+                    "distance": intervals.distance(table, law.error_model.ranges).tolist()}
+    return task
+
+
+def _score_heldout(task: dict[str, Any], progressive: list[dict[str, Any]], space: str,
+                   noise_floor: float | None, level: float = DEFAULT_LEVEL) -> None:
+    """Add prediction intervals to the largest-scale held-out task, calibrated only on its
+    training fit and on the progressive fits that did not predict that scale."""
+    if "rows" not in task:
+        return
+    rows = task["rows"]
+    held = validation.records(progressive, space, exclude_scales=[task["test_scale"]])
+    model = intervals.calibrate(space, task["train_scatter"], {}, held, noise_floor,
+                                task["n_train"])
+    low, high = intervals.interval(model, np.asarray(rows["predicted"]),
+                                   np.asarray(rows["distance"]), level)
+    rows["lower"], rows["upper"] = low.tolist(), high.tolist()
+    task[f"coverage_{round(level * 100)}"] = intervals.coverage(low, high, rows["measured"])
+    task["interval_method"] = model.method
+
+
 def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | None = None, *,
             n_boot: int | None = None, seed: int = 0, holdout_above: float | None = None,
-            progressive: bool = True, provenance: Mapping[str, Any] | None = None) -> Law:
-    """Fit, bootstrap (``n_boot`` resamples of the runs, seeded) and validate one law."""
+            holdout_by: str = "N", progressive: bool = True,
+            provenance: Mapping[str, Any] | None = None, noise_floor: float | None = None,
+            n_definition: str = "non_embedding") -> Law:
+    """Fit, bootstrap (``n_boot`` resamples of the runs, seeded), validate and calibrate one law.
+
+    With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
+    fitting: the law is fitted on the rest, and its validation holds the held-out rows with
+    their prediction intervals. ``noise_floor`` is the measured seed-to-seed scatter (relative),
+    the least scatter a prediction interval assumes.
+    """
     kind = get_kind(kind_name)
+    if n_definition not in N_DEFINITIONS:
+        raise ArchscaleError(f"N counts {n_definition!r}: choose one of {N_DEFINITIONS}")
     config = kind.configure(dict(options or {}))
     table = add_features(table).reset_index(drop=True)
+    heldout_table, heldout_index = None, None
+    if holdout_above is not None:
+        test = holdout_mask(table, holdout_above, holdout_by)
+        heldout_index = np.flatnonzero(test)
+        heldout_table = table[test].reset_index(drop=True)
+        table = table[~test].reset_index(drop=True)
     _check_table(kind, config, table)
-    estimate = kind.fit(table, config)
+    estimate = kind.fit(table, config)  # refuses missing or non-positive inputs first
+    problems = _design_problems(kind, config, table)
 
     n_boot = DEFAULT_N_BOOT[kind.name] if n_boot is None else int(n_boot)
     samples = np.empty((0, len(estimate.coef)))
@@ -154,34 +294,58 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     if n_boot > 0:
         samples, ok = kind.bootstrap(table, estimate.config, estimate,
                                      resample_counts(len(table), n_boot, seed))
-        samples = np.where(np.isfinite(samples).all(axis=1, keepdims=True), samples, np.nan)
+        # a refit that did not converge never enters an interval
+        keep = ok & np.isfinite(samples).all(axis=1)
+        samples = np.where(keep[:, None], samples, np.nan)
         boot_info["converged_fraction"] = float(np.mean(ok))
+    problems += _fit_problems(kind, estimate, table, boot_info)
 
-    def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+    def fit_predict(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+        """A refit on ``train`` predicts ``rows``; a refit that its runs do not identify is
+        refused, as the full fit would be, so it never calibrates an interval."""
         _check_table(kind, config, train)
         part = kind.fit(train, config)
+        unidentified = (_design_problems(kind, config, train)
+                        + _fit_problems(kind, part, train, {"n": 0}))
+        if unidentified:
+            raise ArchscaleError(f"refit not identified: {unidentified[0].message}")
         if config.get("lopt") == "measured":  # the paper's protocol: a reference run per group
-            test = test.assign(L_opt=conditional.group_best(test))
-        return kind.predict(part.config, part.coef[None, :], test)[0]
+            rows = rows.assign(L_opt=conditional.group_best(rows))
+        return kind.predict(part.config, part.coef[None, :], rows)[0]
 
     target = kind.target(config)
+    space = "absolute" if kind.name == "accuracy" else "log"
+    n_coef = len(estimate.coef)
     fitted = kind.predict(estimate.config, estimate.coef[None, :], table)[0]
-    checks: dict[str, Any] = {"in_sample": validation.prediction_metrics(
-        fitted, table[target].to_numpy(dtype=float))}
+    measured = table[target].to_numpy(dtype=float)
+    checks: dict[str, Any] = {"in_sample": validation.prediction_metrics(fitted, measured)}
     min_train = kind.n_params(config) + 1
-    if len(set(scale_labels(table))) >= 2 or holdout_above is not None:
-        checks["heldout"] = validation.heldout(table, target, fit_predict, min_train, holdout_above)
-        if progressive:
-            checks["progressive"] = validation.progressive(table, target, fit_predict, min_train)
+    tasks = []
+    if progressive and len(set(scale_labels(table))) >= 2:
+        tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space)
+        checks["progressive"] = tasks
+    error_model = intervals.calibrate(
+        space, intervals.in_sample_scatter(fitted, measured, n_coef, space),
+        intervals.fitted_ranges(table, kind.axes), validation.records(tasks, space), noise_floor,
+        len(table))
 
     notes = list(estimate.notes)
-    if not estimate.converged:
-        notes.append("NOT CONVERGED: the optimizer stopped before its tolerance; check the data")
     if n_boot > 0 and boot_info["converged_fraction"] < 1:
         failed = 1 - boot_info["converged_fraction"]
-        notes.append(f"{failed:.1%} of bootstrap refits did not converge")
-    return Law(kind=kind.name, config=estimate.config, coef_names=estimate.names,
-               coef=np.asarray(estimate.coef, dtype=np.float64), coef_samples=samples,
-               converged=estimate.converged, validation=checks,
-               provenance={**_provenance(table), **dict(provenance or {})},
-               bootstrap=boot_info, notes=tuple(notes))
+        notes.append(f"{failed:.1%} of bootstrap refits did not converge (left out of intervals)")
+    law = Law(kind=kind.name, config=estimate.config, coef_names=estimate.names,
+              coef=np.asarray(estimate.coef, dtype=np.float64), coef_samples=samples,
+              converged=estimate.converged, validation=checks,
+              provenance={**_provenance(table), **dict(provenance or {})},
+              bootstrap=boot_info, notes=tuple(notes), problems=tuple(problems),
+              error_model=error_model, n_definition=n_definition)
+    if heldout_table is not None:
+        checks["heldout"] = _heldout_rows(law, heldout_table, heldout_index,
+                                          f"runs with {holdout_by} >= {holdout_above:.4g} held out "
+                                          "(not fitted)")
+    elif len(set(scale_labels(table))) >= 2:
+        task = validation.heldout(table, target, fit_predict, min_train, kind.axes, space)
+        if task is not None:
+            _score_heldout(task, tasks, space, noise_floor)
+            checks["heldout"] = task
+    return law

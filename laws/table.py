@@ -14,6 +14,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -168,17 +169,24 @@ def group_labels(table: pd.DataFrame) -> np.ndarray:
 
 
 def spec_features(spec: ArchSpec, tokens: float, *, batch: int | None = None,
-                  context: int | None = None) -> dict[str, float]:
+                  context: int | None = None, n_definition: str = "non_embedding"
+                  ) -> dict[str, float]:
     """The canonical columns a law reads, for one shape trained on ``tokens`` tokens.
 
     ``batch`` and ``context`` set the throughput setting (tp_batch, tp_context); without them a
-    throughput law uses the setting it was fitted at.
+    throughput law uses the setting it was fitted at. ``n_definition`` is what the law's N
+    counted (a law fitted on total parameters gets the shape's total as N).
     """
     row: dict[str, float] = {
         **spec.table_row(), "D": float(tokens),
         "aspect": spec.d_model / spec.n_layers,
         "flops": float(tokens) * spec.train_flops_per_token(),
     }
+    if n_definition == "total":
+        row["N"] = spec.params_total
+        row["d_over_sqrt_n"] = spec.d_model / math.sqrt(spec.params_total)
+    elif n_definition != "non_embedding":
+        raise TableError(f"N counts {n_definition!r}: choose non_embedding or total")
     if batch is not None:
         row["tp_batch"] = batch
     if context is not None:
@@ -187,7 +195,7 @@ def spec_features(spec: ArchSpec, tokens: float, *, batch: int | None = None,
 
 
 def spec_table(specs: Sequence[ArchSpec], tokens: float | Sequence[float],
-               **setting: int) -> pd.DataFrame:
+               **setting: Any) -> pd.DataFrame:
     """``spec_features`` of many shapes as one DataFrame (what ``Law.predict`` takes)."""
     tokens_list = [tokens] * len(specs) if np.isscalar(tokens) else list(tokens)
     if len(tokens_list) != len(specs):

@@ -1,16 +1,17 @@
 """How far a fitted law can be trusted: held-out-scale error and the paper's progressive tasks.
 
 Scales come from laws/table.py (a ``scale`` column, or clusters of N). The held-out task fits
-on the runs below a size (``holdout_above``, default: every scale but the largest) and predicts
-the rest; the progressive tasks (Bian et al. 2025) fit on the scales up to the k-th and predict
-the (k+1)-th, for the MAX_PROGRESSIVE largest k (each task is a full refit). Each reports the
-MSE, the mean relative error and Spearman's rank correlation within every (scale, tokens)
-group of at least three architectures.
+on every scale but the largest and predicts it (a held-out split chosen by the user is made in
+laws/law.py, before the law is fitted); the progressive tasks (Bian et al. 2025) fit on the
+scales up to the k-th and predict the (k+1)-th, for the MAX_PROGRESSIVE largest k (each task is
+a full refit). Each reports the MSE, the mean relative error and Spearman's rank correlation
+within every (scale, tokens) group of at least three architectures, and keeps what calibrates
+prediction intervals (laws/intervals.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from archscale.arch.errors import ArchscaleError
+from archscale.laws import intervals
 from archscale.laws.table import group_labels, scale_labels, scale_order
 
 FitPredict = Callable[[pd.DataFrame, pd.DataFrame], np.ndarray]
-"""fit_predict(train, test) -> point predictions for the test rows."""
+"""fit_predict(train, rows) -> point predictions for ``rows`` of a law fitted on ``train``."""
 MIN_GROUP = 3
 """Smallest (scale, tokens) group whose ranking is scored."""
 MAX_PROGRESSIVE = 5
@@ -61,47 +63,75 @@ def prediction_metrics(predicted: np.ndarray, measured: np.ndarray,
 
 
 def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
-          fit_predict: FitPredict, min_train: int) -> dict[str, Any]:
-    """Fit on ``train`` rows, score on ``test`` rows; a failed or impossible fit is reported."""
+          fit_predict: FitPredict, min_train: int, axes: Sequence[str], space: str,
+          beyond: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit on ``train`` rows, score on ``test`` rows; a failed or impossible fit is reported.
+
+    Besides the metrics, a task keeps each test row's extrapolation distance from the training
+    rows and the training fit's in-sample scatter, which calibrate prediction intervals; rows
+    ``beyond`` (larger scales than the test's) are predicted for that calibration only."""
     task: dict[str, Any] = {"n_train": int(train.sum()), "n_test": int(test.sum())}
     if train.sum() < min_train:
         task["skipped"] = f"only {int(train.sum())} training runs; the form needs {min_train}"
         return task
     train_df, test_df = table[train].reset_index(drop=True), table[test].reset_index(drop=True)
+    far_df = table[beyond if beyond is not None else np.zeros(len(table), dtype=bool)]
     try:
-        predicted = fit_predict(train_df, test_df)
+        every = fit_predict(train_df, pd.concat([train_df, test_df, far_df], ignore_index=True))
     except ArchscaleError as err:
         task["skipped"] = str(err)
         return task
+    n_train, n_test = len(train_df), len(test_df)
+    fitted, predicted = every[:n_train], every[n_train:n_train + n_test]
+    ranges = intervals.fitted_ranges(train_df, axes)
+    if len(far_df):
+        task["beyond"] = {"scale": scale_labels(far_df).tolist(),
+                          "distance": intervals.distance(far_df, ranges).tolist(),
+                          "residual": intervals.residuals(every[n_train + n_test:],
+                                                         far_df[target], space).tolist()}
     measured = test_df[target].to_numpy(dtype=float)
     task.update(prediction_metrics(predicted, measured, group_labels(test_df)))
+    task["train_scatter"] = intervals.in_sample_scatter(
+        fitted, train_df[target].to_numpy(dtype=float), min_train - 1, space)
     task["rows"] = {"index": np.flatnonzero(test).tolist(), "predicted": predicted.tolist(),
-                    "measured": measured.tolist()}
+                    "measured": measured.tolist(),
+                    "distance": intervals.distance(test_df, ranges).tolist()}
     return task
 
 
+def records(tasks: Sequence[dict[str, Any]], space: str,
+            exclude_scales: Sequence[str] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(distance, residual) of every row the tasks predicted, but those at ``exclude_scales``
+    (which a held-out check must not calibrate on)."""
+    out = []
+    for task in tasks:
+        if "rows" not in task:
+            continue
+        rows = task["rows"]
+        if task.get("test_scale") not in exclude_scales:
+            out.append((np.asarray(rows["distance"], dtype=float),
+                        intervals.residuals(rows["predicted"], rows["measured"], space)))
+        if "beyond" in task:
+            far = task["beyond"]
+            keep = ~np.isin(far["scale"], list(exclude_scales))
+            out.append((np.asarray(far["distance"], dtype=float)[keep],
+                        np.asarray(far["residual"], dtype=float)[keep]))
+    return out
+
+
 def heldout(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
-            holdout_above: float | None = None) -> dict[str, Any] | None:
-    """Fit below ``holdout_above`` (default: all but the largest scale), predict the rest."""
-    if holdout_above is None:
-        order = scale_order(table)
-        if len(order) < 2:
-            return None
-        test = scale_labels(table) == order[-1]
-        rule = f"largest scale {order[-1]!r} held out"
-    else:
-        test = table["N"].to_numpy(dtype=float) >= holdout_above
-        rule = f"runs with N >= {holdout_above:.4g} held out"
-        if not test.any() or test.all():
-            raise ArchscaleError(f"--holdout-above {holdout_above:.4g} leaves "
-                                 f"{'no' if not test.any() else 'only'} held-out runs: choose an N "
-                                 "between the smallest and the largest run")
-    task = _task(table, ~test, test, target, fit_predict, min_train)
-    return {"rule": rule, **task}
+            axes: Sequence[str], space: str) -> dict[str, Any] | None:
+    """Fit on every scale but the largest, predict the largest."""
+    order = scale_order(table)
+    if len(order) < 2:
+        return None
+    test = scale_labels(table) == order[-1]
+    task = _task(table, ~test, test, target, fit_predict, min_train, axes, space)
+    return {"rule": f"largest scale {order[-1]!r} held out", "test_scale": order[-1], **task}
 
 
-def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict,
-                min_train: int) -> list[dict[str, Any]]:
+def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
+                axes: Sequence[str], space: str) -> list[dict[str, Any]]:
     """Fit on scales <= k, predict scale k + 1, for the last MAX_PROGRESSIVE k with enough runs."""
     order = scale_order(table)
     labels = scale_labels(table)
@@ -111,6 +141,8 @@ def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict,
         if train.sum() < min_train:
             continue
         test = labels == order[k]
+        beyond = np.isin(labels, order[k + 1:])
         tasks.append({"train_scales": order[:k], "test_scale": order[k],
-                      **_task(table, train, test, target, fit_predict, min_train)})
+                      **_task(table, train, test, target, fit_predict, min_train, axes, space,
+                              beyond)})
     return tasks

@@ -13,10 +13,8 @@ from archscale.arch.runtime import configure_jax
 configure_jax()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Public validation data is read in place, never copied: ../shared/validation beside the checkout,
-# or wherever $ARCHSCALE_VALIDATION_DIR points (a clone elsewhere).
-VALIDATION_DIR = Path(os.environ.get("ARCHSCALE_VALIDATION_DIR",
-                                     REPO_ROOT.parent / "shared" / "validation"))
+# Public validation data, copied with its sources noted (tests/data/validation/README.md).
+VALIDATION_DIR = REPO_ROOT / "tests" / "data" / "validation"
 
 
 @pytest.fixture

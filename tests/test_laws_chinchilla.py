@@ -150,7 +150,7 @@ def test_fit_law_reports_intervals_and_heldout_scale():
     assert law.bootstrap == {"n": 200, "seed": 1, "converged_fraction": 1.0}
     held = law.validation["heldout"]
     assert held["n_test"] == 4 and held["mean_relative_error"] < 0.01
-    lo, hi = law.predict_interval({"N": 1e9, "D": 2e10})
+    lo, hi = law.mean_interval({"N": 1e9, "D": 2e10})
     assert lo[0] < law.predict({"N": 1e9, "D": 2e10})[0] < hi[0]
 
 

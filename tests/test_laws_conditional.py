@@ -92,7 +92,9 @@ def test_joint_and_chinchilla_lopt_fit_synthetic_runs():
         law = fit_law("conditional", table, {"lopt": lopt}, n_boot=10, progressive=False)
         assert law.validation["in_sample"]["mean_relative_error"] < 0.002, lopt
         assert law.coef_names[:5] == chinchilla.COEF_NAMES
-        assert np.isfinite(law.coef_samples).all()
+        # refits that did not converge are left out (NaN rows), the rest are finite
+        finite = np.isfinite(law.coef_samples).all(axis=1)
+        assert finite.mean() == law.bootstrap["converged_fraction"] > 0.5
 
 
 def test_measured_lopt_uses_the_best_run_of_each_group():

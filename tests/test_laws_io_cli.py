@@ -41,8 +41,8 @@ def test_law_json_round_trip_gives_identical_predictions(conditional_law, tmp_pa
     loaded = load_law(path)
     table = runs(seed=1).assign(N=lambda t: t.N * 3)
     assert np.array_equal(loaded.predict(table), conditional_law.predict(table))
-    for got, want in zip(loaded.predict_interval(table, 0.9),
-                         conditional_law.predict_interval(table, 0.9), strict=True):
+    for got, want in zip(loaded.mean_interval(table, 0.9),
+                         conditional_law.mean_interval(table, 0.9), strict=True):
         assert np.array_equal(got, want)
     assert loaded.coef_names == conditional_law.coef_names
     assert loaded.validation == json.loads(json.dumps(conditional_law.validation))
@@ -74,7 +74,7 @@ def test_round_trip_of_every_kind(tmp_path, kind, table, options, row):
     loaded = load_law(save_law(law, tmp_path / "law.json"))
     assert loaded.config == law.config and loaded.target == law.target
     assert np.array_equal(loaded.predict(row), law.predict(row))
-    assert np.array_equal(loaded.predict_interval(row)[1], law.predict_interval(row)[1])
+    assert np.array_equal(loaded.mean_interval(row)[1], law.mean_interval(row)[1])
 
 
 def test_bootstrap_is_seeded():
@@ -131,7 +131,8 @@ def test_cli_fit_then_predict(csv_file, tmp_path):
     law = load_law(out)
     assert shown["prediction"] == pytest.approx(float(law.predict({"N": 1235814400 - 128256 * 2048,
                                                                    "D": 1e11})[0]))
-    assert shown["interval"][0] < shown["prediction"] < shown["interval"][1]
+    assert shown["lower"] < shown["prediction"] < shown["upper"]
+    assert shown["mean_lower"] < shown["prediction"] < shown["mean_upper"]
 
 
 @pytest.mark.parametrize("args, match", [
@@ -155,6 +156,7 @@ def test_cli_fits_a_study_through_search(monkeypatch, tmp_path):
 
     class Handle:
         study, url = "optuna-study", "sqlite:///runs.db"
+        shown_url = url
 
     monkeypatch.setattr(archscale.search.study, "open_study", lambda name, url: Handle())
     monkeypatch.setattr(archscale.search.table, "trials_table",
@@ -178,6 +180,7 @@ def test_a_fit_that_did_not_converge_is_flagged(monkeypatch):
     table = pd.DataFrame({"loss": np.linspace(3, 4, 12),
                           "val_accuracy": np.linspace(0.4, 0.2, 12) ** 1.1})
     law = fit_law("accuracy", table, n_boot=5)
-    assert not law.converged
-    assert any("NOT CONVERGED" in note for note in law.notes)
+    assert not law.converged and not law.identified
+    assert {"not_converged", "refits_failed"} <= {p.code for p in law.problems}
     assert any("bootstrap refits did not converge" in note for note in law.notes)
+    assert np.isnan(law.coef_samples).all()  # no refit that failed enters an interval

@@ -7,6 +7,7 @@ from conftest import VALIDATION_DIR
 
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import load_table
+from archscale.laws.law import holdout_mask
 from archscale.laws.table import group_labels, parse_columns, scale_labels, scale_order
 from archscale.laws.validation import heldout, prediction_metrics, progressive
 
@@ -77,22 +78,31 @@ def _fit_mean(train, test):
     return np.full(len(test), train.loss.mean())
 
 
-def test_heldout_largest_scale_and_threshold():
+def test_heldout_largest_scale():
     table = _scaled_table()
     _fit_mean.seen = []
-    task = heldout(table, "loss", _fit_mean, min_train=2)
+    task = heldout(table, "loss", _fit_mean, min_train=2, axes=("N", "D"), space="log")
     assert task["n_test"] == 3 and _fit_mean.seen[-1] == [1e7, 3e7, 1e8]
     assert task["rows"]["index"] == [9, 10, 11]
-    task = heldout(table, "loss", _fit_mean, min_train=2, holdout_above=5e7)
-    assert task["n_train"] == 6 and task["rule"].startswith("runs with N >=")
+    # 3e8 lies log(3) beyond the fitted 1e7..1e8 in N and in D, each a log(10) wide range
+    assert task["rows"]["distance"] == pytest.approx([2 * np.log(3) / np.log(10)] * 3)
+    assert "skipped" in heldout(table, "loss", _fit_mean, min_train=20, axes=(), space="log")
+
+
+def test_holdout_mask_by_any_column():
+    table = _scaled_table().assign(flops=lambda t: 6 * t.N * t.D)
+    assert holdout_mask(table, 5e7, "N").tolist() == [False] * 6 + [True] * 6
+    assert holdout_mask(table, 6 * 20 * 3e8**2, "flops").sum() == 3
     with pytest.raises(ArchscaleError, match="no held-out runs"):
-        heldout(table, "loss", _fit_mean, min_train=2, holdout_above=1e12)
-    assert "skipped" in heldout(table, "loss", _fit_mean, min_train=20)
+        holdout_mask(table, 1e12, "N")
+    with pytest.raises(ArchscaleError, match="no column 'tokens'"):
+        holdout_mask(table, 1.0, "tokens")
 
 
 def test_progressive_tasks_grow_the_training_scales():
     _fit_mean.seen = []
-    tasks = progressive(_scaled_table(), "loss", _fit_mean, min_train=4)
+    tasks = progressive(_scaled_table(), "loss", _fit_mean, min_train=4, axes=("N",),
+                        space="log")
     assert [t["n_train"] for t in tasks] == [6, 9]  # 3 runs of the smallest scale are too few
     assert _fit_mean.seen == [[1e7, 3e7], [1e7, 3e7, 1e8]]
     assert all("mse" in t for t in tasks)

@@ -45,7 +45,7 @@ def test_decode_law_predicts_a_new_spec_with_an_interval():
     features, tokens = roofline_features(law.config, pd.DataFrame([row]))
     truth = tokens / (features @ [OVERHEAD_S, 1 / BANDWIDTH, 1 / PEAK])
     predicted = law.predict(row)
-    lo, hi = law.predict_interval(row)
+    lo, hi = law.mean_interval(row)
     assert predicted == pytest.approx(truth, rel=0.1)
     assert lo[0] <= predicted[0] <= hi[0]
     # larger GQA groups read less KV cache: faster decoding at equal size
@@ -84,7 +84,7 @@ def test_accuracy_sigmoid_recovered_and_monotone():
     np.testing.assert_allclose(law.coef, truth, rtol=0.1)
     predicted = law.predict([{"loss": 3.0}, {"loss": 3.5}, {"loss": 4.0}])
     assert np.all(np.diff(predicted) < 0)
-    lo, hi = law.predict_interval([{"loss": 3.5}])
+    lo, hi = law.mean_interval([{"loss": 3.5}])
     assert lo[0] < predicted[1] < hi[0]
     assert "heldout" not in law.validation  # one scale: nothing to hold out
 
