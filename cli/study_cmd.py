@@ -22,8 +22,10 @@ app = typer.Typer(help="Optuna studies: grids and searches of shapes, run by wor
                   no_args_is_help=True)
 
 STORAGE_HELP = (f"Storage: a journal file (default ./{storage_lib.DEFAULT_STORAGE}), "
-                "sqlite:///FILE (one worker) or postgresql://USER@HOST/DB (many machines).")
-StorageOpt = typer.Option(None, "--storage", "-s", help=STORAGE_HELP)
+                "sqlite:///FILE (one worker) or postgresql://USER@HOST/DB (many machines; the "
+                "password from PGPASSWORD or ~/.pgpass).")
+StorageOpt = typer.Option(None, "--storage", "-s", help=STORAGE_HELP,
+                          envvar=storage_lib.STORAGE_ENV)
 HeartbeatOpt = typer.Option(storage_lib.DEFAULT_HEARTBEAT_S, "--heartbeat",
                             help="Seconds between heartbeats of a running trial.")
 GraceOpt = typer.Option(None, "--grace", help="Seconds of silence after which a trial's worker "
@@ -58,11 +60,15 @@ def create(
     counts = progress_counts(handle)
     planned = (f"{counts['planned']} planned runs" if handle.is_grid
                else f"a search of {counts['n_trials']} trials")
-    typer.echo(f"study {handle.name!r} in {handle.url}: {planned}, {counts['COMPLETE']} complete, "
+    shown = handle.shown_url
+    typer.echo(f"study {handle.name!r} in {shown}: {planned}, {counts['COMPLETE']} complete, "
                f"{counts['WAITING']} waiting")
-    typer.echo(f"run it:   archscale study run {handle.name} --storage {handle.url}")
-    typer.echo(f"watch it: optuna-dashboard {handle.url} --artifact-dir "
+    typer.echo(f"run it:   archscale study run {handle.name} --storage {shown}")
+    typer.echo(f"watch it: optuna-dashboard {shown} --artifact-dir "
                f"{storage_lib.artifact_dir(handle.url)}")
+    if storage_lib.has_password(handle.url):
+        typer.echo(f"(password hidden: put it in PGPASSWORD or ~/.pgpass, and the URL in "
+                   f"${storage_lib.STORAGE_ENV}, rather than on a command line)")
 
 
 @app.command()
@@ -109,7 +115,7 @@ def _print_status(name: str, storage: str | None) -> None:
     handle = open_study(name, storage)
     console = Console()
     table = status_table(handle.study)
-    shown = Table(title=f"study {name} ({handle.url})")
+    shown = Table(title=f"study {name} ({handle.shown_url})")
     columns = {"trial": "trial", "status": "status", "N": "N", "d_model": "d", "n_layers": "L",
                "heads": "heads", "r": "r", "loss": "loss", "decode_tokens_per_s": "decode tok/s",
                "seconds": "s"}

@@ -3,7 +3,9 @@
 ``export_hf`` reads the ``recommendations.json`` that ``archscale recommend`` writes and, under
 the output folder, writes ``rank-1/config.json`` ... for the recommended shapes and
 ``loss-optimal/config.json``, plus a ``recommendations.json`` that keeps every prediction and its
-provenance and adds where each config went and what it was exported from.
+provenance and adds where each config went and what it was exported from. A database URL's
+password in the source (files written before passwords were hidden at their source) is hidden in
+the export and listed under ``export.passwords_hidden``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import archscale
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.export import write_hf_config
 from archscale.arch.spec import ArchSpec
+from archscale.search.storage import hide_passwords
 
 FORMATS = ("hf",)
 """Export formats: HuggingFace LlamaForCausalLM config.json."""
@@ -60,7 +63,7 @@ def export_hf(source: str | Path, out_dir: str | Path, dtype: str = "bfloat16") 
     ``out_dir``, and ``out_dir/recommendations.json``; returns the config paths."""
     path = recommendation_path(source)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    data = load_recommendation(path)
+    data, hidden = hide_passwords(load_recommendation(path))
     out = Path(out_dir)
     written, configs, notes = [], {}, []
     for name, shape in _shapes(data).items():
@@ -78,6 +81,7 @@ def export_hf(source: str | Path, out_dir: str | Path, dtype: str = "bfloat16") 
                          "#46082)")
     manifest = {**data, "export": {
         "format": "hf", "dtype": dtype, "source": str(path), "source_sha256": sha256,
-        "archscale_version": archscale.__version__, "configs": configs, "notes": notes}}
+        "archscale_version": archscale.__version__, "configs": configs, "notes": notes,
+        **({"passwords_hidden": hidden} if hidden else {})}}
     (out / "recommendations.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return written

@@ -53,13 +53,18 @@ class StudyHandle:
     storage: BaseStorage
     """The storage object itself (heartbeats and trial states go through it)."""
     url: str
-    """The resolved storage URL."""
+    """The resolved storage URL, password included: show or save ``shown_url`` instead."""
     sweep: SweepFile
     """The validated sweep file the study was created from."""
 
     @property
     def name(self) -> str:
         return self.study.study_name
+
+    @property
+    def shown_url(self) -> str:
+        """The storage URL as it may be shown, logged or saved: its password hidden."""
+        return storage_lib.display_url(self.url)
 
     @property
     def vocab_size(self) -> int:
@@ -93,10 +98,10 @@ def _sweep_of(storage: BaseStorage, name: str, url: str) -> SweepFile:
         attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
     except KeyError:
         known = ", ".join(study_names(storage)) or "none"
-        raise ArchscaleError(f"no study {name!r} in {url} (studies there: {known}): create it with "
+        raise ArchscaleError(f"no study {name!r} in {storage_lib.display_url(url)} (studies there: {known}): create it with "
                              "`archscale study create FILE`, or pass the right --storage") from None
     if SWEEP_ATTR not in attrs:
-        raise ArchscaleError(f"study {name!r} in {url} was not created by archscale (no sweep in "
+        raise ArchscaleError(f"study {name!r} in {storage_lib.display_url(url)} was not created by archscale (no sweep in "
                              "its user attrs)")
     return parse_sweep(attrs[SWEEP_ATTR], source=f"the sweep stored in study {name!r}")
 
@@ -143,7 +148,7 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
         stored = _sweep_of(storage, sweep.name, url)
         if stored != sweep:
             raise ArchscaleError(
-                f"study {sweep.name!r} already exists in {url} with a different sweep file: "
+                f"study {sweep.name!r} already exists in {storage_lib.display_url(url)} with a different sweep file: "
                 "give the new sweep another name:, or use another --storage")
         handle = _handle(storage, url, sweep.name)
         if handle.study.user_attrs[FINGERPRINT_ATTR] != data.fingerprint:

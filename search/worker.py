@@ -10,7 +10,9 @@ is RUNNING: every planned run has then finished, whichever worker was killed.
 ``run_study(..., workers=K)`` starts K ``archscale study worker`` processes, each pinned to its own
 share of this machine's cores (``os.sched_setaffinity``): XLA sizes its CPU thread pool from the
 affinity, so workers do not fight over cores. On accelerators run one worker per device instead
-(e.g. ``CUDA_VISIBLE_DEVICES=i archscale study worker NAME --storage URL``).
+(e.g. ``CUDA_VISIBLE_DEVICES=i ARCHSCALE_STORAGE=URL archscale study worker NAME``). The storage
+URL reaches worker processes through their environment (``ARCHSCALE_STORAGE``), never their
+command line, where any user of the machine would read its password (``ps``).
 """
 
 from __future__ import annotations
@@ -167,9 +169,9 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
         run_worker(name, handle.url, options, echo=echo)
         return
     shares = split_cores(workers)
-    command = [sys.executable, "-c", _WORKER_MAIN, "study", "worker", name,
-               "--storage", handle.url, *options.cli_args()]
-    procs = [subprocess.Popen([*command, "--cores", ",".join(map(str, share))])
+    command = [sys.executable, "-c", _WORKER_MAIN, "study", "worker", name, *options.cli_args()]
+    env = {**os.environ, storage_lib.STORAGE_ENV: handle.url}  # not argv: `ps` shows argv
+    procs = [subprocess.Popen([*command, "--cores", ",".join(map(str, share))], env=env)
              for share in shares]
     try:
         codes = [p.wait() for p in procs]

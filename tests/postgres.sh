@@ -4,8 +4,9 @@
 #
 #   export ARCHSCALE_TEST_POSTGRES_URL="$(bash tests/postgres.sh)"
 #
-# Idempotent: a second call finds the running cluster and prints the same URL. Test-only: trust
-# authentication, bound to 127.0.0.1. Settings: ARCHSCALE_PG_PORT (55432), ARCHSCALE_PG_DIR
+# Idempotent: a second call finds the running cluster and prints the same URL. Test-only, bound to
+# 127.0.0.1: the superuser `postgres` is trusted, every other role must give its password (SCRAM),
+# so the credential tests really authenticate. Settings: ARCHSCALE_PG_PORT (55432), ARCHSCALE_PG_DIR
 # (/tmp/archscale-pg), ARCHSCALE_PG_DB (archscale_test). Stop it with: bash tests/postgres.sh stop
 set -euo pipefail
 
@@ -53,6 +54,8 @@ if ! "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
         [[ "$(id -u)" != 0 ]] || chown postgres:postgres "$DIR"
         as_owner "$BIN/initdb" -D "$DIR" -U postgres -A trust -E UTF8 >&2
     fi
+    printf '%s\n' "local all all trust" "host all postgres 127.0.0.1/32 trust" \
+        "host all all 127.0.0.1/32 scram-sha-256" | as_owner tee "$DIR/pg_hba.conf" >/dev/null
     log "starting the server on 127.0.0.1:$PORT"
     # Unix socket in the data directory: /var/run/postgresql may not exist in a container.
     as_owner "$BIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w -t 60 \
