@@ -6,6 +6,7 @@ fit uses as weights, so a batched fit can take every resample at once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -36,8 +37,11 @@ def check_level(level: float) -> None:
 
 def percentile_interval(samples_SxK: np.ndarray,
                         level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Equal-tailed percentile interval over the first axis, ignoring failed (NaN) samples."""
+    """Equal-tailed percentile interval over the first axis, ignoring failed (NaN) samples; NaN
+    where no sample is left."""
     check_level(level)
     tail = 100 * (1 - level) / 2
-    lo, hi = np.nanpercentile(samples_SxK, [tail, 100 - tail], axis=0)
+    with warnings.catch_warnings():  # an all-NaN column is answered with NaN, said here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(samples_SxK, [tail, 100 - tail], axis=0)
     return lo, hi

@@ -159,7 +159,8 @@ def _least_squares(config: dict[str, Any], inputs: dict[str, Any], loss: np.ndar
                    weights: np.ndarray) -> tuple[np.ndarray, bool]:
     """Fit theta (log Chinchilla params first when joint); returns coefficients and success.
 
-    With a fixed ``l_opt`` (every mode but joint) the coefficients are (scale, terms...).
+    With a fixed ``l_opt`` (every mode but joint) the coefficients are (scale, terms...). The
+    solver gets the analytic Jacobian (``_jacobian``), not finite differences.
     """
     joint = l_opt is None
     sqrt_w = np.sqrt(weights)
@@ -172,13 +173,47 @@ def _least_squares(config: dict[str, Any], inputs: dict[str, Any], loss: np.ndar
     def residuals(theta: np.ndarray) -> np.ndarray:
         return (_evaluate(config, coef_of(theta)[None], inputs, l_opt)[0] - loss) * sqrt_w
 
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        return _jacobian(config, inputs, theta, l_opt) * sqrt_w[:, None]
+
     robust = config["robust"]
     with np.errstate(over="ignore", invalid="ignore"):
-        result = least_squares(residuals, theta0, method="lm" if robust is None else "trf",
+        result = least_squares(residuals, theta0, jac=jacobian,
+                               method="lm" if robust is None else "trf",
                                loss=robust or "linear", f_scale=config["f_scale"],
                                x_scale="jac")
     ok = bool(result.success) and bool(np.all(np.isfinite(result.x)))
     return coef_of(result.x), ok
+
+
+def _jacobian(config: dict[str, Any], inputs: dict[str, Any], theta: np.ndarray,
+              l_opt: np.ndarray | None) -> np.ndarray:
+    """d prediction / d theta (n x P) for the parameters ``_least_squares`` fits: the log
+    Chinchilla parameters (a, b, e, alpha, beta) then the term coefficients when ``l_opt`` is
+    None (joint), else the scale then the term coefficients."""
+    product = config["combine"] == "product"
+    design = inputs["design"]
+    if l_opt is None:
+        a, b, e, alpha, beta = theta[:5]
+        log_n, log_d = np.log(inputs["N"]), np.log(inputs["D"])
+        n_term, d_term = np.exp(a - alpha * log_n), np.exp(b - beta * log_d)  # A/N^alpha, B/D^beta
+        base = np.exp(e) + n_term + d_term
+        d_base = np.column_stack([n_term, d_term, np.full_like(base, np.exp(e)),
+                                  -n_term * log_n, -d_term * log_d])
+        coef = theta[5:]
+    else:  # product: l_opt * s * prod(terms); additive: l_opt + s + sum(terms)
+        base = l_opt * theta[0] if product else l_opt
+        d_base = l_opt[:, None] if product else np.ones((len(l_opt), 1))
+        coef = theta[1:]
+    if not product:
+        return np.column_stack([d_base, *design])
+    splits = np.cumsum([basis.shape[1] for basis in design])[:-1]
+    factors = [1.0 + basis @ c for basis, c in zip(design, np.split(coef, splits), strict=True)]
+    columns = [d_base * np.prod(factors, axis=0)[:, None]]
+    for i, basis_NxK in enumerate(design):
+        others = np.prod(factors[:i] + factors[i + 1:], axis=0)  # 1.0 when there is one term
+        columns.append(basis_NxK * (base * others)[:, None])
+    return np.column_stack(columns)
 
 
 def _theta0(config: dict[str, Any], chin_coef: np.ndarray | None, loss: np.ndarray,

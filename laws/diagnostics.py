@@ -17,13 +17,15 @@ import numpy as np
 import pandas as pd
 
 from archscale.laws.forms import FORMS
+from archscale.laws.table import scale_labels
 
 PLAUSIBLE_EXPONENT = (0.02, 2.0)
 """Scaling exponents outside this range are not believed: published fits lie well inside it
 (Kaplan et al. 0.076 / 0.095, Hoffmann et al. 0.34 / 0.28, Besiroglu et al. 0.35 / 0.37), and the
 Hoffmann / Epoch start grid stops at 2."""
-COLLINEAR_R2 = 0.999
-"""log D explained this well by log N (R^2) leaves the N and D terms indistinguishable."""
+COLLINEAR_R2 = 0.99
+"""log D explained this well by log N (R^2) leaves the N and D terms indistinguishable; so does
+one token count per model size, whatever the R^2."""
 VANISHED_TERM = 1e-4
 """A power-law term below this fraction of the lowest loss on every run has vanished."""
 FLAT_DIRECTION = 1e-6
@@ -61,7 +63,11 @@ def collinear_nd(table: pd.DataFrame) -> tuple[float, float] | None:
     slope, intercept = np.polyfit(log_n, log_d, 1)
     resid = log_d - (intercept + slope * log_n)
     r2 = 1 - float(np.sum(resid**2)) / float(np.sum((log_d - log_d.mean()) ** 2))
-    return (float(intercept), float(slope)) if r2 >= COLLINEAR_R2 else None
+    one_budget_per_size = (pd.Series(np.round(log_d, 6)).groupby(scale_labels(table)).nunique()
+                           == 1).all()
+    if r2 >= COLLINEAR_R2 or one_budget_per_size:
+        return float(intercept), float(slope)
+    return None
 
 
 def ratio_text(line: tuple[float, float]) -> str:
@@ -78,7 +84,8 @@ def collinear_problem(table: pd.DataFrame, law: str) -> Problem | None:
     if line is None:
         return None
     return Problem("collinear", (
-        f"N and D are collinear ({ratio_text(line)} on every run): the {law} law's N and D terms "
+        f"N and D are collinear (every run lies near {ratio_text(line)}): the {law} law's N "
+        "and D terms "
         "cannot be identified apart. Add runs at a second tokens-per-parameter ratio (e.g. 4x "
         "the tokens at two or more sizes) or an isoFLOP design"))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -300,13 +301,13 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
         boot_info["converged_fraction"] = float(np.mean(ok))
     problems += _fit_problems(kind, estimate, table, boot_info)
 
-    def fit_predict(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
-        """A refit on ``train`` predicts ``rows``; a refit that its runs do not identify is
-        refused, as the full fit would be, so it never calibrates an interval."""
+    def fit_predict(train: pd.DataFrame, rows: pd.DataFrame, strict: bool = True) -> np.ndarray:
+        """A refit on ``train`` predicts ``rows``. A ``strict`` refit that its runs do not
+        identify is refused, as the full fit would be, so it never calibrates an interval."""
         _check_table(kind, config, train)
         part = kind.fit(train, config)
         unidentified = (_design_problems(kind, config, train)
-                        + _fit_problems(kind, part, train, {"n": 0}))
+                        + _fit_problems(kind, part, train, {"n": 0})) if strict else []
         if unidentified:
             raise ArchscaleError(f"refit not identified: {unidentified[0].message}")
         if config.get("lopt") == "measured":  # the paper's protocol: a reference run per group
@@ -344,7 +345,9 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
                                           f"runs with {holdout_by} >= {holdout_above:.4g} held out "
                                           "(not fitted)")
     elif len(set(scale_labels(table))) >= 2:
-        task = validation.heldout(table, target, fit_predict, min_train, kind.axes, space)
+        # scored even where the refit is degenerate: its error is part of what the user is told
+        task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
+                                  kind.axes, space)
         if task is not None:
             _score_heldout(task, tasks, space, noise_floor)
             checks["heldout"] = task

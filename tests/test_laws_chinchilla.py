@@ -165,3 +165,42 @@ def test_refuses_unfittable_tables(change, match):
     n_params, tokens, loss, _ = synthetic_runs()
     with pytest.raises(ArchscaleError, match=match):
         fit_law("chinchilla", change(_table(n_params, tokens, loss)), n_boot=0)
+
+
+def test_blocked_evaluation_matches_one_block_and_degenerate_hessian():
+    """The objective evaluates its batch in cache-sized blocks; any blocking gives the same
+    numbers (to rounding), and the Hessian holds where E vanishes (s3 ~ 0: its terms in s3 come
+    by difference)."""
+    n_params, tokens, loss, _ = synthetic_runs(noise=0.01)
+    weights = np.random.default_rng(2).integers(0, 3, size=(7, n_params.size)).astype(float)
+    x = chinchilla.grid_starts()[::700][:7].copy()
+    x[-1] = [6.0, 7.0, -30.0, 0.3, 0.35]  # E = e^-30: the third term carries no weight
+    for w in (None, weights):
+        objective = chinchilla.HuberLogObjective(np.log(n_params), np.log(tokens), np.log(loss), w)
+        rows = np.arange(7)
+        objective.block_rows = 7
+        f_one, (g_one, h_one) = objective.value(x, rows)
+        objective.block_rows = 2  # four blocks
+        f_blocks, (g_blocks, h_blocks) = objective.value(x, rows)
+        for blocked, one in ((f_blocks, f_one), (g_blocks, g_one), (h_blocks, h_one)):
+            np.testing.assert_allclose(blocked, one, rtol=1e-12, atol=1e-15 * np.abs(one).max())
+    # Hessian where E vanishes, against differences of the analytic gradient
+    objective = chinchilla.HuberLogObjective(np.log(n_params), np.log(tokens), np.log(loss))
+    p, row = x[-1], np.arange(1)
+    hess = objective.value(p[None], row)[1][1][0]
+    numeric = np.array([approx_fprime(p, lambda q, j=j: objective.value(q[None], row)[1][0][0][j],
+                                      1e-7) for j in range(5)])
+    np.testing.assert_allclose(hess, numeric, rtol=1e-3, atol=1e-9 * np.abs(hess).max())
+
+
+def test_repeated_fits_are_remembered():
+    n_params, tokens, loss, _ = synthetic_runs(noise=0.01)
+    first = chinchilla.fit_chinchilla(n_params, tokens, loss)
+    first.coef[0] = -1.0  # a caller's edit does not reach the remembered fit
+    again = chinchilla.fit_chinchilla(n_params.copy(), tokens, loss)
+    assert again.objective == first.objective and again.coef[0] > 0
+    np.testing.assert_array_equal(again.coef[1:], first.coef[1:])
+    other = chinchilla.fit_chinchilla(n_params, tokens, np.r_[loss[0] * 1.01, loss[1:]])
+    assert other.objective != first.objective
+    wider = chinchilla.fit_chinchilla(n_params, tokens, loss, delta=2e-3)
+    assert wider.objective != first.objective

@@ -97,6 +97,33 @@ def test_joint_and_chinchilla_lopt_fit_synthetic_runs():
         assert finite.mean() == law.bootstrap["converged_fraction"] > 0.5
 
 
+@pytest.mark.parametrize("combine", ["product", "additive"])
+@pytest.mark.parametrize("joint", [True, False])
+def test_least_squares_jacobian_matches_finite_differences(combine, joint):
+    """The analytic Jacobian the LM fit uses, against central differences, in every mode."""
+    table = synthetic_table(combine=combine, noise=0.01).assign(aspect=lambda t: 40 / t.r)
+    config = conditional.configure({"combine": combine, "lopt": "joint" if joint else "given",
+                                    "chinchilla": CHIN,
+                                    "terms": "d_over_sqrt_n:u_log_inv,r:u_log_inv,aspect:u_log_sq"})
+    inputs = conditional._inputs(config, table, "test", with_lopt=False)
+    l_opt = None if joint else chinchilla.predict(np.array(CHIN), inputs["N"], inputs["D"])[0]
+    rng = np.random.default_rng(0)
+    terms = rng.normal(scale=0.05, size=6)
+    theta = (np.r_[np.log(CHIN[:3]), CHIN[3:], terms] if joint else np.r_[0.97, terms])
+
+    def predict(theta):
+        coef = (np.r_[chinchilla.to_natural(theta[:5])[0], theta[5:]] if joint else theta)
+        return conditional._evaluate(config, coef[None], inputs, l_opt)[0]
+
+    analytic = conditional._jacobian(config, inputs, theta, l_opt)
+    steps = 1e-6 * np.maximum(np.abs(theta), 1e-2)
+    numeric = np.column_stack([(predict(theta + h * unit) - predict(theta - h * unit)) / (2 * h)
+                               for h, unit in zip(steps, np.eye(len(theta)), strict=True)])
+    assert analytic.shape == numeric.shape == (len(table), len(theta))
+    scale = np.abs(numeric).max(axis=0)  # per column: a tiny entry is compared to its column
+    assert np.all(np.abs(analytic - numeric) <= 1e-6 * scale)
+
+
 def test_measured_lopt_uses_the_best_run_of_each_group():
     table = synthetic_table()
     law = fit_law("conditional", table, {"lopt": "measured"}, n_boot=10, progressive=False)

@@ -180,3 +180,24 @@ def test_compute_optimal_matches_a_direct_minimisation():
                            options={"xatol": 1e-10})
     assert n_opt[0] == pytest.approx(np.exp(best.x), rel=1e-4)
     assert d_opt[0] == pytest.approx(compute / (6 * np.exp(best.x)), rel=1e-4)
+
+
+def test_cli_compute_optimal_on_the_epoch_runs(tmp_path):
+    """Hoffmann et al.'s runs: N* at 1e21 FLOPs lies near the published fit's, D*/N* near 20."""
+    raw = pd.read_csv(VALIDATION_DIR / "chinchilla_epoch.csv")
+    csv = tmp_path / "epoch.csv"
+    raw.assign(D=raw["Training FLOP"] / (6 * raw["Model Size"])).to_csv(csv, index=False)
+    law_file = tmp_path / "chinchilla.json"
+    result = CliRunner().invoke(app, ["fit", "--law", "chinchilla", "--csv", str(csv), "--columns",
+                                      "N=Model Size,loss=loss", "--out", str(law_file),
+                                      "--n-boot", "100", "--no-progressive", "--drop-highest-loss",
+                                      "5"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["predict", str(law_file), "--compute", "1e21", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    published_n, _ = compute_optimal(EPOCH, 1e21)
+    assert shown["N"] == pytest.approx(published_n[0], rel=0.1)
+    assert shown["N_interval_95"][0] < shown["N"] < shown["N_interval_95"][1]
+    assert 10 < shown["tokens_per_param"] < 40
+    assert shown["D"] == pytest.approx(1e21 / (6 * shown["N"]))
