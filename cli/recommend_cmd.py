@@ -68,7 +68,7 @@ def print_recommendation(rec: Recommendation) -> None:
         if index == len(rec.recommended):
             table.add_section()  # the loss-optimal shape and the baseline, for comparison
         table.add_row(label, *cells.values())
-    Console(width=180).print(table)
+    Console(width=200).print(table)
     for note in rec.notes:
         typer.echo(f"note: {note}")
 
@@ -100,22 +100,48 @@ def recommend(
     any_heads: Annotated[bool, typer.Option(
         "--any-heads", help="Allow d_model not divisible by n_heads (transformers 5.x refuses "
                             "such configs).")] = False,
+    d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")] = 128,
+    d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = 128,
     batch: Annotated[int, typer.Option(help="Decode batch of the throughput predictions.")] = 64,
     context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")] = 2048,
-    level: Annotated[float, typer.Option(help="Interval level.")] = 0.95,
+    level: Annotated[float, typer.Option(
+        help="Level of the interval of the law's mean (the table prints the 90% prediction "
+             "interval).")] = 0.95,
+    accuracy_law: Annotated[Path | None, typer.Option(
+        help="Accuracy law.json (`archscale fit --law accuracy`): adds each shape's predicted "
+             "accuracy with its 90% interval.")] = None,
+    measure: Annotated[bool, typer.Option(
+        "--measure/--no-measure", help="Time the recommended shapes, the loss-optimal shape and "
+                                       "the baseline at the target size (random weights, "
+                                       "interleaved) on this machine's device, where they fit "
+                                       "in memory; rank by the measurement.")] = False,
+    measure_seconds: Annotated[float, typer.Option(
+        help="With --measure: seconds each shape's prefill and decode are timed for, at least.")
+    ] = 1.0,
+    measure_repeats: Annotated[int, typer.Option(
+        help="With --measure: timed calls per shape, at least.")] = 3,
 ) -> None:
-    """Recommend shapes: highest predicted decode throughput under a loss target at N, D."""
+    """Recommend shapes: highest decode throughput (predicted, or measured with --measure) under
+    a loss target at N, D."""
     # every option as given, first thing, for the provenance of the output
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     from archscale.search.recommend import SearchSpace, save_recommendation
     from archscale.search.recommend import recommend as run_recommend
+    from archscale.search.throughput_models import MeasureSettings
 
     loss_law = load_law(law)
+    acc_law = None if accuracy_law is None else load_law(accuracy_law)
     model = _throughput_model(throughput_law, device)
+    measure_settings = (MeasureSettings(min_seconds=measure_seconds, repeats=measure_repeats)
+                        if measure else None)
     space = SearchSpace(params, tokens, d_over_sqrt_n=parse_range(d_over_sqrt_n, "--d-over-sqrt-n"),
                         r=parse_range(r, "--r"), gqa_group=gqa, head_dim=head_dim, n_layers=layers,
-                        vocab_size=vocab_size, seq_len=seq_len, heads_divide_d_model=not any_heads)
+                        vocab_size=vocab_size, seq_len=seq_len, d_model_multiple=d_model_multiple,
+                        d_ff_multiple=d_ff_multiple, heads_divide_d_model=not any_heads)
     files = {"loss_law_file": {"path": str(law), "sha256": file_sha256(law), "kind": loss_law.kind}}
+    if accuracy_law is not None:
+        files["accuracy_law_file"] = {"path": str(accuracy_law),
+                                      "sha256": file_sha256(accuracy_law), "kind": acc_law.kind}
     if throughput_law is not None:
         files["throughput_law_file"] = {"path": str(throughput_law),
                                         "sha256": file_sha256(throughput_law), "kind": "throughput"}
@@ -127,6 +153,7 @@ def recommend(
         loss_law, space, model, target_loss=target_loss, max_loss_increase=increase, top=top,
         batch=batch, context=context, level=level,
         baseline=None if baseline is None else load_spec(baseline), min_kv_heads=min_kv_heads,
+        accuracy_law=acc_law, measure=measure_settings,
         provenance={**files, "command_settings": settings})
     print_recommendation(rec)
     typer.echo(f"wrote {save_recommendation(rec, out)}")
@@ -141,7 +168,7 @@ def export(
     dtype: Annotated[str, typer.Option(help="The configs' dtype field.")] = "bfloat16",
 ) -> None:
     """Write one HuggingFace config.json per recommended shape, with the predictions and their
-    provenance in recommendations.json."""
+    provenance in recommendations.json (any database password in it hidden)."""
     from archscale.search.export import FORMATS, export_hf, recommendation_path
 
     if fmt not in FORMATS:
@@ -151,5 +178,15 @@ def export(
         typer.echo(f"wrote {path}")
     manifest = out / "recommendations.json"
     typer.echo(f"wrote {manifest}")
-    for note in json.loads(manifest.read_text())["export"]["notes"]:
+    exported = json.loads(manifest.read_text())["export"]
+    for note in exported["notes"]:
         typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+    hidden = exported.get("passwords_hidden") or {}
+    if hidden:
+        places = "; ".join(f"{place}: {shown}" for place, shown in hidden.items())
+        typer.secho(
+            f"password hidden: {exported['source']} holds a database URL with its password "
+            f"(written before archscale hid passwords), so the export shows it as *** ({places}). "
+            "The source file and the law files it came from still hold it: do not share them; "
+            "refit the laws (`archscale fit`) and recommend again to replace them.",
+            err=True, fg=typer.colors.YELLOW)

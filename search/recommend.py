@@ -17,279 +17,104 @@ with its own prediction.
 The target loss is absolute (``target_loss``) or a relative increase over the loss-optimal shape's
 prediction (``max_loss_increase``). Every number says how it was obtained, and predictions beyond
 the trained scales carry their extrapolation factors (target / largest trained N and D).
+
+Each reported loss carries two intervals: the bootstrap interval of the law's mean
+(``loss_low``/``loss_high``, at ``level``) and the 90% prediction interval, where a run of that
+shape will land (``loss_interval_90``; laws/intervals.py), the one the table prints. With an
+accuracy law, each shape also gets the accuracy at its predicted loss, whose 90% interval spans
+the accuracy law's prediction intervals at the loss interval's ends and at the point (accuracy
+is monotone in loss). With ``measure``, the recommended shapes, the loss-optimal shape and the
+baseline are built at the target size with random weights and timed, interleaved: measured
+decode tokens/s rank the recommended shapes, and the throughput model serves only shapes that
+do not fit in memory, with its error on the measured shapes stated (``throughput_check``).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.shapes import shape_from_budget
-from archscale.arch.spec import ArchSpec, SpecError
+from archscale.arch.spec import ArchSpec
 from archscale.laws import Law, spec_table
-from archscale.search.throughput_models import ThroughputModel
+from archscale.search.recommendation import (
+    PREDICTION_LEVEL,
+    Recommendation,
+    Scored,
+    save_recommendation,
+)
+from archscale.search.space import SearchSpace
+from archscale.search.throughput_models import (
+    MeasureSettings,
+    ThroughputModel,
+    check_methods,
+    check_notes,
+    check_throughput,
+)
 
-
-def _range(values: tuple[float, ...], name: str) -> tuple[float, float]:
-    if not values or not all(v > 0 for v in values):
-        raise ArchscaleError(f"{name} range {values} must hold positive values, e.g. 0.03:0.3")
-    return min(values), max(values)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Candidate shapes at the target scale."""
-
-    params: float
-    """Target non-embedding parameters N."""
-    tokens: float
-    """Training tokens D the loss is predicted for."""
-    d_over_sqrt_n: tuple[float, ...] = (0.03, 0.3)
-    """Width range as d_model / sqrt(N): every d_model multiple between its min and max is tried."""
-    r: tuple[float, ...] = (0.5, 8.0)
-    """MLP-to-attention ratio range: ``r_points`` values log-spaced between its min and max."""
-    r_points: int = 48
-    """Grid points in r (48 over 0.5..8 steps 6%, about one d_ff multiple of 128 at 1B)."""
-    gqa_group: int = 4
-    """GQA group of step 1; step 2 searches larger groups from here."""
-    head_dim: int = 64
-    """Head width of every candidate."""
-    n_layers: int | None = None
-    """Fixed depth, or None for n_heads near d / head_dim and the depth the budget affords."""
-    vocab_size: int = 128256
-    """Vocabulary of the target model."""
-    seq_len: int = 8192
-    """Context of the target model."""
-    d_model_multiple: int = 128
-    """d_model rounding (hardware-friendly widths)."""
-    d_ff_multiple: int = 128
-    """d_ff rounding."""
-    max_params_error: float = 0.05
-    """Candidates missing N by more than this fraction are dropped."""
-    heads_divide_d_model: bool = True
-    """Keep only shapes with d_model a multiple of n_heads: transformers 5.x refuses other
-    LlamaConfigs even with an explicit head_dim (huggingface/transformers#46082)."""
-
-    def __post_init__(self) -> None:
-        if not (self.params > 0 and self.tokens > 0):
-            raise ArchscaleError(f"--params {self.params:g} and --tokens {self.tokens:g} must be "
-                                 "positive, e.g. --params 1e9 --tokens 1e11")
-        _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
-        _range(self.r, "--r")
-        if self.r_points < 1 or self.gqa_group < 1:
-            raise ArchscaleError(f"r_points={self.r_points} and --gqa {self.gqa_group} must be >= 1")
-
-    def shape(self, d_model: int, r: float, gqa_group: int) -> ArchSpec | None:
-        """The valid integer shape at (d_model, r, GQA group) and the target N, or None."""
-        try:
-            shape = shape_from_budget(
-                self.params, r, gqa_group, d_model=d_model, n_layers=self.n_layers,
-                head_dim=self.head_dim, vocab_size=self.vocab_size, seq_len=self.seq_len,
-                d_ff_multiple=self.d_ff_multiple, d_model_multiple=self.d_model_multiple)
-        except SpecError:
-            return None
-        spec = shape.spec
-        if abs(shape.params_rel_error) > self.max_params_error:
-            return None
-        if self.heads_divide_d_model and spec.d_model % spec.n_heads:
-            return None
-        return spec
-
-    def regroup(self, spec: ArchSpec, n_kv_heads: int) -> ArchSpec | None:
-        """``spec`` with ``n_kv_heads``, the K/V parameters freed moved into the MLP (d_ff
-        rounded) so N stays put; None if that misses the target N by too much."""
-        fewer = spec.replace(n_kv_heads=n_kv_heads)
-        freed = spec.attn_params_per_layer - fewer.attn_params_per_layer
-        per_unit = spec.mlp_params_per_layer // spec.d_ff  # MLP parameters per unit of d_ff
-        step = self.d_ff_multiple
-        regrouped = fewer.replace(d_ff=spec.d_ff + round(freed / per_unit / step) * step)
-        if abs(regrouped.params_nonembed / self.params - 1) > self.max_params_error:
-            return None
-        return regrouped
-
-    def widths(self) -> range:
-        lo, hi = _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
-        step = self.d_model_multiple
-        root = math.sqrt(self.params)
-        return range(max(step, math.ceil(lo * root / step) * step), math.floor(hi * root) + 1, step)
-
-    def candidates(self) -> list[ArchSpec]:
-        """Every distinct valid shape of step 1 (base GQA group)."""
-        lo, hi = _range(self.r, "--r")
-        specs: dict[ArchSpec, None] = {}
-        for d_model in self.widths():
-            for r in np.geomspace(lo, hi, self.r_points):
-                spec = self.shape(d_model, float(r), self.gqa_group)
-                if spec is not None:
-                    specs[spec] = None
-        if not specs:
-            raise ArchscaleError(
-                f"no valid shape within {self.max_params_error:.0%} of N={self.params:.3g} in "
-                f"d/sqrt(N) {self.d_over_sqrt_n} and r {self.r}: widen --d-over-sqrt-n / --r, "
-                "change --layers or --head-dim")
-        return list(specs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One shape with its predictions."""
-
-    spec: ArchSpec
-    """The shape."""
-    loss: float
-    """Predicted loss of this exact shape (its own N) at the target tokens."""
-    loss_low: float
-    """Lower end of the loss interval (NaN when the law has no bootstrap samples)."""
-    loss_high: float
-    """Upper end of the loss interval."""
-    decode_tokens_per_s: float
-    """Predicted decode throughput at the recommendation's (batch, context)."""
-    origin: str = "grid"
-    """Where the shape came from: the step-1 grid, a GQA step, or the baseline."""
-
-    def to_dict(self, batch: int, context: int, dtype: str = "bf16") -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_dict(), "origin": self.origin,
-            "params_total": self.spec.params_total, "params_nonembed": self.spec.params_nonembed,
-            "r_mlp_attn": self.spec.r_mlp_attn, "d_over_sqrt_n": self.spec.d_over_sqrt_n,
-            "gqa_group": self.spec.gqa_group,
-            "predicted_loss": self.loss,
-            "loss_interval": [_finite(self.loss_low), _finite(self.loss_high)],
-            "predicted_decode_tokens_per_s": self.decode_tokens_per_s,
-            "kv_cache_bytes": self.spec.kv_cache_bytes(batch, context, dtype),
-            "kv_cache_bytes_per_token": self.spec.kv_cache_bytes_per_token(dtype),
-        }
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The answer: recommended shapes, the loss-optimal shape, the Pareto set, a baseline."""
-
-    recommended: list[Scored]
-    """Best shapes by throughput under the target loss, fastest first."""
-    loss_optimal: Scored
-    """The shape of lowest loss at equal N (the paper's Panda)."""
-    pareto: list[Scored]
-    """Shapes no other shape beats on both loss and throughput, by loss."""
-    baseline: Scored | None
-    """A reference shape predicted with the same laws, or None."""
-    target_loss: float
-    """The loss constraint every recommended shape meets."""
-    batch: int
-    """Decode batch of the throughput predictions."""
-    context: int
-    """Cached context of the throughput predictions."""
-    provenance: dict[str, Any] = field(default_factory=dict)
-    """Laws, search settings, versions and command settings behind the numbers."""
-    dtype: str = "bf16"
-    """Serving dtype of the throughput predictions and KV-cache bytes."""
-    extrapolation: dict[str, Any] = field(default_factory=dict)
-    """Per law (loss_law, throughput_law): target / largest trained N and D."""
-    methods: dict[str, str] = field(default_factory=dict)
-    """How each reported number is obtained, by output key."""
-    notes: tuple[str, ...] = ()
-    """What the user must know to read the numbers."""
-
-    def shape_dict(self, s: Scored) -> dict[str, Any]:
-        out = s.to_dict(self.batch, self.context, self.dtype)
-        law = self.extrapolation.get("loss_law") or {}
-        out["extrapolation"] = {
-            "N": None if law.get("N") is None else s.spec.params_nonembed / law["N"]["trained_max"],
-            "D": None if law.get("D") is None else law["D"]["factor"]}
-        if self.baseline is not None:
-            out["vs_baseline"] = _versus(s, self.baseline)
-        out["obtained"] = self.methods
-        return out
-
-    def display_rows(self) -> list[tuple[str, dict[str, str]]]:
-        """(label, column -> text) for the recommended shapes by rank, the loss-optimal shape and
-        the baseline: the one table ``archscale recommend`` prints and the demo report shows."""
-        level = self.provenance["search"]["interval_level"]
-        rows = [(f"#{rank}", s) for rank, s in enumerate(self.recommended, 1)]
-        rows.append(("loss-optimal", self.loss_optimal))
-        if self.baseline is not None:
-            rows.append(("baseline", self.baseline))
-        return [(label, _display_cells(s, self.baseline, level, self.dtype)) for label, s in rows]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target_loss": self.target_loss,
-            "throughput_setting": {"batch": self.batch, "context": self.context,
-                                   "dtype": self.dtype},
-            "extrapolation": self.extrapolation,
-            "recommended": [self.shape_dict(s) for s in self.recommended],
-            "loss_optimal": self.shape_dict(self.loss_optimal),
-            "pareto": [self.shape_dict(s) for s in self.pareto],
-            "baseline": None if self.baseline is None else self.shape_dict(self.baseline),
-            "notes": list(self.notes),
-            "provenance": self.provenance,
-        }
-
-
-def _display_cells(s: Scored, baseline: Scored | None, level: float, dtype: str) -> dict[str, str]:
-    spec = s.spec
-    loss = f"{s.loss:.4f}"
-    if math.isfinite(s.loss_low) and math.isfinite(s.loss_high):
-        loss += f" [{s.loss_low:.4f}, {s.loss_high:.4f}]"
-    gain = ""
-    if baseline is not None and s is not baseline:
-        versus = _versus(s, baseline)
-        gain = f"{versus['throughput_gain']:+.1%}" + ("" if versus["equal_or_better_loss"]
-                                                       else " (worse loss)")
-    return {"d_model": str(spec.d_model), "layers": str(spec.n_layers),
-            "heads/kv": f"{spec.n_heads}/{spec.n_kv_heads}", "d_ff": str(spec.d_ff),
-            "r": f"{spec.r_mlp_attn:.2f}", "d/sqrt(N)": f"{spec.d_over_sqrt_n:.4f}",
-            "N": f"{spec.params_nonembed:,}", f"predicted loss [{level:.0%}]": loss,
-            "decode tok/s": f"{s.decode_tokens_per_s:,.0f}", "vs baseline": gain,
-            "KV bytes/token": f"{spec.kv_cache_bytes_per_token(dtype):,}"}
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _versus(s: Scored, base: Scored) -> dict[str, Any]:
-    """Throughput gain over the baseline, which counts as a gain at equal-or-better loss only."""
-    gain = s.decode_tokens_per_s / base.decode_tokens_per_s - 1
-    better = s.loss <= base.loss
-    return {"throughput_gain": gain, "loss_delta": s.loss - base.loss,
-            "equal_or_better_loss": better, "gain_at_equal_or_better_loss": gain if better else None}
-
-
-def save_recommendation(rec: Recommendation, out_dir: str | Path) -> Path:
-    """Write ``out_dir/recommendations.json``; returns its path."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ArchscaleError(f"--out {out} is a file: give a directory for recommendations.json")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "recommendations.json"
-    path.write_text(json.dumps(rec.to_dict(), indent=1, allow_nan=False) + "\n")
-    return path
+__all__ = ["Recommendation", "Scored", "SearchSpace", "accuracy_at", "gqa_local_search",
+           "pareto_front", "recommend", "save_recommendation", "score"]
 
 
 def score(specs: list[ArchSpec], law: Law, throughput: ThroughputModel, tokens: float,
           batch: int, context: int, level: float = 0.95, origin: str = "grid") -> list[Scored]:
-    """Predicted loss (with its interval) and decode throughput of each shape."""
+    """Predicted loss (with the interval of the law's mean at ``level`` and the 90% prediction
+    interval) and decode throughput of each shape."""
     table = spec_table(specs, tokens)
     loss = np.asarray(law.predict(table), dtype=float)
+    missing = np.full(len(specs), np.nan)
     if len(law.coef_samples):
-        low, high = (np.asarray(a, dtype=float) for a in law.predict_interval(table, level))
+        low, high = (np.asarray(a, dtype=float) for a in law.mean_interval(table, level))
     else:
-        low = high = np.full(len(specs), np.nan)
+        low = high = missing
+    if law.error_model is not None:
+        lower, upper = (np.asarray(a, dtype=float)
+                        for a in law.prediction_interval(table, PREDICTION_LEVEL))
+    else:
+        lower = upper = missing
     speed = throughput.decode_tokens_per_s(specs, batch, context)
-    return [Scored(s, float(l_), float(lo_), float(hi_), float(v), origin)
-            for s, l_, lo_, hi_, v in zip(specs, loss, low, high, speed, strict=True)]
+    return [Scored(s, float(l_), float(lo_), float(hi_), float(v), origin,
+                   loss_interval_90=(float(a), float(b)))
+            for s, l_, lo_, hi_, v, a, b in zip(specs, loss, low, high, speed, lower, upper,
+                                                strict=True)]
+
+
+def accuracy_at(scored: list[Scored], accuracy_law: Law) -> list[Scored]:
+    """Each shape with the accuracy law at its predicted loss, and a 90% accuracy interval
+    that takes in the loss's uncertainty: the extremes of the accuracy law's prediction
+    intervals at the loss interval's two ends and at the point (accuracy is monotone in loss),
+    clipped to [0, 1]. The loss interval is the prediction interval, else the interval of the
+    law's mean, else the point; the accuracy law's is its prediction interval, else the
+    interval of its mean, else none."""
+    if not scored:
+        return []
+    point = np.array([s.loss for s in scored])
+    ends = []
+    for s in scored:
+        pair = s.loss_interval_90
+        if not all(math.isfinite(v) for v in pair):
+            pair = (s.loss_low, s.loss_high)
+        ends.append(pair if all(math.isfinite(v) for v in pair) else (s.loss, s.loss))
+    losses = np.concatenate([point, np.array(ends).T.ravel()])  # point, lows, highs
+    rows = pd.DataFrame({"loss": losses})
+    if accuracy_law.error_model is not None:
+        lower, upper = accuracy_law.prediction_interval(rows, PREDICTION_LEVEL)
+    elif len(accuracy_law.coef_samples):
+        lower, upper = accuracy_law.mean_interval(rows, PREDICTION_LEVEL)
+    else:
+        lower = upper = accuracy_law.predict(rows)
+    n = len(scored)
+    accuracy = np.asarray(accuracy_law.predict(rows[:n]), dtype=float)
+    low = np.clip(np.asarray(lower, dtype=float).reshape(3, n).min(axis=0), 0, 1)
+    high = np.clip(np.asarray(upper, dtype=float).reshape(3, n).max(axis=0), 0, 1)
+    return [dataclasses.replace(s, predicted_accuracy=float(a), accuracy_interval_90=(lo, hi))
+            for s, a, lo, hi in zip(scored, accuracy, low.tolist(), high.tolist(), strict=True)]
 
 
 def pareto_front(scored: list[Scored]) -> list[Scored]:
@@ -349,15 +174,29 @@ def _law_features(law: Law) -> set[str]:
 
 
 def _notes(law: Law, throughput: ThroughputModel, extrapolation: dict[str, Any],
-           min_kv_heads: int) -> list[str]:
+           min_kv_heads: int, level: float, accuracy_law: Law | None) -> list[str]:
     notes = [f"loss law: {n}" for n in law.notes if "NOT CONVERGED" in n or "bootstrap" in n]
+    notes += [f"loss law not identified ({p.code}): {p.message}" for p in law.problems]
     if "gqa_group" not in _law_features(law):
         notes.append(f"the loss law has no gqa_group term, so the GQA search sees no loss cost "
                      "of sharing KV heads (only the r shift of moving their parameters into the "
                      "MLP): it stops when throughput gains end, the target breaks, or at "
                      f"--min-kv-heads {min_kv_heads}")
     if not len(law.coef_samples):
-        notes.append("the loss law has no bootstrap samples: no loss intervals (refit with --n-boot)")
+        notes.append("the loss law has no bootstrap samples: no interval of its mean (refit "
+                     "with --n-boot)")
+    if law.error_model is None:
+        notes.append(f"the loss law has no prediction-interval calibration (fitted by an older "
+                     f"archscale): no {PREDICTION_LEVEL:.0%} prediction interval, so the table "
+                     f"shows the {level:.0%} interval of the law's mean, which leaves out run "
+                     "scatter and extrapolation error; refit it with `archscale fit`")
+    if accuracy_law is not None:
+        notes += [f"accuracy law not identified ({p.code}): {p.message}"
+                  for p in accuracy_law.problems]
+        if accuracy_law.error_model is None:
+            notes.append("the accuracy law has no prediction-interval calibration (fitted by an "
+                         "older archscale): its accuracy intervals hold the interval of its "
+                         "mean only; refit it with `archscale fit --law accuracy`")
     for which, ext in extrapolation.items():
         for key, value in ext.items():
             if value is None:
@@ -371,30 +210,66 @@ def _notes(law: Law, throughput: ThroughputModel, extrapolation: dict[str, Any],
     return notes
 
 
+def _prediction_method(law: Law) -> str:
+    model = law.error_model
+    if model is None:
+        return "not available: the law has no error model (fitted by an older archscale)"
+    if model.growth is None:
+        spread = (f"run scatter {model.sigma_run:.3g} and the bootstrap interval of the law's "
+                  "mean added in quadrature (how the error grows with extrapolation is not "
+                  "calibrated: the law was fitted without progressive held-out fits)")
+    else:
+        spread = (f"sigma^2 = run scatter {model.sigma_run:.3g}^2 + ({model.growth:.3g} x log "
+                  f"units beyond the fitted {', '.join(model.ranges)})^2, the growth calibrated "
+                  f"on {model.n_heldout} progressive held-out predictions")
+    return (f"{PREDICTION_LEVEL:.0%} prediction interval, where a run of this shape lands "
+            f"({model.method}; laws/intervals.py): the prediction x exp(+-z sigma) with {spread}")
+
+
 def _methods(law: Law, throughput: ThroughputModel, tokens: float, batch: int, context: int,
-             level: float, dtype: str) -> dict[str, str]:
+             level: float, dtype: str, accuracy_law: Law | None) -> dict[str, str]:
     terms = ", ".join(f"{t['feature']}:{t['form']}" for t in law.config["terms"])
-    return {
+    methods = {
         "predicted_loss": f"conditional law ({law.config['combine']}, L_opt {law.config['lopt']}, "
                           f"terms {terms}) at this shape's N and D={tokens:.4g}",
-        "loss_interval": f"{level:.0%} percentile interval of the predictions of "
-                         f"{law.bootstrap.get('n', 0)} bootstrap refits (uncertainty of the law's "
-                         "mean; not the error of extrapolating its form)",
+        "loss_interval_90": _prediction_method(law),
+        "loss_mean_interval": f"{level:.0%} percentile interval of the predictions of "
+                              f"{law.bootstrap.get('n', 0)} bootstrap refits (uncertainty of the "
+                              "law's mean; not where a run lands)",
         "predicted_decode_tokens_per_s": f"{throughput.description}, at batch {batch} and "
                                          f"context {context}",
         "kv_cache_bytes": f"exact: 2 x n_layers x n_kv_heads x head_dim x bytes of {dtype} x "
                           f"batch {batch} x context {context}",
         "params": "exact count of the shape (N = non-embedding; arch/spec.py conventions)",
     }
+    if accuracy_law is not None:
+        how = ("prediction interval" if accuracy_law.error_model is not None
+               else "interval of the mean" if len(accuracy_law.coef_samples) else "point")
+        methods["predicted_accuracy"] = (f"accuracy law (sigmoid of loss -> "
+                                         f"{accuracy_law.target}) at the predicted loss")
+        methods["accuracy_interval_90"] = (
+            f"lowest and highest ends of the accuracy law's {PREDICTION_LEVEL:.0%} {how} at the "
+            f"loss's {PREDICTION_LEVEL:.0%} prediction interval ends and at the predicted loss "
+            "(accuracy is monotone in loss), clipped to [0, 1]")
+    return methods
 
 
 def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
               target_loss: float | None = None, max_loss_increase: float | None = None,
               top: int = 5, batch: int = 64, context: int = 2048, level: float = 0.95,
               baseline: ArchSpec | None = None, min_kv_heads: int = 1, min_gain: float = 0.01,
+              accuracy_law: Law | None = None, measure: MeasureSettings | bool | None = None,
               provenance: Mapping[str, Any] | None = None) -> Recommendation:
-    """Algorithm 1 over the fitted laws; see the module docstring."""
+    """Algorithm 1 over the fitted laws; see the module docstring.
+
+    ``accuracy_law`` (kind accuracy) adds each shape's predicted accuracy and its interval;
+    ``measure`` (True or the settings) times the finalists at the target size.
+    """
     _law_features(law)
+    if accuracy_law is not None and accuracy_law.kind != "accuracy":
+        raise ArchscaleError(f"--accuracy-law holds a {accuracy_law.kind} law: give an accuracy "
+                             "law (`archscale fit --law accuracy`)")
+    settings = MeasureSettings() if measure is True else (measure or None)
     if (target_loss is None) == (max_loss_increase is None):
         raise ArchscaleError("give exactly one of --target-loss or --max-loss-increase")
     if max_loss_increase is not None and not 0 <= max_loss_increase < 1:
@@ -437,24 +312,56 @@ def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
     if baseline is not None:
         (base,) = score([baseline], law, throughput, space.tokens, batch, context, level,
                         origin="baseline")
+    pareto = pareto_front(visited)
     extrapolation = {"loss_law": _extrapolation(law.provenance, {"N": space.params,
                                                                  "D": space.tokens})}
     if throughput.fitted_on is not None:  # a throughput law does not depend on D
         extrapolation["throughput_law"] = _extrapolation(throughput.fitted_on,
                                                          {"N": space.params})
     dtype = throughput.dtype
+    notes = _notes(law, throughput, extrapolation, min_kv_heads, level, accuracy_law)
+    methods = _methods(law, throughput, space.tokens, batch, context, level, dtype, accuracy_law)
+    if accuracy_law is not None:
+        shapes = [*ranked, loss_optimal, *pareto, *([base] if base is not None else [])]
+        done = dict(zip((id(s) for s in shapes), accuracy_at(shapes, accuracy_law), strict=True))
+        ranked, loss_optimal, pareto = ([done[id(s)] for s in ranked], done[id(loss_optimal)],
+                                        [done[id(s)] for s in pareto])
+        base = None if base is None else done[id(base)]
+    check = None
+    if settings is not None:
+        finalists = [*ranked, loss_optimal, *([base] if base is not None else [])]
+        measured, check = check_throughput(
+            [s.spec for s in finalists], [s.decode_tokens_per_s for s in finalists],
+            [s.origin for s in finalists], throughput, batch, context, settings)
+
+        def add(s: Scored) -> Scored:
+            value = measured.get(s.spec)
+            return s if value is None else dataclasses.replace(s, measured_decode_tokens_per_s=value)
+
+        ranked, loss_optimal, pareto = ([add(s) for s in ranked], add(loss_optimal),
+                                        [add(s) for s in pareto])
+        base = None if base is None else add(base)
+        pool = {s.spec: s for s in ranked}
+        if loss_optimal.loss <= target_loss:  # it competes on measured speed too
+            pool.setdefault(loss_optimal.spec, loss_optimal)
+        ranked = sorted(pool.values(), key=lambda s: -s.throughput)[:top]
+        notes += check_notes(check, throughput)
+        methods.update(check_methods(check))
     return Recommendation(
-        recommended=ranked, loss_optimal=loss_optimal, pareto=pareto_front(visited),
+        recommended=ranked, loss_optimal=loss_optimal, pareto=pareto,
         baseline=base, target_loss=float(target_loss), batch=batch, context=context, dtype=dtype,
-        extrapolation=extrapolation,
-        methods=_methods(law, throughput, space.tokens, batch, context, level, dtype),
-        notes=tuple(_notes(law, throughput, extrapolation, min_kv_heads)),
+        extrapolation=extrapolation, methods=methods, notes=tuple(notes), throughput_check=check,
         provenance={
             "archscale_version": archscale.__version__,
             "target_loss": {"value": float(target_loss), "how": how},
             "loss_law": {"kind": law.kind, "form": law.config, "provenance": law.provenance,
                          "version": law.version, "converged": law.converged},
+            **({} if accuracy_law is None else {"accuracy_law": {
+                "kind": accuracy_law.kind, "form": accuracy_law.config,
+                "provenance": accuracy_law.provenance, "version": accuracy_law.version,
+                "converged": accuracy_law.converged}}),
             "throughput": throughput.description,
             "search": {**space.to_dict(), "min_kv_heads": min_kv_heads, "min_gain": min_gain,
-                       "top": top, "candidates": len(scored), "interval_level": level},
+                       "top": top, "candidates": len(scored), "interval_level": level,
+                       "measure": None if settings is None else settings.to_dict()},
             **dict(provenance or {})})

@@ -75,15 +75,15 @@ def test_study_and_laws_notebook(small_study, tmp_path, monkeypatch):
         law = summary[kind]
         assert_finite(law["coefficients"].values())
         assert law["intervals"].keys() == law["coefficients"].keys()
-        for low, high in law["intervals"].values():
-            assert_finite([low, high])
-            assert low <= high
+        # every run of this study has D = 5N: neither law is identified, and the notebook says why
+        assert not law["identified"] and "collinear" in law["problems"][0]
+        for low, high in law["intervals"].values():  # NaN where no bootstrap refit converged
+            assert (math.isnan(low) and math.isnan(high)) or low <= high
         held = law["heldout"]  # fit on the two smaller scales, predict the 8 runs of the largest
         assert held["rule"] == "largest scale '1.6e+04' held out"
         assert (held["n_train"], held["n_test"]) == (16, 8)
         assert_finite([held["mse"], held["mean_relative_error"]])
         assert held["mse"] > 0
-    assert summary["conditional"]["converged"]
     # The joint fit starts from the Chinchilla fit with flat shape terms and least squares never
     # goes uphill, so its in-sample error is at most Chinchilla's.
     assert (summary["conditional"]["in_sample"]["mse"]
@@ -128,7 +128,9 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
     assert summary["target_loss"] == pytest.approx(optimal["loss"] * 1.01)
     for shape in [*recommended, optimal]:
         assert abs(shape["N"] / summary["target_params"] - 1) <= 0.05
-        assert_finite([shape["loss"], *shape["loss_interval"], shape["decode_tokens_per_s"]])
+        assert_finite([shape["loss"], *shape["loss_interval_90"], shape["decode_tokens_per_s"]])
+        low, high = shape["loss_interval_90"]
+        assert low < shape["loss"] < high
     assert all(s["loss"] <= summary["target_loss"] for s in recommended)
     speeds = [s["decode_tokens_per_s"] for s in recommended]
     assert speeds == sorted(speeds, reverse=True)

@@ -7,6 +7,7 @@ d/sqrt(N) (optimum 0.07) x a U-curve in r (optimum 2.0), optionally x (1 + c ln 
 
 import dataclasses
 import json
+import statistics
 
 import numpy as np
 import pandas as pd
@@ -15,19 +16,26 @@ from test_laws_throughput_accuracy import measured_table
 from typer.testing import CliRunner
 
 import archscale
-from archscale.arch import get_preset
+from archscale.arch import ArchSpec, get_preset
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.main import app
 from archscale.laws import chinchilla, fit_law, save_law, spec_table
+from archscale.laws.accuracy import sigmoid
 from archscale.laws.table import file_sha256
 from archscale.search.recommend import (
     SearchSpace,
+    accuracy_at,
     gqa_local_search,
     recommend,
     save_recommendation,
     score,
 )
-from archscale.search.throughput_models import RooflineThroughput, throughput_from_law
+from archscale.search.throughput_models import (
+    MeasureSettings,
+    RooflineThroughput,
+    measure_bytes,
+    throughput_from_law,
+)
 from archscale.sweeps.hardware import KNOWN_DEVICES
 
 CHIN = [400.0, 1500.0, 1.8, 0.34, 0.36]
@@ -106,7 +114,7 @@ def test_recommended_shapes_meet_the_target_and_outrun_the_loss_optimal_shape(re
     np.testing.assert_allclose([s.loss for s in rec.recommended],
                                paper_law.predict(spec_table(specs, SPACE.tokens)), rtol=1e-12)
     np.testing.assert_allclose(speeds, H100.decode_tokens_per_s(specs, 64, 2048), rtol=1e-12)
-    low, high = paper_law.predict_interval(spec_table(specs, SPACE.tokens))
+    low, high = paper_law.mean_interval(spec_table(specs, SPACE.tokens))
     assert all(lo <= s.loss <= hi for s, lo, hi in zip(rec.recommended, low, high, strict=True))
     # no feasible grid shape is faster than the first recommendation
     grid = SPACE.candidates()
@@ -181,7 +189,7 @@ def test_a_law_without_bootstrap_gives_no_interval_and_says_so():
     law = fit_law("conditional", runs(), {"terms": PAPER, "lopt": "given", "chinchilla": CHIN},
                   n_boot=0, progressive=False)
     got = recommend(law, SPACE, H100, max_loss_increase=0.005, top=1)
-    assert got.to_dict()["recommended"][0]["loss_interval"] == [None, None]
+    assert got.to_dict()["recommended"][0]["loss_mean_interval"] == [None, None]
     assert any("no bootstrap samples" in n for n in got.notes)
 
 
@@ -234,16 +242,180 @@ def test_recommendation_json_round_trips(rec, tmp_path):
     first = data["recommended"][0]
     assert first["spec"] == rec.recommended[0].spec.to_dict()
     assert first["kv_cache_bytes"] == rec.recommended[0].spec.kv_cache_bytes(64, 2048)
-    assert set(first["obtained"]) >= {"predicted_loss", "loss_interval", "kv_cache_bytes",
-                                      "predicted_decode_tokens_per_s", "params"}
+    assert set(first["obtained"]) >= {"predicted_loss", "loss_interval_90", "loss_mean_interval",
+                                      "kv_cache_bytes", "predicted_decode_tokens_per_s", "params"}
     assert data["provenance"]["loss_law"]["provenance"]["n_range"] == [2e7, 7e8]
     assert data["provenance"]["archscale_version"] == archscale.__version__
+
+
+# ---- loss prediction intervals, accuracy, measured throughput --------------------------------
+SHAPE_KEYS = {"predicted_loss", "loss_interval_90", "predicted_accuracy", "accuracy_interval_90",
+              "measured_decode_tokens_per_s", "predicted_decode_tokens_per_s"}
+
+
+def test_shapes_carry_the_90_prediction_interval_beside_the_mean_interval(rec, paper_law):
+    specs = [s.spec for s in rec.recommended]
+    table = spec_table(specs, SPACE.tokens)
+    lower, upper = paper_law.prediction_interval(table, 0.9)
+    low, high = paper_law.mean_interval(table, 0.95)
+    for s, a, b, lo, hi in zip(rec.recommended, lower, upper, low, high, strict=True):
+        assert s.loss_interval_90 == pytest.approx((a, b), rel=1e-12)
+        assert a < lo <= s.loss <= hi < b  # where a run lands is wider than the law's mean
+    shown = rec.to_dict()["recommended"][0]
+    assert set(shown) >= SHAPE_KEYS
+    assert shown["loss_interval_90"] == pytest.approx(list(rec.recommended[0].loss_interval_90))
+    assert shown["predicted_accuracy"] is None and shown["measured_decode_tokens_per_s"] is None
+    assert "prediction interval" in rec.methods["loss_interval_90"]
+    assert "mean" in rec.methods["loss_mean_interval"]
+    _, cells = rec.display_rows()[0]
+    assert cells["loss [90% prediction interval]"].startswith(f"{rec.recommended[0].loss:.4f} [")
+
+
+def test_a_law_without_error_model_shows_the_mean_interval_and_says_so(paper_law):
+    old = dataclasses.replace(paper_law, error_model=None)
+    got = recommend(old, SPACE, H100, max_loss_increase=0.005, top=1)
+    assert got.to_dict()["recommended"][0]["loss_interval_90"] == [None, None]
+    assert any("no prediction-interval calibration" in n for n in got.notes)
+    _, cells = got.display_rows()[0]
+    assert "loss [95% interval of the law's mean]" in cells
+    assert got.methods["loss_interval_90"].startswith("not available")
+
+
+@pytest.fixture(scope="module")
+def accuracy_law():
+    """A sigmoid loss -> accuracy law over the losses the recommendations predict."""
+    rng = np.random.default_rng(1)
+    loss = np.linspace(2.0, 3.5, 30)
+    acc = sigmoid(np.array([0.6, -3.0, 2.8, 0.1]), loss)[0] + 0.004 * rng.normal(size=loss.size)
+    return fit_law("accuracy", pd.DataFrame({"loss": loss, "val_accuracy": acc}), n_boot=40)
+
+
+def test_accuracy_interval_contains_the_point_and_takes_in_the_loss_interval(paper_law,
+                                                                          accuracy_law):
+    got = recommend(paper_law, SPACE, H100, max_loss_increase=0.005, top=2,
+                    baseline=get_preset("llama-3.2-1b"), accuracy_law=accuracy_law)
+    for s in [*got.recommended, got.loss_optimal, got.baseline]:
+        assert s.predicted_accuracy == pytest.approx(accuracy_law.predict({"loss": s.loss})[0])
+        low, high = s.accuracy_interval_90
+        assert low < s.predicted_accuracy < high
+        # independently: the accuracy law's 90% interval at the loss interval's ends and point
+        losses = [s.loss_interval_90[0], s.loss, s.loss_interval_90[1]]
+        a_low, a_high = accuracy_law.prediction_interval([{"loss": v} for v in losses], 0.9)
+        assert (low, high) == pytest.approx((a_low.min(), a_high.max()), rel=1e-12)
+        assert low == pytest.approx(a_low[2]) and high == pytest.approx(a_high[0])  # monotone
+    shown = got.to_dict()["recommended"][0]
+    assert shown["accuracy_interval_90"] == pytest.approx(list(got.recommended[0]
+                                                               .accuracy_interval_90))
+    _, cells = got.display_rows()[0]
+    assert "accuracy [90% prediction interval]" in cells
+    assert "monotone" in got.methods["accuracy_interval_90"]
+    # a wider loss interval gives a wider accuracy interval that holds the narrower one
+    s = got.recommended[0]
+    wide = dataclasses.replace(s, loss_interval_90=(s.loss - 0.2, s.loss + 0.2))
+    narrow, widened = accuracy_at([s, wide], accuracy_law)
+    assert widened.accuracy_interval_90[0] < narrow.accuracy_interval_90[0]
+    assert widened.accuracy_interval_90[1] > narrow.accuracy_interval_90[1]
+    assert widened.predicted_accuracy == narrow.predicted_accuracy
+    with pytest.raises(ArchscaleError, match="accuracy law"):
+        recommend(paper_law, SPACE, H100, max_loss_increase=0.005, accuracy_law=paper_law)
+
+
+TINY = SearchSpace(1e5, 2e6, d_over_sqrt_n=(0.09, 0.21), r=(1.0, 6.0), r_points=8, gqa_group=1,
+                   head_dim=16, n_layers=2, vocab_size=256, seq_len=64, d_model_multiple=16,
+                   d_ff_multiple=16)
+TINY_BASE = ArchSpec(vocab_size=256, seq_len=64, n_layers=2, d_model=128, n_heads=8,
+                     n_kv_heads=8, head_dim=16, d_ff=512)
+TINY_SETTING = {"target_loss": 1e3, "top": 2, "batch": 2, "context": 64, "baseline": TINY_BASE}
+
+
+@pytest.fixture(scope="module")
+def tiny_throughput_law():
+    return fit_law("throughput", measured_table("decode"), {"target": "decode"}, n_boot=10)
+
+
+def test_measured_throughput_at_the_target_with_the_model_error(paper_law):
+    # the GQA search from GQA group 1 makes the roofline's finalists differ
+    plain = recommend(paper_law, TINY, H100, **TINY_SETTING)
+    finalists = {s.spec for s in [*plain.recommended, plain.loss_optimal]}
+    assert len(finalists) == 3 and all(s.d_model <= 64 for s in finalists)
+    # memory for the finalists together, not for the (larger) baseline
+    sizes = [measure_bytes(s, 2, 64 + 8, "float32") for s in finalists]
+    assert measure_bytes(TINY_BASE, 2, 64 + 8, "float32") > sum(sizes)
+    settings = MeasureSettings(min_seconds=0.2, repeats=2, decode_tokens=8,
+                               memory_bytes=sum(sizes) * 1.01, memory_fraction=1.0)
+    got = recommend(paper_law, TINY, H100, measure=settings, **TINY_SETTING)
+    assert {s.spec for s in [*got.recommended, got.loss_optimal]} == finalists
+    assert all(s.measured_decode_tokens_per_s > 0 for s in [*got.recommended, got.loss_optimal])
+    speeds = [s.measured_decode_tokens_per_s for s in got.recommended]
+    assert speeds == sorted(speeds, reverse=True)  # ranked by the measurement
+    # the baseline did not fit: it keeps the roofline's value, and the output says so
+    assert got.baseline.measured_decode_tokens_per_s is None
+    assert got.baseline.decode_tokens_per_s == pytest.approx(
+        H100.decode_tokens_per_s([TINY_BASE], 2, 64)[0])
+    check = got.to_dict()["throughput_check"]
+    assert check["n_measured"] == 3 and check["n_not_measured"] == 1
+    assert check["setting"]["groups"] == 1  # the three timed together, interleaved
+    # the law's error, computed independently from the two numbers of each measured shape
+    data = got.to_dict()
+    shapes = {json.dumps(d["spec"]): d for d in [*data["recommended"], data["loss_optimal"]]}
+    errors = [abs(d["predicted_decode_tokens_per_s"] / d["measured_decode_tokens_per_s"] - 1)
+              for d in shapes.values()]
+    assert check["law_median_abs_rel_error"] == pytest.approx(statistics.median(errors))
+    assert any(f"{check['law_median_abs_rel_error']:.1%}" in n and "not measured" in n
+               for n in got.notes)
+    assert data["baseline"]["measured_decode_tokens_per_s"] is None
+    assert data["recommended"][0]["decode_tokens_per_s_basis"] == "measured"
+    assert data["recommended"][0]["vs_baseline"]["throughput_basis"] == "predicted"
+    _, cells = got.display_rows()[-1]
+    assert cells["decode tok/s measured"] == "not measured"
+    assert "compare_throughput" in got.methods["measured_decode_tokens_per_s"]
+
+
+def test_nothing_measured_when_nothing_fits(paper_law, tiny_throughput_law):
+    got = recommend(paper_law, TINY, throughput_from_law(tiny_throughput_law),
+                    measure=MeasureSettings(memory_bytes=1.0), **TINY_SETTING)
+    assert all(s.measured_decode_tokens_per_s is None
+               for s in [*got.recommended, got.loss_optimal, got.baseline])
+    assert got.throughput_check["n_measured"] == 0
+    assert got.throughput_check["law_median_abs_rel_error"] is None
+    assert any("which no measurement checked" in n for n in got.notes)
+    with pytest.raises(ArchscaleError, match="memory_fraction"):
+        MeasureSettings(memory_fraction=0)
 
 
 # ---- CLI --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def law_file(paper_law, tmp_path_factory):
     return save_law(paper_law, tmp_path_factory.mktemp("laws") / "law.json")
+
+
+def test_cli_recommend_measures_and_predicts_accuracy(law_file, accuracy_law, tiny_throughput_law,
+                                                      tmp_path):
+    acc_file = save_law(accuracy_law, tmp_path / "accuracy.json")
+    tp_file = save_law(tiny_throughput_law, tmp_path / "throughput.json")
+    result = CliRunner().invoke(app, [
+        "recommend", "--law", str(law_file), "--params", "1e5", "--tokens", "2e6",
+        "--target-loss", "1000", "--top", "2", "--layers", "2", "--head-dim", "16",
+        "--vocab-size", "256", "--seq-len", "64", "--d-model-multiple", "16",
+        "--d-ff-multiple", "16", "--d-over-sqrt-n", "0.09:0.21", "--r", "1:6", "--gqa", "1",
+        "--batch", "2", "--context", "64", "--throughput-law", str(tp_file),
+        "--accuracy-law", str(acc_file), "--measure", "--measure-seconds", "0.2",
+        "--measure-repeats", "2", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    for header in ("loss [90%", "accuracy [90%", "prediction", "measured"):  # headers wrap
+        assert header in result.output
+    assert "median |relative error|" in result.output
+    data = json.loads((tmp_path / "out" / "recommendations.json").read_text())
+    for shape in [*data["recommended"], data["loss_optimal"]]:
+        assert set(shape) >= SHAPE_KEYS
+        assert shape["measured_decode_tokens_per_s"] > 0
+        low, high = shape["accuracy_interval_90"]
+        assert low < shape["predicted_accuracy"] < high
+        assert shape["loss_interval_90"][0] < shape["predicted_loss"] < shape["loss_interval_90"][1]
+    assert data["throughput_check"]["n_measured"] >= 1
+    assert data["throughput_check"]["law_median_abs_rel_error"] >= 0
+    assert data["provenance"]["accuracy_law_file"]["sha256"] == file_sha256(acc_file)
+    assert data["provenance"]["command_settings"]["measure"] is True
 
 
 def test_cli_recommend_writes_the_json_with_provenance(law_file, tmp_path):

@@ -1,0 +1,119 @@
+"""The candidate shapes of a recommendation: widths, MLP ratios and GQA groups at a target N,
+each realized as a valid integer shape within ``max_params_error`` of it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.shapes import shape_from_budget
+from archscale.arch.spec import ArchSpec, SpecError
+
+
+def _range(values: tuple[float, ...], name: str) -> tuple[float, float]:
+    if not values or not all(v > 0 for v in values):
+        raise ArchscaleError(f"{name} range {values} must hold positive values, e.g. 0.03:0.3")
+    return min(values), max(values)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Candidate shapes at the target scale."""
+
+    params: float
+    """Target non-embedding parameters N."""
+    tokens: float
+    """Training tokens D the loss is predicted for."""
+    d_over_sqrt_n: tuple[float, ...] = (0.03, 0.3)
+    """Width range as d_model / sqrt(N): every d_model multiple between its min and max is tried."""
+    r: tuple[float, ...] = (0.5, 8.0)
+    """MLP-to-attention ratio range: ``r_points`` values log-spaced between its min and max."""
+    r_points: int = 48
+    """Grid points in r (48 over 0.5..8 steps 6%, about one d_ff multiple of 128 at 1B)."""
+    gqa_group: int = 4
+    """GQA group of step 1; step 2 searches larger groups from here."""
+    head_dim: int = 64
+    """Head width of every candidate."""
+    n_layers: int | None = None
+    """Fixed depth, or None for n_heads near d / head_dim and the depth the budget affords."""
+    vocab_size: int = 128256
+    """Vocabulary of the target model."""
+    seq_len: int = 8192
+    """Context of the target model."""
+    d_model_multiple: int = 128
+    """d_model rounding (hardware-friendly widths)."""
+    d_ff_multiple: int = 128
+    """d_ff rounding."""
+    max_params_error: float = 0.05
+    """Candidates missing N by more than this fraction are dropped."""
+    heads_divide_d_model: bool = True
+    """Keep only shapes with d_model a multiple of n_heads: transformers 5.x refuses other
+    LlamaConfigs even with an explicit head_dim (huggingface/transformers#46082)."""
+
+    def __post_init__(self) -> None:
+        if not (self.params > 0 and self.tokens > 0):
+            raise ArchscaleError(f"--params {self.params:g} and --tokens {self.tokens:g} must be "
+                                 "positive, e.g. --params 1e9 --tokens 1e11")
+        _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
+        _range(self.r, "--r")
+        if min(self.r_points, self.gqa_group, self.d_model_multiple, self.d_ff_multiple) < 1:
+            raise ArchscaleError(f"r_points={self.r_points}, --gqa {self.gqa_group}, "
+                                 f"--d-model-multiple {self.d_model_multiple} and --d-ff-multiple "
+                                 f"{self.d_ff_multiple} must be >= 1")
+
+    def shape(self, d_model: int, r: float, gqa_group: int) -> ArchSpec | None:
+        """The valid integer shape at (d_model, r, GQA group) and the target N, or None."""
+        try:
+            shape = shape_from_budget(
+                self.params, r, gqa_group, d_model=d_model, n_layers=self.n_layers,
+                head_dim=self.head_dim, vocab_size=self.vocab_size, seq_len=self.seq_len,
+                d_ff_multiple=self.d_ff_multiple, d_model_multiple=self.d_model_multiple)
+        except SpecError:
+            return None
+        spec = shape.spec
+        if abs(shape.params_rel_error) > self.max_params_error:
+            return None
+        if self.heads_divide_d_model and spec.d_model % spec.n_heads:
+            return None
+        return spec
+
+    def regroup(self, spec: ArchSpec, n_kv_heads: int) -> ArchSpec | None:
+        """``spec`` with ``n_kv_heads``, the K/V parameters freed moved into the MLP (d_ff
+        rounded) so N stays put; None if that misses the target N by too much."""
+        fewer = spec.replace(n_kv_heads=n_kv_heads)
+        freed = spec.attn_params_per_layer - fewer.attn_params_per_layer
+        per_unit = spec.mlp_params_per_layer // spec.d_ff  # MLP parameters per unit of d_ff
+        step = self.d_ff_multiple
+        regrouped = fewer.replace(d_ff=spec.d_ff + round(freed / per_unit / step) * step)
+        if abs(regrouped.params_nonembed / self.params - 1) > self.max_params_error:
+            return None
+        return regrouped
+
+    def widths(self) -> range:
+        lo, hi = _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
+        step = self.d_model_multiple
+        root = math.sqrt(self.params)
+        return range(max(step, math.ceil(lo * root / step) * step), math.floor(hi * root) + 1, step)
+
+    def candidates(self) -> list[ArchSpec]:
+        """Every distinct valid shape of step 1 (base GQA group)."""
+        lo, hi = _range(self.r, "--r")
+        specs: dict[ArchSpec, None] = {}
+        for d_model in self.widths():
+            for r in np.geomspace(lo, hi, self.r_points):
+                spec = self.shape(d_model, float(r), self.gqa_group)
+                if spec is not None:
+                    specs[spec] = None
+        if not specs:
+            raise ArchscaleError(
+                f"no valid shape within {self.max_params_error:.0%} of N={self.params:.3g} in "
+                f"d/sqrt(N) {self.d_over_sqrt_n} and r {self.r}: widen --d-over-sqrt-n / --r, "
+                "change --layers or --head-dim")
+        return list(specs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
