@@ -2,8 +2,11 @@
 
 What a trial holds when it ends (the layout laws/ and ``search.table`` read):
 
-* user attrs ``config_key``, ``spec``, ``budget``: the planned run;
-* ``result``: the whole RunResult (``RunResult.to_dict()``, loss curve and throughput included);
+* user attrs ``config_key``, ``spec``, ``budget`` (and ``seed`` on a ``noise:`` repeat): the
+  planned run;
+* ``result``: the whole RunResult (``RunResult.to_dict()``, loss curve and throughput included;
+  a shape is timed once per study: a later run of it, at another budget or seed, copies the
+  measurement and names its trial in ``throughput_of_trial``);
 * ``status`` and ``message``, plus ``N``, ``D``, ``val_loss``, ``decode_tokens_per_s`` flat, for
   optuna-dashboard's tables;
 * the loss curve as a JSON artifact (``loss_curve_artifact`` is its id) in the artifact store;
@@ -101,14 +104,28 @@ class TrialRunner:
             default_task_path() if sweep.task == "default" else sweep.task)
         checkpoint_dir = (self.artifact_dir / "checkpoints" / self.handle.name / planned.key
                           if sweep.checkpoints else None)
-        result = train(planned.spec, planned.budget, sweep.recipe_obj, self.data, sweep.seed,
+        result = train(planned.spec, planned.budget, sweep.recipe_obj, self.data,
+                       planned.run_seed(sweep.seed),
                        checkpoint_dir=checkpoint_dir, report=self._reporter(trial, beat),
                        task=task, progress=self.progress)
         if result.status == "complete" and sweep.throughput.enabled:
-            measured = measure_throughput(planned.spec, **sweep.throughput_options(),
-                                          seed=sweep.seed)
-            result = result.replace(throughput=measured.to_dict())
+            result = result.replace(throughput=self._throughput(trial, planned))
         return self._finish(trial, planned, result)
+
+    def _throughput(self, trial: optuna.Trial, planned: PlannedRun) -> dict[str, Any]:
+        """The shape's throughput: measured now, or taken from the COMPLETE trial that measured
+        this shape before (another budget or seed of it; random weights are timed, so the
+        figure is the shape's own), which ``throughput_of_trial`` then names."""
+        spec = planned.spec.to_dict()
+        for other in self.handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            earlier = other.user_attrs.get(RESULT_ATTR) or {}
+            if earlier.get("spec") == spec and earlier.get("throughput"):
+                trial.set_user_attr("throughput_of_trial",
+                                    other.user_attrs.get("throughput_of_trial", other.number))
+                return earlier["throughput"]
+        sweep = self.handle.sweep
+        return measure_throughput(planned.spec, **sweep.throughput_options(),
+                                  seed=sweep.seed).to_dict()
 
     def _plan(self, trial: optuna.Trial) -> PlannedRun:
         """The run a trial stands for: enqueued/retried (in its attrs) or suggested now."""

@@ -1,8 +1,9 @@
 """From a sweep file to concrete runs: shapes, budgets, grid points and search-space suggestions.
 
-A run is identified by its config key, a hash of (spec, budget): two grid points that round to
-the same integer shape are one run, and a worker never trains a key that already has a COMPLETE
-trial. Everything else a run depends on (data, recipe, seed) is shared by the whole study.
+A run is identified by its config key, a hash of (spec, budget[, seed]): two grid points that
+round to the same integer shape are one run, and a worker never trains a key that already has a
+COMPLETE trial. Everything else a run depends on (data, recipe) is shared by the whole study, and
+so is the seed, except on the repeats of ``noise:``, whose own seed enters their key.
 """
 
 from __future__ import annotations
@@ -32,22 +33,35 @@ class PlannedRun:
     """The integer shape."""
     budget: Budget
     """The training budget."""
+    seed: int | None = None
+    """The run's own seed (a ``noise:`` repeat); None: the study's seed."""
 
     @property
     def key(self) -> str:
-        return config_key(self.spec, self.budget)
+        return config_key(self.spec, self.budget, self.seed)
 
     def user_attrs(self) -> dict[str, Any]:
         """What a trial stores before training, so a retry needs nothing else."""
-        return {"config_key": self.key, "spec": self.spec.to_dict(), "budget": self.budget.to_dict()}
+        attrs = {"config_key": self.key, "spec": self.spec.to_dict(), "budget": self.budget.to_dict()}
+        return attrs if self.seed is None else {**attrs, "seed": self.seed}
+
+    def run_seed(self, study_seed: int) -> int:
+        """The seed this run trains with."""
+        return study_seed if self.seed is None else self.seed
 
 
-PLAN_ATTRS = ("config_key", "spec", "budget")
-"""User attrs that describe the planned run (kept when a crashed trial is retried)."""
+PLAN_ATTRS = ("config_key", "spec", "budget", "seed")
+"""User attrs that describe the planned run (kept when a crashed trial is retried); ``seed``
+only on the repeats of ``noise:``."""
+_REQUIRED_ATTRS = PLAN_ATTRS[:3]
 
 
-def config_key(spec: ArchSpec, budget: Budget) -> str:
-    blob = json.dumps({"spec": spec.to_dict(), "budget": budget.to_dict()}, sort_keys=True)
+def config_key(spec: ArchSpec, budget: Budget, seed: int | None = None) -> str:
+    """16 hex digits naming a run: its shape, budget and (a repeat's) own seed."""
+    run: dict[str, Any] = {"spec": spec.to_dict(), "budget": budget.to_dict()}
+    if seed is not None:
+        run["seed"] = seed
+    blob = json.dumps(run, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -71,10 +85,16 @@ def build_spec(sweep: SweepFile, vocab_size: int, *, n_params: float, r: float, 
     return shape.spec
 
 
-def budget_for(sweep: SweepFile, n_params: float, scale_index: int = 0) -> Budget:
+def budget_for(sweep: SweepFile, n_params: float, scale_index: int = 0,
+               tokens_per_param: float | None = None) -> Budget:
+    """The budget of a run of target N ``n_params``: ``tokens_per_param`` x N tokens when given
+    (a grid run's ratio from ``grid.tokens_per_param``), else the study's rule: the budget's
+    ``tokens_per_param`` x N, or its FLOPs (one per grid scale: ``scale_index``). Without a ratio
+    this is the budget a recommendation or verification at a new N trains for."""
     rule = sweep.budget
-    if rule.tokens_per_param is not None:
-        return Budget(tokens=round(rule.tokens_per_param * n_params))
+    ratio = tokens_per_param if tokens_per_param is not None else rule.tokens_per_param
+    if ratio is not None:
+        return Budget(tokens=round(ratio * n_params))
     flops = rule.flops[scale_index] if isinstance(rule.flops, list) else rule.flops
     return Budget(flops=float(flops))
 
@@ -84,37 +104,73 @@ def _width_name(section: Any) -> str:
 
 
 def grid_axes(sweep: SweepFile) -> dict[str, list]:
-    """The grid's parameter names and values, in the order points are enumerated."""
+    """The grid's parameter names and values, in the order points are enumerated: the budget
+    axis (``grid.tokens_per_param`` or ``grid.tokens``; absent without one) outermost, in its
+    listed order, so every shape has finished a run, and its throughput measurement
+    (``objective``), before any of its other budgets runs."""
     grid = sweep.grid
     assert grid is not None
     width = _width_name(grid)
-    return {"N": grid.scales, width: getattr(grid, width), "r": grid.r, "gqa": grid.gqa}
+    axes = {"N": grid.scales, width: getattr(grid, width), "r": grid.r, "gqa": grid.gqa}
+    if grid.budget_axis is not None:
+        axes = {grid.budget_axis: getattr(grid, grid.budget_axis), **axes}
+    return axes
 
 
 def plan_grid(sweep: SweepFile, vocab_size: int) -> list[PlannedRun]:
-    """Every distinct run of a grid, or one SweepFileError listing every impossible point."""
+    """Every distinct run of a grid, then the repeats of ``noise:`` (``noise_points``); or one
+    SweepFileError listing every impossible point."""
     grid = sweep.grid
     assert grid is not None
     axes = grid_axes(sweep)
     width = _width_name(grid)
     runs: dict[str, PlannedRun] = {}
+    shapes: dict[tuple, ArchSpec | None] = {}  # a shape's specs, built once for all its budgets
     problems = []
     for point in itertools.product(*axes.values()):
         params = dict(zip(axes, point, strict=True))
+        shape = (params["N"], params[width], params["r"], params["gqa"])
         scale_index = grid.scales.index(params["N"])
-        n_layers = grid.n_layers[scale_index] if grid.n_layers else None
-        try:
-            spec = build_spec(sweep, vocab_size, n_params=params["N"], r=params["r"],
-                              gqa=params["gqa"], n_layers=n_layers, **{width: params[width]})
-        except ArchscaleError as err:
-            problems.append(f"grid point {params}: {err}")
+        if shape not in shapes:
+            n_layers = grid.n_layers[scale_index] if grid.n_layers else None
+            try:
+                shapes[shape] = build_spec(sweep, vocab_size, n_params=params["N"], r=params["r"],
+                                           gqa=params["gqa"], n_layers=n_layers,
+                                           **{width: params[width]})
+            except ArchscaleError as err:
+                shapes[shape] = None
+                problems.append(f"grid point {params}: {err}")
+        spec = shapes[shape]
+        if spec is None:
             continue
-        run = PlannedRun(params, spec, budget_for(sweep, params["N"], scale_index))
+        budget = (Budget(tokens=round(params["tokens"])) if "tokens" in params else
+                  budget_for(sweep, params["N"], scale_index, params.get("tokens_per_param")))
+        run = PlannedRun(params, spec, budget)
         runs.setdefault(run.key, run)
     if problems:
         raise SweepFileError(f"{len(problems)} grid point(s) have no valid shape:\n  - "
                              + "\n  - ".join(problems))
-    return list(runs.values())
+    planned = list(runs.values())
+    return planned + noise_repeats(sweep, planned)
+
+
+def noise_points(n_runs: int, repeats: int) -> list[int]:
+    """Indices of the ``repeats`` runs, of ``n_runs`` in plan order, that ``noise:`` repeats:
+    the middles of ``repeats`` equal slices of the plan, so they spread over budgets and scales."""
+    return [int((i + 0.5) * n_runs / repeats) for i in range(repeats)]
+
+
+def noise_repeats(sweep: SweepFile, planned: list[PlannedRun]) -> list[PlannedRun]:
+    """The repeats ``noise:`` asks for: each chosen grid run once per seed (none without it)."""
+    noise = sweep.noise
+    if noise is None:
+        return []
+    if noise.runs > len(planned):
+        raise SweepFileError(f"noise.runs={noise.runs} asks to repeat more runs than the grid "
+                             f"plans ({len(planned)})")
+    chosen = [planned[i] for i in noise_points(len(planned), noise.runs)]
+    return [PlannedRun(run.params, run.spec, run.budget, seed)
+            for run in chosen for seed in noise.seeds]
 
 
 def check_search(sweep: SweepFile, vocab_size: int) -> None:
@@ -163,7 +219,7 @@ def suggest_grid_params(trial: optuna.Trial, sweep: SweepFile) -> None:
 def planned_from_attrs(trial: optuna.Trial | optuna.trial.FrozenTrial) -> PlannedRun | None:
     """The run a trial was planned for (enqueued or retried), or None for a fresh trial."""
     attrs = trial.user_attrs
-    if not all(name in attrs for name in PLAN_ATTRS):
+    if not all(name in attrs for name in _REQUIRED_ATTRS):
         return None
     return PlannedRun(dict(trial.params), ArchSpec.from_dict(attrs["spec"]),
-                      Budget.from_dict(attrs["budget"]))
+                      Budget.from_dict(attrs["budget"]), attrs.get("seed"))

@@ -3,7 +3,8 @@
 A sweep file names the study, the data (corpus + tokenizer), the sequence length, the training
 recipe (``archscale.sweeps.recipe.Recipe`` fields), the budget rule, how throughput is measured,
 the shape rules and a seed, and then either a ``grid:`` (every combination is enqueued as a fixed
-trial) or a ``search:`` (a sampler proposes shapes at one fixed N). The problems of a file are
+trial; ``noise:`` adds repeats of a few of them with other seeds) or a ``search:`` (a sampler
+proposes shapes at one fixed N). The problems of a file are
 reported together, in one ``SweepFileError``, each line naming the key path (rules that relate
 several keys of a section, such as "exactly one of", are checked once its keys are valid)::
 
@@ -21,6 +22,16 @@ several keys of a section, such as "exactly one of", are checked once its keys a
       d_over_sqrt_n: [0.15, 0.3]
       r: [1.0, 4.0]
       gqa: [1, 2]
+      tokens_per_param: [10, 40]      # optional: every shape at two token budgets
+    noise: {seeds: [1], runs: 2}      # optional: 2 grid runs trained again with seed 1
+
+Token budgets: ``budget.tokens_per_param`` is the study's ratio D/N, the one a recommendation
+or verification at a new N trains for (``plan.budget_for``). A grid trains every shape at it,
+unless the grid lists its own budgets, as ratios (``grid.tokens_per_param``: D = k x N) or as
+token counts (``grid.tokens``: the same D at every scale). Two or more budgets per scale keep N
+and D apart, which a Chinchilla fit needs. Ratios give every scale its own D values (two ratios
+over five scales: ten distinct D); token counts give N and D independent, but only as many
+distinct D as counts, so list three or more for the exponent of D to be identified.
 """
 
 from __future__ import annotations
@@ -58,7 +69,9 @@ class BudgetRule(_Section):
     """How much each run trains: tokens = k x N (the scale's target N), or a FLOPs budget."""
 
     tokens_per_param: float | None = Field(default=None, gt=0)
-    """k in D = k x N, N the target non-embedding parameters of the scale (20 is Chinchilla)."""
+    """k in D = k x N, N the target non-embedding parameters of the scale (20 is Chinchilla): the
+    ratio of every grid run (unless the grid lists its own budgets) and of the target a
+    recommendation or verification trains for."""
     flops: float | list[float] | None = None
     """Training FLOPs per run: one number, or one per grid scale."""
 
@@ -120,6 +133,19 @@ class GridSection(_Section):
     """GQA group sizes (query heads per KV head)."""
     n_layers: list[PositiveInt] | None = None
     """Depth per scale (same length as scales); default: the depth the budget affords."""
+    tokens_per_param: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    """Token budgets as ratios D/N (N the scale's target): every shape trains once at each
+    (needs a ``budget.tokens_per_param``, which stays the target's ratio); default: the budget's
+    one ratio."""
+    tokens: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    """Token budgets as training tokens D, the same at every scale: every shape trains once on
+    each (give this or tokens_per_param; needs a ``budget.tokens_per_param`` for the target)."""
+
+    @property
+    def budget_axis(self) -> str | None:
+        """The grid's budget axis: "tokens_per_param", "tokens", or None (the budget rule's)."""
+        return next((name for name in ("tokens_per_param", "tokens")
+                     if getattr(self, name) is not None), None)
 
     @model_validator(mode="after")
     def _check(self) -> GridSection:
@@ -127,8 +153,33 @@ class GridSection(_Section):
         if self.n_layers is not None and len(self.n_layers) != len(self.scales):
             problems.append(f"n_layers has {len(self.n_layers)} entries: give one per scale "
                             f"({len(self.scales)})")
+        if self.tokens_per_param is not None and self.tokens is not None:
+            problems.append("give at most one of tokens_per_param or tokens")
+        for name in ("tokens_per_param", "tokens"):
+            values = getattr(self, name) or []
+            if len(set(values)) != len(values):
+                problems.append(f"{name} {values} repeat a value")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+
+class NoiseSection(_Section):
+    """Repeats of a few grid runs with other seeds, to measure the run-to-run scatter of the loss
+    (``search.noise.noise_floor``). The repeated runs are ``runs`` grid runs spread evenly over
+    the plan (``plan.noise_points``: budgets, then scales ascending, then shapes), each trained
+    once more per seed; a repeat differs from its grid run only in its seed (initialisation and
+    data order), which enters its config key."""
+
+    seeds: list[int] = Field(min_length=1)
+    """Seeds of the repeats (each >= 0, none the study's ``seed``)."""
+    runs: int = Field(ge=1)
+    """Grid runs to repeat."""
+
+    @model_validator(mode="after")
+    def _check(self) -> NoiseSection:
+        if any(seed < 0 for seed in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} must be distinct and >= 0")
         return self
 
 
@@ -242,6 +293,8 @@ class SweepFile(_Section):
     """Seed of initialisation, data order and the sampler."""
     grid: GridSection | None = None
     """A grid of fixed trials."""
+    noise: NoiseSection | None = None
+    """Grid only: repeats of a few grid runs with other seeds (the run-to-run noise floor)."""
     search: SearchSection | None = None
     """A sampler-driven search."""
 
@@ -250,6 +303,15 @@ class SweepFile(_Section):
         problems = []
         if (self.grid is None) == (self.search is None):
             problems.append("give exactly one of grid: or search:")
+        if self.noise is not None and self.grid is None:
+            problems.append("noise: repeats grid runs: it needs a grid:")
+        if self.noise is not None and self.seed in self.noise.seeds:
+            problems.append(f"noise.seeds {self.noise.seeds} include the study's seed {self.seed}: "
+                            "a repeat needs another seed")
+        axis = self.grid.budget_axis if self.grid is not None else None
+        if axis is not None and self.budget.tokens_per_param is None:
+            problems.append(f"grid.{axis} needs a tokens_per_param budget (budget: "
+                            "{tokens_per_param: K}, K the ratio recommendations train for)")
         flops = self.budget.flops
         if isinstance(flops, list):
             if self.search is not None:

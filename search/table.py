@@ -22,20 +22,22 @@ from archscale.sweeps.results import RunResult
 COLUMNS = ["N", "params_total", "D", "loss", "d_model", "n_layers", "n_heads", "n_kv_heads",
            "head_dim", "d_ff", "vocab_size", "seq_len", "r", "d_over_sqrt_n", "gqa_group", "flops",
            "val_accuracy", "task_accuracy", "prefill_tokens_per_s", "decode_tokens_per_s",
-           "tp_batch", "tp_context", "scale", "study", "trial_id", "status"]
+           "tp_batch", "tp_context", "scale", "seed", "study", "trial_id", "status"]
 """The canonical run table (docs/CONTRIBUTING.md), in order. ``scale`` is a grid trial's target N:
-realized N scatter around it (up to shape.max_params_error), so clustering N could split a scale."""
+realized N scatter around it (up to shape.max_params_error), so clustering N could split a scale.
+``seed`` is the run's seed: the study's, or a ``noise:`` repeat's own (``search.noise``)."""
 
 
 def trial_row(trial: FrozenTrial, study_name: str) -> dict | None:
     """A trial's canonical row, or None when it holds no run result."""
     if RESULT_ATTR not in trial.user_attrs:
         return None
-    row = RunResult.from_dict(trial.user_attrs[RESULT_ATTR]).row()
+    result = RunResult.from_dict(trial.user_attrs[RESULT_ATTR])
+    row = result.row()
     # The trial's status wins: a run that finished after its twin is a "duplicate".
     status = trial.user_attrs.get("status", row["status"])
-    return {**row, "scale": trial.params.get("N"), "study": study_name, "trial_id": trial.number,
-            "status": status}
+    return {**row, "scale": trial.params.get("N"), "seed": result.seed, "study": study_name,
+            "trial_id": trial.number, "status": status}
 
 
 def trials_table(study: optuna.Study, *, include_failed: bool = False) -> pd.DataFrame:

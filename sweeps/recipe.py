@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.spec import ArchSpec
@@ -108,6 +110,12 @@ class Recipe:
     """batch power_n: the scaled batch is rounded to a multiple of this (divisible by devices)."""
 
     def __post_init__(self) -> None:
+        # YAML 1.1 reads 1.0e4 (no exponent sign) as text: say so before any comparison fails.
+        text = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                if f.type in ("float", "int") and not isinstance(getattr(self, f.name), int | float)]
+        if text:
+            raise ArchscaleError(f"invalid Recipe: {', '.join(text)} must be a number (YAML reads "
+                                 "1.0e4 as text: write 1.0e+4 or 10000)")
         problems = []
         if not self.lr > 0:
             problems.append(f"lr={self.lr} must be positive")
@@ -181,11 +189,12 @@ class Recipe:
         warmup = self.warmup_steps(spec, total_steps)
         decay_start = (total_steps - round(self.decay_fraction * total_steps)
                        if self.schedule == "wsd" else warmup)
+        # NumPy scalars: host values, so building them compiles nothing (jnp scalars would).
         return ScheduleArgs(
-            peak_lr=jnp.float32(self.lr), warmup_steps=jnp.float32(warmup),
-            total_steps=jnp.float32(total_steps), decay_start=jnp.float32(max(decay_start, warmup)),
-            min_lr_ratio=jnp.float32(self.min_lr_ratio),
-            cosine=jnp.float32(self.schedule == "cosine"))
+            peak_lr=np.float32(self.lr), warmup_steps=np.float32(warmup),
+            total_steps=np.float32(total_steps), decay_start=np.float32(max(decay_start, warmup)),
+            min_lr_ratio=np.float32(self.min_lr_ratio),
+            cosine=np.float32(self.schedule == "cosine"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -204,19 +213,20 @@ def _is_hidden_matrix(path: str) -> bool:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class ScheduleArgs:
-    """The LR schedule as traced fp32 scalars: one compiled step serves every LR and length."""
+    """The LR schedule as fp32 scalars (host NumPy values, traced inside the step): one compiled
+    step serves every LR and length."""
 
-    peak_lr: jax.Array
+    peak_lr: ArrayLike
     """Peak learning rate."""
-    warmup_steps: jax.Array
+    warmup_steps: ArrayLike
     """Steps of linear warmup from 0."""
-    total_steps: jax.Array
+    total_steps: ArrayLike
     """Steps of the whole run."""
-    decay_start: jax.Array
+    decay_start: ArrayLike
     """Step where the decay begins (== warmup_steps for cosine)."""
-    min_lr_ratio: jax.Array
+    min_lr_ratio: ArrayLike
     """Final LR / peak LR."""
-    cosine: jax.Array
+    cosine: ArrayLike
     """1.0 for cosine decay, 0.0 for WSD's linear decay."""
 
 

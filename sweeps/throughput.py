@@ -11,9 +11,10 @@ speed of a shape does not depend on the values.
   (``Transformer.greedy_decode``), the cache donated and updated in place, starting with
   ``context`` cached tokens; tokens/s = batch * steps / s.
 
-Both are timed after a warm-up call (compilation) as the fastest of ``repeats`` calls (the
-median call is recorded beside it): other processes sharing the device only ever add time, so
-the fastest call is the figure that repeats. Both keep calling until ``min_seconds`` of calls
+Three compiled functions a shape: ``setup`` (random weights, their per-layer serving layout
+and an empty cache, in one call), prefill and decode. Both are timed after a warm-up call
+(compilation) as the fastest of ``repeats`` calls (the median call is recorded beside it): other
+processes sharing the device only ever add time, so the fastest call is the figure that repeats. Both keep calling until ``min_seconds`` of calls
 are timed: a small shape's decode call takes ~0.1 s on CPU and its prefill a few milliseconds,
 and on a shared 2-core VM single calls spread +-15% (p10 to p90), so the fastest of a handful
 says little; the fastest over seconds of calls comes closer to the undisturbed time.
@@ -40,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from archscale.arch.cpu_kernels import KERNEL_IMPL, XLA_IMPL, use_decode_kernel
@@ -196,43 +198,44 @@ class _Compiled:
 
 def _compile(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dtype,
              seed: int) -> _Compiled:
-    # Weights stored in the compute dtype: a decode step reads them once, with no cast per step.
-    model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=dtype, param_dtype=dtype)
-    graphdef, state = nnx.split(model)
+    box: dict[str, Any] = {}
 
-    @jax.jit
-    def empty_cache(state) -> KVCache:
-        return nnx.merge(graphdef, state).init_cache(batch, context + decode_tokens)
-
-    # Per-layer weights are sliced out of the stacks once, as a server does when it loads them.
-    weights = jax.jit(lambda state: nnx.merge(graphdef, state).layer_weights())(state)
+    def setup(seed):
+        # Weights stored in the compute dtype: a decode step reads them once, with no cast per
+        # step. Per-layer weights are sliced out of the stacks once, as a server does when it
+        # loads them. One compiled call builds the weights, their serving layout and the cache.
+        model = Transformer(spec, rngs=nnx.Rngs(jax.random.key(seed)), compute_dtype=dtype,
+                            param_dtype=dtype)
+        box["graphdef"], state = nnx.split(model)
+        return state, model.layer_weights(), model.init_cache(batch, context + decode_tokens)
 
     def prefill(state, weights, tokens_BxT, cache):
-        logits_Bx1xV, cache = nnx.merge(graphdef, state).prefill(tokens_BxT, cache, last_only=True,
-                                                                 weights=weights)
+        logits_Bx1xV, cache = nnx.merge(box["graphdef"], state).prefill(
+            tokens_BxT, cache, last_only=True, weights=weights)
         return jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache
 
     def decode(state, weights, tokens_B, cache):
-        return nnx.merge(graphdef, state).greedy_decode(tokens_B, cache, decode_tokens,
-                                                        weights=weights)
+        return nnx.merge(box["graphdef"], state).greedy_decode(tokens_B, cache, decode_tokens,
+                                                               weights=weights)
 
-    prompt_BxT = jax.random.randint(jax.random.key(seed), (batch, context), 0, spec.vocab_size)
-    cache_shapes = jax.eval_shape(empty_cache, state)
+    state, weights, cache = jax.jit(setup)(np.uint32(seed))
+    prompt_BxT = np.random.default_rng(seed).integers(0, spec.vocab_size, (batch, context),
+                                                      dtype=np.int32)
     start = time.perf_counter()
     # Donation lets XLA write the cache in place instead of copying it every call.
     prefill = jax.jit(prefill, donate_argnums=3).lower(
-        state, weights, prompt_BxT, cache_shapes).compile(compiler_options=compiler_options())
+        state, weights, prompt_BxT, cache).compile(compiler_options=compiler_options())
     decode = jax.jit(decode, donate_argnums=3).lower(
-        state, weights, jax.ShapeDtypeStruct((batch,), jnp.int32), cache_shapes).compile(
+        state, weights, jax.ShapeDtypeStruct((batch,), jnp.int32), cache).compile(
             compiler_options=compiler_options())
-    first_B, cache = jax.block_until_ready(prefill(state, weights, prompt_BxT, empty_cache(state)))
+    first_B, cache = jax.block_until_ready(prefill(state, weights, prompt_BxT, cache))
     _, cache = jax.block_until_ready(decode(state, weights, first_B, cache))
     compile_seconds = time.perf_counter() - start
     held = [cache]  # one cache, donated to each call and replaced by its result
 
     def rewound(length: int) -> KVCache:
         # Every timed call starts from the same state; slots past `length` are masked garbage.
-        return KVCache(held[0].k_BxKxSxH, held[0].v_BxKxSxH, jnp.int32(length))
+        return KVCache(held[0].k_BxKxSxH, held[0].v_BxKxSxH, np.int32(length))
 
     def prefill_call() -> KVCache:
         _, held[0] = prefill(state, weights, prompt_BxT, rewound(0))

@@ -1,13 +1,18 @@
-"""The compiled functions of a run: a chunk of optimizer steps, and the validation pass.
+"""The compiled functions of a run: the initial state, a chunk of optimizer steps, and the
+validation pass.
 
 One ``jax.jit`` per function over ``nnx.split`` state (not ``nnx.jit``), compiled ahead of time
-so compile time is measured apart from training. A chunk runs up to ``k`` optimizer steps in one
-dispatch (``lax.scan`` over k batches; steps past ``n_active`` are skipped by ``lax.cond``), so
-tiny models are not bound by dispatch overhead and any run length or evaluation interval reuses
-the same executable. The train state is donated. Everything numeric about the recipe (the LR
-schedule as ``ScheduleArgs``, the AdamW hyperparameters held in the optimizer state) is traced:
-one executable serves every LR, run length and schedule of a shape, and executables are kept
-per process, so an LR sweep or a study compiles each shape once.
+so compile time is measured apart from training. The initial state (weights, optimizer state,
+step counter) is one compiled call with the seed traced, so the repeats of a shape with other
+seeds reuse it, and no eager op (key creation, zeros) compiles anything of its own. A chunk runs
+up to ``k`` optimizer steps in one dispatch (``lax.scan`` over k batches; steps past
+``n_active`` are skipped by ``lax.cond``), so tiny models are not bound by dispatch overhead and
+any run length, evaluation interval or last partial chunk reuses the same executable. The train
+state is donated. Everything numeric about the recipe (the LR schedule as ``ScheduleArgs``, the
+AdamW hyperparameters held in the optimizer state) is traced: one executable serves every LR,
+run length and schedule of a shape, and executables are kept per process, so an LR sweep or a
+study compiles each shape once: three executables a shape (``init_state``,
+``StepFunctions.chunk``, ``StepFunctions.evaluate``), whatever its budgets and seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -46,19 +52,47 @@ class StepFunctions:
 
 
 _cache: OrderedDict[tuple, StepFunctions] = OrderedDict()
+_init_cache: OrderedDict[tuple, tuple[Any, dict[str, Any]]] = OrderedDict()
+
+
+def _optimizer_form(recipe: Recipe) -> tuple:
+    """What the optimizer's initial state depends on (the hyperparameters it holds, muP)."""
+    return (recipe.b1, recipe.b2, recipe.eps, recipe.weight_decay, recipe.grad_clip,
+            recipe.lr_rule == "mup", recipe.mup_base_width)
+
+
+def _init_function(spec: ArchSpec, recipe: Recipe, compute_dtype, mesh: Mesh):
+    """(jitted seed -> (state, rest), box that holds the graphdef once traced), kept per process."""
+    key = (spec, _optimizer_form(recipe), jnp.dtype(compute_dtype).name,
+           tuple(d.id for d in mesh.devices.flat))
+    if key in _init_cache:
+        _init_cache.move_to_end(key)
+        return _init_cache[key]
+    box: dict[str, Any] = {}
+    tx = make_optimizer(recipe, spec)
+
+    def init(seed):
+        model = Transformer(spec, rngs=nnx.Rngs(jax.random.key(seed)), compute_dtype=compute_dtype)
+        box["graphdef"], params, rest = nnx.split(model, nnx.Param, ...)
+        return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}, rest
+
+    rep = replicated(mesh)
+    _init_cache[key] = (jax.jit(init, out_shardings=(rep, rep)), box)
+    if len(_init_cache) > _MAX_CACHED:
+        _init_cache.popitem(last=False)
+    return _init_cache[key]
 
 
 def init_state(spec: ArchSpec, recipe: Recipe, seed: int, compute_dtype, mesh: Mesh):
     """(graphdef, state, rest): fresh params and optimizer state, replicated over ``mesh``.
 
     ``state`` is {"params", "opt", "step"}; ``rest`` holds any non-parameter model variables.
+    One compiled call per shape (the seed is an argument); the weights are those of
+    ``Transformer(spec, rngs=nnx.Rngs(seed))``.
     """
-    model = Transformer(spec, rngs=nnx.Rngs(seed), compute_dtype=compute_dtype)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    # Jitted: eager init compiles one zeros op per distinct weight shape.
-    state = {"params": params, "opt": jax.jit(make_optimizer(recipe, spec).init)(params),
-             "step": jnp.zeros((), jnp.int32)}
-    return graphdef, jax.device_put(state, replicated(mesh)), jax.device_put(rest, replicated(mesh))
+    init, box = _init_function(spec, recipe, compute_dtype, mesh)
+    state, rest = init(np.uint32(seed))
+    return box["graphdef"], state, rest
 
 
 def token_losses(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -128,7 +162,7 @@ def step_functions(spec: ArchSpec, recipe: Recipe, *, k: int, eval_batches: int,
     sched = recipe.schedule_args(spec, 1)
     start = time.perf_counter()
     chunk_exe = jax.jit(chunk, in_shardings=(rep, rep, data, rep, rep), out_shardings=rep,
-                        donate_argnums=0).lower(state, rest, batches, sched, jnp.int32(k)).compile(
+                        donate_argnums=0).lower(state, rest, batches, sched, np.int32(k)).compile(
                             compiler_options=compiler_options())
     windows = jax.ShapeDtypeStruct((eval_batches, B, T + 1), jnp.int32, sharding=data)
     weights = jax.ShapeDtypeStruct((eval_batches, B), jnp.float32, sharding=data)

@@ -229,8 +229,8 @@ def _check(spec: ArchSpec, data: data_lib.TokenData, seed: int) -> None:
         raise ArchscaleError(f"the data's tokenizer ({data.tokenizer}) has {data.vocab_size} ids but "
                              f"the shape's vocab_size is {spec.vocab_size}: set vocab_size="
                              f"{data.vocab_size}")
-    if seed < 0:
-        raise ArchscaleError(f"seed={seed} must be >= 0")
+    if not 0 <= seed < 2**32:
+        raise ArchscaleError(f"seed={seed} must be in [0, 2**32)")
 
 
 def train(spec: ArchSpec, budget: Budget, recipe: Recipe, data: data_lib.TokenData, seed: int = 0,

@@ -1,16 +1,19 @@
 """Sweep files: validation (every problem in one error), grid planning, budgets, config keys."""
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from archscale.search.plan import budget_for, config_key, plan_grid
+from archscale.search.plan import budget_for, config_key, noise_points, plan_grid
 from archscale.search.study import create_study
 from archscale.search.sweepfile import SweepFileError, load_sweep, parse_sweep
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "search" / "examples" / "tiny_grid.yaml"
+DEMO = EXAMPLE.with_name("demo.yaml")
 
 GRID = {
     "name": "unit-grid", "seq_len": 32, "recipe": {"batch_size": 4},
@@ -115,3 +118,86 @@ def test_search_section_rules():
         parse_sweep({**base, "search": search, "grid": GRID["grid"]})
     with pytest.raises(SweepFileError, match=r"throughput\.enabled"):
         parse_sweep({**base, "throughput": {"enabled": False}, "search": search})
+
+
+def test_a_grid_of_token_budgets_trains_every_shape_at_each():
+    data = sweep(budget={"tokens_per_param": 2})
+    data["grid"] = {**data["grid"], "tokens_per_param": [2, 6]}
+    two = parse_sweep(data)
+    one = plan_grid(parse_sweep(sweep()), vocab_size=256)
+    runs = plan_grid(two, vocab_size=256)
+    assert len(runs) == 2 * len(one) and len({run.key for run in runs}) == len(runs)
+    assert {run.spec for run in runs} == {run.spec for run in one}
+    for run in runs:
+        assert run.budget.tokens == round(run.params["tokens_per_param"] * run.params["N"])
+        assert run.seed is None
+    # Every shape at the first ratio, then every shape at the next, in the same order.
+    half = len(one)
+    assert [run.spec for run in runs[:half]] == [run.spec for run in runs[half:]]
+    assert {run.params["tokens_per_param"] for run in runs[:half]} == {2}
+    # The target of a recommendation trains at the budget's ratio, not the grid's.
+    assert budget_for(two, 1e5).tokens == 200_000
+    with pytest.raises(SweepFileError, match="needs a tokens_per_param budget"):
+        parse_sweep({**data, "budget": {"flops": 1e11}})
+    with pytest.raises(SweepFileError, match="repeat a value"):
+        parse_sweep({**data, "grid": {**data["grid"], "tokens_per_param": [2, 2]}})
+
+
+def test_a_grid_of_token_counts_trains_every_scale_on_the_same_budgets():
+    data = sweep(budget={"tokens_per_param": 20})
+    data["grid"] = {**data["grid"], "tokens": [4e4, 1e4]}
+    counts = parse_sweep(data)
+    runs = plan_grid(counts, vocab_size=256)
+    assert [run.budget.tokens for run in runs] == [40_000] * 16 + [10_000] * 16
+    assert {run.params["N"] for run in runs[:16]} == {6e3, 2e4}  # each D at each scale
+    assert budget_for(counts, 1e4).tokens == 200_000  # the target's ratio, not the grid's
+    with pytest.raises(SweepFileError, match="at most one of tokens_per_param or tokens"):
+        parse_sweep({**data, "grid": {**data["grid"], "tokens_per_param": [2]}})
+    with pytest.raises(SweepFileError, match=r"grid\.tokens needs a tokens_per_param budget"):
+        parse_sweep({**data, "budget": {"flops": 1e11}})
+
+
+def test_noise_repeats_a_few_grid_runs_with_other_seeds():
+    base = plan_grid(parse_sweep(sweep()), vocab_size=256)
+    noisy = parse_sweep(sweep(noise={"seeds": [3, 4], "runs": 2}))
+    runs = plan_grid(noisy, vocab_size=256)
+    assert runs[:len(base)] == base and len(runs) == len(base) + 4
+    assert noise_points(len(base), 2) == [len(base) // 4, 3 * len(base) // 4]
+    repeats = runs[len(base):]
+    chosen = [base[i] for i in noise_points(len(base), 2)]
+    assert [(r.spec, r.budget, r.params, r.seed) for r in repeats] == [
+        (c.spec, c.budget, c.params, s) for c in chosen for s in (3, 4)]
+    assert len({run.key for run in runs}) == len(runs)  # the seed enters a repeat's key
+    assert repeats[0].user_attrs()["seed"] == 3 and "seed" not in base[0].user_attrs()
+    assert repeats[0].run_seed(noisy.seed) == 3 and base[0].run_seed(noisy.seed) == 0
+    # A run without a seed of its own keeps the key it had before seeds could enter it.
+    old = hashlib.sha256(json.dumps({"spec": base[0].spec.to_dict(), "budget": base[0].budget
+                                     .to_dict()}, sort_keys=True).encode()).hexdigest()[:16]
+    assert base[0].key == config_key(base[0].spec, base[0].budget) == old
+    assert config_key(chosen[0].spec, chosen[0].budget, 3) == repeats[0].key != chosen[0].key
+    for bad, match in ((sweep(noise={"seeds": [0], "runs": 1}), "include the study's seed 0"),
+                       (sweep(noise={"seeds": [1, 1], "runs": 1}), "distinct"),
+                       (sweep(noise={"seeds": [1], "runs": 0}), "noise.runs")):
+        with pytest.raises(SweepFileError, match=match):
+            parse_sweep(bad)
+    with pytest.raises(SweepFileError, match="more runs than the grid plans"):
+        plan_grid(parse_sweep(sweep(noise={"seeds": [1], "runs": 99})), vocab_size=256)
+    search = {k: v for k, v in GRID.items() if k != "grid"}
+    search["search"] = {"n_params": 6e3, "d_model": {"low": 16, "high": 32},
+                        "r": {"low": 1, "high": 3}, "n_trials": 4}
+    with pytest.raises(SweepFileError, match="needs a grid"):
+        parse_sweep({**search, "noise": {"seeds": [1], "runs": 1}})
+
+
+def test_the_demo_grid_identifies_n_and_d():
+    """Two budgets per scale, 3+ widths for the U-shaped term, seed repeats: what the demo fits."""
+    demo = load_sweep(DEMO)
+    runs = plan_grid(demo, vocab_size=256)
+    grid = [run for run in runs if run.seed is None]
+    per_scale = {}
+    for run in grid:
+        per_scale.setdefault(run.params["N"], set()).add(run.budget.tokens)
+    assert len(per_scale) >= 4 and all(len(tokens) >= 2 for tokens in per_scale.values())
+    assert len({round(run.spec.d_model / run.spec.params_nonembed ** 0.5, 2) for run in grid}) >= 3
+    assert len(runs) > len(grid) and {run.seed for run in runs} - {None}
+    assert min(demo.recipe_obj.steps_for(run.spec, run.budget) for run in runs) >= 150

@@ -174,3 +174,36 @@ def test_multiobjective_search_with_a_seed_proposes_the_same_configs_again(tmp_p
         assert decode == trial.user_attrs["result"]["throughput"]["decode_tokens_per_s"] > 0
         assert trial.system_attrs["constraints:target_loss"] == pytest.approx(loss - 4.5)
     assert first.study.best_trials
+
+
+def test_budgets_and_seed_repeats_are_runs_of_their_own_each_shape_timed_once(tmp_path):
+    from archscale.search.noise import noise_floor
+
+    url = str(tmp_path / "study.journal")
+    sweep = {**GRID, "name": "noisy-grid",
+             "throughput": {"batch": 1, "context": 8, "decode_tokens": 2, "repeats": 1,
+                            "min_seconds": 0},
+             "grid": {**GRID["grid"], "d_model": [16], "tokens_per_param": [1, 2]},
+             "noise": {"seeds": [3], "runs": 1}}
+    handle = create_study(parse_sweep(sweep), url)
+    run_study("noisy-grid", url, options=QUIET)
+    trials = assert_exactly_once(handle)
+    assert len(trials) == 5  # 2 shapes x 2 budgets, and one of them again with seed 3
+    table = trials_table(handle.study).sort_values("trial_id")
+    assert table["seed"].tolist() == [0, 0, 0, 0, 3]
+    assert table.groupby("d_model")["D"].nunique().tolist() == [2]
+    repeat, twin = table.iloc[4], table.iloc[2]  # the plan's middle run, repeated
+    assert (repeat["D"], repeat["gqa_group"]) == (twin["D"], twin["gqa_group"])
+    assert repeat["loss"] != twin["loss"]
+    assert noise_floor(table) == pytest.approx(abs(repeat["loss"] - twin["loss"])
+                                               / (repeat["loss"] + twin["loss"]) * 2 ** 0.5)
+    by_number = {t.number: t for t in trials}
+    assert by_number[4].user_attrs["seed"] == 3 and "seed" not in by_number[2].user_attrs
+    # Each shape is timed by its first run; its other runs copy that measurement.
+    measured = [n for n, t in by_number.items() if "throughput_of_trial" not in t.user_attrs]
+    assert sorted(measured) == [0, 1]
+    for number in (2, 3, 4):
+        source = by_number[number].user_attrs["throughput_of_trial"]
+        assert source in (0, 1)
+        assert (by_number[number].user_attrs["result"]["throughput"]
+                == by_number[source].user_attrs["result"]["throughput"])
