@@ -24,7 +24,8 @@ def _percent(text: str) -> float:
 def demo(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
     storage: Annotated[str | None, typer.Option(
-        help="Study storage (default ./archscale.journal: rerun to continue).")] = None,
+        help="Study storage (default ./archscale.journal: rerun to continue).",
+        envvar="ARCHSCALE_STORAGE")] = None,
     sweep: Annotated[Path, typer.Option(
         help="Grid sweep file (default: the packaged demo grid).", exists=True,
         dir_okay=False)] = DEMO_SWEEP,
@@ -42,17 +43,24 @@ def demo(
         "the laws' predictions (run the demo first).")] = False,
     verify_scale: Annotated[float, typer.Option(
         help="--verify trains at this multiple of the largest trained N.")] = 2.0,
+    measure: Annotated[bool, typer.Option(
+        help="Time the finalists at the target size (random weights, interleaved) beside the "
+             "throughput law.")] = True,
+    allow_degenerate: Annotated[bool, typer.Option(
+        help="Exit 0 even if the runs do not identify a law (the report says which).")] = False,
 ) -> None:
     """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),
                           scale_factor=scale_factor, max_loss_increase=_percent(max_loss_increase),
-                          top=top, n_boot=n_boot, progress=progress)
+                          top=top, n_boot=n_boot, progress=progress, measure=measure,
+                          allow_degenerate=allow_degenerate)
     if verify_run:
         result = verify(options, verify_scale, echo=typer.echo)
-        low, high = result["loss_interval"]
+        low, high = result["loss_interval_90"]
         typer.echo(
-            f"loss: predicted {result['predicted_loss']:.4f} (95% {low:.4f}-{high:.4f}), measured "
+            f"loss: predicted {result['predicted_loss']:.4f} (90% prediction interval "
+            f"{low:.4f}-{high:.4f}), measured "
             f"{result['measured_loss']:.4f} ({result['loss_relative_error']:+.2%}; "
             f"{'inside' if result['measured_loss_inside_interval'] else 'outside'} the interval)")
         typer.echo(
@@ -66,7 +74,7 @@ def demo(
     best = rec.recommended[0]
     typer.echo(f"recommended at N={outcome.target_params:,.0f}: d_model {best.spec.d_model}, "
                f"{best.spec.n_layers} layers, {best.spec.n_heads}/{best.spec.n_kv_heads} heads, "
-               f"d_ff {best.spec.d_ff}: loss {best.loss:.4f}, {best.decode_tokens_per_s:,.0f} "
-               f"decode tok/s ({best.decode_tokens_per_s / rec.loss_optimal.decode_tokens_per_s - 1:+.0%}"
-               " vs the loss-optimal shape)")
+               f"d_ff {best.spec.d_ff}: loss {best.loss:.4f}, {best.throughput:,.0f} decode tok/s "
+               f"({best.throughput / rec.loss_optimal.throughput - 1:+.0%} vs the loss-optimal "
+               "shape)")
     typer.echo(f"report: {out / 'report.md'}")

@@ -29,20 +29,22 @@ from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
 from archscale.laws import fit_law, load_law, load_table
 from archscale.laws.law import Law
+from archscale.search.noise import noise_floor
 from archscale.search.plan import budget_for
 from archscale.search.recommend import Recommendation, SearchSpace, recommend
 from archscale.search.study import StudyHandle, create_study, open_study
 from archscale.search.sweepfile import SweepFile, load_sweep
 from archscale.search.table import trials_table
-from archscale.search.throughput_models import throughput_from_law
+from archscale.search.throughput_models import MeasureSettings, throughput_from_law
 from archscale.search.worker import WorkerOptions, run_study
 from archscale.sweeps.throughput import measure_throughput
 from archscale.sweeps.trainer import train
 
 DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
-"""The demo's grid: 4 scales x 3 widths x 2 MLP ratios x 2 GQA groups on the embedded plays."""
+"""The demo's grid on the embedded plays: 5 scales x 3 widths x 2 MLP ratios x 2 GQA groups x 2
+token budgets, plus 6 seed repeats that measure the noise floor."""
 LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
-             "throughput": "throughput.json"}
+             "accuracy": "accuracy.json", "throughput": "throughput.json"}
 """Where each fitted law is saved, under ``<out>/laws/``."""
 LLAMA_PROPORTIONS = {"r": 4.8, "d_over_sqrt_n": 0.066, "gqa": 4}
 """LLaMA-3.2-1B's shape ratios (arch/presets/llama-3.2-1b.json), the baseline's at any N."""
@@ -74,6 +76,10 @@ class DemoOptions:
     """Bootstrap seed."""
     progress: bool = True
     """Show the trainer's progress bars."""
+    allow_degenerate: bool = False
+    """Finish without an error even if the runs do not identify a law (the report says so)."""
+    measure: bool = True
+    """Time the finalists at the target size (random weights, interleaved) beside the law."""
 
 
 @dataclass
@@ -87,6 +93,7 @@ class DemoOutcome:
     target_params: float
     target_tokens: float
     baseline_note: str
+    noise_floor: float
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -106,7 +113,7 @@ def run_trials(options: DemoOptions, echo: Echo) -> StudyHandle:
     handle = create_study(sweep, options.storage)
     done = len(trials_table(handle.study))
     planned = len(handle.planned_runs())
-    echo(f"[1/4] study {handle.name!r} in {handle.url}: {done}/{planned} runs complete; "
+    echo(f"[1/4] study {handle.name!r} in {handle.shown_url}: {done}/{planned} runs complete; "
          f"running the rest on {options.workers} worker(s)")
     run_study(handle.name, handle.url, workers=options.workers,
               options=WorkerOptions(progress=options.progress), echo=echo)
@@ -127,22 +134,44 @@ def conditional_terms(sweep: SweepFile) -> list[dict[str, str]]:
     return terms
 
 
+def accuracy_target(table: pd.DataFrame) -> str:
+    """The shipped multiple-choice task's accuracy where the runs measured it, else next-token
+    accuracy."""
+    task = table.get("task_accuracy")
+    return "task_accuracy" if task is not None and task.notna().all() else "val_accuracy"
+
+
 def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
-             echo: Echo) -> dict[str, Law]:
-    """Fit and validate the three laws (held out: the largest grid scale, by the table's
-    ``scale`` column)."""
-    provenance = {"source": "study", "study": handle.name, "storage": handle.url}
+             noise: float, echo: Echo) -> dict[str, Law]:
+    """Fit and validate the four laws (held out: the largest grid scale, by the table's
+    ``scale`` column); ``noise`` is the measured seed-to-seed floor the intervals respect."""
+    provenance = {"source": "study", "study": handle.name, "storage": handle.shown_url}
     settings = {
         "chinchilla": {},
-        "conditional": {"terms": conditional_terms(handle.sweep)},
+        # soft_l1: the seed scatter (about 2% of the loss) otherwise pulls E to zero
+        "conditional": {"terms": conditional_terms(handle.sweep), "robust": "soft_l1"},
+        "accuracy": {"target": accuracy_target(table)},
         "throughput": {"target": "decode"},
     }
     laws = {}
     for kind, law_options in settings.items():
         echo(f"[2/4] fitting the {kind} law on {len(table)} runs ({options.n_boot} bootstrap refits)")
         laws[kind] = fit_law(kind, table, law_options, n_boot=options.n_boot, seed=options.seed,
-                             provenance=provenance)
+                             provenance=provenance,
+                             noise_floor=None if kind != "conditional" or noise != noise else noise)
+        for problem in laws[kind].problems:
+            echo(f"      not identified: {problem.message}")
     return laws
+
+
+def refuse_unidentified(laws: dict[str, Law], out: Path) -> None:
+    """One error naming every law the runs do not identify (the report is already written)."""
+    bad = {kind: law for kind, law in laws.items() if not law.identified}
+    if bad:
+        raise ArchscaleError(
+            f"the runs do not identify the {', '.join(bad)} law(s): "
+            + "; ".join(f"{kind}: {law.problems[0].message}" for kind, law in bad.items())
+            + f". The report in {out}/ says so; fix the grid, or pass --allow-degenerate")
 
 
 def baseline_shape(sweep: SweepFile, n_params: float, vocab_size: int) -> tuple[ArchSpec, str]:
@@ -179,16 +208,25 @@ def search_space(sweep: SweepFile, table: pd.DataFrame, n_params: float, tokens:
 
 
 def recommend_at(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law], n_params: float,
-                 options: DemoOptions) -> tuple[Recommendation, float, str]:
-    """Algorithm 1 at ``n_params`` with the study's budget rule; (recommendation, D, baseline)."""
+                 options: DemoOptions, measure: bool | None = None
+                 ) -> tuple[Recommendation, float, str]:
+    """Algorithm 1 at ``n_params`` with the study's budget rule; (recommendation, D, baseline).
+
+    The finalists are timed at the target size (random weights, interleaved) when ``measure``
+    (default: ``options.measure``), in the study's throughput setting."""
     sweep = handle.sweep
     tokens = float(budget_for(sweep, n_params).tokens)  # the rule every grid run trained under
     baseline, note = baseline_shape(sweep, n_params, handle.vocab_size)
+    setting = sweep.throughput
+    timing = MeasureSettings(min_seconds=setting.min_seconds, repeats=setting.repeats,
+                             decode_tokens=setting.decode_tokens)
     rec = recommend(laws["conditional"], search_space(sweep, table, n_params, tokens,
                                                       handle.vocab_size),
                     throughput_from_law(laws["throughput"]),
                     max_loss_increase=options.max_loss_increase, top=options.top,
-                    batch=sweep.throughput.batch, context=sweep.tp_context, baseline=baseline)
+                    batch=setting.batch, context=sweep.tp_context, baseline=baseline,
+                    accuracy_law=laws.get("accuracy"),
+                    measure=timing if (options.measure if measure is None else measure) else None)
     return rec, tokens, note
 
 
@@ -205,7 +243,8 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
         raise ArchscaleError(f"only {len(table)} complete runs in study {handle.name!r}: the laws "
                              "need more; check failed trials with `archscale study status`")
     start = time.perf_counter()
-    laws = fit_laws(handle, table, options, echo)
+    noise = noise_floor(table)
+    laws = fit_laws(handle, table, options, noise, echo)
     seconds["fits"] = time.perf_counter() - start
     target = options.scale_factor * float(handle.sweep.grid.scales[-1])
     echo(f"[3/4] recommending shapes at N={target:,.0f} ({options.scale_factor:g}x the largest "
@@ -213,9 +252,11 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
     start = time.perf_counter()
     rec, tokens, note = recommend_at(handle, table, laws, target, options)
     seconds["recommend"] = time.perf_counter() - start
-    outcome = DemoOutcome(handle, table, laws, rec, target, tokens, note, seconds)
+    outcome = DemoOutcome(handle, table, laws, rec, target, tokens, note, noise, seconds)
     echo(f"[4/4] writing {options.out}/")
     write_report(outcome, options.out)
+    if not options.allow_degenerate:
+        refuse_unidentified(laws, options.out)
     return outcome
 
 
@@ -231,13 +272,13 @@ def load_report_laws(out: Path) -> dict[str, Law]:
 
 def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) -> dict[str, Any]:
     """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare."""
-    from archscale.search.report import write_json
+    from archscale.search.report import add_verify_to_summary, write_json
 
     laws = load_report_laws(options.out)
     handle = open_study(load_sweep(options.sweep).name, options.storage)
     table = load_table(trials_table(handle.study))
     n_params = scale_factor * float(handle.sweep.grid.scales[-1])
-    rec, tokens, _ = recommend_at(handle, table, laws, n_params, options)
+    rec, tokens, _ = recommend_at(handle, table, laws, n_params, options, measure=False)
     top = rec.recommended[0]
     spec = top.spec
     echo(f"verify: training the top recommended shape at N={spec.params_nonembed:,} "
@@ -249,14 +290,15 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
     if result.status != "complete" or result.val_loss is None:
         raise ArchscaleError(f"the verification run ended {result.status}: {result.message}")
     speed = measure_throughput(spec, **sweep.throughput_options())
-    loss_in = top.loss_low <= result.val_loss <= top.loss_high
+    low, high = top.loss_interval_90
     report = {
         "spec": spec.to_dict(), "params_nonembed": spec.params_nonembed, "tokens": result.tokens,
         "extrapolation_factor": n_params / float(table["N"].max()),
-        "predicted_loss": top.loss, "loss_interval": [top.loss_low, top.loss_high],
+        "predicted_loss": top.loss, "loss_interval_90": [low, high],
+        "loss_mean_interval_95": [top.loss_low, top.loss_high],
         "measured_loss": result.val_loss,
         "loss_relative_error": (top.loss - result.val_loss) / result.val_loss,
-        "measured_loss_inside_interval": loss_in,
+        "measured_loss_inside_interval": bool(low <= result.val_loss <= high),
         "predicted_decode_tokens_per_s": top.decode_tokens_per_s,
         "measured_decode_tokens_per_s": speed.decode_tokens_per_s,
         "throughput_relative_error": (top.decode_tokens_per_s - speed.decode_tokens_per_s)
@@ -264,5 +306,6 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
         "run": result.to_dict(),
     }
     write_json(report, options.out / "verify.json")
+    add_verify_to_summary(options.out, report)
     return report
 

@@ -6,6 +6,7 @@ Layout of ``<out>/``::
     laws/*.json               the fitted laws (``archscale predict`` / ``recommend`` read them)
     figures/*.png             U-curves, held-out, fits, the measured and predicted Pareto fronts
     recommendations.json      the recommendation with provenance (``archscale export`` reads it)
+    summary.json              the headline figures, for programs (``summary``: keys below)
     hf/<shape>/config.json    one HuggingFace LlamaConfig per exported shape
 """
 
@@ -33,6 +34,19 @@ from archscale.search.table import pareto_front
 
 if TYPE_CHECKING:
     from archscale.search.demo import DemoOutcome
+
+
+def _budgets(sweep: Any) -> str:
+    grid = sweep.grid
+    if grid.tokens_per_param:
+        return " and ".join(f"{r:g}" for r in grid.tokens_per_param) + " tokens per parameter"
+    if grid.tokens:
+        return " and ".join(f"{t:,.0f}" for t in grid.tokens) + " tokens"
+    return f"{sweep.budget.tokens_per_param:g} tokens per parameter"
+
+
+def _percent(value: float | None) -> str:
+    return "not measured" if value is None or value != value else f"{value:.2%}"
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
@@ -78,6 +92,55 @@ def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
     return path
 
 
+HELDOUT_KEYS = ("mean_relative_error", "mse", "spearman_min", "coverage_90")
+"""Held-out figures summary.json gives per law (laws/validation.py, laws/law.py)."""
+
+
+def law_summary(law: Law) -> dict[str, Any]:
+    """A law's headline figures: exponents and E where it has them, whether the runs identify
+    it (and why not), and its held-out error and 90% prediction-interval coverage."""
+    held = law.validation.get("heldout") or {}
+    out: dict[str, Any] = {k: v for k, v in law.coefficients.items() if k in ("alpha", "beta", "E")}
+    out["identified"] = law.identified
+    out["problems"] = [p.message for p in law.problems]
+    out["heldout"] = {k: held.get(k) for k in HELDOUT_KEYS} | {"n": held.get("n_test"),
+                                                               "rule": held.get("rule")}
+    return out
+
+
+def summary(outcome: DemoOutcome) -> dict[str, Any]:
+    """summary.json: every figure a program checks a demo by."""
+    rec = outcome.recommendation.to_dict()
+    shapes = [("#" + str(i), s) for i, s in enumerate(rec["recommended"], 1)]
+    shapes += [("loss-optimal", rec["loss_optimal"])]
+    if rec["baseline"] is not None:
+        shapes.append(("baseline", rec["baseline"]))
+    keys = ("predicted_loss", "loss_interval_90", "predicted_accuracy", "accuracy_interval_90",
+            "measured_decode_tokens_per_s", "predicted_decode_tokens_per_s")
+    return {
+        "laws": {kind: law_summary(law) for kind, law in outcome.laws.items()},
+        "noise_floor_relative": (None if outcome.noise_floor != outcome.noise_floor
+                                 else outcome.noise_floor),
+        "throughput_check": outcome.recommendation.throughput_check,
+        "target": {"params": outcome.target_params, "tokens": outcome.target_tokens},
+        "recommendations": [{"name": name, "params_nonembed": s["params_nonembed"],
+                             **{k: s.get(k) for k in keys}} for name, s in shapes],
+        "seconds": outcome.seconds,
+    }
+
+
+def add_verify_to_summary(out: Path, verify: dict[str, Any]) -> Path:
+    """summary.json's ``verify`` key: the verification run's loss and its 90% interval."""
+    path = out / "summary.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["verify"] = {"measured_loss": verify["measured_loss"],
+                      "predicted_loss": verify["predicted_loss"],
+                      "loss_interval_90": verify["loss_interval_90"],
+                      "inside": verify["measured_loss_inside_interval"],
+                      "params_nonembed": verify["params_nonembed"]}
+    return write_json(data, path)
+
+
 def _coefficients(law: Law) -> list[str]:
     intervals = law.coef_intervals(0.95)
     lines = ["| coefficient | value | 95% interval |", "|---|---|---|"]
@@ -93,9 +156,29 @@ def _validation(law: Law) -> str:
     if "mse" not in held:
         return f"held-out check skipped: {held.get('skipped', 'one scale only')}"
     spearman = held.get("spearman_min")
+    coverage = held.get("coverage_90")
     return (f"held out ({held['rule']}, {held['n_test']} runs): MSE {held['mse']:.3g}, mean "
             f"relative error {held['mean_relative_error']:.2%}, lowest Spearman per group "
-            f"{'n/a' if spearman is None else f'{spearman:.2f}'}")
+            f"{'n/a' if spearman is None else f'{spearman:.2f}'}"
+            + ("" if coverage is None else f", 90% prediction intervals cover {coverage:.0%}"))
+
+
+def _throughput_sentence(rec: Recommendation) -> str:
+    check = rec.throughput_check or {}
+    measured = check.get("n_measured", 0)
+    if not measured:
+        return "predicted by the throughput law fitted on this machine's trial measurements."
+    error = check.get("law_median_abs_rel_error")
+    return (f"{measured} shapes built at the target size with random weights and timed "
+            f"interleaved on this machine (the measured column); the throughput law fitted on the "
+            f"trials missed them by {_percent(error)} (median), and serves only shapes not "
+            "measured.")
+
+
+def _identification(law: Law) -> list[str]:
+    if law.identified:
+        return ["Identified: no design or fit problem found (laws/diagnostics.py)."]
+    return ["**Not identified**: " + p.message + "." for p in law.problems]
 
 
 def _shape_rows(rec: Recommendation) -> list[str]:
@@ -115,30 +198,37 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
         "# archscale demo report", "",
         f"Written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by archscale {archscale.__version__}.",
         "", "## What was trained", "",
-        f"Study `{handle.name}` in `{handle.url}`: {len(table)} complete runs on "
+        f"Study `{handle.name}` in `{handle.shown_url}`: {len(table)} complete runs on "
         f"{handle.study.user_attrs.get('data_source', 'the embedded plays')} ({sweep.tokenizer} "
         f"tokenizer, sequence length {sweep.seq_len}), a grid of scales N = {scales} x "
         f"d/sqrt(N) {sweep.grid.d_over_sqrt_n} x r {sweep.grid.r} x GQA {sweep.grid.gqa}, each run "
-        f"trained on {sweep.budget.tokens_per_param:g} tokens per parameter. Trials took "
+        f"trained on {_budgets(sweep)}; the target is predicted at "
+        f"{sweep.budget.tokens_per_param:g} tokens per parameter. Trials took "
         f"{outcome.seconds.get('trials', 0):.0f} s in this invocation (finished runs are never "
         "retrained), the fits {:.0f} s.".format(outcome.seconds.get("fits", 0)), "",
-        f"Watch or inspect it: `optuna-dashboard {handle.url}`.", "",
+        f"Watch or inspect it: `optuna-dashboard {handle.shown_url}`.", "",
+        f"Run-to-run noise floor (the same shape and tokens, other seeds): "
+        f"{_percent(outcome.noise_floor)} of the loss; no law can be expected to predict a "
+        "single run closer than that.", "",
         "## Fitted laws", "",
-        "Intervals are 95% bootstrap percentile intervals over runs: the uncertainty of the law's "
-        "mean, not the scatter of single runs. The held-out check refits on the smaller scales and "
-        "predicts the largest trained one.", "",
+        "Coefficient intervals are 95% bootstrap percentile intervals over runs (the uncertainty "
+        "of the law's mean). Prediction intervals (where a run lands) add the scatter of runs and "
+        "the error of extrapolating the form, calibrated on progressive held-out refits "
+        "(laws/intervals.py). The held-out check refits on the smaller scales and predicts the "
+        "largest trained one.", "",
     ]
     for kind, law in outcome.laws.items():
-        lines += [f"### {kind} ({law.target})", "", *_coefficients(law), "", _validation(law), ""]
+        lines += [f"### {kind} ({law.target})", "", *_coefficients(law), "", _validation(law),
+                  "", *_identification(law), ""]
         lines += [f"note: {note}" for note in law.notes]
         lines += [f"![{kind} {p.stem}](figures/{p.name})" for p in figures.get(kind, [])] + [""]
     lines += [
         f"## Recommendation at N = {outcome.target_params:,.0f}, D = {outcome.target_tokens:,.0f}",
         "",
         f"Target loss {rec.target_loss:.4f} (the loss-optimal shape's prediction + "
-        f"{(rec.target_loss / rec.loss_optimal.loss - 1):.1%}). Decode throughput predicted by the "
-        f"throughput law fitted on this machine's measurements (batch {rec.batch}, context "
-        f"{rec.context}). Baseline: {outcome.baseline_note}.", "",
+        f"{(rec.target_loss / rec.loss_optimal.loss - 1):.1%}). Decode throughput (batch "
+        f"{rec.batch}, context {rec.context}): {_throughput_sentence(rec)} Baseline: "
+        f"{outcome.baseline_note}.", "",
         *_shape_rows(rec), "",
         f"Extrapolation: {extrapolation.get('factor', float('nan')):.1f}x beyond the largest "
         "trained N; the intervals above are the laws' at that distance and widen with it.", "",
@@ -166,6 +256,7 @@ def write_report(outcome: DemoOutcome, out: Path) -> Path:
     plot_pareto(outcome.table, outcome.recommendation, figures_dir / "pareto.png")
     source = save_recommendation(outcome.recommendation, out)
     configs = export_hf(source, out / "hf")
+    write_json(summary(outcome), out / "summary.json")
     report = out / "report.md"
     report.write_text(_markdown(outcome, figures, configs, out))
     return report

@@ -9,6 +9,7 @@ import pytest
 from conftest import SMALL_STUDY_SWEEP
 from typer.testing import CliRunner
 
+from archscale.arch.errors import ArchscaleError
 from archscale.cli.main import app
 from archscale.laws import load_law, load_table
 from archscale.search.study import open_study
@@ -25,8 +26,42 @@ def demo_report(small_study, tmp_path_factory):
     result = CliRunner().invoke(app, [
         "demo", "--sweep", str(SMALL_STUDY_SWEEP), "--storage", url, "--out", str(out),
         "--workers", "1", "--n-boot", "40", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    # every run of this study has D = 5N: the demo writes its report, then refuses the laws
+    # those runs cannot identify (exit 2, one line naming them) unless --allow-degenerate
+    assert isinstance(result.exception, ArchscaleError), result.output
+    assert "do not identify the chinchilla, conditional" in str(result.exception)
+    assert "collinear" in str(result.exception) and "--allow-degenerate" in str(result.exception)
     return out, result.output, url, name, before
+
+
+def test_summary_json_holds_the_figures_a_program_checks(demo_report):
+    out = demo_report[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["laws"]) == {"chinchilla", "conditional", "accuracy", "throughput"}
+    chinchilla = summary["laws"]["chinchilla"]
+    assert chinchilla["identified"] is False and "collinear" in chinchilla["problems"][0]
+    assert {"alpha", "E", "identified", "heldout"} <= set(chinchilla)
+    conditional = summary["laws"]["conditional"]
+    assert {"alpha", "beta", "E", "identified", "heldout"} <= set(conditional)
+    held = conditional["heldout"]
+    assert {"mean_relative_error", "mse", "spearman_min", "coverage_90"} <= set(held)
+    assert 0 <= held["coverage_90"] <= 1 and held["n"] == 8
+    # no shape of this study was trained twice, so no noise floor was measured
+    assert summary["noise_floor_relative"] is None
+    names = [r["name"] for r in summary["recommendations"]]
+    assert names[-2:] == ["loss-optimal", "baseline"] and names[0] == "#1"
+    for rec in summary["recommendations"]:
+        low, high = rec["loss_interval_90"]
+        assert low < rec["predicted_loss"] < high
+        acc_low, acc_high = rec["accuracy_interval_90"]
+        assert acc_low <= rec["predicted_accuracy"] <= acc_high
+        assert rec["measured_decode_tokens_per_s"] > 0
+        assert rec["predicted_decode_tokens_per_s"] > 0
+    check = summary["throughput_check"]
+    errors = [abs(s["predicted_decode_tokens_per_s"] / s["measured_decode_tokens_per_s"] - 1)
+              for s in check["shapes"] if s["measured_decode_tokens_per_s"]]
+    assert check["n_measured"] == len(errors) > 0
+    assert check["law_median_abs_rel_error"] == pytest.approx(float(np.median(errors)))
 
 
 def test_a_finished_study_is_continued_not_retrained(demo_report):
