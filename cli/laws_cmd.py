@@ -80,7 +80,7 @@ def _print_law(law: Law) -> None:
     if model is not None:
         growth = "not calibrated" if model.growth is None else f"{model.growth:.3g}"
         typer.echo(f"prediction intervals ({model.method}): run scatter {model.sigma_run:.3g}, "
-                   f"growth per log unit of extrapolation {growth} ({model.space} units)")
+                   f"growth per fitted-range width of extrapolation {growth} ({model.space} units)")
     for note in law.notes:
         typer.echo(f"note: {note}")
     for problem in law.problems:

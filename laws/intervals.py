@@ -13,9 +13,9 @@ log width (0 inside).
   with the fitted coefficients' degrees of freedom taken out, or the measured seed-to-seed noise
   floor if that is larger;
 * ``growth``, how fast the error grows with extrapolation, comes from the progressive held-out
-  fits (fit on the scales up to k, predict scale k + 1): the least-squares fit of
+  fits (fit on the scales up to k, predict every larger scale): the least-squares fit of
   r^2 - sigma_run^2 = growth^2 delta^2 over their residuals r (0 if they are no worse than in
-  sample).
+  sample). Refits that their runs do not identify are left out.
 
 The interval is prediction * exp(+-z sigma(delta)) (or +-z sigma in absolute units) with z the
 normal quantile of the level, and never narrower than the bootstrap interval of the law's mean
@@ -53,7 +53,8 @@ class ErrorModel:
     sigma_run: float
     """Scatter of runs inside the fitted range (residual units of ``space``)."""
     growth: float | None
-    """Extra error per log unit of extrapolation; None when no held-out fit calibrated it."""
+    """Extra error per unit of extrapolation distance (``distance``: fitted-range widths);
+    None when no held-out fit calibrated it."""
     ranges: dict[str, list[float]]
     """Fitted range [min, max] of each input the distance is measured on."""
     n_fit: int = 0

@@ -37,7 +37,13 @@ from archscale.laws.bootstrap import percentile_interval, resample_counts
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
 from archscale.laws.kind import Estimate, LawKind
-from archscale.laws.table import TableError, add_features, scale_labels, table_sha256
+from archscale.laws.table import (
+    TableError,
+    add_features,
+    group_labels,
+    scale_labels,
+    table_sha256,
+)
 
 KINDS: dict[str, LawKind] = {k.name: k for k in (chinchilla.KIND, conditional.KIND,
                                                  throughput.KIND, accuracy.KIND)}
@@ -237,7 +243,7 @@ def _heldout_rows(law: Law, table: pd.DataFrame, index: np.ndarray, rule: str,
     low, high = law.prediction_interval(table, level)
     measured = table[target].to_numpy(dtype=float)
     task = {"rule": rule, "n_train": law.provenance.get("n_runs"), "n_test": len(table),
-            **validation.prediction_metrics(predicted, measured, validation.group_labels(table)),
+            **validation.prediction_metrics(predicted, measured, group_labels(table)),
             f"coverage_{round(level * 100)}": intervals.coverage(low, high, measured)}
     task["rows"] = {"index": index.tolist(), "predicted": predicted.tolist(),
                     "measured": measured.tolist(), "lower": low.tolist(), "upper": high.tolist(),
