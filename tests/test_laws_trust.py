@@ -118,6 +118,37 @@ def test_prediction_intervals_cover_heldout_morph_runs(morph_split):
     assert np.mean((mean_low <= measured) & (measured <= mean_high)) < held["coverage_90"]
 
 
+def epoch_table() -> pd.DataFrame:
+    """Hoffmann et al.'s runs as the replication fits them: the 5 highest losses dropped."""
+    raw = pd.read_csv(VALIDATION_DIR / "chinchilla_epoch.csv")
+    table = pd.DataFrame({"N": raw["Model Size"], "loss": raw["loss"],
+                          "D": raw["Training FLOP"] / (6 * raw["Model Size"])})
+    return table.sort_values("loss").iloc[:-5].reset_index(drop=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("data", "law", "options", "cuts"), [
+    ("morph", "conditional", {"terms": "aspect:u_log_sq"}, [1.2e8, 1.7e8, 2e8, 3e8]),
+    ("epoch", "chinchilla", {}, [2e8, 4e8, 1e9, 2e9]),
+])
+def test_prediction_intervals_are_calibrated_over_many_splits(data, law, options, cuts):
+    """One split of 16 runs cannot tell 90% from 100% coverage (a calibrated 90% interval covers
+    all 16 about one time in five); pooled over four fit-small, predict-large splits, the nominal
+    90% intervals must cover 80-98% of the held-out runs."""
+    table = (load_table(VALIDATION_DIR / "morph_open_lm.csv",
+                        "N=n_params,D=train_tokens,loss=final_loss,scale=size_label")
+             if data == "morph" else epoch_table())
+    inside = []
+    for cut in cuts:
+        fitted = fit_law(law, table, options, n_boot=20, holdout_above=cut)
+        rows = fitted.validation["heldout"]["rows"]
+        measured = np.array(rows["measured"])
+        inside.append((np.array(rows["lower"]) <= measured) & (measured <= np.array(rows["upper"])))
+    pooled = np.concatenate(inside)
+    assert len(pooled) > 100
+    assert 0.8 <= pooled.mean() <= 0.98, [round(float(i.mean()), 2) for i in inside]
+
+
 def test_predict_csv_round_trip(morph_split, tmp_path):
     law_file = tmp_path / "law.json"
     from archscale.laws import save_law
