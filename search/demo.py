@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,13 @@ from archscale.laws.law import Law
 from archscale.search.noise import noise_floor
 from archscale.search.plan import budget_for
 from archscale.search.recommend import Recommendation, SearchSpace, recommend
+from archscale.search.report import (
+    LAW_FILES,
+    DemoOutcome,
+    add_verify_to_summary,
+    write_json,
+    write_report,
+)
 from archscale.search.study import StudyHandle, create_study, open_study
 from archscale.search.sweepfile import SweepFile, load_sweep
 from archscale.search.table import trials_table
@@ -43,9 +50,6 @@ from archscale.sweeps.trainer import train
 DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
 """The demo's grid on the embedded plays: 5 scales x 3 widths x 2 MLP ratios x 2 GQA groups x 2
 token budgets, plus 6 seed repeats that measure the noise floor."""
-LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
-             "accuracy": "accuracy.json", "throughput": "throughput.json"}
-"""Where each fitted law is saved, under ``<out>/laws/``."""
 LLAMA_PROPORTIONS = {"r": 4.8, "d_over_sqrt_n": 0.066, "gqa": 4}
 """LLaMA-3.2-1B's shape ratios (arch/presets/llama-3.2-1b.json), the baseline's at any N."""
 
@@ -80,21 +84,6 @@ class DemoOptions:
     """Finish without an error even if the runs do not identify a law (the report says so)."""
     measure: bool = True
     """Time the finalists at the target size (random weights, interleaved) beside the law."""
-
-
-@dataclass
-class DemoOutcome:
-    """What a demo run produced (the report is written from this)."""
-
-    handle: StudyHandle
-    table: pd.DataFrame
-    laws: dict[str, Law]
-    recommendation: Recommendation
-    target_params: float
-    target_tokens: float
-    baseline_note: str
-    noise_floor: float
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _require_grid(sweep: SweepFile) -> None:
@@ -232,8 +221,6 @@ def recommend_at(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law],
 
 def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
     """Stages 1-4 (see the module docstring); returns what the report shows."""
-    from archscale.search.report import write_report
-
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     handle = run_trials(options, echo)
@@ -272,8 +259,6 @@ def load_report_laws(out: Path) -> dict[str, Law]:
 
 def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) -> dict[str, Any]:
     """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare."""
-    from archscale.search.report import add_verify_to_summary, write_json
-
     laws = load_report_laws(options.out)
     handle = open_study(load_sweep(options.sweep).name, options.storage)
     table = load_table(trials_table(handle.study))

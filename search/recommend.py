@@ -50,6 +50,7 @@ from archscale.search.recommendation import (
     save_recommendation,
 )
 from archscale.search.space import SearchSpace
+from archscale.search.table import pareto_indices
 from archscale.search.throughput_models import (
     MeasureSettings,
     ThroughputModel,
@@ -119,12 +120,8 @@ def accuracy_at(scored: list[Scored], accuracy_law: Law) -> list[Scored]:
 
 def pareto_front(scored: list[Scored]) -> list[Scored]:
     """Shapes no other shape beats on both loss (lower) and throughput (higher), by loss."""
-    front, best_speed = [], -math.inf
-    for s in sorted(scored, key=lambda s: (s.loss, -s.decode_tokens_per_s)):
-        if s.decode_tokens_per_s > best_speed:
-            front.append(s)
-            best_speed = s.decode_tokens_per_s
-    return front
+    keep = pareto_indices([s.loss for s in scored], [s.decode_tokens_per_s for s in scored])
+    return [scored[i] for i in keep]
 
 
 def gqa_local_search(start: Scored, law: Law, throughput: ThroughputModel, space: SearchSpace,

@@ -34,11 +34,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from archscale.search.attrs import STALE_ATTR
 from archscale.search.plan import PLAN_ATTRS
 
 OWNER_ATTR = "archscale:owner"
 HEARTBEAT_ATTR = "archscale:heartbeat"
-STALE_ATTR = "archscale:stale"
 MAX_RETRIES = 3
 """A trial whose worker dies this many times is left failed instead of retried again."""
 _log = logging.getLogger(__name__)

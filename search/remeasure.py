@@ -17,7 +17,7 @@ import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
-from archscale.search.objective import RESULT_ATTR
+from archscale.search.attrs import RESULT_ATTR
 from archscale.search.study import StudyHandle
 from archscale.sweeps.results import RunResult
 from archscale.sweeps.throughput import compare_throughput

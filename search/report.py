@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: the demo runs on machines without a screen
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 import archscale
 from archscale.laws import save_law
@@ -33,7 +31,26 @@ from archscale.search.recommend import Recommendation, Scored, save_recommendati
 from archscale.search.table import pareto_front
 
 if TYPE_CHECKING:
-    from archscale.search.demo import DemoOutcome
+    from archscale.search.study import StudyHandle
+
+LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
+             "accuracy": "accuracy.json", "throughput": "throughput.json"}
+"""Where each fitted law is saved, under ``<out>/laws/``."""
+
+
+@dataclass
+class DemoOutcome:
+    """What a demo run produced (the report is written from this)."""
+
+    handle: StudyHandle
+    table: pd.DataFrame
+    laws: dict[str, Law]
+    recommendation: Recommendation
+    target_params: float
+    target_tokens: float
+    baseline_note: str
+    noise_floor: float
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _budgets(sweep: Any) -> str:
@@ -57,7 +74,9 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
 
 def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
     """Left: measured runs (loss vs decode tok/s) with each scale's front; right: the target."""
-    fig, (ax_runs, ax_target) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    # a Figure on the Agg canvas, not pyplot: no global backend switch for a notebook to inherit
+    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
+    ax_runs, ax_target = fig.subplots(1, 2)
     labels = scale_labels(table)  # grid scales: realized N scatter around each target
     for label in scale_order(table):
         runs = table[labels == label]
@@ -88,7 +107,6 @@ def plot_pareto(table: pd.DataFrame, rec: Recommendation, path: Path) -> Path:
     ax_target.set_title("at the target scale (laws)")
     ax_target.legend(fontsize=8)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -245,8 +263,6 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
 
 def write_report(outcome: DemoOutcome, out: Path) -> Path:
     """Write the whole report folder; returns the path of report.md."""
-    from archscale.search.demo import LAW_FILES
-
     out.mkdir(parents=True, exist_ok=True)
     figures_dir = out / "figures"
     figures: dict[str, list[Path]] = {}

@@ -9,14 +9,14 @@ column says which, so a fit keeps ``status == "complete"``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from archscale.arch.spec import ArchSpec
-from archscale.search.objective import RESULT_ATTR
-from archscale.search.recovery import STALE_ATTR
+from archscale.search.attrs import RESULT_ATTR, STALE_ATTR
 from archscale.sweeps.results import RunResult
 
 COLUMNS = ["N", "params_total", "D", "loss", "d_model", "n_layers", "n_heads", "n_kv_heads",
@@ -75,14 +75,20 @@ def status_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pareto_indices(loss: Sequence[float], throughput: Sequence[float]) -> list[int]:
+    """Positions of the points no other point beats on both lower loss and higher throughput,
+    by loss. The one Pareto rule: the run table's front and the recommendation's both use it."""
+    order = sorted(range(len(loss)), key=lambda i: (loss[i], -throughput[i]))
+    keep, best = [], -math.inf
+    for i in order:
+        if throughput[i] > best:
+            keep.append(i)
+            best = throughput[i]
+    return keep
+
+
 def pareto_front(table: pd.DataFrame, loss: str = "loss",
                  throughput: str = "decode_tokens_per_s") -> pd.DataFrame:
     """Rows no other row beats on both lower ``loss`` and higher ``throughput``, by loss."""
-    ok = table[table[loss].notna() & table[throughput].notna()].sort_values(
-        [loss, throughput], ascending=[True, False])
-    keep, best = [], -math.inf
-    for index, value in ok[throughput].items():
-        if value > best:
-            keep.append(index)
-            best = value
-    return ok.loc[keep]
+    ok = table[table[loss].notna() & table[throughput].notna()]
+    return ok.iloc[pareto_indices(ok[loss].tolist(), ok[throughput].tolist())]

@@ -54,7 +54,6 @@ def test_morph_heldout_meets_the_bar_with_an_aspect_term(morph):
     held = law.validation["heldout"]
     assert held["n_test"] == 16
     assert held["mse"] <= 2.5e-4
-    assert held["mse"] == pytest.approx(1.65e-4, rel=0.05)
     assert held["mean_relative_error"] < 0.0035
     groups = held["spearman_by_group"]
     assert len(groups) == 3  # (313M, 20N), (1B, 20N), (313M, 40N)

@@ -1,7 +1,8 @@
 """RunResult: lossless JSON round trip, validation, the run-table row; provenance helpers."""
 
 import json
-import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -43,40 +44,23 @@ def test_json_round_trip_is_lossless(tmp_path):
                                ).diverged_step == 2
 
 
-def test_json_has_the_keys_the_issue_requires():
+def test_row_maps_a_result_onto_the_run_table_columns():
+    """The counts are worked out by hand for SPEC (README conventions): N is the decoder blocks
+    plus the final norm; r is SwiGLU's three matrices over Q, K, V, O."""
     data = json.loads(make_result().to_json())
     for key in ("val_loss", "val_accuracy", "task_accuracy", "tokens", "flops", "tokens_per_s",
                 "mfu", "status"):
         assert key in data
-
-
-def test_non_finite_floats_are_refused_not_written_as_nan():
-    with pytest.raises(ValueError):
-        make_result(val_loss=float("nan")).to_json()
-    assert finite_or_none(float("nan")) is None
-    assert finite_or_none(float("-inf")) is None
-    assert finite_or_none(None) is None
-    assert finite_or_none(2) == 2.0
-
-
-def test_bad_status_and_unknown_keys_are_user_errors(tmp_path):
-    with pytest.raises(ArchscaleError, match="status"):
-        make_result(status="crashed")
-    data = make_result().to_dict() | {"loss": 1.0}
-    with pytest.raises(ArchscaleError, match="unknown RunResult keys"):
-        RunResult.from_dict(data)
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ArchscaleError, match="cannot read"):
-        RunResult.load(tmp_path / "bad.json")
-
-
-def test_row_follows_the_run_table_contract():
+    attention = 32 * 32 + 2 * 32 * (2 * 8) + 32 * 32  # Q, K and V of 2 KV heads, O
+    mlp = 3 * 32 * 64
+    n_params = 2 * (attention + mlp + 2 * 32) + 32
     row = make_result().row()
-    assert row["N"] == SPEC.params_nonembed and row["params_total"] == SPEC.params_total
+    assert row["N"] == n_params == 18_592
+    assert row["params_total"] == n_params + 256 * 32  # tied embedding
     assert row["D"] == 512 and row["loss"] == 0.1 + 0.2
-    assert row["r"] == pytest.approx(SPEC.r_mlp_attn)
-    assert row["gqa_group"] == 2 and row["d_model"] == 32 and row["seq_len"] == 32
-    assert row["prefill_tokens_per_s"] == 1e5 and row["tp_batch"] == 8 and row["tp_context"] == 512
+    assert row["r"] == pytest.approx(mlp / attention) and row["gqa_group"] == 2
+    assert row["d_over_sqrt_n"] == pytest.approx(32 / n_params**0.5)
+    assert row["decode_tokens_per_s"] == 2e3 and row["tp_context"] == 512
     assert make_result(throughput=None).row()["decode_tokens_per_s"] is None
     assert make_result().arch_spec == SPEC
 
@@ -84,5 +68,9 @@ def test_row_follows_the_run_table_contract():
 def test_provenance():
     versions = software_versions()
     assert set(versions) == {"jax", "flax", "optax", "archscale"}
-    commit = git_commit()  # this test runs from the repository checkout
-    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / ".git").exists():
+        pytest.skip("not a git checkout: there is no commit to record")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert git_commit() == head
