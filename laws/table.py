@@ -2,7 +2,8 @@
 validation of the columns a law needs, scale groups, and the same features for any ArchSpec.
 
 Canonical columns are those of docs/CONTRIBUTING.md. Derived here when missing: ``D`` from
-``flops`` (D = flops / 6N), ``d_over_sqrt_n`` (d_model / sqrt(N)), ``aspect`` (d_model / n_layers,
+``flops`` (by the trainer's FLOPs rule where the shape columns are present, else flops / 6N),
+``d_over_sqrt_n`` (d_model / sqrt(N)), ``aspect`` (d_model / n_layers,
 Bian et al. 2025a), ``r`` and ``gqa_group`` from the shape columns (through ArchSpec, where the
 counting conventions live). A ``scale`` column names each run's model-size group; without one,
 runs whose N lie within 10% of a neighbour share a scale.
@@ -87,7 +88,7 @@ def add_features(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     has = set(table.columns)
     if "D" not in has and {"flops", "N"} <= has:
-        table["D"] = table["flops"] / (6.0 * table["N"])
+        table["D"] = tokens_from_flops(table)
     if "d_over_sqrt_n" not in has and {"d_model", "N"} <= has:
         table["d_over_sqrt_n"] = table["d_model"] / np.sqrt(table["N"].astype(float))
     if "aspect" not in has and {"d_model", "n_layers"} <= has:
@@ -99,6 +100,16 @@ def add_features(table: pd.DataFrame) -> pd.DataFrame:
         if "gqa_group" not in has:
             table["gqa_group"] = [s.gqa_group for s in specs]
     return table
+
+
+def tokens_from_flops(table: pd.DataFrame) -> pd.Series:
+    """D from training FLOPs by the rule the trainer counted them with (ArchSpec's
+    train_flops_per_token: 6N plus attention) where the shape columns allow, else flops / 6N
+    (the rule of published tables that give only N and FLOPs)."""
+    if set(SHAPE_COLUMNS) <= set(table.columns):
+        per_token = [s.train_flops_per_token() for s in row_specs(table)]
+        return table["flops"] / np.asarray(per_token, dtype=float)
+    return table["flops"] / (6.0 * table["N"])
 
 
 def row_specs(table: pd.DataFrame) -> list[ArchSpec]:

@@ -24,10 +24,15 @@ def test_morph_csv_maps_to_canonical_columns():
 
 def test_derived_tokens_shape_features_and_status_filter(tiny_spec):
     spec = tiny_spec.to_dict()
-    raw = pd.DataFrame([{**spec, "N": 1e6, "flops": 6e6 * 2e7, "loss": 3.0, "status": "complete"},
-                        {**spec, "N": 1e6, "flops": 6e6 * 4e7, "loss": 2.0, "status": "diverged"}])
+    n_params, per_token = tiny_spec.params_nonembed, tiny_spec.train_flops_per_token()
+    raw = pd.DataFrame([
+        {**spec, "N": n_params, "flops": per_token * 2e7, "loss": 3.0, "status": "complete"},
+        {**spec, "N": n_params, "flops": per_token * 4e7, "loss": 2.0, "status": "diverged"}])
     table = load_table(raw.drop(columns=["tie_embeddings", "rope_theta", "norm_eps"]))
     assert len(table) == 1 and table["D"].iloc[0] == pytest.approx(2e7)
+    # without the shape, FLOPs are read as published tables count them: 6 N D
+    bare = load_table(pd.DataFrame({"N": [1e6], "flops": [6e6 * 2e7], "loss": [3.0]}))
+    assert bare["D"].iloc[0] == pytest.approx(2e7)
     assert table["r"].iloc[0] == tiny_spec.r_mlp_attn
     assert table["gqa_group"].iloc[0] == tiny_spec.gqa_group
 
@@ -106,3 +111,15 @@ def test_progressive_tasks_grow_the_training_scales():
     assert [t["n_train"] for t in tasks] == [6, 9]  # 3 runs of the smallest scale are too few
     assert _fit_mean.seen == [[1e7, 3e7], [1e7, 3e7, 1e8]]
     assert all("mse" in t for t in tasks)
+
+
+def test_tokens_read_back_from_a_runs_flops_are_the_tokens_it_trained_on(small_study):
+    """The trainer counts 6N plus attention per token; D derived from its FLOPs must undo that."""
+    from archscale.search.study import open_study
+    from archscale.search.table import trials_table
+
+    runs = trials_table(open_study(*small_study).study)
+    derived = load_table(runs.drop(columns="D"))
+    assert np.allclose(derived["D"], runs["D"], rtol=1e-12)
+    # the 6N rule of published tables (no shape columns) would be off by the attention share
+    assert not np.allclose(runs["flops"] / (6 * runs["N"]), runs["D"], rtol=1e-3)
