@@ -14,10 +14,9 @@ from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import load_spec
-from archscale.laws import fit_law, load_law, load_table, save_law, spec_features
-from archscale.laws.bootstrap import percentile_interval
-from archscale.laws.chinchilla import compute_optimal
-from archscale.laws.law import KINDS, Law, as_table
+from archscale.laws import fit_law, load_law, load_table, save_law
+from archscale.laws.law import KINDS, Law
+from archscale.laws.query import compute_optimal_allocation, query_row, score
 from archscale.laws.table import file_sha256, parse_columns
 
 
@@ -179,28 +178,6 @@ def fit(
             typer.echo(f"plot {path}")
 
 
-def _spec_row(law: Law, spec: str, tokens: float | None, batch: int | None,
-              context: int | None) -> dict[str, Any]:
-    if law.kind in ("chinchilla", "conditional") and not (tokens and tokens > 0):
-        raise ArchscaleError(f"a {law.kind} law needs --tokens (training tokens, e.g. 1e11)")
-    shape = load_spec(spec)
-    row = spec_features(shape, tokens or 0.0, batch=batch, context=context,
-                        n_definition=law.n_definition)
-    if law.n_definition == "total":
-        typer.echo(f"note: this law was fitted with N = total parameters: the shape's "
-                   f"{shape.params_total:,} total (not its {shape.params_nonembed:,} "
-                   "non-embedding) is used as N")
-    return row
-
-
-def _interval_columns(law: Law, table: pd.DataFrame, level: float) -> dict[str, np.ndarray]:
-    out = {"prediction": law.predict(table)}
-    out["lower"], out["upper"] = law.prediction_interval(table, level)
-    if len(law.coef_samples):
-        out["mean_lower"], out["mean_upper"] = law.mean_interval(table, 0.95)
-    return out
-
-
 def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
                  level: float) -> None:
     if out is None:
@@ -208,7 +185,7 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
     table = load_table(csv, columns)
     if table.empty:
         raise ArchscaleError(f"{csv} has no complete rows to predict")
-    scored = table.assign(**_interval_columns(law, table, level))
+    scored = table.assign(**score(law, table, level))
     scored.to_csv(out, index=False)
     line = f"predicted {len(scored)} rows of {csv} -> {out} ({level:.0%} prediction intervals)"
     if law.target in scored.columns:
@@ -220,19 +197,7 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
 
 
 def _predict_compute(law: Law, compute: float, as_json: bool) -> None:
-    if law.kind != "chinchilla" or "d_line" in law.config:
-        raise ArchscaleError("--compute needs a Chinchilla law fitted on runs that identify both "
-                             "N and D terms (`archscale fit --law chinchilla`)")
-    if not compute > 0:
-        raise ArchscaleError(f"--compute {compute:g} must be positive training FLOPs, e.g. 1e21")
-    n_opt, d_opt = (float(v[0]) for v in compute_optimal(law.coef, compute))
-    result: dict[str, Any] = {"compute": compute, "N": n_opt, "D": d_opt,
-                              "tokens_per_param": d_opt / n_opt}
-    if len(law.coef_samples):
-        n_s, d_s = compute_optimal(law.coef_samples, compute)
-        for key, values in (("N", n_s), ("D", d_s), ("tokens_per_param", d_s / n_s)):
-            lo, hi = percentile_interval(values[:, None], 0.95)
-            result[f"{key}_interval_95"] = [float(lo[0]), float(hi[0])]
+    result = compute_optimal_allocation(law, compute)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -275,16 +240,11 @@ def predict(
     if csv is not None:
         _predict_csv(law, csv, out, columns, level)
         return
-    row: dict[str, Any] = {}
-    if spec is not None:
-        row.update(_spec_row(law, spec, tokens, batch, context))
-    elif law.kind in ("chinchilla", "conditional", "throughput"):
-        raise ArchscaleError(f"a {law.kind} law needs --spec (a preset or spec JSON), or --csv")
-    if loss is not None:
-        row["loss"] = loss
-    elif law.kind == "accuracy":
-        raise ArchscaleError("an accuracy law needs --loss (validation loss)")
-    values = {k: float(v[0]) for k, v in _interval_columns(law, as_table(row), level).items()}
+    table, notes = query_row(law, None if spec is None else load_spec(spec), tokens, loss, batch,
+                             context)
+    for note in notes:
+        typer.echo(f"note: {note}")
+    values = {k: float(v[0]) for k, v in score(law, table, level).items()}
     if as_json:
         typer.echo(json.dumps({"target": law.target, "identified": law.identified,
                                "level": level, **values}))

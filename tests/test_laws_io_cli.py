@@ -133,6 +133,12 @@ def test_cli_fit_then_predict(csv_file, tmp_path):
                                                                    "D": 1e11})[0]))
     assert shown["lower"] < shown["prediction"] < shown["upper"]
     assert shown["mean_lower"] < shown["prediction"] < shown["mean_upper"]
+    # each missing input is named (laws/query.py holds which inputs each kind reads)
+    for args, match in ((["--spec", "llama-3.2-1b"], "needs the training tokens"),
+                        (["--tokens", "1e11"], "needs a shape"),
+                        (["--compute", "-1"], "must be positive")):
+        result = CliRunner().invoke(app, ["predict", str(out), *args])
+        assert isinstance(result.exception, ArchscaleError) and match in str(result.exception)
 
 
 @pytest.mark.parametrize("args, match", [
