@@ -7,12 +7,12 @@ planned run is ever created; a search worker asks the sampler while the study ha
 while other workers' trials still run (one of them may die and need a retry) and stops when none
 is RUNNING: every planned run has then finished, whichever worker was killed.
 
-``run_study(..., workers=K)`` starts K ``archscale study worker`` processes, each pinned to its own
-share of this machine's cores (``os.sched_setaffinity``): XLA sizes its CPU thread pool from the
-affinity, so workers do not fight over cores. On accelerators run one worker per device instead
-(e.g. ``CUDA_VISIBLE_DEVICES=i ARCHSCALE_STORAGE=URL archscale study worker NAME``). The storage
-URL reaches worker processes through their environment (``ARCHSCALE_STORAGE``), never their
-command line, where any user of the machine would read its password (``ps``).
+``run_study(..., workers=K)`` starts K ``archscale study worker`` processes, each owning its own
+devices (``search.devices``): a disjoint share of the host's GPUs or TPU chips, or of its cores
+on a CPU. Workers on other machines are started by hand, one per host or accelerator (e.g.
+``CUDA_VISIBLE_DEVICES=i ARCHSCALE_STORAGE=URL archscale study worker NAME``). The storage URL
+reaches worker processes through their environment (``ARCHSCALE_STORAGE``), never their command
+line, where any user of the machine would read its password (``ps``).
 """
 
 from __future__ import annotations
@@ -26,13 +26,19 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from archscale.arch.errors import ArchscaleError
 from archscale.search import storage as storage_lib
+from archscale.search.devices import (  # split_cores: imported from here by callers
+    assign_devices,
+    local_devices,
+    pin_to_cores,
+    split_cores,  # noqa: F401
+    worker_environ,
+)
 from archscale.search.objective import TrialRunner
 from archscale.search.recovery import recover_stale
 from archscale.search.study import StudyHandle, enqueue_missing, open_study
@@ -96,21 +102,6 @@ def claim(handle: StudyHandle) -> optuna.Trial | None:
         return study.ask()
 
 
-def pin_to_cores(cores: list[int]) -> None:
-    """Restrict this process (and the XLA threads it will start) to ``cores`` (Linux)."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-
-
-def split_cores(workers: int, cores: list[int] | None = None) -> list[list[int]]:
-    """This process's cores in ``workers`` contiguous, near-equal shares."""
-    cores = sorted(os.sched_getaffinity(0)) if cores is None else cores
-    if not 1 <= workers <= len(cores):
-        raise ArchscaleError(f"--workers {workers}: this machine gives {len(cores)} cores, so "
-                             f"use 1 to {len(cores)} workers")
-    return [[int(c) for c in share] for share in np.array_split(np.array(cores), workers)]
-
-
 def describe(trial: FrozenTrial) -> str:
     """One line about a finished trial."""
     attrs, spec = trial.user_attrs, trial.user_attrs.get("spec") or {}
@@ -156,6 +147,10 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
     return ran
 
 
+def _cores_args(cores: tuple[int, ...]) -> list[str]:
+    return ["--cores", ",".join(map(str, cores))] if cores else []
+
+
 def run_study(name: str, url: str | None = None, *, workers: int = 1,
               options: WorkerOptions = WorkerOptions(),
               echo: Callable[[str], None] | None = None) -> None:
@@ -168,11 +163,17 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
     if workers == 1:
         run_worker(name, handle.url, options, echo=echo)
         return
-    shares = split_cores(workers)
+    plan = assign_devices(local_devices(), workers)
+    if echo:
+        echo("workers: " + "; ".join(f"{i} on {w.label}" for i, w in enumerate(plan.workers)))
+    if plan.note and echo:
+        echo(f"note: {plan.note}")
+    elif plan.note:
+        warnings.warn(plan.note, stacklevel=2)
     command = [sys.executable, "-c", _WORKER_MAIN, "study", "worker", name, *options.cli_args()]
     env = {**os.environ, storage_lib.STORAGE_ENV: handle.url}  # not argv: `ps` shows argv
-    procs = [subprocess.Popen([*command, "--cores", ",".join(map(str, share))], env=env)
-             for share in shares]
+    procs = [subprocess.Popen([*command, *_cores_args(w.cores)], env=worker_environ(env, w))
+             for w in plan.workers]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

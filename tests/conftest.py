@@ -5,6 +5,9 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ARCHSCALE_JAX_CACHE", str(Path.home() / ".cache/archscale/jax-tests"))
+# Tokenizers, data and hardware probes (sweeps/hardware.py reads this variable too) stay out of
+# the user's ~/.cache/archscale; the `cache` fixture gives a module a fresh one.
+os.environ.setdefault("ARCHSCALE_CACHE", str(Path.home() / ".cache/archscale-tests"))
 
 import pytest
 
