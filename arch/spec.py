@@ -253,24 +253,16 @@ def get_preset(name: str) -> ArchSpec:
 
 
 def load_spec(spec_or_preset: str) -> ArchSpec:
-    """A preset name, or the path of a JSON file holding ArchSpec fields (or an HF config)."""
+    """A preset name, or the path of a shape file: ArchSpec JSON (or an object with a "spec"),
+    an HF config.json, or a MaxText, torchtitan, Megatron-LM, litgpt or OLMo-core config
+    (arch/frameworks.py reads them all)."""
     if spec_or_preset in preset_names():
         return get_preset(spec_or_preset)
     path = Path(spec_or_preset)
     if not path.is_file():
         raise SpecError(
-            f"{spec_or_preset!r} is neither a preset ({', '.join(preset_names())}) nor a JSON file"
+            f"{spec_or_preset!r} is neither a preset ({', '.join(preset_names())}) nor a shape file"
         )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SpecError(f"{path} is not valid JSON: {err}") from None
-    if isinstance(data, dict) and "spec" in data and isinstance(data["spec"], dict):
-        data = data["spec"]
-    if isinstance(data, dict) and "hidden_size" in data:
-        from archscale.arch.export import spec_from_hf_config
+    from archscale.arch.frameworks import read_config
 
-        return spec_from_hf_config(data)
-    if not isinstance(data, dict):
-        raise SpecError(f"{path} must hold a JSON object of ArchSpec fields")
-    return ArchSpec.from_dict(data)
+    return read_config(path)

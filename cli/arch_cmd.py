@@ -10,14 +10,24 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.arch import load_spec
+from archscale.arch.errors import ArchscaleError
 from archscale.arch.export import write_hf_config
+from archscale.arch.frameworks import (
+    FORMATS,
+    format_notes,
+    get_format,
+    shape_record,
+    write_config,
+)
 
 app = typer.Typer(help="Inspect and export architecture shapes.", no_args_is_help=True)
 
 
 @app.command()
 def show(
-    spec: str = typer.Argument(..., help="Preset name (e.g. llama-3.2-1b) or a spec JSON file."),
+    spec: str = typer.Argument(..., help="Preset name (e.g. llama-3.2-1b), a spec JSON file, or a "
+                               "config of HF, MaxText, torchtitan, Megatron-LM, litgpt or "
+                               "OLMo-core."),
     as_json: bool = typer.Option(False, "--json", help="Print the derived table as JSON."),
 ) -> None:
     """Print the parameter counts, r, GQA, FLOPs and KV-cache bytes of a shape."""
@@ -34,19 +44,55 @@ def show(
     Console().print(table)
 
 
+@app.command("export")
+def export(
+    spec: str = typer.Argument(..., help="Preset name (e.g. llama-3.2-1b) or a shape file."),
+    fmt: str = typer.Option(..., "--format", help=f"One of {', '.join(FORMATS)}."),
+    out: Path = typer.Option(..., "--out", help="Directory for the config and archscale.json."),
+) -> None:
+    """Write a shape as the config its training framework reads, with archscale.json beside it."""
+    arch = load_spec(spec)
+    form = get_format(fmt)
+    path = write_config(arch, form, out, label=spec)
+    (out / "archscale.json").write_text(json.dumps(shape_record(arch, form, path), indent=1) + "\n")
+    typer.echo(f"wrote {path} ({arch.params_total:,} parameters, N = {arch.params_nonembed:,})")
+    for note in format_notes(arch, form):
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+
+
 @app.command("export-hf")
 def export_hf(
-    spec: str = typer.Argument(..., help="Preset name (e.g. llama-3.2-1b) or a spec JSON file."),
+    spec: str | None = typer.Argument(None, help="Preset name (e.g. llama-3.2-1b) or a spec JSON "
+                                      "file (not with --checkpoint)."),
     out: Path = typer.Option(..., "--out", help="Directory to write config.json into."),
-    dtype: str = typer.Option("bfloat16", help="The config's dtype field."),
+    dtype: str | None = typer.Option(None, help="The config's dtype field (default bfloat16; "
+                                     "float32 with --checkpoint)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A run's --checkpoint-dir: "
+                                           "also write its trained weights (model.safetensors)."),
 ) -> None:
-    """Write a HuggingFace LlamaForCausalLM config.json for a shape."""
+    """Write a HuggingFace LlamaForCausalLM config.json for a shape, or a trained run's folder."""
+    if checkpoint is not None:
+        _export_checkpoint(spec, checkpoint, out, dtype or "float32")
+        return
+    if spec is None:
+        raise ArchscaleError("give a shape (preset or spec JSON) or --checkpoint RUN_DIR")
+    dtype = dtype or "bfloat16"
     arch = load_spec(spec)
     path = write_hf_config(arch, out, dtype)
     typer.echo(f"wrote {path} ({arch.params_total:,} parameters)")
-    if arch.d_model % arch.n_heads:
-        # huggingface/transformers#46082: LlamaConfig's validator predates explicit head_dim.
-        typer.secho(f"note: hidden_size {arch.d_model} is not a multiple of num_attention_heads "
-                    f"{arch.n_heads}; the config is exact (head_dim {arch.head_dim} is explicit) but "
-                    "some transformers 5.x releases refuse to load it", err=True,
-                    fg=typer.colors.YELLOW)
+    for note in format_notes(arch, "hf"):
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+
+
+def _export_checkpoint(spec: str | None, checkpoint: Path, out: Path, dtype: str) -> None:
+    """config.json and model.safetensors of the newest checkpoint in ``checkpoint``."""
+    from archscale.arch.hf_weights import save_hf
+    from archscale.sweeps.trained import load_trained
+
+    if spec is not None:
+        raise ArchscaleError(f"give a shape ({spec}) or --checkpoint, not both: a checkpoint "
+                             "holds its own shape")
+    model, step = load_trained(checkpoint)
+    path = save_hf(model, out, dtype)
+    typer.echo(f"wrote {out / 'config.json'} and {path} (step {step}, "
+               f"{model.spec.params_total:,} parameters)")

@@ -1,5 +1,5 @@
 """`archscale recommend` and `archscale export`: shapes at a target scale from fitted laws, and
-HuggingFace configs for them."""
+the configs training frameworks read for them."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def print_recommendation(rec: Recommendation) -> None:
 
 
 def recommend(
+    ctx: typer.Context,
     law: Annotated[Path, typer.Option(help="Conditional loss law.json (`archscale fit`).")],
     params: Annotated[float, typer.Option(help="Target non-embedding parameters N, e.g. 1e9.")],
     tokens: Annotated[float, typer.Option(help="Training tokens D, e.g. 1e11.")],
@@ -123,8 +124,8 @@ def recommend(
 ) -> None:
     """Recommend shapes: highest decode throughput (predicted, or measured with --measure) under
     a loss target at N, D."""
-    # every option as given, first thing, for the provenance of the output
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
+    # every option as parsed, for the provenance of the output
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
     from archscale.search.recommend import SearchSpace, save_recommendation
     from archscale.search.recommend import recommend as run_recommend
     from archscale.search.throughput_models import MeasureSettings
@@ -163,18 +164,22 @@ def export(
     source: Annotated[Path, typer.Argument(help="Folder of `archscale recommend --out`, or its "
                                                 "recommendations.json.")],
     fmt: Annotated[str, typer.Option(
-        "--format", help="Export format: hf (HuggingFace config.json).")] = "hf",
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: SOURCE folder/hf).")] = None,
-    dtype: Annotated[str, typer.Option(help="The configs' dtype field.")] = "bfloat16",
+        "--format", help="hf, maxtext, torchtitan, megatron, litgpt or olmo-core.")] = "hf",
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default: SOURCE folder/FORMAT).")] = None,
+    dtype: Annotated[str, typer.Option(help="The HF configs' dtype field.")] = "bfloat16",
+    recipe: Annotated[Path | None, typer.Option(
+        help="The study's sweep YAML, a run JSON or Recipe fields: adds the batch size and "
+             "learning rate its scaling rules give at each shape's N.")] = None,
 ) -> None:
-    """Write one HuggingFace config.json per recommended shape, with the predictions and their
-    provenance in recommendations.json (any database password in it hidden)."""
-    from archscale.search.export import FORMATS, export_hf, recommendation_path
+    """Write one config per recommended shape in a training framework's format, each with
+    archscale.json beside it (predictions, intervals, laws, training budget), and
+    recommendations.json (any database password in it hidden)."""
+    from archscale.search.export import export as run_export
+    from archscale.search.export import load_recipe, recommendation_path
 
-    if fmt not in FORMATS:
-        raise ArchscaleError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
-    out = out if out is not None else recommendation_path(source).parent / "hf"
-    for path in export_hf(source, out, dtype):
+    out = out if out is not None else recommendation_path(source).parent / fmt
+    for path in run_export(source, out, fmt, dtype, None if recipe is None else load_recipe(recipe)):
         typer.echo(f"wrote {path}")
     manifest = out / "recommendations.json"
     typer.echo(f"wrote {manifest}")

@@ -1,11 +1,14 @@
-"""Export a recommendation for a training team: one HuggingFace ``config.json`` per shape.
+"""Export a recommendation for a training team, in their framework's config.
 
-``export_hf`` reads the ``recommendations.json`` that ``archscale recommend`` writes and, under
-the output folder, writes ``rank-1/config.json`` ... for the recommended shapes and
-``loss-optimal/config.json``, plus a ``recommendations.json`` that keeps every prediction and its
-provenance and adds where each config went and what it was exported from. A database URL's
-password in the source (files written before passwords were hidden at their source) is hidden in
-the export and listed under ``export.passwords_hidden``.
+``export`` reads the ``recommendations.json`` that ``archscale recommend`` writes and, under the
+output folder, writes one folder per shape (``rank-1`` ... and ``loss-optimal``) holding the
+framework's config (arch/frameworks.py: hf, maxtext, torchtitan, megatron, litgpt, olmo-core) and
+``archscale.json`` beside it: the shape's predictions with their intervals, the laws and
+provenance behind them, and the training budget the law assumed (its tokens, and with a recipe
+the batch size and learning rate the recipe's scaling rules give at this shape's N). The output's
+``recommendations.json`` keeps every prediction and adds where each config went and what it was
+exported from. A database URL's password in the source (files written before passwords were
+hidden at their source) is hidden in the export and listed under ``export.passwords_hidden``.
 """
 
 from __future__ import annotations
@@ -15,14 +18,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.export import write_hf_config
+from archscale.arch.frameworks import (
+    FORMATS,
+    check_expressible,
+    format_notes,
+    get_format,
+    shape_record,
+    write_config,
+)
 from archscale.arch.spec import ArchSpec
 from archscale.search.storage import hide_passwords
+from archscale.sweeps.recipe import Budget, Recipe
 
-FORMATS = ("hf",)
-"""Export formats: HuggingFace LlamaForCausalLM config.json."""
+__all__ = ["FORMATS", "export", "export_hf", "load_recipe", "load_recommendation",
+           "recommendation_path", "training_budget"]
 
 
 def recommendation_path(source: str | Path) -> Path:
@@ -43,12 +56,51 @@ def load_recommendation(source: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
         for shape in _shapes(data).values():
             ArchSpec.from_dict(shape["spec"])
+        float(data["provenance"]["search"]["tokens"])
     except json.JSONDecodeError as err:
         raise ArchscaleError(f"{path} is not valid JSON: {err}") from None
     except (KeyError, TypeError) as err:
         raise ArchscaleError(f"{path} is not a recommendation ({type(err).__name__}: {err}): "
                              "write one with `archscale recommend`") from None
     return data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """The Recipe of a sweep YAML (its ``recipe:``), a run JSON (its ``recipe``) or a file of
+    Recipe fields."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML reads JSON too
+    except (OSError, yaml.YAMLError) as err:
+        raise ArchscaleError(f"--recipe {path}: cannot read it ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+        data = data["recipe"]
+    if not isinstance(data, dict):
+        raise ArchscaleError(f"--recipe {path}: give a sweep YAML, a run JSON or Recipe fields")
+    return Recipe.from_dict(data)
+
+
+def training_budget(spec: ArchSpec, tokens: float, recipe: Recipe | None) -> dict[str, Any]:
+    """The budget the law predicts for: tokens, and with ``recipe`` the batch size, steps and
+    learning rate its scaling rules give at ``spec``'s N (``Recipe.resolved``)."""
+    budget = {"tokens": tokens, "tokens_per_parameter": tokens / spec.params_nonembed,
+              "train_flops": tokens * spec.train_flops_per_token(), "seq_len": spec.seq_len}
+    if recipe is None:
+        return {**budget, "recipe": None, "recipe_note": (
+            "the recommendation does not record the study's recipe: pass --recipe (the sweep "
+            "YAML, a run JSON or Recipe fields) for the batch size and learning rate its "
+            "scaling rules give at this N")}
+    resolved = recipe.resolved(spec)
+    steps = resolved.steps_for(spec, Budget(tokens=int(tokens)))
+    budget.update(
+        global_batch_sequences=resolved.batch_size,
+        global_batch_tokens=resolved.batch_size * spec.seq_len, steps=steps,
+        warmup_steps=resolved.warmup_steps(spec, steps), peak_lr=resolved.lr,
+        min_lr=resolved.lr * resolved.min_lr_ratio, schedule=resolved.schedule,
+        lr_rule=recipe.lr_rule, batch_rule=recipe.batch_rule, recipe=recipe.to_dict())
+    if recipe.lr_rule == "mup":  # the optimizer scales the hidden matrices' (e.g. mlp) LR by width
+        budget["hidden_matrix_lr"] = resolved.lr * resolved.param_lr_scale(spec, "mlp")
+    return budget
 
 
 def _shapes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -58,30 +110,52 @@ def _shapes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return shapes
 
 
-def export_hf(source: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> list[Path]:
-    """Write one HF config.json per recommended shape (and the loss-optimal one) under
-    ``out_dir``, and ``out_dir/recommendations.json``; returns the config paths."""
+def export(source: str | Path, out_dir: str | Path, fmt: str = "hf", dtype: str = "bfloat16",
+           recipe: Recipe | None = None) -> list[Path]:
+    """Write one ``fmt`` config per recommended shape (and the loss-optimal one) under
+    ``out_dir``, each with archscale.json beside it, and ``out_dir/recommendations.json``;
+    returns the config paths. A shape the format cannot express is a FormatError."""
+    form = get_format(fmt)
     path = recommendation_path(source)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     data, hidden = hide_passwords(load_recommendation(path))
+    shapes = {name: (ArchSpec.from_dict(shape["spec"]), shape)
+              for name, shape in _shapes(data).items()}
+    for spec, _ in shapes.values():  # refuse before writing anything
+        check_expressible(spec, form)
     out = Path(out_dir)
     written, configs, notes = [], {}, []
-    for name, shape in _shapes(data).items():
-        spec = ArchSpec.from_dict(shape["spec"])
-        config_path = write_hf_config(spec, out / name, dtype)
+    provenance = data["provenance"]
+    origin = {"path": str(path), "sha256": sha256, "archscale_version": archscale.__version__}
+    for name, (spec, shape) in shapes.items():
+        config_path = write_config(spec, form, out / name, label=name, dtype=dtype)
+        sidecar = {**shape_record(spec, form, config_path), "label": name,
+                   "prediction": {k: v for k, v in shape.items() if k != "spec"},
+                   "target_loss": data.get("target_loss"),
+                   "throughput_setting": data.get("throughput_setting"),
+                   "laws": {k: provenance[k] for k in ("loss_law", "accuracy_law", "throughput")
+                            if k in provenance},
+                   "training_budget": training_budget(
+                       spec, provenance["search"]["tokens"], recipe),
+                   "exported_from": origin}
+        (out / name / "archscale.json").write_text(json.dumps(sidecar, indent=1) + "\n")
         written.append(config_path)
         configs[name] = {"config": str(config_path.relative_to(out)),
+                         "provenance": f"{name}/archscale.json",
                          "params_total": spec.params_total,
                          "predicted_loss": shape.get("predicted_loss"),
                          "predicted_decode_tokens_per_s": shape.get("predicted_decode_tokens_per_s")}
-        if spec.d_model % spec.n_heads:
-            notes.append(f"{name}: hidden_size {spec.d_model} is not a multiple of "
-                         f"num_attention_heads {spec.n_heads}; the config is exact (head_dim is "
-                         "explicit) but transformers 5.x refuses it (huggingface/transformers"
-                         "#46082)")
+        notes += [f"{name}: {note}" for note in format_notes(spec, form)]
     manifest = {**data, "export": {
-        "format": "hf", "dtype": dtype, "source": str(path), "source_sha256": sha256,
+        "format": form.name, **({"dtype": dtype} if form.name == "hf" else {}),
+        "source": str(path), "source_sha256": sha256,
         "archscale_version": archscale.__version__, "configs": configs, "notes": notes,
+        "recipe": None if recipe is None else recipe.to_dict(),
         **({"passwords_hidden": hidden} if hidden else {})}}
     (out / "recommendations.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return written
+
+
+def export_hf(source: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> list[Path]:
+    """``export`` in the HuggingFace format: one config.json per shape."""
+    return export(source, out_dir, "hf", dtype)

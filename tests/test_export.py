@@ -80,7 +80,7 @@ def test_cli_export_writes_next_to_the_source_by_default(rec_dir):
 
 
 @pytest.mark.parametrize("make, args, match", [
-    (None, ["--format", "gguf"], "choose one of ['hf']"),
+    (None, ["--format", "gguf"], "choose one of ['hf', 'maxtext'"),
     (None, [], "no recommendations file"),
     ("{", [], "not valid JSON"),
     ('{"recommended": []}', [], "not a recommendation"),
