@@ -43,8 +43,6 @@ from archscale.search.objective import TrialRunner
 from archscale.search.recovery import recover_stale
 from archscale.search.study import StudyHandle, enqueue_missing, open_study
 
-_WORKER_MAIN = "from archscale.cli.main import main; main()"
-
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -69,7 +67,8 @@ class WorkerOptions:
     def poll_s(self) -> float:
         return float(min(5.0, max(0.5, self.heartbeat_s / 2)))
 
-    def cli_args(self) -> list[str]:
+    def process_args(self) -> list[str]:
+        """The arguments of a local worker process (search/worker_process.py)."""
         args = ["--heartbeat", str(self.heartbeat_s), "--grace", str(self.grace)]
         if self.artifacts is not None:
             args += ["--artifacts", self.artifacts]
@@ -170,7 +169,8 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
         echo(f"note: {plan.note}")
     elif plan.note:
         warnings.warn(plan.note, stacklevel=2)
-    command = [sys.executable, "-c", _WORKER_MAIN, "study", "worker", name, *options.cli_args()]
+    command = [sys.executable, "-m", "archscale.search.worker_process", name,
+               *options.process_args()]
     env = {**os.environ, storage_lib.STORAGE_ENV: handle.url}  # not argv: `ps` shows argv
     procs = [subprocess.Popen([*command, *_cores_args(w.cores)], env=worker_environ(env, w))
              for w in plan.workers]

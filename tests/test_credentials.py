@@ -199,7 +199,7 @@ def test_status_workers_fit_recommend_export_never_show_the_password(password_st
         for child in run.spawned:
             assert child["env"][storage_lib.STORAGE_ENV] == storage_lib.resolve_url(url)
             assert password not in " ".join(child["argv"])
-            assert b"study worker" in child["cmdline"] and password.encode() not in child["cmdline"]
+            assert b"archscale.search.worker_process" in child["cmdline"] and password.encode() not in child["cmdline"]
 
     # fit from the study (the URL on the command line), recommend, export
     for law, extra in (("throughput", ["--target", "decode"]),
