@@ -14,6 +14,7 @@ from archscale.cli import (
     laws_cmd,
     recommend_cmd,
     study_cmd,
+    substitute_cmd,
     train_cmd,
 )
 
@@ -33,6 +34,7 @@ app.command("predict")(laws_cmd.predict)
 app.command("demo")(demo_cmd.demo)
 app.command("recommend")(recommend_cmd.recommend)
 app.command("export")(recommend_cmd.export)
+app.command("substitute")(substitute_cmd.substitute)
 
 
 def main() -> None:

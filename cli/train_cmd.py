@@ -53,6 +53,9 @@ CheckpointDir = Annotated[Path | None, _opt(
 Throughput = Annotated[bool, _opt("--throughput/--no-throughput",
                                   "Measure inference throughput after training (default on).")]
 Progress = Annotated[bool, _opt("--progress/--no-progress", "Show a progress bar (default on).")]
+MeshOpt = Annotated[str | None, _opt(
+    "--mesh", "Devices as data=D,fsdp=F: D data-parallel replicas, parameters and optimizer state "
+    "split over F (D x F = the device count; default: data parallel over every device).")]
 
 
 def train(
@@ -81,18 +84,28 @@ def train(
     checkpoint_dir: CheckpointDir = None,
     throughput: Throughput = True,
     progress: Progress = True,
+    mesh: MeshOpt = None,
 ) -> None:
-    """Train a shape under a fixed budget; print a summary and write the run's JSON."""
+    """Train a shape under a fixed budget; print a summary and write the run's JSON.
+
+    Several hosts: start the same command on each, with JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under srun / mpirun, which JAX detects).
+    """
     arch = spec_from_options(spec, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                              n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
                              vocab_size=vocab_size, seq_len=seq_len,
                              tie_embeddings=tie_embeddings)
     # Imported here so `archscale --help` does not start JAX.
+    import jax
+
     from archscale.sweeps.data import load_data
     from archscale.sweeps.recipe import Budget
+    from archscale.sweeps.sharding import MeshShape, initialize_distributed
     from archscale.sweeps.tasks import default_task_path
     from archscale.sweeps.trainer import train as train_run
 
+    mesh_shape = MeshShape() if mesh is None else MeshShape.parse(mesh)
+    initialize_distributed()  # before anything asks JAX for its devices
     budget = Budget(tokens=None if tokens is None else int(tokens), flops=flops)
     recipe = _recipe(recipe_file, lr=lr, batch_size=batch_size, schedule=schedule,
                      eval_tokens=eval_tokens)
@@ -103,13 +116,13 @@ def train(
         arch = arch.replace(vocab_size=data.vocab_size)
     task_path = default_task_path() if task == "default" else task
     result = train_run(arch, budget, recipe, data, seed, checkpoint_dir=checkpoint_dir,
-                       task=task_path, progress=progress)
+                       task=task_path, progress=progress, mesh=mesh_shape)
     if throughput and result.status == "complete":
         from archscale.sweeps.throughput import measure_throughput
 
         result = result.replace(throughput=measure_throughput(arch, seed=seed).to_dict())
     _print_summary(result, spec or "shape")
-    if out is not None:
+    if out is not None and jax.process_index() == 0:  # every host holds the same result
         typer.echo(f"wrote {result.save(out)}")
     if result.status != "complete":
         raise typer.Exit(1)
@@ -131,6 +144,7 @@ def _print_summary(result, name: str) -> None:
     def show(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
+    state = result.state_bytes_per_device
     table = Table(title=f"{name}: {result.status} on {result.device_kind} x{result.n_devices}",
                   show_header=False)
     rows = [
@@ -141,6 +155,8 @@ def _print_summary(result, name: str) -> None:
         ("flops", f"{result.flops:.3e}"), ("lr", f"{result.recipe['lr']:.3g}"),
         ("tokens/s", f"{result.tokens_per_s:,.0f}"), ("mfu", show(result.mfu, ".1%")),
         ("compile_s", f"{result.compile_time_s:.1f}"), ("wall_s", f"{result.wall_time_s:.1f}"),
+        ("mesh", ",".join(f"{k}={v}" for k, v in (result.mesh or {}).items())),
+        ("state MiB/device", show(None if state is None else state / 2**20, ".1f")),
     ]
     if result.throughput:
         rows += [("prefill tokens/s", f"{result.throughput['prefill_tokens_per_s']:,.0f}"),

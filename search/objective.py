@@ -4,7 +4,8 @@ What a trial holds when it ends (the layout laws/ and ``search.table`` read):
 
 * user attrs ``config_key``, ``spec``, ``budget`` (and ``seed`` on a ``noise:`` repeat): the
   planned run;
-* ``result``: the whole RunResult (``RunResult.to_dict()``, loss curve and throughput included;
+* ``result``: the whole RunResult (``RunResult.to_dict()``, loss curve, throughput and, with a
+  ``passk:`` key, pass@k included;
   a shape is timed once per study: a later run of it, at another budget or seed, copies the
   measurement and names its trial in ``throughput_of_trial``);
 * ``status`` and ``message``, plus ``N``, ``D``, ``val_loss``, ``decode_tokens_per_s`` flat, for
@@ -32,22 +33,22 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
+from archscale.search.attrs import RESULT_ATTR, STALE_ATTR
 from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
 from archscale.search.recovery import (
     OWNER_ATTR,
-    STALE_ATTR,
     Heartbeat,
     RetryStaleTrial,
     owner_info,
 )
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
+from archscale.sweeps.passk import run_passk, weights_folder
 from archscale.sweeps.results import RunResult
 from archscale.sweeps.tasks import default_task_path
 from archscale.sweeps.throughput import measure_throughput
 from archscale.sweeps.trainer import train
 
-RESULT_ATTR = "result"
 _log = logging.getLogger(__name__)
 
 
@@ -104,10 +105,14 @@ class TrialRunner:
             default_task_path() if sweep.task == "default" else sweep.task)
         checkpoint_dir = (self.artifact_dir / "checkpoints" / self.handle.name / planned.key
                           if sweep.checkpoints else None)
-        result = train(planned.spec, planned.budget, sweep.recipe_obj, self.data,
-                       planned.run_seed(sweep.seed),
-                       checkpoint_dir=checkpoint_dir, report=self._reporter(trial, beat),
-                       task=task, progress=self.progress)
+        passk = sweep.passk_settings
+        with weights_folder(checkpoint_dir, passk is not None) as checkpoint_dir:
+            result = train(planned.spec, planned.budget, sweep.recipe_obj, self.data,
+                           planned.run_seed(sweep.seed),
+                           checkpoint_dir=checkpoint_dir, report=self._reporter(trial, beat),
+                           task=task, progress=self.progress, mesh=sweep.mesh)
+            if result.status == "complete" and passk is not None:
+                result = result.replace(passk=run_passk(result, checkpoint_dir, self.data, passk))
         if result.status == "complete" and sweep.throughput.enabled:
             result = result.replace(throughput=self._throughput(trial, planned))
         return self._finish(trial, planned, result)

@@ -13,6 +13,7 @@ several keys of a section, such as "exactly one of", are checked once its keys a
     tokenizer: byte
     seq_len: 64
     recipe: {lr: 3.0e-3, batch_size: 8, eval_interval: 0.25}
+    mesh: {data: 1, fsdp: 2}  # optional; default: data parallel over every device
     budget: {tokens_per_param: 20}
     throughput: {batch: 4, context: 64}
     shape: {head_dim: 8}
@@ -36,6 +37,7 @@ distinct D as counts, so list three or more for the exponent of D to be identifi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +53,9 @@ from pydantic import (
 )
 
 from archscale.arch.errors import ArchscaleError
+from archscale.sweeps.passk import PasskSettings
 from archscale.sweeps.recipe import Recipe
+from archscale.sweeps.sharding import MeshShape
 
 OBJECTIVES = {"loss": "minimize", "decode_throughput": "maximize"}
 """Objective names a search may use, with their direction."""
@@ -278,6 +282,9 @@ class SweepFile(_Section):
     """Training context of every run."""
     recipe: dict[str, Any] = {}
     """Recipe fields shared by every run (``archscale.sweeps.recipe.Recipe``)."""
+    mesh: MeshShape = MeshShape()
+    """Each run's device mesh, {data: D, fsdp: F} (``archscale.sweeps.sharding.MeshShape``):
+    D x F must be the devices a worker sees, and the batch a multiple of D x F."""
     budget: BudgetRule
     """Training budget rule."""
     throughput: ThroughputSettings = ThroughputSettings()
@@ -289,6 +296,10 @@ class SweepFile(_Section):
     shipped one (sweeps/tasks), or null for none."""
     checkpoints: bool = False
     """Checkpoint every evaluation (in the artifact folder), so a retried trial resumes."""
+    passk: dict[str, Any] | None = None
+    """pass@k of sampled completions on a verifiable task after each complete run
+    (``archscale.sweeps.passk.PasskSettings`` keys, e.g. {task: verse-word-rest, samples: 32,
+    temperature: 1.0}); null for none."""
     seed: int = Field(default=0, ge=0)
     """Seed of initialisation, data order and the sampler."""
     grid: GridSection | None = None
@@ -331,6 +342,10 @@ class SweepFile(_Section):
         return Recipe.from_dict(self.recipe)
 
     @property
+    def passk_settings(self) -> PasskSettings | None:
+        return None if self.passk is None else PasskSettings.from_dict(self.passk)
+
+    @property
     def tp_context(self) -> int:
         return self.throughput.context or self.seq_len
 
@@ -356,22 +371,26 @@ def _width_problem(d_over_sqrt_n: object, d_model: object) -> list[str]:
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the section at ``loc`` (for 'unknown key' messages)."""
+    """Field names of the section at ``loc`` (for 'unknown key' messages); a section may be a
+    pydantic model or a dataclass (``mesh``)."""
+    def fields(section: type) -> dict[str, Any]:
+        return section.model_fields if issubclass(section, BaseModel) else section.__dataclass_fields__
+
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        inner = getattr(field, "annotation", None)
+        field = fields(model).get(part) if isinstance(part, str) else None
+        inner = getattr(field, "annotation", None) or getattr(field, "type", None)
         candidates = [inner, *getattr(inner, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                     None)
+        model = next((c for c in candidates if isinstance(c, type)
+                      and (issubclass(c, BaseModel) or dataclasses.is_dataclass(c))), None)
         if model is None:
             return []
-    return sorted(model.model_fields)
+    return sorted(fields(model))
 
 
 def _format(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     where = ".".join(str(p) for p in loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         keys = _valid_keys(SweepFile, loc[:-1])
         return f"{where}: unknown key (valid keys here: {', '.join(keys)})"
     if err["type"] == "missing":
@@ -396,6 +415,12 @@ def parse_sweep(data: Any, source: str = "sweep file") -> SweepFile:
             Recipe.from_dict(recipe)
         except (ArchscaleError, TypeError) as err:
             problems.append(f"recipe: {err}")
+    passk = data.get("passk")
+    if isinstance(passk, dict):  # checked by its own dataclass too
+        try:
+            PasskSettings.from_dict(passk)
+        except (ArchscaleError, TypeError) as err:
+            problems.append(f"passk: {err}")
     if problems:
         raise SweepFileError(f"{source} has {len(problems)} problem(s):\n  - "
                              + "\n  - ".join(problems))

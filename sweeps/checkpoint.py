@@ -4,6 +4,11 @@ The data position needs no saving: ``train_batch`` is pure in (seed, step), and 
 the state. The JSON part holds the run's identity (spec, recipe, budget, seed, data fingerprint),
 so resuming a directory written by a different run is refused, and the progress so far (loss
 curve, timings), so a resumed run reports the same result an uninterrupted one would.
+
+The state is saved as its pytree, each array under its key path (``params.layers.wqkv_LxJxHxD``,
+``opt.inner_state...``), and restored by those names, not by position, into the shardings of
+the run that resumes (which may use another mesh). A checkpoint whose names differ (another
+layout of the state) is refused, listing them.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ class Checkpointer:
     def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
         """Write ``state`` (any pytree of arrays) and the JSON ``progress`` as checkpoint ``step``."""
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"leaves": jax.tree.leaves(state)}),
+            state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave({"identity": self.identity, "progress": progress})),
             force=True)
 
     def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
-        """The newest checkpoint as a pytree shaped (and sharded) like ``like``, and its progress."""
+        """The newest checkpoint as a pytree named, shaped and sharded like ``like`` (arrays or
+        ShapeDtypeStructs), and its progress."""
         step = self.latest_step()
         if step is None:
             raise ArchscaleError(f"no checkpoint in {self.directory}")
@@ -52,12 +58,17 @@ class Checkpointer:
                 f"{self.directory} holds checkpoints of a different run (differs in "
                 f"{', '.join(differing)}): pass another --checkpoint-dir, or delete this one to "
                 "start over")
-        leaves, treedef = jax.tree.flatten(like)
-        abstract = {"leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                               for x in leaves]}
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))
-        return jax.tree.unflatten(treedef, restored["state"]["leaves"]), meta["meta"]["progress"]
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                               sharding=x.sharding), like)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))
+        except ValueError as err:  # orbax lists the names on either side that have no match
+            raise ArchscaleError(
+                f"{self.directory} holds a state whose arrays do not match this run's by name "
+                f"(written by another archscale version?): delete it to start over\n{err}"
+            ) from None
+        return restored["state"], meta["meta"]["progress"]
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -79,6 +79,15 @@ class RunResult:
     """N, non-embedding parameters (arch/spec.py's convention)."""
     throughput: dict[str, Any] | None = None
     """Inference throughput measured afterwards (sweeps.throughput), or None."""
+    mesh: dict[str, int] | None = None
+    """Devices per mesh axis, {"data": D, "fsdp": F} (sweeps.sharding); None in run JSON
+    written before meshes."""
+    state_bytes_per_device: int | None = None
+    """Bytes of parameters and optimizer state held by the fullest device (the arrays'
+    addressable shards); about 1/F of their total with fsdp=F."""
+    passk: dict[str, Any] | None = None
+    """pass@k of sampled completions on a verifiable task, with its cost (sweeps.passk), or
+    None."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

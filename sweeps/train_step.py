@@ -13,6 +13,15 @@ AdamW hyperparameters held in the optimizer state) is traced: one executable ser
 run length and schedule of a shape, and executables are kept per process, so an LR sweep or a
 study compiles each shape once: three executables a shape (``init_state``,
 ``StepFunctions.chunk``, ``StepFunctions.evaluate``), whatever its budgets and seeds.
+
+Sharding (``sweeps.sharding``): the initial state comes out of its compiled call already laid
+out over the mesh (``out_shardings``; every device computes its own shards, nothing is copied
+from one device to the others), and the chunk keeps that layout (its in and out shardings are
+the state arrays' own). A step gathers every weight whole (``_model``) and keeps the batch
+split, so FSDP divides the resident state (weights, Adam moments) by F; within a step all layers
+are gathered at once, not one at a time, since the layer scan is the model's. Likewise the model
+draws all its weights as one flat normal (``arch.model``), which XLA cannot split the way the
+weights are: during the init call each device briefly holds a whole copy of the parameters.
 """
 
 from __future__ import annotations
@@ -27,13 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from archscale.arch.model import Transformer
 from archscale.arch.runtime import compiler_options
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps.recipe import Recipe, ScheduleArgs, learning_rate, make_optimizer
-from archscale.sweeps.sharding import batch_sharded, replicated
+from archscale.sweeps.sharding import batch_sharded, replicated, state_sharding
 
 _MAX_CACHED = 8
 
@@ -63,8 +72,7 @@ def _optimizer_form(recipe: Recipe) -> tuple:
 
 def _init_function(spec: ArchSpec, recipe: Recipe, compute_dtype, mesh: Mesh):
     """(jitted seed -> (state, rest), box that holds the graphdef once traced), kept per process."""
-    key = (spec, _optimizer_form(recipe), jnp.dtype(compute_dtype).name,
-           tuple(d.id for d in mesh.devices.flat))
+    key = (spec, _optimizer_form(recipe), jnp.dtype(compute_dtype).name, _mesh_key(mesh))
     if key in _init_cache:
         _init_cache.move_to_end(key)
         return _init_cache[key]
@@ -76,15 +84,22 @@ def _init_function(spec: ArchSpec, recipe: Recipe, compute_dtype, mesh: Mesh):
         box["graphdef"], params, rest = nnx.split(model, nnx.Param, ...)
         return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}, rest
 
-    rep = replicated(mesh)
-    _init_cache[key] = (jax.jit(init, out_shardings=(rep, rep)), box)
+    # Traced, not compiled: the state's shapes give its layout before any of it exists.
+    state, rest = jax.eval_shape(init, np.uint32(0))
+    shardings = (state_sharding(state, mesh), jax.tree.map(lambda _: replicated(mesh), rest))
+    _init_cache[key] = (jax.jit(init, out_shardings=shardings), box)
     if len(_init_cache) > _MAX_CACHED:
         _init_cache.popitem(last=False)
     return _init_cache[key]
 
 
+def _mesh_key(mesh: Mesh) -> tuple:
+    return tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat)
+
+
 def init_state(spec: ArchSpec, recipe: Recipe, seed: int, compute_dtype, mesh: Mesh):
-    """(graphdef, state, rest): fresh params and optimizer state, replicated over ``mesh``.
+    """(graphdef, state, rest): fresh params and optimizer state, laid out over ``mesh``
+    (``sharding.state_sharding``: split over its fsdp axis, replicated over data).
 
     ``state`` is {"params", "opt", "step"}; ``rest`` holds any non-parameter model variables.
     One compiled call per shape (the seed is an argument); the weights are those of
@@ -103,14 +118,21 @@ def token_losses(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.A
     return lse_BxT - target_BxT, correct_BxT
 
 
-def _loss(graphdef, params, rest, batch_BxT1):
-    model = nnx.merge(graphdef, params, rest)
+def _model(graphdef, params, rest, gathered: NamedSharding) -> Transformer:
+    """The model with every weight gathered whole (FSDP): each device then runs whole
+    contractions on its slice of the batch, as on one device. Left to itself, XLA split the
+    contractions instead and gathered every activation of the whole batch."""
+    return nnx.merge(graphdef, jax.lax.with_sharding_constraint(params, gathered), rest)
+
+
+def _loss(graphdef, params, rest, batch_BxT1, gathered: NamedSharding):
+    model = _model(graphdef, params, rest, gathered)
     nll_BxT, _ = token_losses(model(batch_BxT1[:, :-1]), batch_BxT1[:, 1:])
     return jnp.mean(nll_BxT)
 
 
-def _build(graphdef, tx: optax.GradientTransformation, k: int):
-    grad_fn = jax.value_and_grad(lambda p, r, b: _loss(graphdef, p, r, b))
+def _build(graphdef, tx: optax.GradientTransformation, k: int, gathered: NamedSharding):
+    grad_fn = jax.value_and_grad(lambda p, r, b: _loss(graphdef, p, r, b, gathered))
 
     def chunk(state, rest, batches_KxBxT1, sched: ScheduleArgs, n_active):
         def step(state, batch_BxT1):
@@ -133,7 +155,7 @@ def _build(graphdef, tx: optax.GradientTransformation, k: int):
         return jax.lax.scan(maybe_step, state, (batches_KxBxT1, jnp.arange(k) < n_active))
 
     def evaluate(params, rest, windows_MxBxT1, weights_MxB):
-        model = nnx.merge(graphdef, params, rest)
+        model = _model(graphdef, params, rest, gathered)
 
         def batch(sums, xs):
             windows_BxT1, weights_B = xs
@@ -150,24 +172,27 @@ def _build(graphdef, tx: optax.GradientTransformation, k: int):
 def step_functions(spec: ArchSpec, recipe: Recipe, *, k: int, eval_batches: int, mesh: Mesh,
                    compute_dtype, graphdef, state, rest) -> StepFunctions:
     """The compiled chunk and eval functions for this run (from the process cache if present)."""
-    key = (spec, recipe.batch_size, k, eval_batches, tuple(d.id for d in mesh.devices.flat),
+    key = (spec, recipe.batch_size, k, eval_batches, _mesh_key(mesh),
            jnp.dtype(compute_dtype).name, recipe.lr_rule == "mup", recipe.mup_base_width)
     if key in _cache:
         _cache.move_to_end(key)
         return StepFunctions(_cache[key].chunk, _cache[key].evaluate, 0.0)
     rep, data = replicated(mesh), batch_sharded(mesh, batch_axis=1)
-    chunk, evaluate = _build(graphdef, make_optimizer(recipe, spec), k)
+    state_sh, rest_sh = (jax.tree.map(lambda x: x.sharding, tree) for tree in (state, rest))
+    chunk, evaluate = _build(graphdef, make_optimizer(recipe, spec), k, rep)
     B, T = recipe.batch_size, spec.seq_len
     batches = jax.ShapeDtypeStruct((k, B, T + 1), jnp.int32, sharding=data)
     sched = recipe.schedule_args(spec, 1)
     start = time.perf_counter()
-    chunk_exe = jax.jit(chunk, in_shardings=(rep, rep, data, rep, rep), out_shardings=rep,
-                        donate_argnums=0).lower(state, rest, batches, sched, np.int32(k)).compile(
-                            compiler_options=compiler_options())
+    chunk_exe = jax.jit(chunk, in_shardings=(state_sh, rest_sh, data, rep, rep),
+                        out_shardings=(state_sh, rep), donate_argnums=0).lower(
+                            state, rest, batches, sched, np.int32(k)).compile(
+                                compiler_options=compiler_options())
     windows = jax.ShapeDtypeStruct((eval_batches, B, T + 1), jnp.int32, sharding=data)
     weights = jax.ShapeDtypeStruct((eval_batches, B), jnp.float32, sharding=data)
-    eval_exe = jax.jit(evaluate, in_shardings=(rep, rep, data, data), out_shardings=rep).lower(
-        state["params"], rest, windows, weights).compile(compiler_options=compiler_options())
+    eval_exe = jax.jit(evaluate, in_shardings=(state_sh["params"], rest_sh, data, data),
+                       out_shardings=rep).lower(state["params"], rest, windows, weights).compile(
+                           compiler_options=compiler_options())
     compiled = StepFunctions(chunk_exe, eval_exe, time.perf_counter() - start)
     _cache[key] = compiled
     if len(_cache) > _MAX_CACHED:

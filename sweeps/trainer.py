@@ -35,9 +35,12 @@ from archscale.sweeps.progress import TrainProgress
 from archscale.sweeps.recipe import Budget, Recipe
 from archscale.sweeps.results import RunResult, finite_or_none, git_commit, software_versions
 from archscale.sweeps.sharding import (
+    MeshShape,
     batch_sharded,
+    bytes_per_device,
     check_batch,
-    data_mesh,
+    make_mesh,
+    mesh_sizes,
     put_batch,
     put_replicated,
 )
@@ -77,6 +80,7 @@ class _Run:
         self.compute_dtype = default_compute_dtype()
         self.graphdef, self.state, self.rest = init_state(spec, recipe, seed, self.compute_dtype,
                                                           mesh)
+        self.state_bytes = bytes_per_device(self.state)
         windows, weights = self._validation_batches()
         self.fns = step_functions(spec, recipe, k=k, eval_batches=windows.shape[0], mesh=mesh,
                                   compute_dtype=self.compute_dtype, graphdef=self.graphdef,
@@ -213,6 +217,7 @@ class _Run:
             wall_time_s=self.wall_time_s(), tokens_per_s=tokens_per_s,
             mfu=mfu if tokens_per_s > 0 else None, compile_time_s=self.compile_time_s,
             device_kind=hardware.device_kind(), n_devices=int(self.mesh.devices.size),
+            mesh=mesh_sizes(self.mesh), state_bytes_per_device=self.state_bytes,
             seed=self.seed, recipe=self.recipe.to_dict(), budget=self.budget.to_dict(),
             data_fingerprint=self.data.fingerprint, diverged_step=self.diverged_step,
             versions=software_versions(), git_commit=git_commit(),
@@ -236,19 +241,21 @@ def _check(spec: ArchSpec, data: data_lib.TokenData, seed: int) -> None:
 def train(spec: ArchSpec, budget: Budget, recipe: Recipe, data: data_lib.TokenData, seed: int = 0,
           *, checkpoint_dir: str | Path | None = None, report: Report | None = None,
           task: str | Path | Sequence | None = None, tokenizer=None, progress: bool = True,
-          mesh: Mesh | None = None, steps_per_dispatch: int | None = None) -> RunResult:
+          mesh: MeshShape | Mesh | None = None, steps_per_dispatch: int | None = None
+          ) -> RunResult:
     """Train ``spec`` on ``data`` for ``budget`` with ``recipe`` (resolved for the shape).
 
     checkpoint_dir: save there at every evaluation and resume from its newest checkpoint.
     report(step, tokens, val_loss) -> bool: called at each evaluation; True prunes the run.
     task: a multiple-choice task (path or loaded examples) scored at the end with ``tokenizer``
-    (default: the data's). mesh: devices to shard the batch over (default: all local devices).
+    (default: the data's). mesh: a ``MeshShape`` over every device, or a ``Mesh`` over chosen
+    ones (default: data parallelism over every device; ``sharding.make_mesh``).
     steps_per_dispatch: optimizer steps per compiled call (default: sized to the model).
     """
     configure_jax()
     recipe = recipe.resolved(spec)
     _check(spec, data, seed)
-    mesh = data_mesh() if mesh is None else mesh
+    mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
     check_batch(recipe.batch_size, mesh)
     compute_dtype = default_compute_dtype()
     k = steps_per_dispatch or auto_steps_per_dispatch(spec, recipe.batch_size, compute_dtype)

@@ -44,6 +44,27 @@ def test_json_round_trip_is_lossless(tmp_path):
                                ).diverged_step == 2
 
 
+def test_non_finite_floats_are_refused_not_written_as_nan():
+    with pytest.raises(ValueError):
+        make_result(val_loss=float("nan")).to_json()
+    assert finite_or_none(float("nan")) is None
+    assert finite_or_none(float("-inf")) is None
+    assert finite_or_none(None) is None
+    assert finite_or_none(2) == 2.0
+
+
+def test_bad_status_and_unknown_keys_are_user_errors(tmp_path):
+    with pytest.raises(ArchscaleError, match="status"):
+        make_result(status="crashed")
+    data = make_result().to_dict() | {"loss": 1.0}
+    with pytest.raises(ArchscaleError, match="unknown RunResult keys"):
+        RunResult.from_dict(data)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ArchscaleError, match="cannot read"):
+        RunResult.load(tmp_path / "bad.json")
+
+
+
 def test_row_maps_a_result_onto_the_run_table_columns():
     """The counts are worked out by hand for SPEC (README conventions): N is the decoder blocks
     plus the final norm; r is SwiGLU's three matrices over Q, K, V, O."""
@@ -61,6 +82,8 @@ def test_row_maps_a_result_onto_the_run_table_columns():
     assert row["r"] == pytest.approx(mlp / attention) and row["gqa_group"] == 2
     assert row["d_over_sqrt_n"] == pytest.approx(32 / n_params**0.5)
     assert row["decode_tokens_per_s"] == 2e3 and row["tp_context"] == 512
+    assert row["prefill_tokens_per_s"] == 1e5 and row["tp_batch"] == 8
+    assert row["d_model"] == 32 and row["seq_len"] == 32
     assert make_result(throughput=None).row()["decode_tokens_per_s"] is None
     assert make_result().arch_spec == SPEC
 
