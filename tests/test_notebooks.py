@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
@@ -53,7 +54,8 @@ def study_table(study: tuple[str, str]):
 
 def test_committed_notebooks_have_no_outputs():
     paths = sorted(NOTEBOOKS.glob("*.ipynb"))
-    assert [p.name for p in paths] == ["01_study_and_laws.ipynb", "02_pareto_and_recommend.ipynb"]
+    assert [p.name for p in paths] == ["01_study_and_laws.ipynb", "02_pareto_and_recommend.ipynb",
+                                       "03_test_time_compute.ipynb"]
     for path in paths:
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
@@ -145,3 +147,57 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
         assert spec_from_hf_config(config) == ArchSpec.from_dict(shapes[name]["spec"])
     manifest = json.loads((tmp_path / "hf" / "recommendations.json").read_text())
     assert manifest["export"]["configs"].keys() == shapes.keys()
+
+
+PASSK_STUDY_SWEEP = Path(__file__).resolve().parent / "data" / "passk_study.yaml"
+
+
+@pytest.fixture(scope="module")
+def passk_study(tmp_path_factory):
+    """(name, storage URL) of tests/data/passk_study.yaml, run to its end once for this module."""
+    from archscale.search.study import create_study
+    from archscale.search.worker import WorkerOptions, run_study
+
+    url = str(tmp_path_factory.mktemp("passk_study") / "study.journal")
+    handle = create_study(PASSK_STUDY_SWEEP, url)
+    run_study(handle.name, handle.url, options=WorkerOptions(progress=False))
+    assert len(trials_table(handle.study)) == len(handle.planned_runs())
+    return handle.name, handle.url
+
+
+@pytest.mark.slow
+def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
+    from archscale.sweeps.passk import pass_at_k
+
+    notebook = execute("03_test_time_compute.ipynb", passk_study, tmp_path, monkeypatch)
+    summary = json.loads((tmp_path / "03_test_time_compute.json").read_text())
+    assert len(outputs_of(notebook, "image/png")) == 4
+    assert all(Path(p).is_file() for p in summary["figures"])
+
+    # every run's pass@k is Chen's estimator of its stored per-problem pass counts
+    trials = {t.number: t for t in open_study(*passk_study).study.get_trials(deepcopy=False)}
+    assert summary["n_runs"] == 12 and summary["k_max"] == 16
+    for trial_id, curve in summary["pass_at_k"].items():
+        passk = trials[int(trial_id)].user_attrs["result"]["passk"]
+        correct = np.array(passk["correct"])
+        assert len(correct) == 128 and correct.max() <= 16
+        assert curve == pytest.approx([np.mean(pass_at_k(16, correct, k)) for k in range(1, 17)])
+        assert np.all(np.diff(curve) >= 0)
+    for run in summary["coverage"]:
+        assert_finite([run["power b"], run["beta alpha"]])
+        assert run["power b"] > 0 and run["beta alpha"] > 0
+
+    # the pass@k laws predicted the 4 runs of the largest scale at every k, with intervals
+    held, chain = summary["heldout"], summary["heldout_chain"]
+    assert held["rule"] == "largest scale '15000.0' held out" and held["n_test"] == 4 * 16
+    for check in (held, chain):
+        assert [row["k"] for row in check["by_k"]] == list(range(1, 17))
+        assert_finite([check["mean_relative_error"], check["coverage_90"]])
+    assert summary["forms"].keys() == {"nd", "compute", "loss"}
+
+    # the answer: larger shapes need fewer samples; the cheapest point is the least total cost
+    points = summary["substitution"]
+    assert points and all(p["predicted_pass_at_k"] >= summary["target_pass"] for p in points)
+    assert [p["k"] for p in points] == sorted((p["k"] for p in points), reverse=True)
+    assert summary["cheapest"]["total_cost_flops"] == min(p["total_cost_flops"] for p in points)
+    assert summary["table_rows"] == 5 * 16  # 3 trained sizes, 2x and 4x the largest

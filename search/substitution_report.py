@@ -1,0 +1,213 @@
+"""What ``archscale substitute`` and the demo write about a ``Substitution``, and the pass@k law's
+held-out check at every k.
+
+Layout of ``<out>/``::
+
+    substitution.csv          every candidate shape at every k: pass@k, its interval, the costs
+    substitution.json         the points that reach the target, the cheapest, the floor, provenance
+    substitution.png          least total cost against the target pass rate, one curve per k
+    points/N<params>-k<k>/recommendations.json   each point as a recommendation (`archscale export`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from archscale.arch.errors import ArchscaleError
+from archscale.laws import Law, fit_law, load_table, save_law
+from archscale.laws import intervals as interval_lib
+from archscale.laws.passk import fit_passk
+from archscale.laws.table import scale_labels, scale_order
+from archscale.search.recommend import SearchSpace, save_recommendation
+from archscale.search.study import StudyHandle
+from archscale.search.substitute import (
+    Demand,
+    Substitution,
+    candidate_shapes,
+    cost_curves,
+    passk_table,
+    predict_pass,
+    substitute,
+)
+from archscale.search.table import trials_table
+from archscale.search.throughput_models import MeasureSettings, ThroughputModel
+
+CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""The k drawn as curves in the figure (those up to max_k)."""
+
+
+def table(sub: Substitution) -> pd.DataFrame:
+    """One row per candidate shape and k."""
+    rows = []
+    for i, spec in enumerate(sub.specs):
+        for j, k in enumerate(sub.ks):
+            train, inference = sub.demand.cost(spec, sub.tokens[i], k)
+            rows.append({"params": spec.params_nonembed, "d_model": spec.d_model,
+                         "n_layers": spec.n_layers, "n_heads": spec.n_heads,
+                         "n_kv_heads": spec.n_kv_heads, "d_ff": spec.d_ff,
+                         "tokens": sub.tokens[i], "k": k,
+                         "pass_at_k": sub.pass_SxK[i, j], "pass_low_90": sub.low_SxK[i, j],
+                         "pass_high_90": sub.high_SxK[i, j],
+                         "reaches_target": bool(sub.pass_SxK[i, j] >= sub.target_pass),
+                         "train_flops": train, "inference_flops": inference,
+                         "total_flops": train + inference})
+    return pd.DataFrame(rows)
+
+
+def plot(sub: Substitution, path: Path) -> Path:
+    """Least total FLOPs against the target pass rate, one curve per k, the target marked."""
+    ks = [k for k in CURVE_KS if k <= sub.ks[-1]]
+    targets = np.linspace(0.01, 0.99, 197)
+    fig = Figure(figsize=(6.5, 4.5), layout="tight")
+    ax = fig.subplots()
+    for k, cost in cost_curves(sub, targets, ks).items():
+        ax.plot(targets, cost, label=f"k = {k}")
+    ax.axvline(sub.target_pass, color="gray", ls="--", lw=1, label="target")
+    if sub.cheapest is not None:
+        ax.plot([sub.target_pass], [sub.cheapest.total_flops], "k*", ms=12,
+                label=f"cheapest: N {sub.specs[sub.cheapest.shape].params_nonembed:,}, "
+                      f"k {sub.cheapest.k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("target pass rate (predicted pass@k)")
+    ax.set_ylabel(f"training + {sub.demand.requests:.3g} requests, FLOPs")
+    ax.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write(sub: Substitution, out: Path) -> dict[str, Path]:
+    """The files of the module docstring; their paths by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"table": out / "substitution.csv", "json": out / "substitution.json"}
+    table(sub).to_csv(paths["table"], index=False)
+    paths["json"].write_text(json.dumps(sub.to_dict(), indent=1, default=float) + "\n")
+    paths["figure"] = plot(sub, out / "substitution.png")
+    for point in sub.points:
+        rec = sub.recommendations[point.shape]
+        described = {**sub.point_dict(point), "target_pass": sub.target_pass,
+                     "demand": dataclasses.asdict(sub.demand)}
+        rec = dataclasses.replace(rec, provenance={**rec.provenance, "substitution": described})
+        name = f"N{described['params']}-k{point.k}"
+        paths[name] = save_recommendation(rec, out / "points" / name)
+    return paths
+
+
+def heldout_by_k(law: Law, rows: pd.DataFrame) -> dict[str, Any]:
+    """The law's own held-out check (fitted without the largest trained scale, which it
+    predicts from the runs' measured inputs) at every k and over all."""
+    held = law.validation.get("heldout") or {}
+    if "rows" not in held or "lower" not in held["rows"]:
+        return {"skipped": held.get("skipped", "no held-out scale")}
+    cells = held["rows"]
+    k = rows["k"].to_numpy()[np.asarray(cells["index"])]
+    return {"rule": held["rule"], "n_train": held["n_train"], "n_test": held["n_test"],
+            **_by_k(k, *(np.asarray(cells[c]) for c in ("predicted", "measured", "lower",
+                                                         "upper")))}
+
+
+def _by_k(k: np.ndarray, predicted: np.ndarray, measured: np.ndarray, lower: np.ndarray,
+          upper: np.ndarray) -> dict[str, Any]:
+    """Mean relative error and 90% interval coverage over all rows and at every k."""
+    frame = pd.DataFrame({"k": k, "predicted": predicted, "measured": measured, "lower": lower,
+                          "upper": upper})
+
+    def scores(rows: pd.DataFrame) -> dict[str, Any]:
+        return {"n": len(rows),
+                "mean_relative_error": float(np.mean(np.abs(rows.predicted / rows.measured - 1))),
+                "coverage_90": interval_lib.coverage(rows.lower, rows.upper, rows.measured)}
+
+    return {**scores(frame), "by_k": [{"k": int(kk), **scores(g)} for kk, g in frame.groupby("k")]}
+
+
+def heldout_chain(runs: pd.DataFrame, run_table: pd.DataFrame, loss_options: dict[str, Any],
+                  law: Law, n_boot: int = 100, seed: int = 0) -> dict[str, Any]:
+    """pass@k of the largest trained scale predicted from the smaller ones, end to end: the
+    conditional loss law and the pass@k law (``law``'s form) refitted without that scale, the
+    loss law predicting each held-out run's loss (and its interval) from its shape, N and D,
+    the pass@k law its pass@k from there (``predict_pass``). For a law of N and D the loss is
+    not read, and this is the law's own held-out check."""
+    largest = float(runs["scale"].max())
+    options = {"n_boot": n_boot, "seed": seed, "holdout_above": largest, "holdout_by": "scale"}
+    loss_law = fit_law("conditional", run_table, loss_options, **options)
+    passk_law = fit_passk(runs, law.config | {"ref": None}, **options)
+    test = runs[runs["scale"] >= largest].reset_index(drop=True)
+    low, high = loss_law.prediction_interval(test)
+    rows = test.assign(loss=loss_law.predict(test), loss_low=low, loss_high=high)
+    predicted, lower, upper = predict_pass(passk_law, rows)
+    return {"rule": f"scale {largest:.3g} held out from both laws; its loss predicted",
+            "loss_mean_relative_error": float(np.mean(np.abs(rows["loss"] / test["loss"] - 1))),
+            **_by_k(test["k"].to_numpy(), predicted, test["pass_at_k"].to_numpy(), lower,
+                    upper)}
+
+
+def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, seed: int = 0,
+                  covariate: str = "loss") -> Law:
+    """The pass@k law of a study's ``passk_table`` (the ``covariate`` form; the loss form
+    predicted held-out scales best, laws/passk.py); its provenance records what ``archscale
+    substitute`` defaults to: the task's prompt and mean completion tokens and the study's
+    tokens per parameter."""
+    if runs.empty:
+        raise ArchscaleError(f"study {handle.name!r} has no complete runs with pass@k: add a "
+                             "passk: key to its sweep file and run it")
+    return fit_passk(runs, {"covariate": covariate}, n_boot=n_boot, seed=seed, provenance={
+        "source": "study", "study": handle.name, "storage": handle.shown_url,
+        "unsolved_runs": runs.attrs.get("unsolved_runs", 0),
+        "tokens_per_param": handle.sweep.budget.tokens_per_param,
+        "prompt_tokens": int(runs["prompt_tokens"].iloc[0]),
+        "sample_tokens": float(runs["mean_completion_tokens"].mean())})
+
+
+def substitution_section(handle: StudyHandle, loss_law: Law, throughput: ThroughputModel,
+                         space: SearchSpace, out: Path, *, tokens_per_param: float,
+                         target_pass: float | None = None, requests: float | None = None,
+                         params: Sequence[float] | None = None, n_boot: int = 100,
+                         seed: int = 0, covariate: str = "loss",
+                         measure: MeasureSettings | None = None,
+                         batch: int = 64, context: int = 2048
+                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The demo's section: fit the pass@k law on the study's runs, answer the substitution
+    question with ``loss_law`` (the demo's conditional law) choosing each size's shape, and
+    write ``out/`` (module docstring, plus ``laws/passk.json``).
+
+    Defaults: ``target_pass`` the mean measured pass@1 of the largest trained scale (what its
+    models give with one sample); ``requests`` the demand at which serving the largest candidate
+    at k = 1 costs as much as training it; ``params`` the trained scales (their median N) and
+    2x and 4x the largest. Returns (summary.json's list of points {"params", "k",
+    "predicted_pass_at_k", "interval_90", "total_cost_flops"}, the held-out checks at every k:
+    {"passk_law": ``heldout_by_k`` (the runs' measured loss in), "end_to_end":
+    ``heldout_chain`` (their loss predicted too)}).
+    """
+    runs = passk_table(handle.study)
+    law = fit_study_law(handle, runs, n_boot, seed, covariate)
+    save_law(law, out / "laws" / "passk.json")
+    labels, order = scale_labels(runs), scale_order(runs)
+    if target_pass is None:
+        largest = runs[(labels == order[-1]) & (runs["k"] == 1)]
+        target_pass = float(largest["pass_at_k"].mean())
+    medians = [float(runs.loc[labels == s, "N"].median()) for s in order]
+    recs = candidate_shapes(loss_law, throughput, space,
+                            params or [*medians, 2 * medians[-1], 4 * medians[-1]],
+                            tokens_per_param=tokens_per_param, measure=measure, batch=batch,
+                            context=context)
+    demand = Demand(1.0, law.provenance["prompt_tokens"], law.provenance["sample_tokens"])
+    if requests is None:  # break-even: serving the largest at k = 1 costs its training
+        train, per_request = demand.cost(recs[-1].recommended[0].spec,
+                                         float(recs[-1].provenance["search"]["tokens"]), 1)
+        requests = train / per_request
+    sub = substitute(recs, law, target_pass=target_pass,
+                     demand=dataclasses.replace(demand, requests=requests),
+                     max_k=int(runs["k"].max()))
+    write(sub, out)
+    run_table = load_table(trials_table(handle.study))
+    return sub.summary(), {"passk_law": heldout_by_k(law, runs),
+                           "end_to_end": heldout_chain(runs, run_table, loss_law.config, law,
+                                                       n_boot, seed)}

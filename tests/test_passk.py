@@ -1,0 +1,178 @@
+"""pass@k measurement: Chen et al.'s estimator against enumeration of every subset, the verifiers,
+the tasks, nucleus sampling against a sorted reference, and evaluate_passk against greedy
+decoding."""
+
+import itertools
+import json
+from math import comb
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from archscale.arch.errors import ArchscaleError
+from archscale.arch.model import Transformer
+from archscale.search.sweepfile import SweepFileError, parse_sweep
+from archscale.sweeps.corpus import shakespeare_documents, split_document
+from archscale.sweeps.data import VAL_FRACTION
+from archscale.sweeps.passk import (
+    GenExample,
+    PasskSettings,
+    build_verse_task,
+    evaluate_passk,
+    load_gen_task,
+    pass_at_k,
+)
+from archscale.sweeps.sampling import SamplingSettings, next_tokens, sample
+from archscale.sweeps.tokenizer import ByteTokenizer
+
+
+@pytest.mark.parametrize("n", [1, 4, 7])
+def test_chen_estimator_is_the_fraction_of_k_subsets_holding_a_pass(n):
+    for c in range(n + 1):
+        outcomes = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(outcomes, k))
+            brute = sum(any(s) for s in subsets) / len(subsets)
+            assert len(subsets) == comb(n, k)
+            assert pass_at_k(n, np.array([c]), k)[0] == pytest.approx(brute, abs=1e-12)
+
+
+def test_chen_estimator_stays_exact_where_binomials_overflow_floats():
+    # C(2000, 1000) overflows a float; the product form does not
+    n, c, k = 2000, 3, 1000
+    exact = 1 - comb(n - c, k) / comb(n, k)  # Python integers: exact
+    assert pass_at_k(n, np.array([c]), k)[0] == pytest.approx(exact, rel=1e-12)
+    with pytest.raises(ArchscaleError, match="k <= n"):
+        pass_at_k(4, np.array([1]), 5)
+
+
+def test_completion_is_cut_at_the_first_stop_and_verified():
+    word = GenExample("x", "lord", "exact", (" ", "\n"))
+    assert word.completion("lord, and") == "lord,"
+    assert word.completion("lord\nthen") == "lord"
+    assert word.passes(word.completion("lord then")) and not word.passes("lords")
+    prefix = GenExample("x", "lo", "prefix")
+    assert prefix.passes("lord") and not prefix.passes("l")
+
+
+def test_task_file_round_trip_and_errors(tmp_path):
+    path = tmp_path / "task.jsonl"
+    path.write_text(json.dumps({"prompt": "2+2=", "reference": "4"}) + "\n\n"
+                    + json.dumps({"prompt": "a", "reference": "b", "verifier": "prefix",
+                                  "stop": [" "]}) + "\n")
+    assert load_gen_task(path) == [GenExample("2+2=", "4"), GenExample("a", "b", "prefix", (" ",))]
+    path.write_text(json.dumps({"prompt": "a", "reference": "b", "verifier": "regex"}) + "\n")
+    with pytest.raises(ArchscaleError, match=r"task.jsonl:1: verifier 'regex'"):
+        load_gen_task(path)
+
+
+def test_built_in_tasks_come_from_held_out_text_only():
+    held_out = "".join(split_document(text, VAL_FRACTION)[1] for _, text in
+                       shakespeare_documents())
+    for unit in ("verse-word", "verse-word-rest", "verse-line"):
+        examples = build_verse_task(unit, 64)
+        assert len(examples) == 64 and examples == build_verse_task(unit, 64)  # deterministic
+        for e in examples:
+            # the prompt's last line and the reference continue each other in held-out text
+            tail = e.prompt.rsplit("\n", 1)[-1] + e.reference
+            assert tail in held_out, (unit, tail)
+            assert e.stop == (("\n",) if unit == "verse-line" else (" ", "\n"))
+    rest = build_verse_task("verse-word-rest", 64)
+    assert all(e.prompt[-1] not in " \n" and " " not in e.reference for e in rest)
+
+
+def test_sweep_file_passk_key_is_validated():
+    base = {"name": "p", "seq_len": 32, "budget": {"tokens_per_param": 5},
+            "grid": {"scales": [4e3], "d_over_sqrt_n": [0.2], "r": [1.0]}}
+    sweep = parse_sweep({**base, "passk": {"samples": 16, "k_max": 8, "temperature": 0.7}})
+    settings = sweep.passk_settings
+    assert (settings.samples, settings.k_max, settings.sampling.temperature) == (16, 8, 0.7)
+    assert PasskSettings.from_dict(settings.to_dict()) == settings
+    assert parse_sweep(base).passk_settings is None
+    with pytest.raises(SweepFileError, match=r"passk: .*k_max \(64\) <= samples \(32\)"):
+        parse_sweep({**base, "passk": {"k_max": 64}})
+    with pytest.raises(SweepFileError, match=r"unknown passk keys \['temp'\]"):
+        parse_sweep({**base, "passk": {"temp": 1.0}})
+
+
+def _nucleus(probs_V: np.ndarray, top_p: float) -> set[int]:
+    """The textbook nucleus: the most likely tokens, by sorting, until their mass reaches
+    top_p."""
+    order = np.argsort(-probs_V, kind="stable")
+    n = int(np.searchsorted(np.cumsum(probs_V[order]), top_p)) + 1
+    return set(order[:n].tolist())
+
+
+def test_draws_follow_the_tempered_nucleus_distribution():
+    rng = np.random.default_rng(0)
+    logits_BxV = jnp.asarray(rng.normal(size=(4, 12)).astype(np.float32) * 2)
+    draw = jax.jit(next_tokens)
+    temperature, top_p, n = 0.8, 0.9, 4000
+    draws = np.stack([draw(logits_BxV, jax.random.key(i), jnp.float32(temperature),
+                           jnp.float32(top_p)) for i in range(n)])
+    for row in range(4):
+        probs = np.asarray(jax.nn.softmax(logits_BxV[row] / temperature), dtype=np.float64)
+        nucleus = sorted(_nucleus(probs, top_p))
+        expected = np.zeros(12)
+        expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+        observed = np.bincount(draws[:, row], minlength=12) / n
+        assert set(np.flatnonzero(observed)) <= set(nucleus)
+        assert np.abs(observed - expected).max() < 4 * np.sqrt(0.25 / n)
+    greedy = draw(logits_BxV, jax.random.key(0), jnp.float32(0.0), jnp.float32(top_p))
+    assert np.array_equal(greedy, np.argmax(logits_BxV, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def model():
+    from archscale.arch.spec import ArchSpec
+
+    spec = ArchSpec(vocab_size=256, seq_len=32, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
+                    head_dim=8, d_ff=64)
+    return Transformer(spec, rngs=nnx.Rngs(1))
+
+
+def _greedy(model: Transformer, prompts_PxT: np.ndarray, steps: int) -> np.ndarray:
+    cache = model.init_cache(len(prompts_PxT), prompts_PxT.shape[1] + steps)
+    logits, cache = model.prefill(jnp.asarray(prompts_PxT), cache, last_only=True)
+    first = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+    rest, _ = model.greedy_decode(first, cache, steps - 1)
+    return np.concatenate([np.asarray(first)[:, None], np.asarray(rest)], axis=1)
+
+
+def test_temperature_zero_samples_are_the_greedy_decode(model):
+    prompts = np.random.default_rng(0).integers(0, 256, (3, 9)).astype(np.int32)
+    drawn = sample(model, prompts, 5, SamplingSettings(temperature=0.0, max_new_tokens=6,
+                                                       batch_size=4))
+    assert drawn.tokens_PxSxN.shape == (3, 5, 6) and drawn.rows == 16  # 15 rows padded to 4s
+    expected = _greedy(model, prompts, 6)
+    assert all(np.array_equal(drawn.tokens_PxSxN[:, s], expected) for s in range(5))
+    again = sample(model, prompts, 5, SamplingSettings(max_new_tokens=6, batch_size=4, seed=3))
+    assert np.array_equal(again.tokens_PxSxN,
+                          sample(model, prompts, 5, SamplingSettings(max_new_tokens=6,
+                                                                     batch_size=4,
+                                                                     seed=3)).tokens_PxSxN)
+
+
+def test_evaluate_passk_counts_what_the_verifier_accepts(model):
+    """Greedy samples all agree, so a problem whose reference is the model's own greedy
+    completion passes at every k and one with another reference never does."""
+    tokenizer = ByteTokenizer()
+    prompts = ["ROMEO:\nBut soft, what light through", "JULIET:\nO Romeo, Romeo, wherefore",
+               "HAMLET:\nTo be, or not to be, that", "LEAR:\nBlow, winds, and crack your"]
+    settings = PasskSettings.from_dict({"task": "unused", "samples": 4, "k_max": 3,
+                                        "temperature": 0.0, "max_new_tokens": 5,
+                                        "prompt_tokens": 12})
+    examples = []
+    for i, prompt in enumerate(prompts):
+        ids = np.asarray(tokenizer.encode(prompt))[-12:][None, :]
+        text = tokenizer.decode(_greedy(model, ids, 5)[0])
+        own = GenExample(prompt, text, "exact", ("\x00",))  # no stop: the whole 5 tokens
+        examples.append(own if i % 2 == 0 else GenExample(prompt, text + "!", "exact", ("\x00",)))
+    out = evaluate_passk(model, tokenizer, examples, settings)
+    assert out["correct"] == [4, 0, 4, 0]
+    assert out["pass_at_k"] == [0.5, 0.5, 0.5] and out["majority_vote"] == 0.5
+    assert out["k"] == [1, 2, 3] and out["prompt_tokens"] == 12
+    assert out["tokens_generated"] == 16 * 5 and out["mean_completion_tokens"] == 5

@@ -1,0 +1,138 @@
+"""pass@k laws against independent truth: Brown et al.'s published SWE-bench coverage, a Beta
+population of problems (Schaeffer et al.), and synthetic runs drawn from known coefficients."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import betaln
+
+from archscale.arch.errors import ArchscaleError
+from archscale.laws import load_law, save_law
+from archscale.laws.passk import KIND, fit_beta, fit_passk, fit_power, predict
+
+
+def test_power_coverage_law_through_brown_et_al_swe_bench_lite():
+    """Brown et al. (2024): DeepSeek-Coder-V2-Instruct solves 15.9% of SWE-bench Lite with one
+    sample and 56% with 250; -log pass@k = a k^-b through both has a = -ln 0.159."""
+    law = fit_power(np.array([1, 250]), np.array([0.159, 0.56]))
+    assert law.coef["a"] == pytest.approx(-np.log(0.159))
+    assert law.coef["b"] == pytest.approx(np.log(np.log(0.159) / np.log(0.56)) / np.log(250))
+    assert law.pass_at_k(np.array([1, 250])) == pytest.approx([0.159, 0.56])
+    with pytest.raises(ArchscaleError, match="2\\+ values of k"):
+        fit_power(np.array([1, 2]), np.array([0.0, 1.0]))
+
+
+def _beta_population(alpha: float, beta: float, problems: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.binomial(n, rng.beta(alpha, beta, problems))
+
+
+def _true_pass(alpha: float, beta: float, k: np.ndarray) -> np.ndarray:
+    """E[1 - (1 - p)^k] for p ~ Beta(alpha, beta)."""
+    return 1 - np.exp(betaln(alpha, beta + k) - betaln(alpha, beta))
+
+
+def test_beta_coverage_law_recovers_the_problem_distribution():
+    correct = _beta_population(0.3, 3.0, 3000, 32, seed=0)
+    law = fit_beta(correct, 32, n_boot=30)
+    assert law.coef["alpha"] == pytest.approx(0.3, rel=0.1)
+    assert law.coef["beta"] == pytest.approx(3.0, rel=0.2)
+    k = np.array([1, 8, 32, 1000])
+    low, high = law.interval(k, 0.9)
+    assert np.all(low <= law.pass_at_k(k)) and np.all(law.pass_at_k(k) <= high)
+    assert np.abs(law.pass_at_k(k) / _true_pass(0.3, 3.0, k) - 1).max() < 0.06
+
+
+def test_beta_law_forecasts_many_samples_from_few_better_than_the_power_law():
+    """Schaeffer et al.: with 8 samples per problem of a hard population (pass@1 1.5%), the Beta
+    fit forecasts pass@10000 and the exponent (alpha); a power law through the measured
+    pass@1..8 carries its small-k slope out and misses the bend."""
+    from archscale.sweeps.passk import pass_at_k
+
+    alpha, beta = 0.3, 20.0
+    correct = _beta_population(alpha, beta, 2000, 8, seed=1)
+    ks = np.arange(1, 9)
+    measured = np.array([float(np.mean(pass_at_k(8, correct, k))) for k in ks])
+    far = np.array([10000.0])
+    truth = _true_pass(alpha, beta, far)[0]
+    fitted = fit_beta(correct, 8)
+    assert fitted.exponent == pytest.approx(alpha, abs=0.03)
+    beta_error = abs(fitted.pass_at_k(far)[0] / truth - 1)
+    power_error = abs(fit_power(ks, measured).pass_at_k(far)[0] / truth - 1)
+    assert beta_error < 0.03 and power_error > 0.08
+
+
+TRUE = {"lnE0": np.log(0.05), "lnE0_k": -0.6, "lnN0": 0.0, "lnN0_k": -0.25, "beta": 0.4,
+        "beta_k": 0.05, "lnD0": np.log(0.6), "lnD0_k": -0.2, "gamma": 0.3, "gamma_k": 0.03}
+REF = {"N": 1e4, "D": 3e5}
+CONFIG = {"covariate": "nd", "terms": [], "floor": True, "ref": REF}
+
+
+def synthetic_runs(noise: float = 0.02, seed: int = 0) -> pd.DataFrame:
+    """Five scales x two token budgets x three runs, pass@1..32 from the known law with
+    log-normal scatter."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in (3e3, 5e3, 8e3, 1.3e4, 2.1e4):
+        for tokens_per_param in (16, 48):
+            for _ in range(3):
+                size = n * rng.uniform(0.95, 1.05)
+                rows += [{"N": size, "D": tokens_per_param * n, "k": k, "scale": f"{n:.3g}"}
+                         for k in range(1, 33)]
+    table = pd.DataFrame(rows)
+    truth = predict(CONFIG, np.array(list(TRUE.values())), table)[0]
+    return table.assign(pass_at_k=truth * np.exp(rng.normal(0, noise, len(table))),
+                        truth=truth)
+
+
+def test_passk_law_recovers_known_coefficients_and_predicts_the_held_out_scale():
+    table = synthetic_runs()
+    law = fit_passk(table, {"covariate": "nd", "floor": True, "ref": REF}, n_boot=20, seed=0)
+    assert law.identified, law.problems
+    coef = law.coefficients
+    for name in ("beta", "gamma", "beta_k", "gamma_k"):
+        assert coef[name] == pytest.approx(TRUE[name], abs=0.05), name
+    assert np.abs(law.predict(table) / table["truth"] - 1).max() < 0.03
+    held = law.validation["heldout"]  # fitted on four scales, the 96 runs x k of the fifth
+    assert held["rule"] == "largest scale '2.1e+04' held out" and held["n_test"] == 6 * 32
+    assert held["mean_relative_error"] < 0.03
+    assert 0.8 <= held["coverage_90"] <= 1.0
+
+
+def test_loss_form_recovers_its_exponents_from_runs_of_known_loss():
+    """pass@k = exp(-L0(k) (L / 2.3)^kappa(k)) on runs whose loss falls with N and D."""
+    config = {"covariate": "loss", "terms": [], "floor": False, "ref": {"loss": 2.3}}
+    true = np.array([1.2, -0.3, 2.7, 0.27])
+    table = synthetic_runs().assign(loss=lambda t: 1.2 + 40 * t["N"] ** -0.3 + 30 * t["D"] ** -0.25)
+    truth = predict(config, true, table)[0]
+    noisy = truth * np.exp(np.random.default_rng(3).normal(0, 0.02, len(table)))
+    law = fit_passk(table.assign(pass_at_k=noisy), {"covariate": "loss", "ref": {"loss": 2.3}},
+                    n_boot=10)
+    assert law.identified, law.problems
+    assert law.coef_names == ("lnL0", "lnL0_k", "kappa", "kappa_k")
+    assert law.coef == pytest.approx(true, abs=0.05)
+    assert np.abs(law.predict(table) / truth - 1).max() < 0.01
+
+
+def test_passk_law_is_a_law_kind_that_saves_and_loads(tmp_path):
+    table = synthetic_runs().assign(flops=lambda t: 6 * t["N"] * t["D"])
+    law = fit_passk(table, {"covariate": "compute", "floor": True}, n_boot=5, progressive=False)
+    assert law.coef_names == ("lnE0", "lnE0_k", "lnC0", "lnC0_k", "alpha", "alpha_k")
+    loaded = load_law(save_law(law, tmp_path / "passk.json"))
+    assert loaded.kind == KIND.name == "passk" and loaded.config == law.config
+    rows = table.head(40)
+    assert np.array_equal(loaded.predict(rows), law.predict(rows))
+    low, high = loaded.prediction_interval(rows)
+    assert np.all(low < loaded.predict(rows)) and np.all(loaded.predict(rows) < high)
+
+
+def test_passk_law_names_what_it_cannot_identify():
+    table = synthetic_runs()
+    one_budget = table[table["D"] == 16 * table["scale"].astype(float)]
+    law = fit_passk(one_budget, {"covariate": "nd"}, n_boot=0, progressive=False)
+    assert "collinear" in [p.code for p in law.problems]
+    law = fit_passk(table[table["k"].isin([1, 32])], {"covariate": "nd"}, n_boot=0,
+                    progressive=False)
+    assert "few_values" in [p.code for p in law.problems]
+    with pytest.raises(ArchscaleError, match=r"pass_at_k.*non-positive"):
+        fit_passk(table.assign(pass_at_k=0.0), {"covariate": "nd"}, n_boot=0)
