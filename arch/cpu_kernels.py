@@ -1,5 +1,8 @@
 """Native CPU kernels of a decode step: built on first use, called from jitted code via XLA FFI.
 
+Used only by ``arch.cpu_backend`` (the optional XLA:CPU serving backend); the model never calls
+them directly.
+
 XLA:CPU runs a decode step's attention as one tiny matrix-vector product per (sequence, KV head),
 each with its own thread-pool round trip, and its few-row weight matmuls at 50-75 GFLOP/s with
 the weights cold in memory. ``kernels/decode.cc`` streams each head's keys and values once, and
@@ -10,9 +13,9 @@ comments). It is C++ compiled once per machine with the system compiler (``$CXX`
 flags, compiler, jax version and CPU, so a shared home directory never hands one machine
 another's ``-march=native`` build.
 
-Without a compiler, with ``ARCHSCALE_CPU_KERNELS=0``, or off CPU, decode runs on XLA alone
-(same numbers to ~1e-6); ``decode_kernels_impl()`` says which runs, and throughput results record
-it, because the two are not equally fast.
+``available()`` is False without a compiler (one warning), with ``ARCHSCALE_CPU_KERNELS=0`` or off
+CPU; decode then runs on XLA alone (same numbers to ~1e-6), and throughput results record which
+backend ran, because the two are not equally fast.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ TARGETS = {ATTENTION_TARGET: "ArchscaleDecodeAttention", MATMUL_TARGET: "Archsca
 PANEL = 16
 """Output columns per panel of a packed weight (``pack_panels``)."""
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
-KERNEL_IMPL, XLA_IMPL = "archscale-cpu-kernel", "xla"
 
 
 def cache_dir() -> Path:
@@ -83,15 +85,15 @@ def _build(compiler: str) -> Path:
 
 
 @functools.cache
-def decode_kernels_impl() -> str:
-    """What a decode step runs on here: the native kernels (built and registered) or XLA alone."""
+def available() -> bool:
+    """True where the kernels are built and registered with XLA (once per process)."""
     if jax.default_backend() != "cpu" or os.environ.get("ARCHSCALE_CPU_KERNELS") == "0":
-        return XLA_IMPL
+        return False
     compiler = _compiler()
     if compiler is None:
         _log.warning("no C++ compiler found (set CXX or install g++): decode runs on XLA alone, "
                      "which is slower on CPU; throughput results record this")
-        return XLA_IMPL
+        return False
     try:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
         for target, symbol in TARGETS.items():
@@ -100,30 +102,19 @@ def decode_kernels_impl() -> str:
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         _log.warning("building the CPU decode kernels failed, decode runs on XLA alone "
                      "(throughput results record this): %s", error)
-        return XLA_IMPL
-    return KERNEL_IMPL
-
-
-def use_decode_kernel(*dtypes) -> bool:
-    """True where the kernels serve a decode step whose operands have ``dtypes``."""
-    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and decode_kernels_impl() == KERNEL_IMPL
+        return False
+    return True
 
 
 def decode_attention(q_BxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
                      valid: jax.Array) -> jax.Array:
     """Softmax attention of one query position to the first ``valid`` cached keys (fp32).
 
-    Same result as the masked attention of ``model._attend``; call only where
-    ``use_decode_kernel`` is true.
+    Same result as ``attention.decode_attention``; call only where ``available()``.
     """
     call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(q_BxKxGxH.shape, jnp.float32),
                             vmap_method="sequential")
     return call(q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, jnp.asarray(valid, jnp.int32))
-
-
-def use_panel_matmul(dtype, out_features: int) -> bool:
-    """True where a decode step's matmul with ``out_features`` outputs runs on packed panels."""
-    return out_features % PANEL == 0 and use_decode_kernel(dtype)
 
 
 def pack_panels(w_IxO: jax.Array) -> jax.Array:
@@ -135,7 +126,7 @@ def pack_panels(w_IxO: jax.Array) -> jax.Array:
 
 def panel_matmul(x_MxI: jax.Array, w_PxIx16: jax.Array) -> jax.Array:
     """x @ W for few rows (a decode step's batch) and W packed by ``pack_panels`` (fp32); call
-    only where ``use_panel_matmul`` is true."""
+    only where ``available()``."""
     rows, outputs = x_MxI.shape[0], w_PxIx16.shape[0] * PANEL
     call = jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((rows, outputs), jnp.float32),
                             vmap_method="sequential")

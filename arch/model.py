@@ -13,31 +13,30 @@ N query heads, K KV heads, G query heads per KV head (N = K G), J = N + 2K heads
 QKV projection, H head_dim, F d_ff, V vocab, L layers. Letters run together name one flattened
 axis: JH is J * H.
 
-Matmuls see every weight as a 2-D matrix: output x input as stored (``Layers.stacked``, the
-forward pass), input x output for serving (``Transformer.layer_weights``, transposed once per
-model, because XLA:CPU's few-row GEMMs stream an input x output weight 2-3x faster). XLA lowers
-such a dot to one GEMM on the array, where a weight with several free or contracted axes gets
-transposed on every call (on CPU: every weight at every generated token).
+Matmuls see every weight as a 2-D output x input matrix (``Layers.stacked``): XLA lowers such a
+dot to one GEMM on the array, where a weight with several free or contracted axes gets transposed
+on every call. Attention is ``arch.attention``'s, which picks each platform's implementation; a
+generation loop runs on a ``ServingBackend`` chosen there too (the weights' serving layout, its
+matmuls and decode attention), so no platform's speed code lives here.
 
-Keys and values are laid out BxKxSxH (KV head before position), in the forward pass and in the
-cache alike: the decode step's attention reads each (row, KV head) of the cache in place, with no
-transpose. On CPU a decode step's attention and its weight matmuls are the native kernels of
-``arch.cpu_kernels``; there ``layer_weights`` packs each serving matrix whose output width is a
-multiple of 16 into contiguous panels (``PANEL_NAMES``) instead.
+Keys and values are laid out BxKxSxH (KV head before position) in the cache: a decode step's
+attention reads each (row, KV head) of it in place, with no transpose.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from archscale.arch import cpu_kernels
+from archscale.arch import attention
+from archscale.arch.attention import ServingBackend
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.runtime import default_compute_dtype
 from archscale.arch.spec import ArchSpec
@@ -45,13 +44,6 @@ from archscale.arch.spec import ArchSpec
 INIT_STD = 0.02
 """Standard deviation of every weight matrix at init (GPT-2 / LLaMA style)."""
 
-SERVING_NAMES = {"wqkv_JHxD": "wqkv_DxJH", "wo_DxNH": "wo_NHxD",
-                 "w_gate_up_2FxD": "w_gate_up_Dx2F", "w_down_DxF": "w_down_FxD"}
-"""Each stacked output x input matrix and the name of its input x output serving copy."""
-
-PANEL_NAMES = {"wqkv_JHxD": "wqkv_PxDx16", "wo_DxNH": "wo_PxNHx16",
-               "w_gate_up_2FxD": "w_gate_up_PxDx16", "w_down_DxF": "w_down_PxFx16"}
-"""The serving copy's name where it is packed in panels (``cpu_kernels.pack_panels``)."""
 
 
 @jax.tree_util.register_dataclass
@@ -73,6 +65,17 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k_BxKxSxH[0].shape[2]
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ServingWeights:
+    """Each layer's weights in a serving backend's layout (a pytree; the backend is static)."""
+
+    layers: tuple[dict[str, jax.Array], ...]
+    """One dict per layer: ``Layers.stacked``'s names and layout, or the backend's own."""
+    backend: ServingBackend = field(metadata={"static": True})
+    """The backend whose ``prepare`` made them; its matmuls and decode attention read them."""
 
 
 def _weight_shapes(spec: ArchSpec) -> dict[str, tuple[tuple[int, ...], float | None]]:
@@ -152,14 +155,12 @@ class Transformer(nnx.Module):
     # ---- public API ---------------------------------------------------------------------------
     def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
         """Causal forward pass: fp32 logits_BxTxV. Pure and traceable (no cache, no state)."""
-        T = tokens_BxT.shape[1]
-        positions_T = jnp.arange(T, dtype=jnp.int32)
-        cos, sin = self.rope_tables(positions_T)
-        mask_TxS = positions_T[None, :] <= positions_T[:, None]
+        cos, sin = self.rope_tables(jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32))
 
         def layer(x_BxTxD, p):
-            q, k, v = self._qkv(p, x_BxTxD, cos, sin)
-            return self._finish(p, x_BxTxD, _attend(q, k, v, mask_TxS)), None
+            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self._qkv(p, x_BxTxD, cos, sin, _matmul)
+            out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+            return self._finish(p, x_BxTxD, out_BxTxNxH, _matmul), None
 
         x_BxTxD, _ = jax.lax.scan(layer, self._embed(tokens_BxT),
                                   self.layers.stacked(self.compute_dtype))
@@ -176,35 +177,30 @@ class Transformer(nnx.Module):
         k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(s.n_layers)) for _ in range(2))
         return KVCache(k, v, jnp.zeros((), jnp.int32))
 
-    def layer_weights(self) -> tuple[dict[str, jax.Array], ...]:
-        """Each layer's weights sliced out of the stacks, in the compute dtype, its matrices
-        transposed to input x output (``SERVING_NAMES``), or packed in panels for the CPU
-        decode kernel where it runs and the output width is a multiple of 16 (``PANEL_NAMES``).
+    def layer_weights(self, backend: ServingBackend | None = None) -> ServingWeights:
+        """Each layer's weights sliced out of the stacks in the compute dtype, in ``backend``'s
+        serving layout (default: ``attention.serving_backend`` of the compute dtype).
 
         A generation loop computes this once, before the loop, and passes it to every
         ``decode_step``: slicing inside the loop would copy every weight at every token.
         """
+        backend = backend or attention.serving_backend(self.compute_dtype)
         stacked = self.layers.stacked(self.compute_dtype)
-
-        def serving(name: str, w_OxI: jax.Array) -> tuple[str, jax.Array]:
-            if name not in SERVING_NAMES:
-                return name, w_OxI
-            if cpu_kernels.use_panel_matmul(w_OxI.dtype, w_OxI.shape[0]):
-                return PANEL_NAMES[name], cpu_kernels.pack_panels(w_OxI.T)
-            return SERVING_NAMES[name], w_OxI.T
-
-        return tuple(dict(serving(name, w[index]) for name, w in stacked.items())
-                     for index in range(self.spec.n_layers))
+        layers = tuple({name: w[index] for name, w in stacked.items()}
+                       for index in range(self.spec.n_layers))
+        return ServingWeights(tuple(map(backend.prepare, layers)) if backend.prepare else layers,
+                              backend)
 
     def prefill(self, tokens_BxT: jax.Array, cache: KVCache, *, last_only: bool = False,
-                weights: tuple[dict[str, jax.Array], ...] | None = None,
+                weights: ServingWeights | None = None,
                 rope: tuple[jax.Array, jax.Array] | None = None,
                 ) -> tuple[jax.Array, KVCache]:
         """Append ``tokens_BxT`` to the cache; fp32 logits_BxTxV of those positions.
 
         ``last_only`` returns logits_Bx1xV of the last position alone, as a server does when it
         only needs the first generated token (the output projection then costs one position).
-        ``weights`` is ``layer_weights()``, computed once outside a generation loop, and
+        ``weights`` is ``layer_weights()``, computed once outside a generation loop (their
+        backend runs the matmuls, and the attention of a single position), and
         ``rope`` the (cos, sin) tables of these T positions (``rope_tables``): XLA fuses the
         tables into their consumers, so computed here they cost a cos and a sin per batch row
         and head (about 2 ms of a 35 ms decode step of d_model 512).
@@ -218,23 +214,26 @@ class Transformer(nnx.Module):
         if cache.max_len < T:
             raise ArchscaleError(f"prefill of {T} tokens does not fit a cache of max_len "
                                  f"{cache.max_len}: call init_cache with a larger max_len")
+        s = self.spec
         start = cache.length
-        positions_T = start + jnp.arange(T, dtype=jnp.int32)
-        cos, sin = rope or self.rope_tables(positions_T)
-        mask_TxS = jnp.arange(cache.max_len, dtype=jnp.int32)[None, :] <= positions_T[:, None]
+        cos, sin = rope or self.rope_tables(start + jnp.arange(T, dtype=jnp.int32))
+        weights = weights if weights is not None else self.layer_weights()
+        backend = weights.backend
+        matmul = backend.matmul or _matmul
         x_BxTxD = self._embed(tokens_BxT)
         new_k, new_v = [], []
-        for p, k_cache, v_cache in zip(weights or self.layer_weights(), cache.k_BxKxSxH,
-                                       cache.v_BxKxSxH, strict=True):
-            q, k_BxKxTxH, v_BxKxTxH = self._qkv(p, x_BxTxD, cos, sin)
-            at = (0, 0, start, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxKxTxH.astype(k_cache.dtype), at)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxKxTxH.astype(v_cache.dtype), at)
-            if T == 1 and cpu_kernels.use_decode_kernel(q.dtype, k_cache.dtype):
-                out = cpu_kernels.decode_attention(q[:, 0], k_cache, v_cache, start + 1)[:, None]
+        for p, k_cache, v_cache in zip(weights.layers, cache.k_BxKxSxH, cache.v_BxKxSxH,
+                                       strict=True):
+            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self._qkv(p, x_BxTxD, cos, sin, matmul)
+            k_cache, v_cache = _write(k_cache, k_BxTxKxH, start), _write(v_cache, v_BxTxKxH, start)
+            if T == 1:
+                B = q_BxTxNxH.shape[0]
+                q_BxKxGxH = q_BxTxNxH.reshape(B, s.n_kv_heads, s.gqa_group, s.head_dim)
+                out_BxKxGxH = backend.decode_attention(q_BxKxGxH, k_cache, v_cache, start + 1)
+                out_BxTxNxH = out_BxKxGxH.reshape(q_BxTxNxH.shape)
             else:
-                out = _attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_TxS)
-            x_BxTxD = self._finish(p, x_BxTxD, out)
+                out_BxTxNxH = attention.prefill_attention(q_BxTxNxH, k_cache, v_cache, start)
+            x_BxTxD = self._finish(p, x_BxTxD, out_BxTxNxH, matmul)
             new_k.append(k_cache)
             new_v.append(v_cache)
         if last_only:
@@ -242,7 +241,7 @@ class Transformer(nnx.Module):
         return self._logits(x_BxTxD), KVCache(tuple(new_k), tuple(new_v), start + T)
 
     def decode_step(self, tokens_B: jax.Array, cache: KVCache, *,
-                    weights: tuple[dict[str, jax.Array], ...] | None = None,
+                    weights: ServingWeights | None = None,
                     rope: tuple[jax.Array, jax.Array] | None = None,
                     ) -> tuple[jax.Array, KVCache]:
         """Append one token per row; fp32 logits_BxV of the next token (``weights``, ``rope``:
@@ -251,7 +250,7 @@ class Transformer(nnx.Module):
         return logits_Bx1xV[:, 0], cache
 
     def greedy_decode(self, tokens_B: jax.Array, cache: KVCache, steps: int, *,
-                      weights: tuple[dict[str, jax.Array], ...] | None = None,
+                      weights: ServingWeights | None = None,
                       ) -> tuple[jax.Array, KVCache]:
         """Feed ``tokens_B``, then each row's argmax, ``steps`` times in one ``lax.fori_loop``.
 
@@ -261,7 +260,7 @@ class Transformer(nnx.Module):
         once per model, as a server does; by default they are sliced here, before the loop.
         The caller keeps ``cache.length + steps <= cache.max_len``.
         """
-        weights = weights or self.layer_weights()
+        weights = weights if weights is not None else self.layer_weights()
         cos_Nx1xHh, sin_Nx1xHh = self.rope_tables(cache.length + jnp.arange(steps, dtype=jnp.int32))
 
         def step(i, carry):
@@ -285,29 +284,27 @@ class Transformer(nnx.Module):
     def _embed(self, tokens_BxT: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(self.compute_dtype)
 
-    def _qkv(self, p, x_BxTxD, cos, sin):
-        """Normed input -> q_BxTxKxGxH, k_BxKxTxH, v_BxKxTxH with RoPE on q and k."""
+    def _qkv(self, p, x_BxTxD, cos, sin, matmul: Matmul):
+        """Normed input -> q_BxTxNxH, k_BxTxKxH, v_BxTxKxH with RoPE on q and k."""
         s = self.spec
         N, K = s.n_heads, s.n_kv_heads
         h_BxTxD = _rms_norm(x_BxTxD, p["attn_norm_D"], s.norm_eps)
         B, T = x_BxTxD.shape[:2]
-        qkv_BxTxJH = _matmul(h_BxTxD, p, "wqkv_JHxD")
+        qkv_BxTxJH = matmul(h_BxTxD, p, "wqkv_JHxD")
         qkv_BxTxJxH = qkv_BxTxJH.reshape(B, T, N + 2 * K, s.head_dim)
         q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = jnp.split(qkv_BxTxJxH, [N, N + K], axis=2)
-        q_BxTxKxGxH = _rope(q_BxTxNxH, cos, sin).reshape(B, T, K, s.gqa_group, s.head_dim)
-        k_BxKxTxH = jnp.swapaxes(_rope(k_BxTxKxH, cos, sin), 1, 2)
-        return q_BxTxKxGxH, k_BxKxTxH, jnp.swapaxes(v_BxTxKxH, 1, 2)
+        return _rope(q_BxTxNxH, cos, sin), _rope(k_BxTxKxH, cos, sin), v_BxTxKxH
 
-    def _finish(self, p, x_BxTxD, attn_BxTxKxGxH):
+    def _finish(self, p, x_BxTxD, attn_BxTxNxH, matmul: Matmul):
         """Output projection and residual, then the SwiGLU MLP block and residual."""
         B, T = x_BxTxD.shape[:2]
-        attn_BxTxNH = attn_BxTxKxGxH.reshape(B, T, -1)
-        x_BxTxD = x_BxTxD + _matmul(attn_BxTxNH, p, "wo_DxNH")
+        attn_BxTxNH = attn_BxTxNxH.reshape(B, T, -1)
+        x_BxTxD = x_BxTxD + matmul(attn_BxTxNH, p, "wo_DxNH")
         h_BxTxD = _rms_norm(x_BxTxD, p["mlp_norm_D"], self.spec.norm_eps)
-        gate_up_BxTx2F = _matmul(h_BxTxD, p, "w_gate_up_2FxD")
+        gate_up_BxTx2F = matmul(h_BxTxD, p, "w_gate_up_2FxD")
         gate_up_BxTx2xF = gate_up_BxTx2F.reshape(B, T, 2, self.spec.d_ff)
         hidden_BxTxF = jax.nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
-        return x_BxTxD + _matmul(hidden_BxTxF, p, "w_down_DxF")
+        return x_BxTxD + matmul(hidden_BxTxF, p, "w_down_DxF")
 
     def _logits(self, x_BxTxD: jax.Array) -> jax.Array:
         """Final norm and output projection; compute-dtype operands, fp32 accumulation."""
@@ -317,18 +314,19 @@ class Transformer(nnx.Module):
                           preferred_element_type=jnp.float32)
 
 
+Matmul = Callable[[jax.Array, dict[str, jax.Array], str], jax.Array]
+"""x_BxTxI @ W for the matrix named ``name`` (a ``Layers.stacked`` key) in a layer's weights."""
+
+
 def _matmul(x_BxTxI: jax.Array, p: dict[str, jax.Array], name: str) -> jax.Array:
-    """x @ W for the matrix stored as ``name`` (output x input) or as its serving copy (input x
-    output, or panels: the kernel for one position, XLA for a prompt)."""
-    if name in p:
-        return jnp.einsum("bti,oi->bto", x_BxTxI, p[name])
-    if SERVING_NAMES[name] in p:
-        return jnp.einsum("bti,io->bto", x_BxTxI, p[SERVING_NAMES[name]])
-    w_PxIx16 = p[PANEL_NAMES[name]]
-    B, T, _ = x_BxTxI.shape
-    if T == 1:
-        return cpu_kernels.panel_matmul(x_BxTxI[:, 0], w_PxIx16)[:, None]
-    return jnp.einsum("bti,pic->btpc", x_BxTxI, w_PxIx16).reshape(B, T, -1)
+    """x @ W for the matrix stored output x input as ``name``."""
+    return jnp.einsum("bti,oi->bto", x_BxTxI, p[name])
+
+
+def _write(cache_BxKxSxH: jax.Array, new_BxTxKxH: jax.Array, start: jax.Array) -> jax.Array:
+    """The cache with these T positions written from slot ``start`` on."""
+    new_BxKxTxH = jnp.swapaxes(new_BxTxKxH, 1, 2).astype(cache_BxKxSxH.dtype)
+    return jax.lax.dynamic_update_slice(cache_BxKxSxH, new_BxKxTxH, (0, 0, start, 0))
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -337,7 +335,8 @@ def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (x32 * weight.astype(jnp.float32)).astype(x.dtype)
 
 
-def _rope_tables(positions_T: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def _rope_tables(positions_T: jax.Array, head_dim: int,
+                 theta: float) -> tuple[jax.Array, jax.Array]:
     """cos and sin of shape Tx1x(H/2), broadcastable over BxTxheadsx(H/2)."""
     inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     angles_TxHh = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
@@ -349,17 +348,6 @@ def _rope(x_BxTxNxH: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x_BxTxNxH.dtype)
-
-
-def _attend(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
-            mask_TxS: jax.Array) -> jax.Array:
-    """Grouped-query attention: each KV head serves its G query heads, K/V never repeated."""
-    scale = 1.0 / math.sqrt(q_BxTxKxGxH.shape[-1])
-    scores_BxKxGxTxS = jnp.einsum("btkgh,bksh->bkgts", q_BxTxKxGxH, k_BxKxSxH,
-                                  preferred_element_type=jnp.float32) * scale
-    scores_BxKxGxTxS = jnp.where(mask_TxS, scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxH.dtype)
-    return jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH)
 
 
 def count_params(model: nnx.Module) -> int:

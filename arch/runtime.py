@@ -43,7 +43,7 @@ def default_compute_dtype() -> jnp.dtype:
 # XLA:CPU's YNNPACK fusions ran a training step (d_model 256, 6 layers, 4096 tokens) 10-25%
 # slower than its own Eigen dots and loop fusions on the 2-core CPU: the step's GEMMs have
 # thousands of rows and its softmax-gradient reductions are large. Decode's 32-row GEMMs on
-# in x out weights (``Transformer.layer_weights``) ran at 73-90 GFLOP/s on Eigen against
+# in x out weights (``arch.cpu_backend``'s serving copies) ran at 73-90 GFLOP/s on Eigen against
 # 57-66 on YNNPACK (weights out of cache), so every compile turns it off.
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

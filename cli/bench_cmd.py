@@ -101,7 +101,7 @@ def throughput(
                   f"{result.decode_tokens_per_s_median:,.0f}",
                   f"{result.decode_roofline_tokens_per_s:,.0f}", f"{result.decode_fraction:.1%}")
     Console().print(table)
-    typer.echo(f"decode kernels: {result.decode_kernels}")
+    typer.echo(f"decode backend: {result.backend}")
     _write(out, result.to_dict())
 
 
@@ -153,5 +153,5 @@ def compare(
                       f"{result.decode_tokens_per_s:,.0f}", f"{decode_ratio:.3f}",
                       f"{result.decode_fraction:.1%}")
     Console().print(table)
-    typer.echo(f"decode kernels: {first.decode_kernels}")
+    typer.echo(f"decode backend: {first.backend}")
     _write(out, comparison.to_dict())

@@ -9,7 +9,9 @@ speed of a shape does not depend on the values.
   last position only, as a server needs), tokens/s = batch * context / seconds.
 * decode: ``decode_tokens`` greedy steps inside ONE compiled ``fori_loop``
   (``Transformer.greedy_decode``), the cache donated and updated in place, starting with
-  ``context`` cached tokens; tokens/s = batch * steps / s.
+  ``context`` cached tokens; tokens/s = batch * steps / s. It runs on the platform's serving
+  backend (``attention.serving_backend``: native kernels on CPU where they build, else XLA),
+  which every result names (``backend``), since backends differ in speed.
 
 Three compiled functions a shape: ``setup`` (random weights, their per-layer serving layout
 and an empty cache, in one call), prefill and decode. Both are timed after a warm-up call
@@ -44,15 +46,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archscale.arch.cpu_kernels import KERNEL_IMPL, XLA_IMPL, use_decode_kernel
+from archscale.arch.attention import ServingBackend, serving_backend
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.model import KVCache, Transformer
 from archscale.arch.runtime import compiler_options, default_compute_dtype
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps import hardware
 
-ATTENTION_ONLY = f"{KERNEL_IMPL} (attention only)"
-"""``decode_kernels`` of results measured before decode's matmuls had a kernel."""
+_OLD_BACKENDS = {"archscale-cpu-kernel": "cpu-kernels",
+                 "archscale-cpu-kernel (attention only)": "cpu-kernels (attention only)"}
+"""``decode_kernels`` of results written before ``backend`` -> their backend."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,9 @@ class ThroughputResult:
     """Prefill tokens/s of the median call (None: not recorded)."""
     decode_tokens_per_s_median: float | None = None
     """Decode tokens/s of the median call (None: not recorded)."""
-    decode_kernels: str = XLA_IMPL
-    """What decode ran on: 'archscale-cpu-kernel' (attention and matmuls of
-    ``arch.cpu_kernels``) or 'xla'."""
+    backend: str = "xla"
+    """The serving backend decode ran on: 'cpu-kernels' (``arch.cpu_backend``) or 'xla';
+    'cpu-kernels (attention only)' for results measured before decode's matmuls had a kernel."""
 
     @property
     def prefill_fraction(self) -> float:
@@ -118,9 +121,12 @@ class ThroughputResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ThroughputResult:
         names = {f.name for f in dataclasses.fields(cls)}
-        # Results written before the matmul kernel record the attention kernel alone.
-        attention = data.get("decode_attention", XLA_IMPL)
-        data = {"decode_kernels": attention if attention == XLA_IMPL else ATTENTION_ONLY, **data}
+        # Older results name what decode ran on in `decode_kernels`, or before the matmul kernel
+        # in `decode_attention` (the attention kernel alone).
+        attention_only = data.get("decode_attention", "xla") != "xla"
+        kernels = data.get("decode_kernels", "archscale-cpu-kernel (attention only)"
+                           if attention_only else "xla")
+        data = {"backend": _OLD_BACKENDS.get(kernels, kernels), **data}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -197,7 +203,7 @@ class _Compiled:
 
 
 def _compile(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dtype,
-             seed: int) -> _Compiled:
+             seed: int, backend: ServingBackend) -> _Compiled:
     box: dict[str, Any] = {}
 
     def setup(seed):
@@ -207,7 +213,8 @@ def _compile(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dt
         model = Transformer(spec, rngs=nnx.Rngs(jax.random.key(seed)), compute_dtype=dtype,
                             param_dtype=dtype)
         box["graphdef"], state = nnx.split(model)
-        return state, model.layer_weights(), model.init_cache(batch, context + decode_tokens)
+        return (state, model.layer_weights(backend),
+                model.init_cache(batch, context + decode_tokens))
 
     def prefill(state, weights, tokens_BxT, cache):
         logits_Bx1xV, cache = nnx.merge(box["graphdef"], state).prefill(
@@ -273,14 +280,14 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
     if min_seconds < 0:
         raise ArchscaleError(f"throughput measurement: min_seconds={min_seconds} must be >= 0")
     dtype = compute_dtype(dtype)
+    backend = serving_backend(dtype)
     compiled = [_compile(spec, batch=batch, context=context, decode_tokens=decode_tokens,
-                         dtype=dtype, seed=seed) for spec in specs]
+                         dtype=dtype, seed=seed, backend=backend) for spec in specs]
     prefill_rounds = hardware.timed_rounds([c.prefill for c in compiled], repeats, min_seconds)
     decode_rounds = hardware.timed_rounds([c.decode for c in compiled], repeats, min_seconds)
     prefill_times, decode_times = ([[t for t in ts if t is not None] for ts in rounds]
                                    for rounds in (prefill_rounds, decode_rounds))
     peak, bandwidth = hardware.peak_flops(dtype), hardware.memory_bandwidth()
-    kernels = KERNEL_IMPL if use_decode_kernel(dtype) else XLA_IMPL
     results = tuple(ThroughputResult(
         spec=c.spec.to_dict(), batch=batch, context=context, decode_tokens=decode_tokens,
         repeats=repeats, dtype=dtype.name, device_kind=hardware.device_kind(),
@@ -289,7 +296,7 @@ def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
         **roofline(c.spec, batch=batch, context=context, decode_tokens=decode_tokens, dtype=dtype,
                    peak=peak, bandwidth=bandwidth),
         peak_flops=peak, memory_bandwidth=bandwidth, compile_seconds=c.compile_seconds,
-        decode_calls=len(decode_s), prefill_calls=len(prefill_s), decode_kernels=kernels,
+        decode_calls=len(decode_s), prefill_calls=len(prefill_s), backend=backend.name,
         prefill_tokens_per_s_median=batch * context / statistics.median(prefill_s),
         decode_tokens_per_s_median=batch * decode_tokens / statistics.median(decode_s),
     ) for c, prefill_s, decode_s in zip(compiled, prefill_times, decode_times, strict=True))

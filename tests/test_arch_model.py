@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archscale.arch import ArchscaleError, ArchSpec
+from archscale.arch import ArchscaleError, ArchSpec, attention, cpu_backend
 from archscale.arch.model import KVCache, Transformer, count_params
 
 
@@ -50,19 +50,24 @@ def test_forward_shape_dtype_and_scale(gqa_model, tokens_BxT):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_cached_decoding_matches_forward(kv_heads, tokens_BxT):
+@pytest.mark.parametrize("backend", ["default", "xla", "cpu-xla"])
+def test_cached_decoding_matches_forward(kv_heads, backend, tokens_BxT):
     model = Transformer(make_spec(n_kv_heads=kv_heads), rngs=nnx.Rngs(kv_heads),
                         compute_dtype=jnp.float32)
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, tokens: nnx.merge(graphdef, state)(tokens))
     prefill = jax.jit(lambda state, tokens, cache: nnx.merge(graphdef, state).prefill(tokens, cache))
+    serving = {"default": None, "xla": attention.XLA_SERVING,
+               "cpu-xla": cpu_backend.CPU_XLA}[backend]
 
     @jax.jit
     def decode(state, tokens_BxT, cache):
-        # Token by token with the layer weights sliced once, as a generation loop does (on CPU
-        # with the native kernels, packed in panels: every output width here is a multiple of 16).
+        # Token by token with the layer weights sliced once, as a generation loop does: on the
+        # platform's serving backend (on CPU, its native kernels where they build: every output
+        # width here is a multiple of 16, so all matrices are packed), on plain XLA, or on XLA
+        # with the CPU backend's input x output copies.
         model = nnx.merge(graphdef, state)
-        weights = model.layer_weights()
+        weights = model.layer_weights(serving)
         steps = []
         for t in range(tokens_BxT.shape[1]):
             logits_BxV, cache = model.decode_step(tokens_BxT[:, t], cache, weights=weights)
@@ -112,14 +117,16 @@ def test_split_merge_inside_jit(gqa_model, tokens_BxT):
 def test_cache_is_a_pytree_that_jit_donates(gqa_model, tokens_BxT):
     graphdef, state = nnx.split(gqa_model)
 
-    @jax.jit
     def step(state, tokens_B, cache):
         return nnx.merge(graphdef, state).decode_step(tokens_B, cache)
 
-    cache = gqa_model.init_cache(3, 4)
-    logits, cache = step(state, tokens_BxT[:, 0], cache)
+    donated = gqa_model.init_cache(3, 4)
+    logits, cache = jax.jit(step, donate_argnums=2)(state, tokens_BxT[:, 0], donated)
     assert isinstance(cache, KVCache) and int(cache.length) == 1
     np.testing.assert_allclose(logits, gqa_model(tokens_BxT[:, :1])[:, 0], atol=1e-4, rtol=0)
+    # Every layer's buffers were handed to XLA, which wrote the new cache into them in place.
+    assert all(b.is_deleted() for b in (*donated.k_BxKxSxH, *donated.v_BxKxSxH))
+    assert not any(b.is_deleted() for b in (*cache.k_BxKxSxH, *cache.v_BxKxSxH))
 
 
 def test_bf16_compute_keeps_fp32_params_and_logits(tokens_BxT):

@@ -1,5 +1,6 @@
-"""The native CPU decode kernels (attention, panel matmul): the same numbers as XLA, built once
-and cached, and a clear fallback to XLA where they cannot be built."""
+"""The optional CPU serving backend and its native decode kernels (attention, panel matmul): the
+same numbers as XLA, built once and cached, a clear fallback to XLA where they cannot be built,
+and a model that never imports them. Only the tests that run a kernel need a C++ compiler."""
 
 import logging
 import os
@@ -12,19 +13,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archscale.arch import ArchSpec, cpu_kernels
-from archscale.arch.model import PANEL_NAMES, SERVING_NAMES, Transformer, _attend
+from archscale.arch import ArchSpec, attention, cpu_backend, cpu_kernels
+from archscale.arch.cpu_backend import PANEL_NAMES, TRANSPOSED_NAMES
+from archscale.arch.model import Transformer
 
-pytestmark = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or cpu_kernels.decode_kernels_impl() != cpu_kernels.KERNEL_IMPL,
-    reason="the kernel runs on CPU with a C++ compiler")
-
-
-def _xla_reference(q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, valid):
-    mask_1xS = jnp.arange(k_BxKxSxH.shape[2])[None, :] < valid
-    return _attend(q_BxKxGxH[:, None], k_BxKxSxH, v_BxKxSxH, mask_1xS)[:, 0]
+needs_kernels = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not cpu_kernels.available(),
+    reason="the kernels run on CPU, built with a C++ compiler")
 
 
+@needs_kernels
 @pytest.mark.parametrize(("batch", "kv_heads", "group", "head_dim", "slots", "valid"), [
     (3, 4, 1, 64, 40, 37),   # MHA, AVX2 path with a tail of 5 keys
     (2, 2, 4, 32, 24, 24),   # GQA, every slot valid
@@ -40,9 +38,11 @@ def test_kernel_matches_xla_attention(batch, kv_heads, group, head_dim, slots, v
     # Slots past `valid` hold garbage in a real cache: huge values must not leak into the result.
     k, v = (x.at[:, :, valid:].set(1e30) for x in (k, v))
     got = jax.jit(cpu_kernels.decode_attention)(q, k, v, jnp.int32(valid))
-    np.testing.assert_allclose(got, _xla_reference(q, k, v, valid), rtol=2e-5, atol=2e-6)
+    expected = attention.decode_attention(q, k, v, jnp.int32(valid))
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
 
 
+@needs_kernels
 @pytest.mark.parametrize(("rows", "inputs", "outputs"), [
     (32, 64, 48),   # five full tiles of 6 rows and a tail of 2
     (7, 40, 16),    # one tile and a single-row tail, one panel
@@ -73,16 +73,47 @@ def test_layer_weights_pack_only_matrices_with_whole_panels():
     spec = ArchSpec(vocab_size=64, seq_len=16, n_layers=1, d_model=36, n_heads=4, n_kv_heads=2,
                     head_dim=12, d_ff=40)
     model = Transformer(spec, rngs=nnx.Rngs(0), compute_dtype=jnp.float32)
-    (weights,) = model.layer_weights()
+    serving = model.layer_weights(cpu_backend.CPU_KERNELS)
+    (weights,) = serving.layers
+    assert serving.backend is cpu_backend.CPU_KERNELS
     assert weights[PANEL_NAMES["wqkv_JHxD"]].shape == (6, 36, 16)
     assert weights[PANEL_NAMES["w_gate_up_2FxD"]].shape == (5, 36, 16)
-    assert weights[SERVING_NAMES["wo_DxNH"]].shape == (48, 36)
-    assert weights[SERVING_NAMES["w_down_DxF"]].shape == (40, 36)
-    # bf16 weights are never packed: the kernels are fp32.
-    bf16 = Transformer(spec, rngs=nnx.Rngs(0), compute_dtype=jnp.bfloat16)
-    assert set(bf16.layer_weights()[0]).isdisjoint(PANEL_NAMES.values())
+    assert weights[TRANSPOSED_NAMES["wo_DxNH"]].shape == (48, 36)
+    assert weights[TRANSPOSED_NAMES["w_down_DxF"]].shape == (40, 36)
+    # Without kernels every matrix is an input x output copy; the generic backend keeps them
+    # as stored.
+    (transposed,) = model.layer_weights(cpu_backend.CPU_XLA).layers
+    assert {name: transposed[TRANSPOSED_NAMES[name]].shape for name in TRANSPOSED_NAMES} == {
+        "wqkv_JHxD": (36, 96), "wo_DxNH": (48, 36), "w_gate_up_2FxD": (36, 80),
+        "w_down_DxF": (40, 36)}
+    (plain,) = model.layer_weights(attention.XLA_SERVING).layers
+    assert plain["wqkv_JHxD"].shape == (96, 36) and plain.keys() == model.layers.stacked(
+        jnp.float32).keys()
 
 
+def test_the_kernels_serve_fp32_where_they_build(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING):
+        monkeypatch.setattr(cpu_kernels, "available", lambda: True)
+        assert attention.serving_backend(jnp.float32) is cpu_backend.CPU_KERNELS
+        assert attention.serving_backend(jnp.bfloat16) is cpu_backend.CPU_XLA  # kernels: fp32
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+        assert attention.serving_backend(jnp.float32) is cpu_backend.CPU_XLA
+    assert caplog.records == []
+
+
+def test_the_model_never_imports_the_cpu_backend():
+    script = ("import sys, jax.numpy as jnp; from flax import nnx; "
+              "from archscale.arch import ArchSpec; from archscale.arch.model import Transformer; "
+              "spec = ArchSpec(vocab_size=64, seq_len=8, n_layers=1, d_model=16, n_heads=2, "
+              "n_kv_heads=1, head_dim=8, d_ff=16); "
+              "Transformer(spec, rngs=nnx.Rngs(0))(jnp.zeros((1, 8), jnp.int32)); "
+              "print(sorted(m for m in sys.modules if m.startswith('archscale.arch.cpu')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, env=_base_env())
+    assert result.stdout.strip() == "[]"  # training imports neither; serving selects it
+
+
+@needs_kernels
 def test_a_valid_length_outside_the_cache_is_an_error():
     x = jnp.ones((1, 1, 1, 8))
     cache = jnp.ones((1, 1, 4, 8))
@@ -90,6 +121,7 @@ def test_a_valid_length_outside_the_cache_is_an_error():
         jax.block_until_ready(cpu_kernels.decode_attention(x, cache, cache, jnp.int32(5)))
 
 
+@needs_kernels
 def test_the_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSCALE_KERNEL_CACHE", str(tmp_path))
     compiler = cpu_kernels._compiler()
@@ -99,10 +131,10 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no scratch files left
 
 
-def _impl_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess:
+def _backend_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess:
     script = ("import logging; logging.basicConfig(); "
-              "from archscale.arch.cpu_kernels import decode_kernels_impl; "
-              "print(decode_kernels_impl())")
+              "from archscale.arch.attention import serving_backend; "
+              "print(serving_backend('float32').name)")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, env={**_base_env(), **env})
 
@@ -117,16 +149,9 @@ def _base_env() -> dict[str, str]:
     ({"CXX": "false"}, "building the CPU decode kernels failed"),
 ])
 def test_falls_back_to_xla_with_one_clear_warning(env, warning, tmp_path):
-    result = _impl_in_subprocess({**env, "ARCHSCALE_KERNEL_CACHE": str(tmp_path)})
-    assert result.stdout.strip() == cpu_kernels.XLA_IMPL
+    result = _backend_in_subprocess({**env, "ARCHSCALE_KERNEL_CACHE": str(tmp_path)})
+    assert result.stdout.strip() == cpu_backend.CPU_XLA.name
     if warning is None:
         assert result.stderr.strip() == ""
     else:
         assert result.stderr.count(warning) == 1 and "Traceback" not in result.stderr
-
-
-def test_decode_uses_the_kernel_only_for_fp32(caplog):
-    with caplog.at_level(logging.WARNING):
-        assert cpu_kernels.use_decode_kernel(jnp.float32, jnp.float32)
-        assert not cpu_kernels.use_decode_kernel(jnp.bfloat16, jnp.float32)
-    assert caplog.records == []

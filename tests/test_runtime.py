@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from archscale.arch.runtime import compiler_options
-from archscale.cli.entry import ALLOCATOR_TUNABLE
+from archscale.cli.entry import ALLOCATOR_TUNABLE, merged_tunables
 
 
 def test_training_compiles_leave_dots_to_eigen_on_cpu():
@@ -39,6 +39,19 @@ def _tunables_seen(env: dict[str, str], *args: str) -> list[str]:
     return result.stdout.splitlines()
 
 
+def test_merged_tunables_keep_every_user_setting():
+    assert merged_tunables("") == ALLOCATOR_TUNABLE
+    assert merged_tunables("glibc.malloc.arena_max=2") == \
+        f"glibc.malloc.arena_max=2:{ALLOCATOR_TUNABLE}"
+    # The user's own value of our key wins, wherever it sits.
+    for user in ("glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0",
+                 "glibc.malloc.hugetlb=2:glibc.malloc.arena_max=2", ALLOCATOR_TUNABLE):
+        assert merged_tunables(user) == user
+    # A key that merely contains ours is another key.
+    assert merged_tunables("glibc.malloc.hugetlb_x=0") == \
+        f"glibc.malloc.hugetlb_x=0:{ALLOCATOR_TUNABLE}"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux-only")
 def test_tune_allocator_restarts_once_with_the_tunable_added():
     assert _tunables_seen({}, "a", "--b") == [ALLOCATOR_TUNABLE, "['a', '--b']"]
@@ -46,6 +59,9 @@ def test_tune_allocator_restarts_once_with_the_tunable_added():
     assert _tunables_seen({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})[0] == \
         f"glibc.malloc.arena_max=2:{ALLOCATOR_TUNABLE}"
     assert _tunables_seen({"GLIBC_TUNABLES": ALLOCATOR_TUNABLE})[0] == ALLOCATOR_TUNABLE
+    # A user who turned huge pages off keeps them off.
+    assert _tunables_seen({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "x") == \
+        ["glibc.malloc.hugetlb=0", "['x']"]
     assert _tunables_seen({"ARCHSCALE_KEEP_ALLOCATOR": "1"})[0] == "None"
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 from typer.testing import CliRunner
 
 from archscale.arch import ArchscaleError, ArchSpec
-from archscale.arch.cpu_kernels import XLA_IMPL, decode_kernels_impl
+from archscale.arch.attention import serving_backend
 from archscale.arch.model import Transformer
 from archscale.cli.main import app
 from archscale.sweeps import hardware
@@ -56,14 +56,15 @@ def test_measurement_is_positive_and_below_the_roofline(measured):
     assert r.decode_bytes_per_step == expected_bytes
     assert r.decode_bound in ("memory", "compute")
     assert ThroughputResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
-    # What decode ran on is recorded; results written before the field read as XLA alone, and
-    # those of the attention kernel alone keep their record.
-    assert r.decode_kernels == decode_kernels_impl()
-    older = {k: v for k, v in r.to_dict().items() if k != "decode_kernels"}
-    assert ThroughputResult.from_dict(older).decode_kernels == XLA_IMPL
+    # The serving backend decode ran on is recorded; results written before any such field read
+    # as XLA alone, and those of the older fields keep their record under the backend's name.
+    assert r.backend == serving_backend(jnp.float32).name
+    older = {k: v for k, v in r.to_dict().items() if k != "backend"}
+    assert ThroughputResult.from_dict(older).backend == "xla"
+    assert ThroughputResult.from_dict({**older, "decode_kernels": "archscale-cpu-kernel"}
+                                      ).backend == "cpu-kernels"
     attention_only = {**older, "decode_attention": "archscale-cpu-kernel"}
-    assert (ThroughputResult.from_dict(attention_only).decode_kernels
-            == "archscale-cpu-kernel (attention only)")
+    assert ThroughputResult.from_dict(attention_only).backend == "cpu-kernels (attention only)"
 
 
 def test_greedy_decode_continues_like_the_forward_pass():
@@ -234,7 +235,7 @@ def test_bench_throughput_cli_writes_json_and_prints_a_summary(measured, tmp_pat
     assert result.exit_code == 0, result.output
     assert "prefill" in result.output and "decode" in result.output
     assert "tokens/s" in result.output and f"wrote {out}" in result.output
-    assert f"decode kernels: {measured.decode_kernels}" in result.output
+    assert f"decode backend: {measured.backend}" in result.output
     data = json.loads(out.read_text())
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "prefill_roofline_tokens_per_s",
                 "decode_roofline_tokens_per_s", "prefill_fraction", "decode_fraction",

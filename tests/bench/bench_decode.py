@@ -5,7 +5,9 @@
 1. Decode tokens/s at batch 32, context 512 of d_model 512, 4 layers (8 heads of 64, no GQA,
    fp32 on CPU) through ``measure_throughput``, against the roofline of a decode step that reads
    the weights (N and the output projection) plus the KV cache at its mean length once, at the
-   read bandwidth of ``hardware.probe_bandwidth``. The probe runs here, beside the measurement
+   read bandwidth of ``hardware.probe_bandwidth``, on the platform's serving backend (printed:
+   ``cpu-kernels`` where the native kernels build, else ``cpu-xla``; ARCHSCALE_CPU_KERNELS=0
+   forces ``cpu-xla``). The probe runs here, beside the measurement
    (best of one probe before and one after), because other processes sharing the cores slow
    both alike; the cached figure the library uses is printed too. Target: >= 50% of roofline.
 2. Ratio stability: laws compare shapes by throughput ratios, so the decode tokens/s ratio of
@@ -50,7 +52,8 @@ def roofline_check(repeats: int) -> None:
     step_flops = BATCH * SPEC.inference_flops_per_token(mean_context, include_lm_head=True)
     roofline = BATCH * bandwidth / step_bytes
     print(f"decode d={SPEC.d_model} L={SPEC.n_layers} heads {SPEC.n_heads}/{SPEC.n_kv_heads} "
-          f"batch {BATCH} context {CONTEXT} (+{DECODE_TOKENS}) fp32 on {result.device_kind}")
+          f"batch {BATCH} context {CONTEXT} (+{DECODE_TOKENS}) fp32 on {result.device_kind}, "
+          f"backend {result.backend}")
     print(f"  per step: {step_bytes / 1e6:.1f} MB read (weights "
           f"{SPEC.decode_weight_bytes('float32') / 1e6:.1f} MB + KV cache "
           f"{SPEC.kv_cache_bytes(BATCH, mean_context, 'float32') / 1e6:.1f} MB), "

@@ -17,7 +17,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from archscale.arch import ArchSpec
+from archscale.arch import ArchSpec, attention
 from archscale.arch.runtime import default_compute_dtype
 from archscale.cli.entry import tune_allocator
 from archscale.sweeps import hardware
@@ -46,7 +46,9 @@ def main() -> None:
     flops_per_token = SPEC.train_flops_per_token(include_lm_head=True)
     print(f"device {hardware.device_kind()}  compute dtype {dtype.name}  peak {peak / 1e9:.1f} GFLOP/s")
     print(f"shape d={SPEC.d_model} L={SPEC.n_layers} T={SPEC.seq_len} B={BATCH}  "
-          f"{flops_per_token * BATCH * SPEC.seq_len / 1e9:.1f} GFLOP/step  N={SPEC.params_nonembed:,}")
+          f"{flops_per_token * BATCH * SPEC.seq_len / 1e9:.1f} GFLOP/step  "
+          f"N={SPEC.params_nonembed:,}  "
+          f"attention {attention.implementation(dtype, SPEC.head_dim, SPEC.seq_len)}")
     best = None
     for i in range(args.repeats):
         result = train(SPEC, budget, recipe, data, seed=i, progress=False,
