@@ -9,7 +9,7 @@ the weights cold in memory. ``kernels/decode.cc`` streams each head's keys and v
 multiplies the batch's rows by weights packed in contiguous panels (why and how: the file's
 comments). It is C++ compiled once per machine with the system compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) against the installed jaxlib's FFI headers, and cached in
-``$ARCHSCALE_KERNEL_CACHE`` (default ``~/.cache/archscale/kernels``) under a key of the source,
+``$ARCHSCALE_KERNEL_CACHE`` (default ``$ARCHSCALE_CACHE/kernels``) under a key of the source,
 flags, compiler, jax version and CPU, so a shared home directory never hands one machine
 another's ``-march=native`` build.
 
@@ -34,6 +34,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from archscale import environment
+
 _log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "kernels" / "decode.cc"
@@ -46,8 +48,7 @@ FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
 
 def cache_dir() -> Path:
-    default = Path.home() / ".cache" / "archscale" / "kernels"
-    return Path(os.environ.get("ARCHSCALE_KERNEL_CACHE", default))
+    return environment.kernel_cache_dir()
 
 
 def _compiler() -> str | None:
@@ -87,7 +88,7 @@ def _build(compiler: str) -> Path:
 @functools.cache
 def available() -> bool:
     """True where the kernels are built and registered with XLA (once per process)."""
-    if jax.default_backend() != "cpu" or os.environ.get("ARCHSCALE_CPU_KERNELS") == "0":
+    if jax.default_backend() != "cpu" or environment.get(environment.CPU_KERNELS) == "0":
         return False
     compiler = _compiler()
     if compiler is None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from archscale import environment
 
 _configured = False
 
@@ -15,13 +15,13 @@ _configured = False
 def configure_jax() -> None:
     """Turn on the persistent compilation cache once per process.
 
-    The cache lives in $ARCHSCALE_JAX_CACHE (default ~/.cache/archscale/jax) so repeated runs
+    The cache lives in $ARCHSCALE_JAX_CACHE (default $ARCHSCALE_CACHE/jax, archscale.environment) so repeated runs
     of the same shapes (tests, resumed studies, workers) skip XLA compilation.
     """
     global _configured
     if _configured:
         return
-    cache_dir = Path(os.environ.get("ARCHSCALE_JAX_CACHE", Path.home() / ".cache/archscale/jax"))
+    cache_dir = environment.jax_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -34,7 +34,7 @@ def default_compute_dtype() -> jnp.dtype:
 
     Parameters always stay fp32; this is the one setting that picks the matmul dtype.
     """
-    override = os.environ.get("ARCHSCALE_COMPUTE_DTYPE")
+    override = environment.get(environment.COMPUTE_DTYPE)
     if override:
         return jnp.dtype(override)
     return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)

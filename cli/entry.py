@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
+from archscale import environment
+
 ALLOCATOR_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
@@ -40,7 +42,7 @@ def tune_allocator() -> None:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     merged = merged_tunables(tunables)
     if (not sys.platform.startswith("linux") or merged == tunables
-            or os.environ.get("ARCHSCALE_KEEP_ALLOCATOR") == "1"):
+            or environment.get(environment.KEEP_ALLOCATOR) == "1"):
         return
     env = {**os.environ, "GLIBC_TUNABLES": merged}
     sys.stdout.flush()

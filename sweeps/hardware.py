@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.sweeps.tokenizer import cache_root
 
@@ -125,9 +126,9 @@ def _warn_unknown(kind: str) -> None:
 
 def peak_flops(dtype="float32") -> float:
     """Peak matmul FLOP/s of one device in ``dtype``: the table, else the measured probe."""
-    override = os.environ.get("ARCHSCALE_PEAK_FLOPS")
+    override = environment.get(environment.PEAK_FLOPS)
     if override:
-        return _positive_float("ARCHSCALE_PEAK_FLOPS", override)
+        return _positive_float(environment.PEAK_FLOPS, override)
     name = jnp.dtype(dtype).name
     peaks = _peaks_or_warn()
     if peaks is not None:
@@ -137,9 +138,9 @@ def peak_flops(dtype="float32") -> float:
 
 def memory_bandwidth() -> float:
     """Memory bandwidth of one device in bytes/s: the table, else the measured probe."""
-    override = os.environ.get("ARCHSCALE_MEMORY_BANDWIDTH")
+    override = environment.get(environment.MEMORY_BANDWIDTH)
     if override:
-        return _positive_float("ARCHSCALE_MEMORY_BANDWIDTH", override)
+        return _positive_float(environment.MEMORY_BANDWIDTH, override)
     peaks = _peaks_or_warn()
     if peaks is not None:
         return peaks.bandwidth

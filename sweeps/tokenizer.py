@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 
 BYTE_VOCAB = 256
@@ -38,7 +39,7 @@ class Tokenizer(Protocol):
 
 def cache_root() -> Path:
     """Root of archscale's on-disk caches: $ARCHSCALE_CACHE, else ~/.cache/archscale."""
-    return Path(os.environ.get("ARCHSCALE_CACHE", Path.home() / ".cache" / "archscale"))
+    return environment.cache_root()
 
 
 def text_hash(texts: Iterable[str]) -> str:
