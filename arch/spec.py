@@ -37,6 +37,12 @@ class SpecError(ArchscaleError):
     """An impossible or malformed shape; the message names the field and the fix."""
 
 
+def mean_decode_context(context: int, decode_tokens: int) -> int:
+    """The cached length a decode of ``decode_tokens`` steps from ``context`` is costed at: the
+    middle of the span it generates (its steps read context .. context + decode_tokens - 1)."""
+    return context + decode_tokens // 2
+
+
 def dtype_bytes(dtype: str) -> int:
     """Bytes per element of a dtype name such as 'bf16' or 'float32'."""
     try:
@@ -188,6 +194,23 @@ class ArchSpec:
         The input embedding is gathered row by row, so an untied input table is not read whole.
         """
         return (self.params_nonembed + self.vocab_size * self.d_model) * dtype_bytes(dtype)
+
+    # ---- serving steps: measurement, rooflines and the throughput law all cost them here ---------
+    def prefill_cost(self, batch: int, context: int, dtype: str = "bf16") -> tuple[int, int]:
+        """(FLOPs, bytes) of prefilling ``batch`` prompts of ``context`` tokens: 2N per token,
+        causal attention over 1..context keys, one output projection per prompt; every weight
+        read and the KV cache written."""
+        flops = batch * (context * 2 * self.params_nonembed
+                         + self.attention_flops_per_token(1) * context * (context + 1) // 2
+                         + self.lm_head_flops_per_token())
+        return flops, self.weight_bytes(dtype) + self.kv_cache_bytes(batch, context, dtype)
+
+    def decode_step_cost(self, batch: int, context: int, dtype: str = "bf16") -> tuple[int, int]:
+        """(FLOPs, bytes) of one decode step of ``batch`` sequences with ``context`` cached
+        tokens: the decode weights and the whole KV cache read (``mean_decode_context`` gives the
+        context a measured decode of several steps is costed at)."""
+        flops = batch * self.inference_flops_per_token(context, include_lm_head=True)
+        return flops, self.decode_weight_bytes(dtype) + self.kv_cache_bytes(batch, context, dtype)
 
     # ---- (de)serialization ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

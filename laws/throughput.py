@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.spec import dtype_bytes
+from archscale.arch.spec import dtype_bytes, mean_decode_context
 from archscale.laws.bootstrap import refit_each
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.table import positive_values, row_specs
@@ -62,21 +62,22 @@ def roofline_features(config: dict[str, Any], table: pd.DataFrame) -> tuple[np.n
         else:
             raise ArchscaleError(f"the throughput law needs the measurement setting: add a "
                                  f"{column} column, or fit on trials that have one")
+    # decode steps measured per call: costed at their mean context, as sweeps/throughput.py does
+    if "tp_decode_tokens" in table.columns and table["tp_decode_tokens"].notna().all():
+        setting["decode_tokens"] = table["tp_decode_tokens"].to_numpy(dtype=float)
+    else:
+        setting["decode_tokens"] = np.full(n_rows, float(config.get("decode_tokens", 0)))
     dtype = config["dtype"]
     features = np.empty((n_rows, 3))
     tokens = np.empty(n_rows)
     for i, spec in enumerate(row_specs(table)):
         batch, context = int(setting["batch"][i]), int(setting["context"][i])
         if config["target"] == "decode":
-            step_bytes = (spec.decode_weight_bytes(dtype)
-                          + spec.kv_cache_bytes(batch, context, dtype))
-            flops = batch * spec.inference_flops_per_token(context, include_lm_head=True)
+            flops, step_bytes = spec.decode_step_cost(
+                batch, mean_decode_context(context, int(setting["decode_tokens"][i])), dtype)
             tokens[i] = batch
         else:
-            step_bytes = spec.weight_bytes(dtype) + spec.kv_cache_bytes(batch, context, dtype)
-            flops = batch * (context * 2 * spec.params_nonembed
-                             + spec.attention_flops_per_token(1) * context * (context + 1) // 2
-                             + spec.lm_head_flops_per_token())
+            flops, step_bytes = spec.prefill_cost(batch, context, dtype)
             tokens[i] = batch * context
         features[i] = (1.0, step_bytes, flops)
     return features, tokens
@@ -110,7 +111,8 @@ def _most_common(table: pd.DataFrame, column: str) -> int | None:
 def fit(table: pd.DataFrame, config: dict[str, Any]) -> Estimate:
     config = dict(config)
     # the setting a prediction without tp_batch / tp_context columns uses
-    for key, column in (("batch", "tp_batch"), ("context", "tp_context")):
+    for key, column in (("batch", "tp_batch"), ("context", "tp_context"),
+                        ("decode_tokens", "tp_decode_tokens")):
         if key not in config and _most_common(table, column) is not None:
             config[key] = _most_common(table, column)
     features, seconds = _data(config, table)

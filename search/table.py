@@ -22,7 +22,7 @@ from archscale.sweeps.results import RunResult
 COLUMNS = ["N", "params_total", "D", "loss", "d_model", "n_layers", "n_heads", "n_kv_heads",
            "head_dim", "d_ff", "vocab_size", "seq_len", "r", "d_over_sqrt_n", "gqa_group", "flops",
            "val_accuracy", "task_accuracy", "prefill_tokens_per_s", "decode_tokens_per_s",
-           "tp_batch", "tp_context", "scale", "seed", "study", "trial_id", "status"]
+           "tp_batch", "tp_context", "tp_decode_tokens", "scale", "seed", "study", "trial_id", "status"]
 """The canonical run table (docs/CONTRIBUTING.md), in order. ``scale`` is a grid trial's target N:
 realized N scatter around it (up to shape.max_params_error), so clustering N could split a scale.
 ``seed`` is the run's seed: the study's, or a ``noise:`` repeat's own (``search.noise``)."""

@@ -142,6 +142,7 @@ class RunResult:
             "prefill_tokens_per_s": throughput.get("prefill_tokens_per_s"),
             "decode_tokens_per_s": throughput.get("decode_tokens_per_s"),
             "tp_batch": throughput.get("batch"), "tp_context": throughput.get("context"),
+            "tp_decode_tokens": throughput.get("decode_tokens"),
             "status": self.status,
         }
 

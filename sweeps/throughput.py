@@ -50,7 +50,7 @@ from archscale.arch.attention import ServingBackend, serving_backend
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.model import KVCache, Transformer
 from archscale.arch.runtime import compiler_options, default_compute_dtype
-from archscale.arch.spec import ArchSpec
+from archscale.arch.spec import ArchSpec, mean_decode_context
 from archscale.sweeps import hardware
 
 _OLD_BACKENDS = {"archscale-cpu-kernel": "cpu-kernels",
@@ -154,15 +154,10 @@ def roofline(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dt
              peak: float, bandwidth: float) -> dict[str, Any]:
     """Prefill and decode roofline tokens/s (conventions in the module docstring)."""
     name = jnp.dtype(dtype).name
-    # Prefill: causal attention sums 1..T keys; one output projection per prompt.
-    prefill_flops = batch * (context * 2 * spec.params_nonembed
-                             + spec.attention_flops_per_token(1) * context * (context + 1) // 2
-                             + spec.lm_head_flops_per_token())
-    prefill_bytes = spec.weight_bytes(name) + spec.kv_cache_bytes(batch, context, name)
+    prefill_flops, prefill_bytes = spec.prefill_cost(batch, context, name)
     prefill_s = max(prefill_flops / peak, prefill_bytes / bandwidth)
-    mean_context = context + decode_tokens // 2
-    step_bytes = spec.decode_weight_bytes(name) + spec.kv_cache_bytes(batch, mean_context, name)
-    step_flops = batch * spec.inference_flops_per_token(mean_context, include_lm_head=True)
+    step_flops, step_bytes = spec.decode_step_cost(
+        batch, mean_decode_context(context, decode_tokens), name)
     memory_s, compute_s = step_bytes / bandwidth, step_flops / peak
     return {
         "prefill_roofline_tokens_per_s": batch * context / prefill_s,

@@ -95,3 +95,22 @@ def test_accuracy_refuses_missing_target():
         fit_law("accuracy", table, n_boot=0)
     with pytest.raises(ArchscaleError, match="task_accuracy"):
         fit_law("accuracy", table, {"target": "top5"}, n_boot=0)
+
+
+def test_the_law_costs_a_decode_step_as_the_measurement_does():
+    """One counting rule: the law's bytes and FLOPs of a decode step are the roofline's, at the
+    mean context of the measured steps (context 512 + 32 steps -> 528 cached tokens), worked out
+    here by hand for LLaMA-3.2-1B in bf16."""
+    from archscale.sweeps.throughput import roofline
+
+    spec = get_preset("llama-3.2-1b")
+    row = {**spec_features(spec, 1.0, batch=8, context=512), "tp_decode_tokens": 32}
+    features, _ = roofline_features({"target": "decode", "dtype": "bf16"}, pd.DataFrame([row]))
+    kv_bytes = 2 * 16 * 8 * 64 * 2 * 8 * 528  # K and V x layers x KV heads x head_dim x bf16
+    weights = (spec.params_nonembed + 128256 * 2048) * 2  # N and the output projection
+    assert features[0, 1] == weights + kv_bytes
+    shown = roofline(spec, batch=8, context=512, decode_tokens=32, dtype="bfloat16",
+                     peak=1e12, bandwidth=1e11)
+    assert shown["decode_bytes_per_step"] == features[0, 1]
+    attention = 4 * 16 * 528 * 32 * 64
+    assert features[0, 2] == 8 * (2 * spec.params_nonembed + attention + 2 * 2048 * 128256)
