@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from archscale.arch.attention import ServingBackend, serving_backend
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.model import KVCache, Transformer
 from archscale.arch.runtime import compiler_options, default_compute_dtype
 from archscale.arch.spec import ArchSpec, mean_decode_context
@@ -115,20 +115,24 @@ class ThroughputResult:
         return self.decode_tokens_per_s / self.decode_roofline_tokens_per_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "prefill_fraction": self.prefill_fraction,
-                "decode_fraction": self.decode_fraction}
+        return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in DERIVED}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ThroughputResult:
-        names = {f.name for f in dataclasses.fields(cls)}
         # Older results name what decode ran on in `decode_kernels`, or before the matmul kernel
-        # in `decode_attention` (the attention kernel alone).
-        attention_only = data.get("decode_attention", "xla") != "xla"
-        kernels = data.get("decode_kernels", "archscale-cpu-kernel (attention only)"
-                           if attention_only else "xla")
+        # in `decode_attention` (the attention kernel alone): read into `backend`, then dropped.
+        data = {k: v for k, v in data.items() if k not in DERIVED}  # to_dict's, recomputed
+        attention = data.pop("decode_attention", "xla")
+        kernels = data.pop("decode_kernels", "archscale-cpu-kernel (attention only)"
+                           if attention != "xla" else "xla")
         data = {"backend": _OLD_BACKENDS.get(kernels, kernels), **data}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        # unknown keys are refused, as RunResult.from_dict refuses them (one behaviour)
+        reject_unknown_keys(cls, data)
+        return cls(**data)
 
+
+DERIVED = ("prefill_fraction", "decode_fraction")
+"""Properties ``ThroughputResult.to_dict`` adds for readers; ``from_dict`` recomputes them."""
 
 _COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
                    "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}

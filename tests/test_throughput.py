@@ -40,15 +40,20 @@ def measured():
     return measure_throughput(SPEC, **SETTING)
 
 
-def test_measurement_is_positive_and_below_the_roofline(measured):
+def test_measurement_records_its_setting_and_its_roofline(measured):
     r = measured
     assert (r.batch, r.context, r.decode_tokens, r.repeats) == (2, 16, 4, 2)
-    assert r.decode_calls > r.repeats  # millisecond calls: min_seconds asked for many more
-    assert r.prefill_calls > r.repeats
+    assert r.decode_calls >= r.repeats and r.prefill_calls >= r.repeats  # at least `repeats`
     assert r.spec == SPEC.to_dict() and r.dtype == "float32"
     assert r.prefill_tokens_per_s > 0 and r.decode_tokens_per_s > 0
     assert r.peak_flops > 0 and r.memory_bandwidth > 0 and r.compile_seconds > 0
-    assert 0 < r.prefill_fraction <= 1.5 and 0 < r.decode_fraction <= 1.5
+    # the fractions are measured over roofline, the roofline the setting's cost at the peaks
+    # (how close a machine gets is a figure for tests/bench/bench_decode.py, not a test)
+    assert r.decode_fraction == r.decode_tokens_per_s / r.decode_roofline_tokens_per_s
+    step_flops = 2 * (2 * SPEC.params_nonembed + 4 * SPEC.n_layers * 18 * SPEC.n_heads
+                      * SPEC.head_dim + 2 * SPEC.d_model * SPEC.vocab_size)
+    assert r.decode_roofline_tokens_per_s == pytest.approx(
+        2 / max(r.decode_bytes_per_step / r.memory_bandwidth, step_flops / r.peak_flops))
     # One decode step reads N plus the output projection, and the cache at its mean length.
     mean_context = 16 + 4 // 2
     expected_bytes = (SPEC.params_nonembed + SPEC.vocab_size * SPEC.d_model) * 4 + (
@@ -65,6 +70,9 @@ def test_measurement_is_positive_and_below_the_roofline(measured):
                                       ).backend == "cpu-kernels"
     attention_only = {**older, "decode_attention": "archscale-cpu-kernel"}
     assert ThroughputResult.from_dict(attention_only).backend == "cpu-kernels (attention only)"
+    # unknown keys are refused, as RunResult refuses them
+    with pytest.raises(ArchscaleError, match="unknown ThroughputResult keys"):
+        ThroughputResult.from_dict({**r.to_dict(), "decode_tokens_per_sec": 1.0})
 
 
 def test_greedy_decode_continues_like_the_forward_pass():
