@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import optuna
 import typer
 
+from archscale import environment
 from archscale.cli.recommend_cmd import parse_fraction
-from archscale.search.demo import DEMO_SWEEP, DemoOptions, run_demo, verify
+from archscale.search.defaults import DEMO_SWEEP
 
 
 def _percent(text: str) -> float:
@@ -25,7 +25,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
     storage: Annotated[str | None, typer.Option(
         help="Study storage (default ./archscale.journal: rerun to continue).",
-        envvar="ARCHSCALE_STORAGE")] = None,
+        envvar=environment.STORAGE)] = None,
     sweep: Annotated[Path, typer.Option(
         help="Grid sweep file (default: the packaged demo grid).", exists=True,
         dir_okay=False)] = DEMO_SWEEP,
@@ -50,6 +50,10 @@ def demo(
         help="Exit 0 even if the runs do not identify a law (the report says which).")] = False,
 ) -> None:
     """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
+    import optuna
+
+    from archscale.search.demo import DemoOptions, run_demo, verify
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),
                           scale_factor=scale_factor, max_loss_increase=_percent(max_loss_increase),

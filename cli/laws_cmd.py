@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import load_spec
-from archscale.laws import fit_law, load_law, load_table, save_law
-from archscale.laws.law import KINDS, Law
-from archscale.laws.query import compute_optimal_allocation, query_row, score
-from archscale.laws.table import file_sha256, parse_columns
+from archscale.laws import KIND_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from archscale.laws.law import Law
+
+# numpy, pandas and the laws load inside the commands: `--help` stays fast
 
 
 def _runs(study: str | None, storage: str | None, csv: Path | None,
@@ -25,6 +28,8 @@ def _runs(study: str | None, storage: str | None, csv: Path | None,
     """The run table and where it came from."""
     if (study is None) == (csv is None):
         raise ArchscaleError("give exactly one source of runs: --study NAME or --csv FILE")
+    from archscale.laws.table import file_sha256, load_table, parse_columns
+
     if csv is not None:
         table = load_table(csv, columns)
         return table, {"source": "csv", "path": str(csv), "sha256": file_sha256(csv),
@@ -91,6 +96,8 @@ def _write_heldout(law: Law, out: Path) -> Path | None:
     rows = (law.validation.get("heldout") or {}).get("rows")
     if not rows or "lower" not in rows:
         return None
+    import pandas as pd
+
     path = out.with_name(f"{out.stem}.heldout.csv")
     pd.DataFrame({"row": rows["index"], law.target: rows["measured"],
                   "prediction": rows["predicted"], "lower": rows["lower"],
@@ -100,10 +107,10 @@ def _write_heldout(law: Law, out: Path) -> Path | None:
 
 
 def fit(
-    law: Annotated[str, typer.Option(help=f"Law form: {', '.join(KINDS)}.")],
+    law: Annotated[str, typer.Option(help=f"Law form: {', '.join(KIND_NAMES)}.")],
     out: Annotated[Path, typer.Option(help="Where to write law.json.")],
     study: Annotated[str | None, typer.Option(help="Fit the complete trials of a study.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Study storage URL.", envvar="ARCHSCALE_STORAGE")] = None,
+    storage: Annotated[str | None, typer.Option(help="Study storage URL.", envvar=environment.STORAGE)] = None,
     csv: Annotated[Path | None, typer.Option(help="Fit a run table CSV instead.")] = None,
     columns: Annotated[str | None, typer.Option(
         help="Map CSV columns: N=Model Size,D=tokens,loss=final_loss (also flops=, scale=, "
@@ -145,6 +152,8 @@ def fit(
     plot: Annotated[Path | None, typer.Option(help="Folder for PNG figures.")] = None,
 ) -> None:
     """Fit a law to runs, validate it, and save it as law.json."""
+    from archscale.laws import fit_law, load_law, save_law
+
     table, provenance = _runs(study, storage, csv, columns)
     table = _drop_highest(table, drop_highest_loss)
     if drop_highest_loss:
@@ -182,6 +191,11 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
                  level: float) -> None:
     if out is None:
         raise ArchscaleError("--csv needs --out (the CSV to write with prediction, lower, upper)")
+    import numpy as np
+
+    from archscale.laws.query import score
+    from archscale.laws.table import load_table
+
     table = load_table(csv, columns)
     if table.empty:
         raise ArchscaleError(f"{csv} has no complete rows to predict")
@@ -197,6 +211,8 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
 
 
 def _predict_compute(law: Law, compute: float, as_json: bool) -> None:
+    from archscale.laws.query import compute_optimal_allocation
+
     result = compute_optimal_allocation(law, compute)
     if as_json:
         typer.echo(json.dumps(result))
@@ -230,6 +246,9 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Predict with a saved law: one shape, a whole CSV, or the compute-optimal N and D."""
+    from archscale.laws import load_law
+    from archscale.laws.query import query_row, score
+
     law = load_law(law_file)
     for problem in law.problems:
         typer.secho(f"warning: this law is not identified: {problem.message}",

@@ -13,8 +13,6 @@ from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import load_spec
-from archscale.laws import load_law
-from archscale.laws.table import file_sha256
 
 if TYPE_CHECKING:
     from archscale.search.recommend import Recommendation
@@ -45,6 +43,7 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
 
 
 def _throughput_model(throughput_law: Path | None, device: str):
+    from archscale.laws.io import load_law
     from archscale.search.throughput_models import RooflineThroughput, throughput_from_law
     from archscale.sweeps.hardware import KNOWN_DEVICES
 
@@ -126,6 +125,8 @@ def recommend(
     a loss target at N, D."""
     # every option as parsed, for the provenance of the output
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
+    from archscale.laws.io import load_law
+    from archscale.laws.table import file_sha256
     from archscale.search.recommend import SearchSpace, save_recommendation
     from archscale.search.recommend import recommend as run_recommend
     from archscale.search.throughput_models import MeasureSettings

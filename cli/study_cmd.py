@@ -6,27 +6,23 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import optuna
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from archscale.arch.runtime import configure_jax
-from archscale.search import storage as storage_lib
-from archscale.search.remeasure import remeasure_table
-from archscale.search.study import create_study, open_study, progress_counts
-from archscale.search.table import pareto_front, status_table, trials_table
-from archscale.search.worker import WorkerOptions, run_study, run_worker
+from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, STORAGE_ENV
+
+# Optuna, JAX and the search modules load inside the commands: `--help` stays fast
 
 app = typer.Typer(help="Optuna studies: grids and searches of shapes, run by workers.",
                   no_args_is_help=True)
 
-STORAGE_HELP = (f"Storage: a journal file (default ./{storage_lib.DEFAULT_STORAGE}), "
+STORAGE_HELP = (f"Storage: a journal file (default ./{DEFAULT_STORAGE}), "
                 "sqlite:///FILE (one worker) or postgresql://USER@HOST/DB (many machines; the "
                 "password from PGPASSWORD or ~/.pgpass).")
 StorageOpt = typer.Option(None, "--storage", "-s", help=STORAGE_HELP,
-                          envvar=storage_lib.STORAGE_ENV)
-HeartbeatOpt = typer.Option(storage_lib.DEFAULT_HEARTBEAT_S, "--heartbeat",
+                          envvar=STORAGE_ENV)
+HeartbeatOpt = typer.Option(DEFAULT_HEARTBEAT_S, "--heartbeat",
                             help="Seconds between heartbeats of a running trial.")
 GraceOpt = typer.Option(None, "--grace", help="Seconds of silence after which a trial's worker "
                         "counts as dead (default 2 x heartbeat + 10).")
@@ -36,6 +32,8 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show training
 
 
 def _quiet_optuna() -> None:
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -55,6 +53,9 @@ def create(
     storage: str | None = StorageOpt,
 ) -> None:
     """Validate a sweep file and create its study (enqueueing every grid run once)."""
+    from archscale.search import storage as storage_lib
+    from archscale.search.study import create_study, progress_counts
+
     _quiet_optuna()
     handle = create_study(file, storage)
     counts = progress_counts(handle)
@@ -68,7 +69,7 @@ def create(
                f"{storage_lib.artifact_dir(handle.url)}")
     if storage_lib.has_password(handle.url):
         typer.echo(f"(password hidden: put it in PGPASSWORD or ~/.pgpass, and the URL in "
-                   f"${storage_lib.STORAGE_ENV}, rather than on a command line)")
+                   f"${STORAGE_ENV}, rather than on a command line)")
 
 
 @app.command()
@@ -83,6 +84,9 @@ def run(
     progress: bool = ProgressOpt,
 ) -> None:
     """Run (or continue) a study to its end; finished trials are never retrained."""
+    from archscale.search.study import create_study
+    from archscale.search.worker import WorkerOptions, run_study
+
     _quiet_optuna()
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         name = create_study(name, storage).name
@@ -104,6 +108,8 @@ def worker(
     progress: bool = ProgressOpt,
 ) -> None:
     """One worker (per accelerator or machine): runs trials until the study is done."""
+    from archscale.search.worker import WorkerOptions, run_worker
+
     _quiet_optuna()
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
                             max_trials=max_trials, progress=progress)
@@ -112,6 +118,9 @@ def worker(
 
 
 def _print_status(name: str, storage: str | None) -> None:
+    from archscale.search.study import open_study, progress_counts
+    from archscale.search.table import pareto_front, status_table, trials_table
+
     handle = open_study(name, storage)
     console = Console()
     table = status_table(handle.study)
@@ -169,10 +178,16 @@ def export(
                    "the sweep's throughput.min_seconds).", show_default=False),
 ) -> None:
     """Export the run table that laws fit (one row per complete trial) as CSV."""
+    from archscale.search.study import open_study
+    from archscale.search.table import trials_table
+
     _quiet_optuna()
     handle = open_study(name, storage)
     table = trials_table(handle.study, include_failed=include_failed)
     if remeasure:
+        from archscale.arch.runtime import configure_jax
+        from archscale.search.remeasure import remeasure_table
+
         configure_jax()
         table = remeasure_table(handle, table, min_seconds=min_seconds)
     csv.parent.mkdir(parents=True, exist_ok=True)

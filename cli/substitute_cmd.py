@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.recommend_cmd import (
     DEFAULT_DEVICE,
@@ -16,8 +17,9 @@ from archscale.cli.recommend_cmd import (
     parse_fraction,
     parse_range,
 )
-from archscale.laws import Law, load_law, save_law
-from archscale.laws.table import file_sha256
+
+if TYPE_CHECKING:
+    from archscale.laws.law import Law
 
 
 def _passk_law(passk_law: Path | None, study: str | None, storage: str | None, out: Path,
@@ -26,6 +28,9 @@ def _passk_law(passk_law: Path | None, study: str | None, storage: str | None, o
     if (passk_law is None) == (study is None):
         raise ArchscaleError("give exactly one of --passk-law FILE or --study NAME (whose runs "
                              "measured pass@k: a passk: key in its sweep file)")
+    from archscale.laws.io import load_law, save_law
+    from archscale.laws.table import file_sha256
+
     if passk_law is not None:
         return load_law(passk_law), {"path": str(passk_law), "sha256": file_sha256(passk_law)}
     from archscale.search.study import open_study
@@ -83,7 +88,7 @@ def substitute(
     study: Annotated[str | None, typer.Option(
         help="Fit the pass@k law on this study's runs instead (saved in --out/laws).")] = None,
     storage: Annotated[str | None, typer.Option(help="Study storage URL.",
-                                                envvar="ARCHSCALE_STORAGE")] = None,
+                                                envvar=environment.STORAGE)] = None,
     tokens_per_param: Annotated[float | None, typer.Option(
         help="Training tokens D / N (default: the study's budget with --study, else 20).")
     ] = None,
@@ -122,6 +127,8 @@ def substitute(
     """The cheapest (shape, samples per request k) whose predicted pass@k reaches the target:
     training FLOPs + R x (prefill + k x one sample), each size's shape from the loss law."""
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
+    from archscale.laws.io import load_law
+    from archscale.laws.table import file_sha256
     from archscale.search.recommend import SearchSpace
     from archscale.search.substitute import Demand, candidate_shapes
     from archscale.search.substitute import substitute as run_substitute

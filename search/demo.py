@@ -29,6 +29,7 @@ from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
 from archscale.laws import fit_law, load_law, load_table
 from archscale.laws.law import Law
+from archscale.search.defaults import DEMO_SWEEP
 from archscale.search.noise import noise_floor
 from archscale.search.plan import budget_for
 from archscale.search.recommend import Recommendation, SearchSpace, recommend
@@ -47,9 +48,6 @@ from archscale.search.worker import WorkerOptions, run_study
 from archscale.sweeps.throughput import measure_throughput
 from archscale.sweeps.trainer import train
 
-DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
-"""The demo's grid on the embedded plays: 5 scales x 3 widths x 2 MLP ratios x 2 GQA groups x 2
-token budgets, plus 6 seed repeats that measure the noise floor."""
 LLAMA_PROPORTIONS = {"r": 4.8, "d_over_sqrt_n": 0.066, "gqa": 4}
 """LLaMA-3.2-1B's shape ratios (arch/presets/llama-3.2-1b.json), the baseline's at any N."""
 

@@ -40,16 +40,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from archscale.arch.errors import ArchscaleError
+from archscale.search.defaults import (  # the light names, stated there
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_STORAGE,
+    STORAGE_ENV,  # noqa: F401 (re-exported: callers read storage.STORAGE_ENV)
+)
 from archscale.search.recovery import MAX_RETRIES, RetryStaleTrial
 
-DEFAULT_STORAGE = "archscale.journal"
-"""The journal file used when no storage is given (in the working directory)."""
 DEFAULT_ARTIFACTS = "archscale.artifacts"
 """Artifact folder of server storages (in the working directory)."""
-DEFAULT_HEARTBEAT_S = 30
-"""Seconds between a running trial's heartbeats."""
-STORAGE_ENV = "ARCHSCALE_STORAGE"
-"""Environment variable ``--storage`` falls back to; workers get their URL through it (not argv)."""
 HIDDEN = "***"
 """What a hidden password is shown as (SQLAlchemy's own mark)."""
 

@@ -1,0 +1,15 @@
+"""Defaults the command line shows before it runs anything, in a module that imports nothing
+heavy: Typer reads option defaults when ``archscale --help`` registers the commands."""
+
+from pathlib import Path
+
+from archscale import environment
+
+DEFAULT_STORAGE = "archscale.journal"
+"""The journal file used when no storage is given (in the working directory)."""
+DEFAULT_HEARTBEAT_S = 30
+"""Seconds between a running trial's heartbeats."""
+STORAGE_ENV = environment.STORAGE
+"""Environment variable ``--storage`` falls back to; workers get their URL through it (not argv)."""
+DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
+"""The packaged grid of `archscale demo`."""
