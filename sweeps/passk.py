@@ -48,7 +48,7 @@ from archscale.arch.model import Transformer
 from archscale.sweeps.data import TokenData, tokenizer_for
 from archscale.sweeps.results import RunResult
 from archscale.sweeps.sampling import SamplingSettings, sample
-from archscale.sweeps.tasks import _hash_int, _held_out_speeches
+from archscale.sweeps.tasks import hash_int, held_out_speeches, read_jsonl
 from archscale.sweeps.tokenizer import Tokenizer
 from archscale.sweeps.trained import load_trained
 
@@ -103,17 +103,8 @@ def _parse(line: str, where: str) -> GenExample:
 
 def load_gen_task(path: str | Path) -> list[GenExample]:
     """Read a JSONL task; a malformed line raises ArchscaleError naming its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArchscaleError(f"task file {path} does not exist: give a JSONL file of "
-                             '{"prompt": ..., "reference": ..., "verifier": "exact"} lines, or '
-                             f"one of the built-in tasks {sorted(BUILT_IN)}")
-    examples = [_parse(line, f"{path}:{number}")
-                for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1)
-                if line.strip()]
-    if not examples:
-        raise ArchscaleError(f"task file {path} has no problems")
-    return examples
+    return read_jsonl(path, _parse, '{"prompt": ..., "reference": ..., "verifier": "exact"} '
+                      f"lines, or one of the built-in tasks {sorted(BUILT_IN)}")
 
 
 PROMPT_CHARS = 256
@@ -135,7 +126,7 @@ def build_verse_task(unit: str = "verse-word-rest", n_examples: int = 256) -> li
                              "or give a JSONL file")
     stop, longest = BUILT_IN[unit]
     candidates, texts = [], {}
-    for key, speaker, lines in _held_out_speeches():
+    for key, speaker, lines in held_out_speeches():
         play = key.rsplit("/", 1)[0]
         text = texts.get(play, "") + f"{speaker}:\n"
         for i, line in enumerate(lines):
@@ -154,7 +145,7 @@ def build_verse_task(unit: str = "verse-word-rest", n_examples: int = 256) -> li
                     candidates.append((f"{key}/{i}/{at}", prompt[-PROMPT_CHARS:], reference))
             text += line + "\n"
         texts[play] = text + "\n"
-    chosen = sorted(sorted(range(len(candidates)), key=lambda j: _hash_int(candidates[j][0]))
+    chosen = sorted(sorted(range(len(candidates)), key=lambda j: hash_int(candidates[j][0]))
                     [:n_examples])
     return [GenExample(candidates[j][1], candidates[j][2], "exact", stop) for j in chosen]
 

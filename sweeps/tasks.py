@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from archscale.arch.errors import ArchscaleError
 from archscale.sweeps.corpus import shakespeare_documents, split_document
 from archscale.sweeps.data import VAL_FRACTION
 from archscale.sweeps.tokenizer import Tokenizer
+
+T = TypeVar("T")
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 """tokens_BxT (int32) -> logits_BxTxV; called with one fixed shape so it compiles once."""
@@ -69,15 +72,20 @@ def _parse_example(line: str, where: str) -> MCExample:
 
 def load_task(path: str | Path) -> list[MCExample]:
     """Read a JSONL task file; a malformed line raises ArchscaleError naming its line number."""
+    return read_jsonl(path, _parse_example, '{"context": ..., "choices": [...], "gold": i} lines')
+
+
+def read_jsonl(path: str | Path, parse: Callable[[str, str], T], expected: str) -> list[T]:
+    """One ``parse(line, "file:line")`` per non-empty line of a JSONL task file; a missing or
+    empty file is one error that says what the file should hold (``expected``)."""
     path = Path(path)
     if not path.is_file():
-        raise ArchscaleError(f"task file {path} does not exist: give a JSONL file of "
-                             '{"context": ..., "choices": [...], "gold": i} lines')
-    examples = [_parse_example(line, f"{path}:{number}")
+        raise ArchscaleError(f"task file {path} does not exist: give a JSONL file of {expected}")
+    examples = [parse(line, f"{path}:{number}")
                 for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1)
                 if line.strip()]
     if not examples:
-        raise ArchscaleError(f"task file {path} has no examples")
+        raise ArchscaleError(f"task file {path} has no problems")
     return examples
 
 
@@ -192,11 +200,11 @@ NEXT_LINE_CONTEXT_LINES = 3
 """The context is the speaker and up to this many lines of the speech, ending at the given line."""
 
 
-def _hash_int(key: str) -> int:
+def hash_int(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
-def _held_out_speeches() -> list[tuple[str, str, list[str]]]:
+def held_out_speeches() -> list[tuple[str, str, list[str]]]:
     """(key, speaker, spoken lines) of every speech in the held-out part of every play."""
     speeches = []
     for play, text in shakespeare_documents():
@@ -220,14 +228,14 @@ def build_next_line_task(n_examples: int = 400, n_choices: int = 4) -> list[MCEx
     similar length (0.8x to 1.25x the true line, from other speeches) picked by sha256 too, and
     the gold position is sha256 modulo n_choices.
     """
-    speeches = _held_out_speeches()
+    speeches = held_out_speeches()
     pool = sorted({(len(ln), ln, key) for key, _, lines in speeches for ln in lines
                    if len(ln) >= NEXT_LINE_MIN_CHARS})
     lengths = np.array([p[0] for p in pool])
     pairs = [(f"{key}/{i}", speaker, lines[max(0, i + 1 - NEXT_LINE_CONTEXT_LINES):i + 1], lines[i + 1])
              for key, speaker, lines in speeches for i in range(len(lines) - 1)
              if min(len(lines[i]), len(lines[i + 1])) >= NEXT_LINE_MIN_CHARS]
-    chosen = sorted(sorted(range(len(pairs)), key=lambda j: _hash_int(pairs[j][0]))[:n_examples])
+    chosen = sorted(sorted(range(len(pairs)), key=lambda j: hash_int(pairs[j][0]))[:n_examples])
     examples = []
     for j in chosen:
         key, speaker, shown, true_next = pairs[j]
@@ -236,14 +244,14 @@ def build_next_line_task(n_examples: int = 400, n_choices: int = 4) -> list[MCEx
         hi = int(np.searchsorted(lengths, 1.25 * len(true_next), side="right"))
         distractors: list[str] = []
         for k in range(10 * n_choices * (hi - lo)):  # no candidates of this length: no question
-            _, text, owner = pool[lo + _hash_int(f"{key}|{k}") % (hi - lo)]
+            _, text, owner = pool[lo + hash_int(f"{key}|{k}") % (hi - lo)]
             if owner != speech and text not in (true_next, *shown, *distractors):
                 distractors.append(text)
             if len(distractors) == n_choices - 1:
                 break
         if len(distractors) < n_choices - 1:
             continue
-        gold = _hash_int(f"{key}|gold") % n_choices
+        gold = hash_int(f"{key}|gold") % n_choices
         choices = (*distractors[:gold], true_next, *distractors[gold:])
         examples.append(MCExample(f"{speaker}:\n" + "".join(f"{ln}\n" for ln in shown), choices, gold))
     return examples
