@@ -23,7 +23,7 @@ from typing import Any
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.framework_files import parse, render
-from archscale.arch.spec import ArchSpec, SpecError
+from archscale.arch.spec import ArchSpec, SpecError, get_preset, preset_names
 
 FORMATS = ("hf", "maxtext", "torchtitan", "megatron", "litgpt", "olmo-core")
 """Export formats, in the column order of ``FIELD_TABLE``."""
@@ -390,3 +390,17 @@ def read_config(path: str | Path) -> ArchSpec:
     if kind == "archscale":
         return ArchSpec.from_dict(data)
     return spec_from_fields(data, kind)
+
+
+def load_spec(spec_or_preset: str) -> ArchSpec:
+    """A preset name, or the path of a shape file: ArchSpec JSON (or an object with a "spec"),
+    an HF config.json, or a MaxText, torchtitan, Megatron-LM, litgpt or OLMo-core config
+    (``read_config`` reads them all)."""
+    if spec_or_preset in preset_names():
+        return get_preset(spec_or_preset)
+    path = Path(spec_or_preset)
+    if not path.is_file():
+        raise SpecError(
+            f"{spec_or_preset!r} is neither a preset ({', '.join(preset_names())}) nor a shape file"
+        )
+    return read_config(path)

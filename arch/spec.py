@@ -273,19 +273,3 @@ def get_preset(name: str) -> ArchSpec:
     if not path.is_file():
         raise SpecError(f"unknown preset {name!r}: choose one of {preset_names()}")
     return ArchSpec.from_dict(json.loads(path.read_text()))
-
-
-def load_spec(spec_or_preset: str) -> ArchSpec:
-    """A preset name, or the path of a shape file: ArchSpec JSON (or an object with a "spec"),
-    an HF config.json, or a MaxText, torchtitan, Megatron-LM, litgpt or OLMo-core config
-    (arch/frameworks.py reads them all)."""
-    if spec_or_preset in preset_names():
-        return get_preset(spec_or_preset)
-    path = Path(spec_or_preset)
-    if not path.is_file():
-        raise SpecError(
-            f"{spec_or_preset!r} is neither a preset ({', '.join(preset_names())}) nor a shape file"
-        )
-    from archscale.arch.frameworks import read_config
-
-    return read_config(path)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.spec import load_spec
+from archscale.arch.frameworks import load_spec
 from archscale.cli.shape_options import (
     DFF,
     DModel,

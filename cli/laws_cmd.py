@@ -12,7 +12,7 @@ from rich.table import Table
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.spec import load_spec
+from archscale.arch.frameworks import load_spec
 from archscale.laws import KIND_NAMES
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.spec import load_spec
+from archscale.arch.frameworks import load_spec
 
 if TYPE_CHECKING:
     from archscale.search.recommend import Recommendation

@@ -16,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from archscale.arch.spec import ArchSpec, SpecError, load_spec
+from archscale.arch.frameworks import load_spec
+from archscale.arch.spec import ArchSpec, SpecError
 
 SpecArg = Annotated[str | None, typer.Argument(
     help="Preset name (e.g. tiny, llama-3.2-1b) or a spec / HF config JSON file; "

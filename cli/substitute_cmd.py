@@ -76,6 +76,7 @@ def _print(sub) -> None:
 
 
 def substitute(
+    ctx: typer.Context,
     loss_law: Annotated[Path, typer.Option(help="Conditional loss law.json: picks each size's "
                                                 "shape, as `archscale recommend` does.")],
     target_pass: Annotated[float, typer.Option(help="Pass rate a request must reach, e.g. 0.3.")],
@@ -126,7 +127,7 @@ def substitute(
 ) -> None:
     """The cheapest (shape, samples per request k) whose predicted pass@k reaches the target:
     training FLOPs + R x (prefill + k x one sample), each size's shape from the loss law."""
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
     from archscale.laws.io import load_law
     from archscale.laws.table import file_sha256
     from archscale.search.recommend import SearchSpace

@@ -11,7 +11,7 @@ from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.spec import load_spec
+from archscale.arch.frameworks import load_spec
 from archscale.cli.main import app
 from archscale.laws import fit_law, load_law, load_table, spec_features
 from archscale.laws.chinchilla import compute_optimal

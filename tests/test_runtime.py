@@ -22,7 +22,8 @@ def test_training_compiles_leave_dots_to_eigen_on_cpu():
         return
     x = jnp.ones((256, 256))
     lowered = jax.jit(lambda a: a @ a).lower(x)
-    assert "__ynn_fusion" in lowered.compile().as_text()  # XLA's default on CPU
+    if "__ynn_fusion" not in lowered.compile().as_text():
+        pytest.skip("this XLA does not fuse dots through YNNPACK by default: nothing to turn off")
     compiled = lowered.compile(compiler_options=compiler_options())
     assert "__ynn_fusion" not in compiled.as_text()
     assert jnp.allclose(compiled(x), x @ x)
