@@ -17,15 +17,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archscale.arch.spec import ArchSpec
 from archscale.search.attrs import RESULT_ATTR, STALE_ATTR
-from archscale.sweeps.results import RunResult
+from archscale.sweeps.results import RUN_COLUMNS, RunResult
 
-COLUMNS = ["N", "params_total", "D", "loss", "d_model", "n_layers", "n_heads", "n_kv_heads",
-           "head_dim", "d_ff", "vocab_size", "seq_len", "r", "d_over_sqrt_n", "gqa_group", "flops",
-           "val_accuracy", "task_accuracy", "prefill_tokens_per_s", "decode_tokens_per_s",
-           "tp_batch", "tp_context", "tp_decode_tokens", "scale", "seed", "study", "trial_id", "status"]
-"""The canonical run table (docs/CONTRIBUTING.md), in order. ``scale`` is a grid trial's target N:
-realized N scatter around it (up to shape.max_params_error), so clustering N could split a scale.
-``seed`` is the run's seed: the study's, or a ``noise:`` repeat's own (``search.noise``)."""
+TRIAL_COLUMNS: dict[str, str] = {
+    # realized N scatter around the target (up to shape.max_params_error): clustering N could
+    # split a scale, so the grid's own label is kept
+    "scale": "a grid trial's target N (its model-size group); absent for searched studies",
+    "seed": "the run's training seed: the study's, or a noise: repeat's own (search/noise.py)",
+    "study": "the study's name",
+    "trial_id": "the Optuna trial number",
+}
+"""The columns a study adds to each run's (sweeps/results.py RUN_COLUMNS)."""
+COLUMNS = [c for c in RUN_COLUMNS if c != "status"] + list(TRIAL_COLUMNS) + ["status"]
+"""The canonical run table, in order (a CSV export has exactly these)."""
 
 
 def trial_row(trial: FrozenTrial, study_name: str) -> dict | None:

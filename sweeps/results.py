@@ -130,12 +130,12 @@ class RunResult:
         except (OSError, json.JSONDecodeError) as err:
             raise ArchscaleError(f"cannot read a run result from {path}: {err}") from None
 
-    # ---- the run table (docs/CONTRIBUTING.md) -----------------------------------------------------
+    # ---- the run table (RUN_COLUMNS) ----------------------------------------------------------
     def row(self) -> dict[str, Any]:
-        """This run as one row of the canonical run table that laws fit."""
+        """This run as one row of the canonical run table that laws fit, in RUN_COLUMNS order."""
         spec = self.arch_spec
         throughput = self.throughput or {}
-        return {
+        values = {
             **spec.table_row(), "D": self.tokens, "loss": self.val_loss,
             "flops": self.flops, "val_accuracy": self.val_accuracy,
             "task_accuracy": self.task_accuracy,
@@ -145,6 +145,32 @@ class RunResult:
             "tp_decode_tokens": throughput.get("decode_tokens"),
             "status": self.status,
         }
+        return {column: values[column] for column in RUN_COLUMNS}
+
+
+RUN_COLUMNS: dict[str, str] = {
+    "N": "non-embedding parameters",
+    "params_total": "all parameters",
+    "D": "training tokens",
+    "loss": "final validation loss on the study's shared validation tokens",
+    "d_model": "hidden size", "n_layers": "decoder blocks", "n_heads": "query heads",
+    "n_kv_heads": "key/value heads", "head_dim": "width of one head", "d_ff": "SwiGLU inner width",
+    "vocab_size": "vocabulary", "seq_len": "training context",
+    "r": "MLP / attention parameters per layer",
+    "d_over_sqrt_n": "d_model / sqrt(N)",
+    "gqa_group": "query heads per KV head",
+    "flops": "training FLOPs spent (6N plus attention per token, arch/spec.py)",
+    "val_accuracy": "next-token accuracy on the validation tokens",
+    "task_accuracy": "multiple-choice task accuracy",
+    "prefill_tokens_per_s": "measured prefill throughput",
+    "decode_tokens_per_s": "measured decode throughput",
+    "tp_batch": "batch of the throughput measurement",
+    "tp_context": "context of the throughput measurement",
+    "tp_decode_tokens": "decode steps per timed call (decode is costed at the mean context)",
+    "status": "complete, diverged, pruned, failed or duplicate",
+}
+"""The run table's columns a run gives (``RunResult.row``), with their meanings, in order; a study
+adds its trial columns (search/table.py), and docs/CONTRIBUTING.md lists both (a test holds it)."""
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -1,6 +1,7 @@
 """RunResult: lossless JSON round trip, validation, the run-table row; provenance helpers."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -97,3 +98,16 @@ def test_provenance():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,
                           text=True, check=True).stdout.strip()
     assert git_commit() == head
+
+
+def test_the_documented_run_table_is_the_defined_one():
+    """docs/CONTRIBUTING.md lists exactly the columns RUN_COLUMNS and TRIAL_COLUMNS define, in the
+    export's order, with the same meanings; a run's row has exactly the run columns."""
+    from archscale.search.table import COLUMNS, TRIAL_COLUMNS
+    from archscale.sweeps.results import RUN_COLUMNS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "CONTRIBUTING.md").read_text()
+    documented = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", text, flags=re.M))
+    assert list(documented) == COLUMNS
+    assert documented == {**RUN_COLUMNS, **TRIAL_COLUMNS}
+    assert list(make_result().row()) == list(RUN_COLUMNS)
