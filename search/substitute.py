@@ -40,7 +40,7 @@ from archscale.arch.spec import ArchSpec
 from archscale.laws import Law, spec_table
 from archscale.laws.intervals import DEFAULT_LEVEL
 from archscale.laws.passk import COVARIATES
-from archscale.search.objective import RESULT_ATTR
+from archscale.search.attrs import RESULT_ATTR
 from archscale.search.recommend import Recommendation, Scored, SearchSpace, recommend
 from archscale.search.table import trial_row
 from archscale.search.throughput_models import MeasureSettings, ThroughputModel
