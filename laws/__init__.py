@@ -22,7 +22,7 @@ KIND_NAMES = ("chinchilla", "conditional", "throughput", "accuracy", "passk")
 _EXPORTS = {"FORMS": "forms", "PAPER_TERMS": "forms", "Term": "forms", "parse_terms": "forms",
             "load_law": "io", "save_law": "io", "Law": "law", "fit_law": "law",
             "load_table": "table", "spec_features": "table", "spec_table": "table",
-            "KINDS": "passk"}  # law.py's dict, read via passk: importing it registers that kind
+            "KINDS": "law"}
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:

@@ -80,4 +80,4 @@ def predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) -
 
 KIND = LawKind(name="accuracy", configure=configure, target=lambda config: config["target"],
                n_params=lambda config: 4, min_scales=1, fit=fit, bootstrap=bootstrap,
-               predict=predict, axes=("loss",))
+               predict=predict, axes=("loss",), space="absolute")

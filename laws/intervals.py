@@ -1,7 +1,9 @@
 """Prediction intervals: where a new run will land, beside the interval of the law's mean.
 
-Method ``extrapolation-calibrated``. A run's residual around the law (log(measured / predicted)
-for losses and throughputs, measured - predicted for accuracies) is taken as normal with scale
+Method ``extrapolation-calibrated``. A run's residual around the law, f(measured) - f(predicted) in
+the law's ``space`` (SPACES: f = log for losses and throughputs, the identity for accuracies, and
+-log(-log) for pass rates, whose relative error in -log pass@k is the one that stays level across
+k and scales), is taken as normal with scale
 
     sigma(delta) = sqrt(sigma_run^2 + (growth * delta)^2),
 
@@ -17,15 +19,15 @@ log width (0 inside).
   r^2 - sigma_run^2 = growth^2 delta^2 over their residuals r (0 if they are no worse than in
   sample). Refits that their runs do not identify are left out.
 
-The interval is prediction * exp(+-z sigma(delta)) (or +-z sigma in absolute units) with z the
-normal quantile of the level, and never narrower than the bootstrap interval of the law's mean
+The interval is f^-1(f(prediction) +- z sigma(delta)) (prediction * exp(+-z sigma(delta)) in log
+space) with z the normal quantile of the level, and never narrower than the bootstrap interval of the law's mean
 at the same level. Without progressive fits the growth is unknown: the mean's interval is then
 added in quadrature, and the method's name says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +51,7 @@ class ErrorModel:
     """How far a new run lands from the law's prediction, as a function of extrapolation."""
 
     space: str
-    """``log`` (relative residuals) or ``absolute``."""
+    """Where residuals are measured (SPACES): ``log`` (relative), ``absolute`` or ``neglog``."""
     sigma_run: float
     """Scatter of runs inside the fitted range (residual units of ``space``)."""
     growth: float | None
@@ -103,19 +105,38 @@ def distance(table: pd.DataFrame, ranges: Mapping[str, Sequence[float]]) -> np.n
     return out
 
 
+def _neg_log_neg_log(x: np.ndarray) -> np.ndarray:
+    return -np.log(-np.log(x))
+
+
+def _exp_neg_exp_neg(t: np.ndarray) -> np.ndarray:
+    return np.exp(-np.exp(-t))
+
+
+SPACES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "absolute": (np.asarray, np.asarray), "log": (np.log, np.exp),
+    "neglog": (_neg_log_neg_log, _exp_neg_exp_neg)}
+"""Where residuals are measured and intervals are symmetric: (f, its inverse), f increasing."""
+
+
+def to_space(values: np.ndarray, space: str) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return SPACES[space][0](np.asarray(values, dtype=float))
+
+
 def residuals(predicted: np.ndarray, measured: np.ndarray, space: str) -> np.ndarray:
-    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
-    if space == "log":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(measured / predicted)
-    return measured - predicted
+    return to_space(measured, space) - to_space(predicted, space)
 
 
-def in_sample_scatter(fitted: np.ndarray, measured: np.ndarray, n_coef: int, space: str) -> float:
-    """RMS residual with the coefficients' degrees of freedom taken out."""
+def in_sample_scatter(fitted: np.ndarray, measured: np.ndarray, n_coef: int, space: str,
+                      n_runs: int | None = None) -> float:
+    """RMS residual with the coefficients' degrees of freedom taken out. Where the rows come from
+    ``n_runs`` runs (several rows each, with errors shared within a run) a coefficient costs a
+    run's worth of rows, not one row: dof = rows (1 - n_coef / n_runs)."""
     resid = residuals(fitted, measured, space)
     resid = resid[np.isfinite(resid)]
-    dof = max(len(resid) - n_coef, 1)
+    runs = len(resid) if n_runs is None else n_runs
+    dof = max(len(resid) * (runs - n_coef) / runs, len(resid) / runs)
     return float(np.sqrt(np.sum(resid**2) / dof))
 
 
@@ -151,23 +172,18 @@ def interval(model: ErrorModel, predicted: np.ndarray, distance_n: np.ndarray,
     check_level(level)
     z = float(norm.ppf(0.5 + level / 2))
     half = z * model.sigma(distance_n)
-    predicted = np.asarray(predicted, dtype=float)
+    centre = to_space(predicted, model.space)
     below = above = half
     if mean_interval is not None:
-        low_mean, high_mean = (np.asarray(a, dtype=float) for a in mean_interval)
-        if model.space == "log":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean_below, mean_above = np.log(predicted / low_mean), np.log(high_mean / predicted)
-        else:
-            mean_below, mean_above = predicted - low_mean, high_mean - predicted
-        mean_below, mean_above = (np.nan_to_num(m, nan=0.0) for m in (mean_below, mean_above))
+        low_mean, high_mean = (to_space(a, model.space) for a in mean_interval)
+        mean_below, mean_above = (np.nan_to_num(m, nan=0.0)
+                                  for m in (centre - low_mean, high_mean - centre))
         if model.growth is None:  # the mean's uncertainty is not in the calibration: add it
             below, above = np.sqrt(half**2 + mean_below**2), np.sqrt(half**2 + mean_above**2)
         else:  # it is (held-out refits carry it), but a run's range never undercuts the mean's
             below, above = np.maximum(half, mean_below), np.maximum(half, mean_above)
-    if model.space == "log":
-        return predicted * np.exp(-below), predicted * np.exp(above)
-    return predicted - below, predicted + above
+    inverse = SPACES[model.space][1]
+    return inverse(centre - below), inverse(centre + above)
 
 
 def coverage(low: np.ndarray, high: np.ndarray, measured: np.ndarray) -> float:

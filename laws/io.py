@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import passk  # noqa: F401  (registers the passk law kind)
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import ErrorModel
 from archscale.laws.law import N_DEFINITIONS, Law, get_kind

@@ -1,7 +1,7 @@
 """What every law form provides: a fit, bootstrap refits and a vectorized prediction.
 
-A law kind (chinchilla, conditional, throughput, accuracy) is a ``LawKind`` of plain functions
-over a JSON-able ``config`` (the declared form: terms, target column, options) so that a law
+A law kind (chinchilla, conditional, throughput, accuracy, passk) is a ``LawKind`` of plain
+functions over a JSON-able ``config`` (the declared form: terms, target column, options) so that a law
 file rebuilds its predictor from the config and coefficients alone.
 """
 
@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from archscale.laws.diagnostics import Problem
+
+FormChecks = Callable[[dict[str, Any], dict[str, float], pd.DataFrame], list[Problem]]
+"""A form's own checks: (config, coefficients by name, fitted table) -> problems."""
 
 
 @dataclass(frozen=True)
@@ -57,3 +62,13 @@ class LawKind:
     axes: tuple[str, ...] = ()
     """Inputs along which a prediction can extrapolate beyond the fitted runs (N, D, loss):
     prediction intervals widen with the distance beyond their fitted range."""
+    space: str = "log"
+    """Where residuals are measured and prediction intervals are symmetric (laws/intervals.py
+    SPACES): ``log`` for losses and throughputs, ``absolute`` for accuracies."""
+    problems: FormChecks | None = None
+    """The form's own identification checks (config, coefficients by name, fitted table), beside
+    the general ones of laws/law.py; they refuse refits that calibrate intervals as well."""
+    runs: Callable[[dict[str, Any], pd.DataFrame], np.ndarray] | None = None
+    """Which run each table row belongs to (config, table -> integer labels), for a form with
+    several rows per run (pass@k at every k): the bootstrap resamples whole runs, and a
+    coefficient costs a run's rows in the scatter's degrees of freedom. None: a row is a run."""

@@ -30,6 +30,7 @@ from archscale.laws import (
     conditional,
     diagnostics,
     intervals,
+    passk,
     throughput,
     validation,
 )
@@ -46,9 +47,10 @@ from archscale.laws.table import (
 )
 
 KINDS: dict[str, LawKind] = {k.name: k for k in (chinchilla.KIND, conditional.KIND,
-                                                 throughput.KIND, accuracy.KIND)}
+                                                 throughput.KIND, accuracy.KIND, passk.KIND)}
 """Every law form, by its --law name."""
-DEFAULT_N_BOOT = {"chinchilla": 1000, "conditional": 200, "throughput": 200, "accuracy": 200}
+DEFAULT_N_BOOT = {"chinchilla": 1000, "conditional": 200, "throughput": 200, "accuracy": 200,
+                  "passk": 100}
 """Bootstrap refits when not given: the batched Chinchilla refits are cheap, the rest loop."""
 N_DEFINITIONS = ("non_embedding", "total")
 """What a table's N counts: non-embedding parameters (the convention, arch/spec.py) or all."""
@@ -78,7 +80,7 @@ class Law:
     """A fitted law; ``predict`` takes a run table (or rows) and returns one value per row."""
 
     kind: str
-    """The form's name (chinchilla, conditional, throughput, accuracy)."""
+    """The form's name (chinchilla, conditional, throughput, accuracy, passk)."""
     config: dict[str, Any]
     """The declared form: terms, target, options (JSON-able)."""
     coef_names: tuple[str, ...]
@@ -168,8 +170,9 @@ def _check_table(kind: LawKind, config: dict[str, Any], table: pd.DataFrame) -> 
                 f"has {n_scales}: add runs at other scales")
 
 
-def _provenance(table: pd.DataFrame) -> dict[str, Any]:
-    out: dict[str, Any] = {"n_runs": len(table)}
+def _provenance(table: pd.DataFrame, n_runs: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_runs": len(table) if n_runs is None else n_runs,
+                           "n_rows": len(table)}
     if {"study", "trial_id"} <= set(table.columns):
         out["studies"] = sorted(set(table["study"].astype(str)))
         out["trial_ids"] = [int(t) for t in table["trial_id"]]
@@ -228,11 +231,23 @@ def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
     if kind.name == "accuracy" and coef["k"] >= 0:
         problems.append(Problem("wrong_sign", f"accuracy rises with loss (k = {coef['k']:.3g}): "
                                 "the runs span too little loss; add runs at other sizes"))
+    if kind.problems is not None:
+        problems += kind.problems(estimate.config, coef, table)
     problems += diagnostics.flat_directions(
         lambda c: kind.predict(estimate.config, c[None, :], table)[0], estimate.coef,
         estimate.names)
     problems += diagnostics.refit_problems(boot_info.get("converged_fraction"), boot_info["n"])
     return problems
+
+
+def _resample(kind: LawKind, config: dict[str, Any], table: pd.DataFrame, n_boot: int,
+              seed: int) -> np.ndarray:
+    """Per-row counts of ``n_boot`` resamples of the runs (S x rows): a run with several rows
+    (``kind.runs``) is drawn whole, so its rows' correlated errors never pass for independent."""
+    if kind.runs is None:
+        return resample_counts(len(table), n_boot, seed)
+    labels = kind.runs(config, table)
+    return resample_counts(int(labels.max()) + 1, n_boot, seed)[:, labels]
 
 
 def _heldout_rows(law: Law, table: pd.DataFrame, index: np.ndarray, rule: str,
@@ -242,7 +257,7 @@ def _heldout_rows(law: Law, table: pd.DataFrame, index: np.ndarray, rule: str,
     predicted = law.predict(table)
     low, high = law.prediction_interval(table, level)
     measured = table[target].to_numpy(dtype=float)
-    task = {"rule": rule, "n_train": law.provenance.get("n_runs"), "n_test": len(table),
+    task = {"rule": rule, "n_train": law.provenance.get("n_rows"), "n_test": len(table),
             **validation.prediction_metrics(predicted, measured, group_labels(table)),
             f"coverage_{round(level * 100)}": intervals.coverage(low, high, measured)}
     task["rows"] = {"index": index.tolist(), "predicted": predicted.tolist(),
@@ -300,7 +315,7 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     boot_info: dict[str, Any] = {"n": n_boot, "seed": seed}
     if n_boot > 0:
         samples, ok = kind.bootstrap(table, estimate.config, estimate,
-                                     resample_counts(len(table), n_boot, seed))
+                                     _resample(kind, estimate.config, table, n_boot, seed))
         # a refit that did not converge never enters an interval
         keep = ok & np.isfinite(samples).all(axis=1)
         samples = np.where(keep[:, None], samples, np.nan)
@@ -321,7 +336,8 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
         return kind.predict(part.config, part.coef[None, :], rows)[0]
 
     target = kind.target(config)
-    space = "absolute" if kind.name == "accuracy" else "log"
+    space = kind.space
+    count_runs = None if kind.runs is None else (lambda rows: int(kind.runs(config, rows).max()) + 1)
     n_coef = len(estimate.coef)
     fitted = kind.predict(estimate.config, estimate.coef[None, :], table)[0]
     measured = table[target].to_numpy(dtype=float)
@@ -329,10 +345,12 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     min_train = kind.n_params(config) + 1
     tasks = []
     if progressive and len(set(scale_labels(table))) >= 2:
-        tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space)
+        tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space,
+                                       count_runs)
         checks["progressive"] = tasks
     error_model = intervals.calibrate(
-        space, intervals.in_sample_scatter(fitted, measured, n_coef, space),
+        space, intervals.in_sample_scatter(fitted, measured, n_coef, space,
+                                           None if count_runs is None else count_runs(table)),
         intervals.fitted_ranges(table, kind.axes), validation.records(tasks, space), noise_floor,
         len(table))
 
@@ -343,7 +361,8 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     law = Law(kind=kind.name, config=estimate.config, coef_names=estimate.names,
               coef=np.asarray(estimate.coef, dtype=np.float64), coef_samples=samples,
               converged=estimate.converged, validation=checks,
-              provenance={**_provenance(table), **dict(provenance or {})},
+              provenance={**_provenance(table, None if count_runs is None else count_runs(table)),
+                          **dict(provenance or {})},
               bootstrap=boot_info, notes=tuple(notes), problems=tuple(problems),
               error_model=error_model, n_definition=n_definition)
     if heldout_table is not None:
@@ -353,7 +372,7 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     elif len(set(scale_labels(table))) >= 2:
         # scored even where the refit is degenerate: its error is part of what the user is told
         task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
-                                  kind.axes, space)
+                                  kind.axes, space, count_runs)
         if task is not None:
             _score_heldout(task, tasks, space, noise_floor)
             checks["heldout"] = task

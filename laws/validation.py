@@ -24,6 +24,8 @@ from archscale.laws.table import group_labels, scale_labels, scale_order
 
 FitPredict = Callable[[pd.DataFrame, pd.DataFrame], np.ndarray]
 """fit_predict(train, rows) -> point predictions for ``rows`` of a law fitted on ``train``."""
+CountRuns = Callable[[pd.DataFrame], int] | None
+"""How many runs a table's rows come from, where a run gives several rows (None: one each)."""
 MIN_GROUP = 3
 """Smallest (scale, tokens) group whose ranking is scored."""
 MAX_PROGRESSIVE = 5
@@ -64,7 +66,7 @@ def prediction_metrics(predicted: np.ndarray, measured: np.ndarray,
 
 def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
           fit_predict: FitPredict, min_train: int, axes: Sequence[str], space: str,
-          beyond: np.ndarray | None = None) -> dict[str, Any]:
+          beyond: np.ndarray | None = None, count_runs: CountRuns = None) -> dict[str, Any]:
     """Fit on ``train`` rows, score on ``test`` rows; a failed or impossible fit is reported.
 
     Besides the metrics, a task keeps each test row's extrapolation distance from the training
@@ -92,7 +94,8 @@ def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
     measured = test_df[target].to_numpy(dtype=float)
     task.update(prediction_metrics(predicted, measured, group_labels(test_df)))
     task["train_scatter"] = intervals.in_sample_scatter(
-        fitted, train_df[target].to_numpy(dtype=float), min_train - 1, space)
+        fitted, train_df[target].to_numpy(dtype=float), min_train - 1, space,
+        None if count_runs is None else count_runs(train_df))
     task["rows"] = {"index": np.flatnonzero(test).tolist(), "predicted": predicted.tolist(),
                     "measured": measured.tolist(),
                     "distance": intervals.distance(test_df, ranges).tolist()}
@@ -120,18 +123,21 @@ def records(tasks: Sequence[dict[str, Any]], space: str,
 
 
 def heldout(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
-            axes: Sequence[str], space: str) -> dict[str, Any] | None:
+            axes: Sequence[str], space: str, count_runs: CountRuns = None
+            ) -> dict[str, Any] | None:
     """Fit on every scale but the largest, predict the largest."""
     order = scale_order(table)
     if len(order) < 2:
         return None
     test = scale_labels(table) == order[-1]
-    task = _task(table, ~test, test, target, fit_predict, min_train, axes, space)
+    task = _task(table, ~test, test, target, fit_predict, min_train, axes, space,
+                 count_runs=count_runs)
     return {"rule": f"largest scale {order[-1]!r} held out", "test_scale": order[-1], **task}
 
 
 def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
-                axes: Sequence[str], space: str) -> list[dict[str, Any]]:
+                axes: Sequence[str], space: str, count_runs: CountRuns = None
+                ) -> list[dict[str, Any]]:
     """Fit on scales <= k, predict scale k + 1, for the last MAX_PROGRESSIVE k with enough runs."""
     order = scale_order(table)
     labels = scale_labels(table)
@@ -144,5 +150,5 @@ def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_t
         beyond = np.isin(labels, order[k + 1:])
         tasks.append({"train_scales": order[:k], "test_scale": order[k],
                       **_task(table, train, test, target, fit_predict, min_train, axes, space,
-                              beyond)})
+                              beyond, count_runs)})
     return tasks

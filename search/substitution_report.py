@@ -24,7 +24,6 @@ from matplotlib.figure import Figure
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import Law, fit_law, load_table, save_law
 from archscale.laws import intervals as interval_lib
-from archscale.laws.passk import fit_passk
 from archscale.laws.table import scale_labels, scale_order
 from archscale.search.recommend import SearchSpace, save_recommendation
 from archscale.search.study import StudyHandle
@@ -138,7 +137,7 @@ def heldout_chain(runs: pd.DataFrame, run_table: pd.DataFrame, loss_options: dic
     largest = float(runs["scale"].max())
     options = {"n_boot": n_boot, "seed": seed, "holdout_above": largest, "holdout_by": "scale"}
     loss_law = fit_law("conditional", run_table, loss_options, **options)
-    passk_law = fit_passk(runs, law.config | {"ref": None}, **options)
+    passk_law = fit_law("passk", runs, law.config | {"ref": None}, **options)
     test = runs[runs["scale"] >= largest].reset_index(drop=True)
     low, high = loss_law.prediction_interval(test)
     rows = test.assign(loss=loss_law.predict(test), loss_low=low, loss_high=high)
@@ -158,7 +157,7 @@ def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, se
     if runs.empty:
         raise ArchscaleError(f"study {handle.name!r} has no complete runs with pass@k: add a "
                              "passk: key to its sweep file and run it")
-    return fit_passk(runs, {"covariate": covariate}, n_boot=n_boot, seed=seed, provenance={
+    return fit_law("passk", runs, {"covariate": covariate}, n_boot=n_boot, seed=seed, provenance={
         "source": "study", "study": handle.name, "storage": handle.shown_url,
         "unsolved_runs": runs.attrs.get("unsolved_runs", 0),
         "tokens_per_param": handle.sweep.budget.tokens_per_param,

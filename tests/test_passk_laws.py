@@ -7,8 +7,8 @@ import pytest
 from scipy.special import betaln
 
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import load_law, save_law
-from archscale.laws.passk import KIND, fit_beta, fit_passk, fit_power, predict
+from archscale.laws import fit_law, load_law, save_law
+from archscale.laws.passk import KIND, fit_beta, fit_power, predict
 
 
 def test_power_coverage_law_through_brown_et_al_swe_bench_lite():
@@ -87,7 +87,7 @@ def synthetic_runs(noise: float = 0.02, seed: int = 0) -> pd.DataFrame:
 
 def test_passk_law_recovers_known_coefficients_and_predicts_the_held_out_scale():
     table = synthetic_runs()
-    law = fit_passk(table, {"covariate": "nd", "floor": True, "ref": REF}, n_boot=20, seed=0)
+    law = fit_law("passk", table, {"covariate": "nd", "floor": True, "ref": REF}, n_boot=20, seed=0)
     assert law.identified, law.problems
     coef = law.coefficients
     for name in ("beta", "gamma", "beta_k", "gamma_k"):
@@ -106,7 +106,7 @@ def test_loss_form_recovers_its_exponents_from_runs_of_known_loss():
     table = synthetic_runs().assign(loss=lambda t: 1.2 + 40 * t["N"] ** -0.3 + 30 * t["D"] ** -0.25)
     truth = predict(config, true, table)[0]
     noisy = truth * np.exp(np.random.default_rng(3).normal(0, 0.02, len(table)))
-    law = fit_passk(table.assign(pass_at_k=noisy), {"covariate": "loss", "ref": {"loss": 2.3}},
+    law = fit_law("passk", table.assign(pass_at_k=noisy), {"covariate": "loss", "ref": {"loss": 2.3}},
                     n_boot=10)
     assert law.identified, law.problems
     assert law.coef_names == ("lnL0", "lnL0_k", "kappa", "kappa_k")
@@ -116,7 +116,7 @@ def test_loss_form_recovers_its_exponents_from_runs_of_known_loss():
 
 def test_passk_law_is_a_law_kind_that_saves_and_loads(tmp_path):
     table = synthetic_runs().assign(flops=lambda t: 6 * t["N"] * t["D"])
-    law = fit_passk(table, {"covariate": "compute", "floor": True}, n_boot=5, progressive=False)
+    law = fit_law("passk", table, {"covariate": "compute", "floor": True}, n_boot=5, progressive=False)
     assert law.coef_names == ("lnE0", "lnE0_k", "lnC0", "lnC0_k", "alpha", "alpha_k")
     loaded = load_law(save_law(law, tmp_path / "passk.json"))
     assert loaded.kind == KIND.name == "passk" and loaded.config == law.config
@@ -129,10 +129,80 @@ def test_passk_law_is_a_law_kind_that_saves_and_loads(tmp_path):
 def test_passk_law_names_what_it_cannot_identify():
     table = synthetic_runs()
     one_budget = table[table["D"] == 16 * table["scale"].astype(float)]
-    law = fit_passk(one_budget, {"covariate": "nd"}, n_boot=0, progressive=False)
+    law = fit_law("passk", one_budget, {"covariate": "nd"}, n_boot=0, progressive=False)
     assert "collinear" in [p.code for p in law.problems]
-    law = fit_passk(table[table["k"].isin([1, 32])], {"covariate": "nd"}, n_boot=0,
+    law = fit_law("passk", table[table["k"].isin([1, 32])], {"covariate": "nd"}, n_boot=0,
                     progressive=False)
     assert "few_values" in [p.code for p in law.problems]
     with pytest.raises(ArchscaleError, match=r"pass_at_k.*non-positive"):
-        fit_passk(table.assign(pass_at_k=0.0), {"covariate": "nd"}, n_boot=0)
+        fit_law("passk", table.assign(pass_at_k=0.0), {"covariate": "nd"}, n_boot=0)
+
+
+def test_fit_command_runs_the_forms_own_checks(tmp_path):
+    """`archscale fit --law passk` goes through fit_law, which runs the form's checks: pass@k at
+    two values of k cannot give a line in ln k per coefficient, and the fit is refused."""
+    from typer.testing import CliRunner
+
+    from archscale.cli.main import app
+
+    path = tmp_path / "runs.csv"
+    table = synthetic_runs()
+    table[table["k"].isin([1, 32])].drop(columns="truth").to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["fit", "--law", "passk", "--csv", str(path), "--out",
+                                      str(tmp_path / "law.json"), "--n-boot", "0"])
+    assert isinstance(result.exception, ArchscaleError), result.output
+    assert "not identified" in str(result.exception)
+    assert "not identified: the runs hold pass@k at 2 value(s) of k" in result.output
+
+
+def test_bootstrap_resamples_whole_runs():
+    """A run gives 32 rows (one per k); a resample draws the run, so its rows share a count."""
+    from archscale.laws.law import _resample
+
+    table = synthetic_runs()
+    counts_SxN = _resample(KIND, CONFIG, table, 50, seed=0)
+    run_of_row = table.groupby(["N", "D"], sort=False).ngroup().to_numpy()
+    assert len(np.unique(run_of_row)) == 30 and counts_SxN.shape == (50, 30 * 32)
+    for run in range(30):
+        rows = counts_SxN[:, run_of_row == run]
+        assert np.all(rows == rows[:, :1])
+    assert np.all(counts_SxN.sum(axis=1) == 30 * 32)  # 30 runs drawn, 32 rows each
+
+
+def test_intervals_are_calibrated_on_the_relative_error_of_minus_log_pass():
+    """Noise that is log-normal in -log pass@k (sd 0.05, the same at every k and scale): the law
+    recovers that sd as its run scatter and its 90% intervals cover about 90% of fresh runs at
+    the fitted scales, at k = 1 (pass@k near 0) as at k = 32."""
+    table = synthetic_runs(noise=0.0)
+    y = -np.log(table["truth"])
+    rng = np.random.default_rng(5)
+    run_noise = rng.normal(0, 0.05, len(table) // 32).repeat(32)  # one draw per run, all k
+    law = fit_law("passk", table.assign(pass_at_k=np.exp(-y * np.exp(run_noise))),
+                  {"covariate": "nd", "floor": True, "ref": REF}, n_boot=0, progressive=False)
+    assert law.error_model.space == "neglog"
+    assert law.error_model.sigma_run == pytest.approx(0.05, rel=0.25)
+    fresh = np.exp(-y * np.exp(rng.normal(0, 0.05, len(table) // 32).repeat(32)))
+    low, high = law.prediction_interval(table)
+    inside = (low <= fresh) & (fresh <= high)
+    for k in (1, 32):
+        assert 0.75 <= inside[table["k"] == k].mean() <= 1.0
+    assert 0.8 <= inside.mean() <= 0.98
+
+
+def test_neglog_interval_and_clustered_scatter_by_hand():
+    """pass = exp(-y): an interval symmetric in ln y is pass ** exp(-+z sigma); a scatter over 4
+    runs of 3 rows with 2 coefficients has 12 (4 - 2) / 4 = 6 degrees of freedom."""
+    from archscale.laws import intervals
+
+    model = intervals.ErrorModel(space="neglog", sigma_run=0.1, growth=0.0, ranges={})
+    low, high = intervals.interval(model, np.array([0.2]), np.zeros(1), 0.9)
+    z = 1.6448536269514722
+    assert low[0] == pytest.approx(0.2 ** np.exp(z * 0.1))
+    assert high[0] == pytest.approx(0.2 ** np.exp(-z * 0.1))
+    measured = np.array([0.1, 0.2, 0.3] * 4)
+    fitted = measured ** np.exp(np.repeat([0.1, -0.1, 0.2, 0.0], 3))
+    ln_y_error = np.repeat([0.1, -0.1, 0.2, 0.0], 3)  # ln(y_fitted / y_measured)
+    assert intervals.in_sample_scatter(fitted, measured, 2, "neglog", n_runs=4) == pytest.approx(
+        np.sqrt(np.sum(ln_y_error**2) / 6))
+    assert intervals.in_sample_scatter(fitted, measured, 2, "neglog") == pytest.approx(
+        np.sqrt(np.sum(ln_y_error**2) / 10))
