@@ -16,6 +16,7 @@ from archscale.arch.frameworks import load_spec
 
 if TYPE_CHECKING:
     from archscale.search.recommend import Recommendation
+    from archscale.search.throughput_models import ThroughputModel
 
 DEFAULT_DEVICE = "h100"
 
@@ -42,7 +43,9 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
     return low, high
 
 
-def _throughput_model(throughput_law: Path | None, device: str):
+def throughput_model(throughput_law: Path | None, device: str) -> ThroughputModel:
+    """The throughput a command ranks shapes by: a fitted law (--throughput-law) or the roofline
+    of --device."""
     from archscale.laws.io import load_law
     from archscale.search.throughput_models import RooflineThroughput, throughput_from_law
     from archscale.sweeps.hardware import KNOWN_DEVICES
@@ -133,7 +136,7 @@ def recommend(
 
     loss_law = load_law(law)
     acc_law = None if accuracy_law is None else load_law(accuracy_law)
-    model = _throughput_model(throughput_law, device)
+    model = throughput_model(throughput_law, device)
     measure_settings = (MeasureSettings(min_seconds=measure_seconds, repeats=measure_repeats)
                         if measure else None)
     space = SearchSpace(params, tokens, d_over_sqrt_n=parse_range(d_over_sqrt_n, "--d-over-sqrt-n"),

@@ -13,9 +13,9 @@ from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.recommend_cmd import (
     DEFAULT_DEVICE,
-    _throughput_model,
     parse_fraction,
     parse_range,
+    throughput_model,
 )
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def substitute(
                         r=parse_range(r, "--r"), gqa_group=gqa, head_dim=head_dim,
                         vocab_size=vocab_size, seq_len=seq_len,
                         d_model_multiple=d_model_multiple, d_ff_multiple=d_ff_multiple)
-    recs = candidate_shapes(load_law(loss_law), _throughput_model(throughput_law, device), space,
+    recs = candidate_shapes(load_law(loss_law), throughput_model(throughput_law, device), space,
                             sizes, tokens_per_param=tokens_per_param,
                             max_loss_increase=parse_fraction(max_loss_increase), batch=batch,
                             context=context, measure=MeasureSettings() if measure else None)

@@ -64,7 +64,8 @@ class LawKind:
     prediction intervals widen with the distance beyond their fitted range."""
     space: str = "log"
     """Where residuals are measured and prediction intervals are symmetric (laws/intervals.py
-    SPACES): ``log`` for losses and throughputs, ``absolute`` for accuracies."""
+    SPACES): ``log`` for losses and throughputs, ``absolute`` for accuracies, ``neglog`` for
+    pass rates."""
     problems: FormChecks | None = None
     """The form's own identification checks (config, coefficients by name, fitted table), beside
     the general ones of laws/law.py; they refuse refits that calibrate intervals as well."""

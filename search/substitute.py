@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
 from archscale.laws import Law, spec_table
-from archscale.laws.intervals import DEFAULT_LEVEL
+from archscale.laws.intervals import DEFAULT_LEVEL, SPACES, to_space
 from archscale.laws.passk import COVARIATES
 from archscale.search.attrs import RESULT_ATTR
 from archscale.search.recommend import Recommendation, Scored, SearchSpace, recommend
@@ -217,16 +217,25 @@ def _rows(scored: Sequence[Scored], tokens: Sequence[float], ks: Sequence[int]
 
 def predict_pass(law: Law, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predicted pass@k and its 90% prediction interval, clipped to [0, 1]. A law of the loss
-    reads the predicted loss, and its intervals at the ends of the loss's 90% interval widen
-    its own (pass@k falls as the loss rises), as ``recommend`` does for accuracy."""
+    reads the predicted loss, whose own 90% interval (``loss_low``, ``loss_high``) shifts the
+    prediction; the shift and the pass@k law's half-width are independent errors, added in
+    quadrature in the law's space (laws/intervals.py; pass@k falls as the loss rises, so the
+    loss's high end widens the lower side)."""
+    predicted = np.asarray(law.predict(rows))
     low, high = law.prediction_interval(rows, DEFAULT_LEVEL)
     if "loss" in COVARIATES[law.config["covariate"]]:
+        space = law.error_model.space
+        centre = to_space(predicted, space)
+        below, above = centre - to_space(low, space), to_space(high, space) - centre
+        shifts = {}
         for end in ("loss_low", "loss_high"):
             known = np.isfinite(rows[end].to_numpy(dtype=float))
-            at_end = law.prediction_interval(rows.assign(loss=rows[end].where(known,
-                                                                              rows["loss"])))
-            low, high = np.minimum(low, at_end[0]), np.maximum(high, at_end[1])
-    return np.asarray(law.predict(rows)), np.clip(low, 0, 1), np.clip(high, 0, 1)
+            at_end = law.predict(rows.assign(loss=rows[end].where(known, rows["loss"])))
+            shifts[end] = np.abs(to_space(at_end, space) - centre)
+        inverse = SPACES[space][1]
+        low = inverse(centre - np.hypot(below, shifts["loss_high"]))
+        high = inverse(centre + np.hypot(above, shifts["loss_low"]))
+    return predicted, np.clip(low, 0, 1), np.clip(high, 0, 1)
 
 
 def least_k(values_K: np.ndarray, ks: Sequence[int], target: float) -> int | None:

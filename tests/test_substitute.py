@@ -23,8 +23,8 @@ PASSK_COEF = [np.log(0.05), -0.6, 0.0, -0.25, 0.4, 0.05, np.log(0.6), -0.2, 0.3,
 TOKENS_PER_PARAM = 16.0
 
 
-def error_model(**ranges) -> ErrorModel:
-    return ErrorModel(space="log", sigma_run=0.03, growth=0.05, ranges=ranges)
+def error_model(space: str = "log", **ranges) -> ErrorModel:
+    return ErrorModel(space=space, sigma_run=0.03, growth=0.05, ranges=ranges)
 
 
 @pytest.fixture(scope="module")
@@ -169,14 +169,20 @@ def test_a_law_of_the_loss_carries_the_loss_interval_into_pass_at_k():
 
     config = {"covariate": "loss", "terms": [], "floor": False, "ref": {"loss": 2.3}}
     law = Law("passk", config, coef_names(config), np.array([1.2, -0.3, 2.7, 0.27]),
-              np.empty((0, 4)), True, error_model=error_model(loss=[2.0, 2.9], k=[1, 32]))
+              np.empty((0, 4)), True,
+              error_model=error_model("neglog", loss=[2.0, 2.9], k=[1, 32]))
     rows = pd.DataFrame({"loss": [2.2, 2.2], "loss_low": [2.1, np.nan],
                          "loss_high": [2.35, np.nan], "k": [4, 4]})
     predicted, low, high = predict_pass(law, rows)
     own_low, own_high = law.prediction_interval(rows)
-    # pass@k falls as the loss rises: the low end comes from the loss's high end, and back
-    at_high = law.prediction_interval(rows.assign(loss=2.35))[0][0]
-    at_low = law.prediction_interval(rows.assign(loss=2.1))[1][0]
-    assert (low[0], high[0]) == pytest.approx((at_high, at_low))
+    # by hand: y = -log pass@4 = exp(1.2 - 0.3 ln 4) (L / 2.3)^kappa, kappa = 2.7 + 0.27 ln 4; the
+    # loss's ends move ln y by kappa ln(L_end / 2.2), the law's own 90% half-width in ln y is
+    # z sigma_run (inside the fitted ranges), and the two add in quadrature in ln y
+    kappa = 2.7 + 0.27 * np.log(4)
+    y = np.exp(1.2 - 0.3 * np.log(4)) * (2.2 / 2.3) ** kappa
+    own = 1.6448536269514722 * law.error_model.sigma_run
+    assert predicted[0] == pytest.approx(np.exp(-y))
+    assert low[0] == pytest.approx(np.exp(-y * np.exp(np.hypot(own, kappa * np.log(2.35 / 2.2)))))
+    assert high[0] == pytest.approx(np.exp(-y * np.exp(-np.hypot(own, kappa * np.log(2.2 / 2.1)))))
     assert low[0] < own_low[0] < predicted[0] < own_high[0] < high[0]
     assert (low[1], high[1]) == pytest.approx((own_low[1], own_high[1]))  # no loss interval
