@@ -106,6 +106,7 @@ class TrialRunner:
         checkpoint_dir = (self.artifact_dir / "checkpoints" / self.handle.name / planned.key
                           if sweep.checkpoints else None)
         passk = sweep.passk_settings
+        passk = passk if passk is not None and passk.samples_run(planned.params) else None
         with weights_folder(checkpoint_dir, passk is not None) as checkpoint_dir:
             result = train(planned.spec, planned.budget, sweep.recipe_obj, self.data,
                            planned.run_seed(sweep.seed),

@@ -151,7 +151,24 @@ def plan_grid(sweep: SweepFile, vocab_size: int) -> list[PlannedRun]:
         raise SweepFileError(f"{len(problems)} grid point(s) have no valid shape:\n  - "
                              + "\n  - ".join(problems))
     planned = list(runs.values())
+    _check_passk_slice(sweep, axes, planned)
     return planned + noise_repeats(sweep, planned)
+
+
+def _check_passk_slice(sweep: SweepFile, axes: dict[str, list], planned: list[PlannedRun]
+                       ) -> None:
+    """``passk.only`` names grid axes and selects at least one run, else a typo would sample
+    nothing, silently."""
+    passk = sweep.passk_settings
+    if passk is None or passk.only is None:
+        return
+    unknown = sorted(set(passk.only) - set(axes))
+    if unknown:
+        raise SweepFileError(f"passk.only names {unknown}, which are not grid axes: choose from "
+                             f"{sorted(axes)}")
+    if not any(passk.samples_run(run.params) for run in planned):
+        raise SweepFileError(f"passk.only {passk.only} selects none of the grid's runs: give "
+                             "values the grid lists")
 
 
 def noise_points(n_runs: int, repeats: int) -> list[int]:

@@ -24,7 +24,8 @@ Chen et al.'s (2021) unbiased estimator averaged over problems: with n samples o
 pass@k = 1 - C(n - c, k) / C(n, k). Majority vote: a problem counts as solved when its most
 frequent completion (ties: the first drawn) passes.
 
-A sweep runs this after training when its ``passk:`` key is set: the trainer does not hand back
+A sweep runs this after training when its ``passk:`` key is set (on every run, or on the slice of
+the grid that ``only`` names, e.g. ``only: {gqa: [1]}``): the trainer does not hand back
 its weights, so the run checkpoints (to a temporary folder unless the sweep keeps checkpoints) and
 the final checkpoint is read back (``sweeps.trained.load_trained``).
 """
@@ -179,13 +180,27 @@ class PasskSettings:
     prompt and completion fit the trained context."""
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     """Temperature, top-p, new tokens, batch and seed (flat keys in the sweep file)."""
+    only: dict[str, list[Any]] | None = None
+    """Sample only the runs whose trial parameters take one of these values each, e.g.
+    ``{d_over_sqrt_n: [0.16], gqa: [1]}`` (a slice of a grid: sampling costs seconds a run);
+    None: every run."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.k_max <= self.samples or self.problems < 1:
             raise ArchscaleError(f"passk: need 1 <= k_max ({self.k_max}) <= samples "
                                  f"({self.samples}) and problems ({self.problems}) >= 1")
+        if self.only is not None and not (
+                isinstance(self.only, dict) and self.only
+                and all(isinstance(v, list) and v for v in self.only.values())):
+            raise ArchscaleError(f"passk: only {self.only!r} must map trial parameters to "
+                                 "non-empty lists of values, e.g. {gqa: [1]}")
         if self.prompt_tokens is not None and self.prompt_tokens < 1:
             raise ArchscaleError(f"passk: prompt_tokens {self.prompt_tokens} must be >= 1")
+
+    def samples_run(self, params: dict[str, Any]) -> bool:
+        """Whether a run with these trial parameters is sampled (``only``)."""
+        return self.only is None or all(params.get(name) in values
+                                        for name, values in self.only.items())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PasskSettings:

@@ -98,6 +98,29 @@ def test_sweep_file_passk_key_is_validated():
         parse_sweep({**base, "passk": {"temp": 1.0}})
 
 
+def test_passk_only_samples_a_slice_of_the_grid():
+    """`only` keeps the grid points whose parameters take the listed values (2 scales x 2 widths
+    x 2 ratios = 8 runs, 2 of them at width 0.2 and r 4); a name that is not an axis, or values
+    that select nothing, are refused before any training."""
+    from archscale.search.plan import plan_grid
+
+    base = {"name": "p", "seq_len": 32, "budget": {"tokens_per_param": 5},
+            "shape": {"head_dim": 4, "d_model_multiple": 4, "d_ff_multiple": 4},
+            "grid": {"scales": [6e3, 1.2e4], "d_over_sqrt_n": [0.16, 0.2], "r": [1.0, 4.0]}}
+    sweep = parse_sweep({**base, "passk": {"only": {"d_over_sqrt_n": [0.2], "r": [4]}}})
+    runs = plan_grid(sweep, 256)
+    sampled = [r.params for r in runs if sweep.passk_settings.samples_run(r.params)]
+    assert len(runs) == 8 and len(sampled) == 2
+    assert all(p["d_over_sqrt_n"] == 0.2 and p["r"] == 4.0 for p in sampled)
+    assert {p["N"] for p in sampled} == {6e3, 1.2e4}
+    with pytest.raises(SweepFileError, match=r"passk.only names \['width'\], which are not grid"):
+        plan_grid(parse_sweep({**base, "passk": {"only": {"width": [0.2]}}}), 256)
+    with pytest.raises(SweepFileError, match="selects none of the grid's runs"):
+        plan_grid(parse_sweep({**base, "passk": {"only": {"r": [2.0]}}}), 256)
+    with pytest.raises(SweepFileError, match="must map trial parameters to non-empty lists"):
+        parse_sweep({**base, "passk": {"only": {"r": 4.0}}})
+
+
 def _nucleus(probs_V: np.ndarray, top_p: float) -> set[int]:
     """The textbook nucleus: the most likely tokens, by sorting, until their mass reaches
     top_p."""
