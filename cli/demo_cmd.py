@@ -46,6 +46,9 @@ def demo(
     measure: Annotated[bool, typer.Option(
         help="Time the finalists at the target size (random weights, interleaved) beside the "
              "throughput law.")] = True,
+    target_k: Annotated[int, typer.Option(
+        min=1, help="Where the sweep samples pass@k: the substitution's target is the pass rate the "
+             "largest trained scale reaches with this many samples.")] = 8,
     allow_degenerate: Annotated[bool, typer.Option(
         help="Exit 0 even if the runs do not identify a law (the report says which).")] = False,
 ) -> None:
@@ -58,7 +61,7 @@ def demo(
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),
                           scale_factor=scale_factor, max_loss_increase=_percent(max_loss_increase),
                           top=top, n_boot=n_boot, progress=progress, measure=measure,
-                          allow_degenerate=allow_degenerate)
+                          target_k=target_k, allow_degenerate=allow_degenerate)
     if verify_run:
         result = verify(options, verify_scale, echo=typer.echo)
         low, high = result["loss_interval_90"]
@@ -81,4 +84,11 @@ def demo(
                f"d_ff {best.spec.d_ff}: loss {best.loss:.4f}, {best.throughput:,.0f} decode tok/s "
                f"({best.throughput / rec.loss_optimal.throughput - 1:+.0%} vs the loss-optimal "
                "shape)")
+    if outcome.substitution is not None:
+        answer = outcome.substitution[0]
+        cheapest = answer.cheapest
+        typer.echo(f"sampling: pass@k >= {answer.target_pass:.3f} at the least total cost: " + (
+            "no candidate reaches it" if cheapest is None else
+            f"N={answer.specs[cheapest.shape].params_nonembed:,} with k = {cheapest.k} "
+            f"({cheapest.total_flops:.3g} FLOPs; {out / 'substitution'}/)"))
     typer.echo(f"report: {out / 'report.md'}")

@@ -7,6 +7,8 @@ Stages, each resumable because every run lives in the study's storage:
    each validated by fitting on the smaller scales and predicting the largest trained one;
 3. recommend shapes at ``scale_factor`` x the largest trained N (Algorithm 1 over the laws),
    beside the loss-optimal shape and a LLaMA-3.2-proportioned baseline at the same N;
+   and, where the sweep samples pass@k, ask whether sampling substitutes for parameters: the
+   pass@k law and the cheapest (shape, k) for a target pass rate (search/substitution_report.py);
 4. write ``report/``: report.md, PNG figures, the law JSONs, recommendations.json, HF configs.
 
 ``verify`` then trains one recommended shape at a scale this machine affords and compares the
@@ -41,6 +43,8 @@ from archscale.search.report import (
     write_report,
 )
 from archscale.search.study import StudyHandle, create_study, open_study
+from archscale.search.substitute import Substitution
+from archscale.search.substitution_report import substitution_section
 from archscale.search.sweepfile import SweepFile, load_sweep
 from archscale.search.table import trials_table
 from archscale.search.throughput_models import MeasureSettings, throughput_from_law
@@ -82,6 +86,10 @@ class DemoOptions:
     """Finish without an error even if the runs do not identify a law (the report says so)."""
     measure: bool = True
     """Time the finalists at the target size (random weights, interleaved) beside the law."""
+    target_k: int = 8
+    """Where the sweep samples pass@k, the substitution's target is what the largest trained
+    scale reaches with this many samples: can a larger model reach it with fewer, or a smaller
+    one with more, for less?"""
 
 
 def _require_grid(sweep: SweepFile) -> None:
@@ -217,6 +225,28 @@ def recommend_at(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law],
     return rec, tokens, note
 
 
+def answer_substitution(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law],
+                        options: DemoOptions, echo: Echo
+                        ) -> tuple[Substitution, dict[str, Any]] | None:
+    """Where the sweep samples pass@k (``passk:``): the pass@k law, its held-out checks and the
+    cheapest (shape, k) for the largest trained scale's pass@``target_k``, written to
+    ``out/substitution`` (search/substitution_report.py); None without ``passk:``."""
+    sweep = handle.sweep
+    if sweep.passk_settings is None:
+        return None
+    echo("[3/4] can sampling substitute for parameters? fitting the pass@k law and pricing "
+         "(shape, k)")
+    largest = float(sweep.grid.scales[-1])
+    space = search_space(sweep, table, largest, float(budget_for(sweep, largest).tokens),
+                         handle.vocab_size)
+    return substitution_section(
+        handle, laws["conditional"], throughput_from_law(laws["throughput"]), space,
+        options.out / "substitution", tokens_per_param=float(sweep.budget.tokens_per_param),
+        target_k=min(options.target_k, sweep.passk_settings.k_max),
+        n_boot=min(options.n_boot, 100), seed=options.seed, batch=sweep.throughput.batch,
+        context=sweep.tp_context)
+
+
 def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
     """Stages 1-4 (see the module docstring); returns what the report shows."""
     seconds: dict[str, float] = {}
@@ -237,7 +267,11 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
     start = time.perf_counter()
     rec, tokens, note = recommend_at(handle, table, laws, target, options)
     seconds["recommend"] = time.perf_counter() - start
-    outcome = DemoOutcome(handle, table, laws, rec, target, tokens, note, noise, seconds)
+    start = time.perf_counter()
+    substitution = answer_substitution(handle, table, laws, options, echo)
+    seconds["substitution"] = time.perf_counter() - start
+    outcome = DemoOutcome(handle, table, laws, rec, target, tokens, note, noise, seconds,
+                          substitution)
     echo(f"[4/4] writing {options.out}/")
     write_report(outcome, options.out)
     if not options.allow_degenerate:

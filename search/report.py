@@ -7,6 +7,7 @@ Layout of ``<out>/``::
     figures/*.png             U-curves, held-out, fits, the measured and predicted Pareto fronts
     recommendations.json      the recommendation with provenance (``archscale export`` reads it)
     summary.json              the headline figures, for programs (``summary``: keys below)
+    substitution/             where the sweep samples pass@k: search/substitution_report.py
     hf/<shape>/config.json    one HuggingFace LlamaConfig per exported shape
 """
 
@@ -26,12 +27,14 @@ from archscale.laws import save_law
 from archscale.laws.law import Law
 from archscale.laws.plots import save_plots
 from archscale.laws.table import scale_labels, scale_order
+from archscale.search import substitution_report
 from archscale.search.export import export_hf
 from archscale.search.recommend import Recommendation, Scored, save_recommendation
 from archscale.search.table import pareto_front
 
 if TYPE_CHECKING:
     from archscale.search.study import StudyHandle
+    from archscale.search.substitute import Substitution
 
 LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
              "accuracy": "accuracy.json", "throughput": "throughput.json"}
@@ -51,6 +54,8 @@ class DemoOutcome:
     baseline_note: str
     noise_floor: float
     seconds: dict[str, float] = field(default_factory=dict)
+    substitution: tuple[Substitution, dict[str, Any]] | None = None
+    """The answer of ``answer_substitution`` and its held-out checks (None: no pass@k)."""
 
 
 def _budgets(sweep: Any) -> str:
@@ -144,6 +149,9 @@ def summary(outcome: DemoOutcome) -> dict[str, Any]:
         "recommendations": [{"name": name, "params_nonembed": s["params_nonembed"],
                              **{k: s.get(k) for k in keys}} for name, s in shapes],
         "seconds": outcome.seconds,
+        **({} if outcome.substitution is None else {
+            "substitution": outcome.substitution[0].summary(),
+            "substitution_check": substitution_report.check_summary(outcome.substitution[1])}),
     }
 
 
@@ -252,9 +260,17 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
         "trained N; the intervals above are the laws' at that distance and widen with it.", "",
     ]
     lines += [f"- {note}" for note in rec.notes]
-    lines += ["", "![Pareto fronts](figures/pareto.png)", "", "## Files", ""]
+    lines += ["", "![Pareto fronts](figures/pareto.png)", ""]
+    if outcome.substitution is not None:
+        passk = outcome.handle.sweep.passk_settings
+        lines += substitution_report.markdown(*outcome.substitution, passk.task if passk else "",
+                                              "substitution/substitution.png")
+    lines += ["## Files", ""]
     lines += [f"- `{p.relative_to(out)}`" for p in sorted(out.glob("laws/*.json"))]
     lines += ["- `recommendations.json`: every number above with how it was obtained"]
+    if outcome.substitution is not None:
+        lines += ["- `substitution/`: every candidate at every k (CSV), the frontier (JSON), "
+                  "the pass@k law, each point exportable (`archscale export`)"]
     lines += [f"- `{p.relative_to(out)}`" for p in configs]
     lines += ["", "Next: `archscale demo --verify` trains a recommended shape at a scale this "
               "machine affords and compares prediction with measurement.", ""]

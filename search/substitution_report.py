@@ -167,31 +167,37 @@ def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, se
 
 def substitution_section(handle: StudyHandle, loss_law: Law, throughput: ThroughputModel,
                          space: SearchSpace, out: Path, *, tokens_per_param: float,
-                         target_pass: float | None = None, requests: float | None = None,
+                         target_pass: float | None = None, target_k: int = 1,
+                         requests: float | None = None,
                          params: Sequence[float] | None = None, n_boot: int = 100,
                          seed: int = 0, covariate: str = "loss",
                          measure: MeasureSettings | None = None,
                          batch: int = 64, context: int = 2048
-                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                         ) -> tuple[Substitution, dict[str, Any]]:
     """The demo's section: fit the pass@k law on the study's runs, answer the substitution
     question with ``loss_law`` (the demo's conditional law) choosing each size's shape, and
     write ``out/`` (module docstring, plus ``laws/passk.json``).
 
-    Defaults: ``target_pass`` the mean measured pass@1 of the largest trained scale (what its
-    models give with one sample); ``requests`` the demand at which serving the largest candidate
+    Defaults: ``target_pass`` the mean measured pass@``target_k`` of the largest trained scale
+    (what its models give with that many samples); ``requests`` the demand at which serving the largest candidate
     at k = 1 costs as much as training it; ``params`` the trained scales (their median N) and
-    2x and 4x the largest. Returns (summary.json's list of points {"params", "k",
-    "predicted_pass_at_k", "interval_90", "total_cost_flops"}, the held-out checks at every k:
-    {"passk_law": ``heldout_by_k`` (the runs' measured loss in), "end_to_end":
-    ``heldout_chain`` (their loss predicted too)}).
+    2x and 4x the largest. Returns (the answer, whose ``summary()`` is summary.json's list of
+    points {"params", "k", "predicted_pass_at_k", "interval_90", "total_cost_flops"}, the held-out
+    checks at every k: {"passk_law": ``heldout_by_k`` (the runs' measured loss in),
+    "end_to_end": ``heldout_chain`` (their loss predicted too)}).
     """
     runs = passk_table(handle.study)
     law = fit_study_law(handle, runs, n_boot, seed, covariate)
     save_law(law, out / "laws" / "passk.json")
     labels, order = scale_labels(runs), scale_order(runs)
+    target_rule = "given"
     if target_pass is None:
-        largest = runs[(labels == order[-1]) & (runs["k"] == 1)]
+        largest = runs[(labels == order[-1]) & (runs["k"] == target_k)]
+        if largest.empty:
+            raise ArchscaleError(f"the runs measured no pass@{target_k}: choose a target k up "
+                                 f"to {int(runs['k'].max())}")
         target_pass = float(largest["pass_at_k"].mean())
+        target_rule = f"the largest trained scale's mean measured pass@{target_k}"
     medians = [float(runs.loc[labels == s, "N"].median()) for s in order]
     recs = candidate_shapes(loss_law, throughput, space,
                             params or [*medians, 2 * medians[-1], 4 * medians[-1]],
@@ -204,9 +210,64 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
         requests = train / per_request
     sub = substitute(recs, law, target_pass=target_pass,
                      demand=dataclasses.replace(demand, requests=requests),
-                     max_k=int(runs["k"].max()))
+                     max_k=int(runs["k"].max()), provenance={"target": target_rule})
     write(sub, out)
     run_table = load_table(trials_table(handle.study))
-    return sub.summary(), {"passk_law": heldout_by_k(law, runs),
-                           "end_to_end": heldout_chain(runs, run_table, loss_law.config, law,
-                                                       n_boot, seed)}
+    return sub, {"n_runs": int(runs["trial_id"].nunique()),
+                 "unsolved_runs": int(runs.attrs.get("unsolved_runs", 0)),
+                 "passk_law": heldout_by_k(law, runs),
+                 "end_to_end": heldout_chain(runs, run_table, loss_law.config, law, n_boot, seed)}
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def check_summary(held: dict[str, Any]) -> dict[str, Any]:
+    """The held-out checks' figures, over all k and at every k (summary.json's
+    ``substitution_check``)."""
+    keys = ("rule", "n", "mean_relative_error", "coverage_90", "loss_mean_relative_error", "by_k")
+    return {"n_runs": held["n_runs"], **{name: {k: held[name].get(k) for k in keys}
+                                         for name in ("passk_law", "end_to_end")}}
+
+
+def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) -> list[str]:
+    """The demo report's section: the question, the held-out checks, the frontier, the floor."""
+    demand = sub.demand
+    lines = [
+        "## Can sampling substitute for parameters?", "",
+        f"pass@k of sampled completions on `{task}`, measured after {held['n_runs']} runs (the "
+        "sweep's `passk:` slice), fitted across scales from each run's loss (laws/passk.py); a "
+        "shape's loss comes from the conditional law. A request of "
+        f"{demand.prompt_tokens} prompt tokens is answered by k samples of "
+        f"{demand.sample_tokens:.1f} tokens and passes when one of them does (a verifier picks "
+        f"it). Target pass rate {sub.target_pass:.3f} ({sub.provenance.get('target', 'given')}); "
+        f"{demand.requests:.3g} requests, where serving the largest candidate at k = 1 costs "
+        "as much as training it. Total cost = training FLOPs + requests x (prefill + k x one "
+        "sample's generation).", ""]
+    for name, label in (("passk_law", "The pass@k law alone, from each held-out run's "
+                                      "measured loss"), ("end_to_end", "End to end")):
+        check = held[name]
+        if "mean_relative_error" not in check:
+            lines.append(f"- {label}: skipped ({check.get('skipped')}).")
+            continue
+        worst = max(check["by_k"], key=lambda row: row["mean_relative_error"])
+        lines.append(f"- {label} ({check['rule']}): mean relative error "
+                     f"{_percent(check['mean_relative_error'])} over k = 1..{sub.ks[-1]} (worst "
+                     f"{_percent(worst['mean_relative_error'])} at k = {worst['k']}), 90% "
+                     f"intervals cover {_percent(check['coverage_90'])} of {check['n']} (run, k).")
+    lines += ["", "| N | k | pass@k [90%] | training FLOPs | inference FLOPs | total FLOPs |",
+              "|---|---|---|---|---|---|"]
+    for point in sub.points:
+        row = sub.point_dict(point)
+        low, high = row["interval_90"]
+        mark = " (cheapest)" if row["cheapest"] else ""
+        lines.append(f"| {row['params']:,}{mark} | {row['k']} | {row['predicted_pass_at_k']:.3f} "
+                     f"[{low:.3f}, {high:.3f}] | {row['train_flops']:.3g} | "
+                     f"{row['inference_flops']:.3g} | {row['total_cost_flops']:.3g} |")
+    if not sub.points:
+        lines.append("| no candidate reaches the target | | | | | |")
+    lines += ["", f"Where substitution stops: {sub.floor['reason']}.", ""]
+    lines += [f"- {note}" for note in sub.notes]
+    lines += ["", f"![cost against target pass rate]({figure})", ""]
+    return lines

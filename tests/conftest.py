@@ -50,6 +50,24 @@ def small_study(tmp_path_factory):
     return handle.name, handle.url
 
 
+PASSK_STUDY_SWEEP = REPO_ROOT / "tests" / "data" / "passk_study.yaml"
+
+
+@pytest.fixture(scope="session")
+def passk_study(tmp_path_factory):
+    """(name, storage URL) of tests/data/passk_study.yaml (12 runs, each sampled for pass@k), run
+    to its end once per session. Read it, never add trials to it."""
+    from archscale.search.study import create_study
+    from archscale.search.table import trials_table
+    from archscale.search.worker import WorkerOptions, run_study
+
+    url = str(tmp_path_factory.mktemp("passk_study") / "study.journal")
+    handle = create_study(PASSK_STUDY_SWEEP, url)
+    run_study(handle.name, handle.url, options=WorkerOptions(progress=False))
+    assert len(trials_table(handle.study)) == len(handle.planned_runs())
+    return handle.name, handle.url
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A private $ARCHSCALE_CACHE (tokenizers, hardware probes) for one test module."""

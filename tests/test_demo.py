@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SMALL_STUDY_SWEEP
+from conftest import PASSK_STUDY_SWEEP, SMALL_STUDY_SWEEP
 from typer.testing import CliRunner
 
 from archscale.arch.errors import ArchscaleError
@@ -141,3 +141,60 @@ def test_a_bad_loss_target_is_refused_before_any_training(tmp_path, value, messa
     assert result.exit_code != 0
     assert message in result.output + str(result.exception)
     assert not (tmp_path / "never.db").exists() and not (tmp_path / "report").exists()
+
+
+@pytest.fixture(scope="module")
+def passk_demo(passk_study, tmp_path_factory):
+    """The demo on a finished study that sampled pass@k (12 runs, 3 scales, 128 problems x 16
+    samples): its report answers whether sampling substitutes for parameters."""
+    name, url = passk_study
+    out = tmp_path_factory.mktemp("passk_demo") / "report"
+    result = CliRunner().invoke(app, [
+        "demo", "--sweep", str(PASSK_STUDY_SWEEP), "--storage", url, "--out", str(out),
+        "--workers", "1", "--n-boot", "20", "--no-progress", "--no-measure",
+        "--allow-degenerate"])
+    assert result.exit_code == 0, result.output
+    return out, url, name
+
+
+def test_demo_answers_whether_sampling_substitutes_for_parameters(passk_demo):
+    from archscale.search.substitute import passk_table
+
+    out, url, name = passk_demo
+    summary = json.loads((out / "summary.json").read_text())
+    answer = json.loads((out / "substitution" / "substitution.json").read_text())
+    points = summary["substitution"]
+    assert points and [p["params"] for p in points] == sorted(p["params"] for p in points)
+    for point in points:
+        assert set(point) == {"params", "k", "predicted_pass_at_k", "interval_90",
+                              "total_cost_flops"}
+        low, high = point["interval_90"]
+        assert low <= point["predicted_pass_at_k"] <= high
+        assert answer["target_pass"] <= point["predicted_pass_at_k"] and 1 <= point["k"] <= 16
+    # the target is the largest trained scale's mean measured pass@8 (its 4 runs; --target-k)
+    runs = passk_table(open_study(name, url).study)
+    largest = runs[(runs["scale"] == runs["scale"].max()) & (runs["k"] == 8)]
+    assert len(largest) == 4
+    assert answer["target_pass"] == pytest.approx(largest["pass_at_k"].mean())
+    # the held-out checks predicted those 4 runs at every k = 1..16
+    check = summary["substitution_check"]
+    assert check["n_runs"] == 12
+    for name_ in ("passk_law", "end_to_end"):
+        assert check[name_]["n"] == 4 * 16
+        assert 0 <= check[name_]["coverage_90"] <= 1 and check[name_]["mean_relative_error"] > 0
+        by_k = check[name_]["by_k"]
+        assert [row["k"] for row in by_k] == list(range(1, 17))
+        assert np.mean([row["mean_relative_error"] for row in by_k]) == pytest.approx(
+            check[name_]["mean_relative_error"])  # 4 runs at every k: the mean of the means
+    text = (out / "report.md").read_text()
+    assert "## Can sampling substitute for parameters?" in text
+    assert "![cost against target pass rate](substitution/substitution.png)" in text
+    assert (out / "substitution" / "substitution.png").stat().st_size > 5000
+    assert (out / "substitution" / "laws" / "passk.json").is_file()
+    assert len(list((out / "substitution" / "points").iterdir())) == len(points)
+
+
+def test_demo_without_passk_has_no_substitution_section(demo_report):
+    out = demo_report[0]
+    assert "substitution" not in json.loads((out / "summary.json").read_text())
+    assert "Can sampling substitute" not in (out / "report.md").read_text()

@@ -149,22 +149,6 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
     assert manifest["export"]["configs"].keys() == shapes.keys()
 
 
-PASSK_STUDY_SWEEP = Path(__file__).resolve().parent / "data" / "passk_study.yaml"
-
-
-@pytest.fixture(scope="module")
-def passk_study(tmp_path_factory):
-    """(name, storage URL) of tests/data/passk_study.yaml, run to its end once for this module."""
-    from archscale.search.study import create_study
-    from archscale.search.worker import WorkerOptions, run_study
-
-    url = str(tmp_path_factory.mktemp("passk_study") / "study.journal")
-    handle = create_study(PASSK_STUDY_SWEEP, url)
-    run_study(handle.name, handle.url, options=WorkerOptions(progress=False))
-    assert len(trials_table(handle.study)) == len(handle.planned_runs())
-    return handle.name, handle.url
-
-
 @pytest.mark.slow
 def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
     from archscale.sweeps.passk import pass_at_k
