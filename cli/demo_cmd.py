@@ -47,8 +47,8 @@ def demo(
         help="Time the finalists at the target size (random weights, interleaved) beside the "
              "throughput law.")] = True,
     target_k: Annotated[int, typer.Option(
-        min=1, help="Where the sweep samples pass@k: the substitution's target is the pass rate the "
-             "largest trained scale reaches with this many samples.")] = 8,
+        min=1, help="Where the sweep samples pass@k: the substitution's target is the pass rate "
+             "the largest trained scale reaches with this many samples.")] = 8,
     allow_degenerate: Annotated[bool, typer.Option(
         help="Exit 0 even if the runs do not identify a law (the report says which).")] = False,
 ) -> None:

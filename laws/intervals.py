@@ -20,9 +20,9 @@ log width (0 inside).
   sample). Refits that their runs do not identify are left out.
 
 The interval is f^-1(f(prediction) +- z sigma(delta)) (prediction * exp(+-z sigma(delta)) in log
-space) with z the normal quantile of the level, and never narrower than the bootstrap interval of the law's mean
-at the same level. Without progressive fits the growth is unknown: the mean's interval is then
-added in quadrature, and the method's name says so.
+space) with z the normal quantile of the level, and never narrower than the bootstrap interval of
+the law's mean at the same level. Without progressive fits the growth is unknown: the mean's
+interval is then added in quadrature, and the method's name says so.
 """
 
 from __future__ import annotations

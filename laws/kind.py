@@ -1,8 +1,8 @@
 """What every law form provides: a fit, bootstrap refits and a vectorized prediction.
 
 A law kind (chinchilla, conditional, throughput, accuracy, passk) is a ``LawKind`` of plain
-functions over a JSON-able ``config`` (the declared form: terms, target column, options) so that a law
-file rebuilds its predictor from the config and coefficients alone.
+functions over a JSON-able ``config`` (the declared form: terms, target column, options) so that
+a law file rebuilds its predictor from the config and coefficients alone.
 """
 
 from __future__ import annotations

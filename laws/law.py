@@ -337,7 +337,8 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
 
     target = kind.target(config)
     space = kind.space
-    count_runs = None if kind.runs is None else (lambda rows: int(kind.runs(config, rows).max()) + 1)
+    count_runs = None if kind.runs is None else (
+        lambda rows: int(kind.runs(config, rows).max()) + 1)
     n_coef = len(estimate.coef)
     fitted = kind.predict(estimate.config, estimate.coef[None, :], table)[0]
     measured = table[target].to_numpy(dtype=float)

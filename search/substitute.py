@@ -4,8 +4,9 @@ At each candidate size N the shape is the one ``recommend`` picks from the condi
 (the fastest decoder within ``max_loss_increase`` of the loss-optimal shape's loss, trained on
 ``tokens_per_param`` x N tokens); the pass@k law (laws/passk.py) predicts its pass@k for every k,
 with 90% prediction intervals: from N and D, or, for a law of the loss, from the loss the loss
-law predicts for that shape, whose own interval widens the pass@k interval. A request is answered by k samples and passes when one of them
-does (a verifier picks it), so pass@k is the request's pass rate.
+law predicts for that shape, whose own interval widens the pass@k interval (in quadrature). A
+request is answered by k samples and passes when one of them does (a verifier picks it), so
+pass@k is the request's pass rate.
 
 Cost (Sardana et al. 2024): total = training FLOPs + R x (the prompt's prefill + k x one sample's
 generation). FLOPs follow arch/spec.py: D x ``train_flops_per_token`` to train,

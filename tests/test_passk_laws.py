@@ -87,7 +87,8 @@ def synthetic_runs(noise: float = 0.02, seed: int = 0) -> pd.DataFrame:
 
 def test_passk_law_recovers_known_coefficients_and_predicts_the_held_out_scale():
     table = synthetic_runs()
-    law = fit_law("passk", table, {"covariate": "nd", "floor": True, "ref": REF}, n_boot=20, seed=0)
+    law = fit_law("passk", table, {"covariate": "nd", "floor": True, "ref": REF}, n_boot=20,
+                  seed=0)
     assert law.identified, law.problems
     coef = law.coefficients
     for name in ("beta", "gamma", "beta_k", "gamma_k"):
@@ -106,8 +107,8 @@ def test_loss_form_recovers_its_exponents_from_runs_of_known_loss():
     table = synthetic_runs().assign(loss=lambda t: 1.2 + 40 * t["N"] ** -0.3 + 30 * t["D"] ** -0.25)
     truth = predict(config, true, table)[0]
     noisy = truth * np.exp(np.random.default_rng(3).normal(0, 0.02, len(table)))
-    law = fit_law("passk", table.assign(pass_at_k=noisy), {"covariate": "loss", "ref": {"loss": 2.3}},
-                    n_boot=10)
+    law = fit_law("passk", table.assign(pass_at_k=noisy),
+                  {"covariate": "loss", "ref": {"loss": 2.3}}, n_boot=10)
     assert law.identified, law.problems
     assert law.coef_names == ("lnL0", "lnL0_k", "kappa", "kappa_k")
     assert law.coef == pytest.approx(true, abs=0.05)
@@ -116,7 +117,8 @@ def test_loss_form_recovers_its_exponents_from_runs_of_known_loss():
 
 def test_passk_law_is_a_law_kind_that_saves_and_loads(tmp_path):
     table = synthetic_runs().assign(flops=lambda t: 6 * t["N"] * t["D"])
-    law = fit_law("passk", table, {"covariate": "compute", "floor": True}, n_boot=5, progressive=False)
+    law = fit_law("passk", table, {"covariate": "compute", "floor": True}, n_boot=5,
+                  progressive=False)
     assert law.coef_names == ("lnE0", "lnE0_k", "lnC0", "lnC0_k", "alpha", "alpha_k")
     loaded = load_law(save_law(law, tmp_path / "passk.json"))
     assert loaded.kind == KIND.name == "passk" and loaded.config == law.config
