@@ -51,16 +51,24 @@ PASSK_COLUMNS = ("k", "pass_at_k", "majority_vote", "prompt_tokens", "mean_compl
 """Columns ``passk_table`` adds to the run table's (one row per run and k)."""
 
 
+def passk_results(study: optuna.Study) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+    """Every COMPLETE trial that measured pass@k, by trial number: (its run-table row, its
+    ``RunResult.passk``: per-problem pass counts, pass@k, settings and cost)."""
+    out = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run = trial_row(trial, study.study_name)
+        passk = trial.user_attrs[RESULT_ATTR].get("passk") if run else None
+        if passk is not None:
+            out[trial.number] = (run, passk)
+    return out
+
+
 def passk_table(study: optuna.Study) -> pd.DataFrame:
     """The COMPLETE trials that measured pass@k, one row per (run, k): the run table's columns
     (search/table.py) plus PASSK_COLUMNS. Runs that solved no problem (pass@k = 0 at every k:
     below what their samples resolve) are left out and counted in ``attrs["unsolved_runs"]``."""
     rows, unsolved = [], 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        run = trial_row(trial, study.study_name)
-        passk = trial.user_attrs[RESULT_ATTR].get("passk") if run else None
-        if passk is None:
-            continue
+    for run, passk in passk_results(study).values():
         if not any(passk["correct"]):
             unsolved += 1
             continue

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import Law, fit_law, load_table, save_law
 from archscale.laws import intervals as interval_lib
+from archscale.laws.passk import fit_beta, fit_power
 from archscale.laws.table import scale_labels, scale_order
 from archscale.search.recommend import SearchSpace, save_recommendation
 from archscale.search.study import StudyHandle
@@ -32,12 +33,14 @@ from archscale.search.substitute import (
     Substitution,
     candidate_shapes,
     cost_curves,
+    passk_results,
     passk_table,
     predict_pass,
     substitute,
 )
 from archscale.search.table import trials_table
 from archscale.search.throughput_models import MeasureSettings, ThroughputModel
+from archscale.sweeps.passk import pass_at_k
 
 CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """The k drawn as curves in the figure (those up to max_k)."""
@@ -148,6 +151,51 @@ def heldout_chain(runs: pd.DataFrame, run_table: pd.DataFrame, loss_options: dic
                     upper)}
 
 
+def coverage_forecast(correct: Sequence[int], n: int, n_fit: int, seed: int = 0
+                      ) -> dict[str, Any]:
+    """One run's coverage laws held out in k (Schaeffer et al.'s test): keep ``n_fit`` of each
+    problem's ``n`` samples (drawn without replacement, seeded: a hypergeometric share of its
+    passing ones), fit Brown et al.'s power law to pass@1..n_fit of those and the Beta law to
+    their counts, and forecast pass@k for k = n_fit + 1..n, which Chen's estimator on all n
+    samples measures. Returns the forecast k, the measured pass@k, and per form its forecast and
+    mean relative error."""
+    correct = np.asarray(correct, dtype=np.int64)
+    if not 2 <= n_fit < n:
+        raise ArchscaleError(f"a coverage forecast from {n_fit} of {n} samples needs "
+                             "2 <= n_fit < n")
+    kept = np.random.default_rng(seed).hypergeometric(correct, n - correct, n_fit)
+    fit_k, ks = np.arange(1, n_fit + 1), np.arange(n_fit + 1, n + 1)
+    measured = np.array([np.mean(pass_at_k(n, correct, k)) for k in ks])
+    early = np.array([np.mean(pass_at_k(n_fit, kept, k)) for k in fit_k])
+    out: dict[str, Any] = {"n_fit": n_fit, "k": ks.tolist(), "measured": measured.tolist()}
+    for form, law in (("power", fit_power(fit_k, early)), ("beta", fit_beta(kept, n_fit))):
+        forecast = law.pass_at_k(ks)
+        out[form] = {"forecast": forecast.tolist(),
+                     "mean_relative_error": float(np.mean(np.abs(forecast / measured - 1)))}
+    return out
+
+
+def forecasts(handle: StudyHandle, fraction: float = 0.25, seed: int = 0) -> dict[str, Any]:
+    """``coverage_forecast`` of every run of the study that measured pass@k, from ``fraction`` of
+    its samples; the median error of each form over the runs (a run whose kept samples solve
+    too little to fit is counted, not scored)."""
+    errors: dict[str, list[float]] = {"power": [], "beta": []}
+    skipped, n_fit, n = 0, 0, 0
+    for _, passk in passk_results(handle.study).values():
+        n = int(passk["settings"]["samples"])
+        n_fit = max(2, round(fraction * n))
+        try:
+            check = coverage_forecast(passk["correct"], n, n_fit, seed)
+        except ArchscaleError:
+            skipped += 1
+            continue
+        for form in errors:
+            errors[form].append(check[form]["mean_relative_error"])
+    return {"n_fit": n_fit, "n": n, "n_runs": len(errors["beta"]), "skipped_runs": skipped,
+            **{f"{form}_median_relative_error": float(np.median(e)) if e else None
+               for form, e in errors.items()}}
+
+
 def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, seed: int = 0,
                   covariate: str = "loss") -> Law:
     """The pass@k law of a study's ``passk_table`` (the ``covariate`` form; the loss form
@@ -215,6 +263,7 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
     run_table = load_table(trials_table(handle.study))
     return sub, {"n_runs": int(runs["trial_id"].nunique()),
                  "unsolved_runs": int(runs.attrs.get("unsolved_runs", 0)),
+                 "coverage_forecast": forecasts(handle, seed=seed),
                  "passk_law": heldout_by_k(law, runs),
                  "end_to_end": heldout_chain(runs, run_table, loss_law.config, law, n_boot, seed)}
 
@@ -227,8 +276,8 @@ def check_summary(held: dict[str, Any]) -> dict[str, Any]:
     """The held-out checks' figures, over all k and at every k (summary.json's
     ``substitution_check``)."""
     keys = ("rule", "n", "mean_relative_error", "coverage_90", "loss_mean_relative_error", "by_k")
-    return {"n_runs": held["n_runs"], **{name: {k: held[name].get(k) for k in keys}
-                                         for name in ("passk_law", "end_to_end")}}
+    return {"n_runs": held["n_runs"], "coverage_forecast": held["coverage_forecast"],
+            **{name: {k: held[name].get(k) for k in keys} for name in ("passk_law", "end_to_end")}}
 
 
 def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) -> list[str]:
@@ -256,6 +305,15 @@ def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) ->
                      f"{_percent(check['mean_relative_error'])} over k = 1..{sub.ks[-1]} (worst "
                      f"{_percent(worst['mean_relative_error'])} at k = {worst['k']}), 90% "
                      f"intervals cover {_percent(check['coverage_90'])} of {check['n']} (run, k).")
+    forecast = held["coverage_forecast"]
+    if forecast["n_runs"]:
+        lines.append(
+            f"- Each run's coverage curve, held out in k: fitted on {forecast['n_fit']} of its "
+            f"{forecast['n']} samples per problem, forecasting pass@{forecast['n_fit'] + 1}.."
+            f"{forecast['n']}: the Beta law (Schaeffer et al.) misses by "
+            f"{_percent(forecast['beta_median_relative_error'])}, the power law (Brown et al.) "
+            f"by {_percent(forecast['power_median_relative_error'])} (medians over "
+            f"{forecast['n_runs']} runs).")
     lines += ["", "| N | k | pass@k [90%] | training FLOPs | inference FLOPs | total FLOPs |",
               "|---|---|---|---|---|---|"]
     for point in sub.points:

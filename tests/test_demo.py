@@ -179,6 +179,12 @@ def test_demo_answers_whether_sampling_substitutes_for_parameters(passk_demo):
     # the held-out checks predicted those 4 runs at every k = 1..16
     check = summary["substitution_check"]
     assert check["n_runs"] == 12
+    # each run's coverage laws, fitted on 4 of its 16 samples, forecast pass@5..16
+    forecast = check["coverage_forecast"]
+    assert (forecast["n_fit"], forecast["n"]) == (4, 16)
+    assert forecast["n_runs"] + forecast["skipped_runs"] == 12 and forecast["n_runs"] >= 6
+    assert 0 < forecast["beta_median_relative_error"] < 1
+    assert 0 < forecast["power_median_relative_error"] < 1
     for name_ in ("passk_law", "end_to_end"):
         assert check[name_]["n"] == 4 * 16
         assert 0 <= check[name_]["coverage_90"] <= 1 and check[name_]["mean_relative_error"] > 0

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
 from archscale.laws import conditional, save_law, spec_table
 from archscale.laws.intervals import ErrorModel
@@ -186,3 +187,27 @@ def test_a_law_of_the_loss_carries_the_loss_interval_into_pass_at_k():
     assert high[0] == pytest.approx(np.exp(-y * np.exp(-np.hypot(own, kappa * np.log(2.2 / 2.1)))))
     assert low[0] < own_low[0] < predicted[0] < own_high[0] < high[0]
     assert (low[1], high[1]) == pytest.approx((own_low[1], own_high[1]))  # no loss interval
+
+
+def test_coverage_forecast_holds_out_the_larger_k():
+    """Problems with pass@1 ~ Beta(0.3, 3), 32 samples each: from 8 of them (a hypergeometric
+    share of each problem's passing samples) the Beta law forecasts pass@9..32 within 4% of the
+    population's E[1 - (1 - p)^k], and the measured curve it is scored on is Chen's on all 32."""
+    from scipy.special import betaln
+
+    from archscale.search.substitution_report import coverage_forecast
+    from archscale.sweeps.passk import pass_at_k
+
+    rng = np.random.default_rng(0)
+    correct = rng.binomial(32, rng.beta(0.3, 3.0, 4000))
+    check = coverage_forecast(correct, 32, 8, seed=1)
+    ks = np.arange(9, 33)
+    assert check["k"] == ks.tolist() and check["n_fit"] == 8
+    assert check["measured"] == pytest.approx([np.mean(pass_at_k(32, correct, k)) for k in ks])
+    truth = 1 - np.exp(betaln(0.3, 3.0 + ks) - betaln(0.3, 3.0))
+    assert np.abs(np.array(check["beta"]["forecast"]) / truth - 1).max() < 0.04
+    for form in ("beta", "power"):
+        errors = np.abs(np.array(check[form]["forecast"]) / np.array(check["measured"]) - 1)
+        assert check[form]["mean_relative_error"] == pytest.approx(errors.mean())
+    with pytest.raises(ArchscaleError, match="2 <= n_fit < n"):
+        coverage_forecast(correct, 32, 32)
