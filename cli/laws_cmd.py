@@ -210,6 +210,20 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
     typer.echo(line)
 
 
+def _parse_ks(text: str | None) -> list[int] | None:
+    """--k 1,8,32 -> [1, 8, 32]; one error for anything but positive integers."""
+    if text is None:
+        return None
+    try:
+        ks = [int(part) for part in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise ArchscaleError(f"--k {text!r}: give positive integers separated by commas, e.g. "
+                             "1,8,32")
+    return ks
+
+
 def _predict_compute(law: Law, compute: float, as_json: bool) -> None:
     from archscale.laws.query import compute_optimal_allocation
 
@@ -229,7 +243,10 @@ def predict(
     law_file: Annotated[Path, typer.Argument(help="A law.json written by `archscale fit`.")],
     spec: Annotated[str | None, typer.Option(help="Preset name or spec JSON file.")] = None,
     tokens: Annotated[float | None, typer.Option(help="Training tokens D.")] = None,
-    loss: Annotated[float | None, typer.Option(help="Validation loss (accuracy laws).")] = None,
+    loss: Annotated[float | None, typer.Option(
+        help="Validation loss (accuracy laws, passk laws of the loss).")] = None,
+    k: Annotated[str | None, typer.Option(
+        "--k", help="passk laws: samples per request, e.g. 1,8,32 (one prediction each).")] = None,
     csv: Annotated[Path | None, typer.Option(
         help="Score every row of a run table CSV (with --out).")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -260,17 +277,22 @@ def predict(
         _predict_csv(law, csv, out, columns, level)
         return
     table, notes = query_row(law, None if spec is None else load_spec(spec), tokens, loss, batch,
-                             context)
+                             context, _parse_ks(k))
     for note in notes:
         typer.echo(f"note: {note}")
-    values = {k: float(v[0]) for k, v in score(law, table, level).items()}
+    scored = score(law, table, level)
+    rows = [{name: float(v[i]) for name, v in scored.items()} for i in range(len(table))]
+    if "k" in table.columns:
+        rows = [{"k": int(n), **row} for n, row in zip(table["k"], rows, strict=True)]
     if as_json:
-        typer.echo(json.dumps({"target": law.target, "identified": law.identified,
-                               "level": level, **values}))
+        head = {"target": law.target, "identified": law.identified, "level": level}
+        typer.echo(json.dumps({**head, **rows[0]} if len(rows) == 1 else {**head, "rows": rows}))
         return
-    shown = (f"{law.target}: {values['prediction']:.6g}  ({level:.0%} prediction interval "
-             f"{values['lower']:.6g} - {values['upper']:.6g}")
-    if "mean_lower" in values:
-        shown += f"; 95% interval of the law's mean {values['mean_lower']:.6g} - " \
-                 f"{values['mean_upper']:.6g}"
-    typer.echo(shown + ")")
+    for row in rows:
+        at_k = "" if "k" not in row else f" (k = {row['k']})"
+        shown = (f"{law.target}{at_k}: {row['prediction']:.6g}  ({level:.0%} prediction interval "
+                 f"{row['lower']:.6g} - {row['upper']:.6g}")
+        if "mean_lower" in row:
+            shown += f"; 95% interval of the law's mean {row['mean_lower']:.6g} - " \
+                     f"{row['mean_upper']:.6g}"
+        typer.echo(shown + ")")

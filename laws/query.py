@@ -6,6 +6,7 @@ a table scored with intervals, and Chinchilla's compute-optimal allocation with 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,20 +26,34 @@ NEEDS_TOKENS = ("chinchilla", "conditional")
 """Kinds that also read the training tokens D."""
 NEEDS_LOSS = ("accuracy",)
 """Kinds that read a validation loss."""
+NEEDS_K = ("passk",)
+"""Kinds that read the samples per request k (one row per k); a passk law reads a loss or a
+shape and tokens, as its covariate says."""
+
+
+def _needs(law: Law) -> tuple[bool, bool, bool]:
+    """Whether ``law`` reads (a shape, the training tokens, a loss)."""
+    if law.kind == "passk":
+        by_loss = law.config["covariate"] == "loss"
+        return not by_loss, not by_loss, by_loss
+    return law.kind in NEEDS_SHAPE, law.kind in NEEDS_TOKENS, law.kind in NEEDS_LOSS
 
 
 def query_row(law: Law, spec: ArchSpec | None = None, tokens: float | None = None,
-              loss: float | None = None, batch: int | None = None, context: int | None = None
-              ) -> tuple[pd.DataFrame, list[str]]:
-    """The one-row table ``law`` reads for a shape (and tokens) or a loss, and notes on how N was
-    counted; one error naming what is missing."""
-    if law.kind in NEEDS_SHAPE and spec is None:
+              loss: float | None = None, batch: int | None = None, context: int | None = None,
+              k: Sequence[int] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The table ``law`` reads for a shape (and tokens) or a loss, one row (one per ``k`` for a
+    pass@k law), and notes on how N was counted; one error naming what is missing."""
+    shape, training_tokens, validation_loss = _needs(law)
+    if shape and spec is None:
         raise ArchscaleError(f"a {law.kind} law needs a shape (--spec: a preset or spec JSON), "
                              "or a table of runs (--csv)")
-    if law.kind in NEEDS_TOKENS and not (tokens and tokens > 0):
+    if training_tokens and not (tokens and tokens > 0):
         raise ArchscaleError(f"a {law.kind} law needs the training tokens (--tokens, e.g. 1e11)")
-    if law.kind in NEEDS_LOSS and loss is None:
+    if validation_loss and loss is None:
         raise ArchscaleError(f"a {law.kind} law needs a validation loss (--loss)")
+    if law.kind in NEEDS_K and not k:
+        raise ArchscaleError(f"a {law.kind} law needs the samples per request (--k, e.g. 1,8,32)")
     row: dict[str, Any] = {}
     notes = []
     if spec is not None:
@@ -50,7 +65,7 @@ def query_row(law: Law, spec: ArchSpec | None = None, tokens: float | None = Non
                          "non-embedding) is used as N")
     if loss is not None:
         row["loss"] = loss
-    return as_table(row), notes
+    return as_table([{**row, "k": int(n)} for n in k] if k else row), notes
 
 
 def score(law: Law, table: pd.DataFrame, level: float = DEFAULT_LEVEL) -> dict[str, np.ndarray]:

@@ -208,3 +208,35 @@ def test_neglog_interval_and_clustered_scatter_by_hand():
         np.sqrt(np.sum(ln_y_error**2) / 6))
     assert intervals.in_sample_scatter(fitted, measured, 2, "neglog") == pytest.approx(
         np.sqrt(np.sum(ln_y_error**2) / 10))
+
+
+def test_predict_command_answers_a_passk_law_at_each_k(tmp_path):
+    """`archscale predict LAW --loss L --k 1,32`: one prediction per k, the form's formula at the
+    saved coefficients, inside its 90% interval; a law of N and D asks for a shape instead."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from archscale.cli.main import app
+
+    table = synthetic_runs().assign(loss=lambda t: 1.2 + 40 * t["N"] ** -0.3 + 30 * t["D"] ** -0.25)
+    law = fit_law("passk", table.assign(pass_at_k=np.exp(-np.exp(1.2) * (table["loss"] / 2.3) ** 2.7
+                                                           * table["k"] ** -0.3)),
+                  {"covariate": "loss", "ref": {"loss": 2.3}}, n_boot=10)
+    path = save_law(law, tmp_path / "passk.json")
+    result = CliRunner().invoke(app, ["predict", str(path), "--loss", "2.2", "--k", "1,32",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    c = law.coefficients
+    for row, k in zip(rows, (1, 32), strict=True):
+        y = np.exp(c["lnL0"] + c["lnL0_k"] * np.log(k)) * (2.2 / 2.3) ** (
+            c["kappa"] + c["kappa_k"] * np.log(k))
+        assert row["k"] == k and row["prediction"] == pytest.approx(np.exp(-y))
+        assert row["lower"] < row["prediction"] < row["upper"]
+    missing = CliRunner().invoke(app, ["predict", str(path), "--loss", "2.2"])
+    assert "needs the samples per request (--k" in str(missing.exception)
+    nd = save_law(fit_law("passk", table, {"covariate": "nd"}, n_boot=0, progressive=False),
+                  tmp_path / "nd.json")
+    missing = CliRunner().invoke(app, ["predict", str(nd), "--k", "1"])
+    assert "needs a shape (--spec" in str(missing.exception)
