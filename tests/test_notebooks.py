@@ -151,6 +151,7 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
+    from archscale.search.substitution_report import coverage_forecast
     from archscale.sweeps.passk import pass_at_k
 
     notebook = execute("03_test_time_compute.ipynb", passk_study, tmp_path, monkeypatch)
@@ -170,6 +171,12 @@ def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
     for run in summary["coverage"]:
         assert_finite([run["power b"], run["beta alpha"]])
         assert run["power b"] > 0 and run["beta alpha"] > 0
+        # held out in k: both laws refitted on 4 of the 16 samples, scored on pass@5..16
+        passk = trials[int(run["trial_id"])].user_attrs["result"]["passk"]
+        forecast = coverage_forecast(passk["correct"], 16, 4)
+        assert run["power forecast error"] == pytest.approx(
+            forecast["power"]["mean_relative_error"])
+        assert run["beta forecast error"] == pytest.approx(forecast["beta"]["mean_relative_error"])
 
     # the pass@k laws predicted the 4 runs of the largest scale at every k, with intervals
     held, chain = summary["heldout"], summary["heldout_chain"]
