@@ -239,12 +239,16 @@ def answer_substitution(handle: StudyHandle, table: pd.DataFrame, laws: dict[str
     largest = float(sweep.grid.scales[-1])
     space = search_space(sweep, table, largest, float(budget_for(sweep, largest).tokens),
                          handle.vocab_size)
-    return substitution_section(
-        handle, laws["conditional"], throughput_from_law(laws["throughput"]), space,
-        options.out / "substitution", tokens_per_param=float(sweep.budget.tokens_per_param),
-        target_k=min(options.target_k, sweep.passk_settings.k_max),
-        n_boot=min(options.n_boot, 100), seed=options.seed, batch=sweep.throughput.batch,
-        context=sweep.tp_context)
+    try:
+        return substitution_section(
+            handle, laws["conditional"], throughput_from_law(laws["throughput"]), space,
+            options.out / "substitution", tokens_per_param=float(sweep.budget.tokens_per_param),
+            target_k=min(options.target_k, sweep.passk_settings.k_max),
+            n_boot=min(options.n_boot, 100), seed=options.seed, batch=sweep.throughput.batch,
+            context=sweep.tp_context)
+    except ArchscaleError as err:  # the rest of the report stands without this section
+        echo(f"      substitution skipped: {err}")
+        return None
 
 
 def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:

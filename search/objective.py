@@ -43,7 +43,7 @@ from archscale.search.recovery import (
 )
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
-from archscale.sweeps.passk import run_passk, weights_folder
+from archscale.sweeps.passk import PasskSettings, run_passk, weights_folder
 from archscale.sweeps.results import RunResult
 from archscale.sweeps.tasks import default_task_path
 from archscale.sweeps.throughput import measure_throughput
@@ -113,10 +113,22 @@ class TrialRunner:
                            checkpoint_dir=checkpoint_dir, report=self._reporter(trial, beat),
                            task=task, progress=self.progress, mesh=sweep.mesh)
             if result.status == "complete" and passk is not None:
-                result = result.replace(passk=run_passk(result, checkpoint_dir, self.data, passk))
+                result = result.replace(passk=self._passk(trial, result, checkpoint_dir, passk))
         if result.status == "complete" and sweep.throughput.enabled:
             result = result.replace(throughput=self._throughput(trial, planned))
         return self._finish(trial, planned, result)
+
+    def _passk(self, trial: optuna.Trial, result: RunResult, checkpoint_dir: Path | None,
+               settings: PasskSettings) -> dict[str, Any]:
+        """The run's pass@k; if sampling fails after training, the trained run is kept and its
+        pass@k says why it is missing (passk_table leaves it out), rather than the whole run
+        being lost to a retry."""
+        try:
+            return run_passk(result, checkpoint_dir, self.data, settings)
+        except ArchscaleError as err:
+            _log.warning("trial %d: pass@k failed after training, the run is kept without it: %s",
+                         trial.number, err)
+            return {"error": str(err)}
 
     def _throughput(self, trial: optuna.Trial, planned: PlannedRun) -> dict[str, Any]:
         """The shape's throughput: measured now, or taken from the COMPLETE trial that measured

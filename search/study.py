@@ -125,11 +125,14 @@ def _handle(storage: BaseStorage, url: str, name: str) -> StudyHandle:
 
 
 def _validate(sweep: SweepFile) -> tuple[TokenData, list[PlannedRun]]:
-    """Everything that can be checked before a study exists: data, shapes, search space."""
+    """Everything that can be checked before a study exists: data, shapes, search space, the
+    pass@k task."""
     if sweep.task is not None and sweep.task != "default" and not Path(sweep.task).is_file():
         raise ArchscaleError(f"task: {sweep.task} is not a file: give a .jsonl task, 'default' "
                              "or null")
     make_sampler(sweep)  # e.g. gp without torch
+    if sweep.passk_settings is not None:  # its task and context, before any run trains
+        sweep.passk_settings.check(sweep.seq_len)
     data = load_data(sweep.corpus, sweep.tokenizer)
     if sweep.grid is not None:
         return data, plan_grid(sweep, data.vocab_size)

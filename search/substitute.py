@@ -53,12 +53,13 @@ PASSK_COLUMNS = ("k", "pass_at_k", "majority_vote", "prompt_tokens", "mean_compl
 
 def passk_results(study: optuna.Study) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
     """Every COMPLETE trial that measured pass@k, by trial number: (its run-table row, its
-    ``RunResult.passk``: per-problem pass counts, pass@k, settings and cost)."""
+    ``RunResult.passk``: per-problem pass counts, pass@k, settings and cost). A run whose
+    sampling failed after training (``{"error": ...}``) has no pass@k and is not listed."""
     out = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         run = trial_row(trial, study.study_name)
         passk = trial.user_attrs[RESULT_ATTR].get("passk") if run else None
-        if passk is not None:
+        if passk is not None and "error" not in passk:
             out[trial.number] = (run, passk)
     return out
 

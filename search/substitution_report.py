@@ -203,8 +203,11 @@ def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, se
     substitute`` defaults to: the task's prompt and mean completion tokens and the study's
     tokens per parameter."""
     if runs.empty:
-        raise ArchscaleError(f"study {handle.name!r} has no complete runs with pass@k: add a "
-                             "passk: key to its sweep file and run it")
+        unsolved = runs.attrs.get("unsolved_runs", 0)
+        raise ArchscaleError(
+            f"study {handle.name!r} has no complete runs with pass@k"
+            + (f" ({unsolved} sampled run(s) solved no problem: use an easier task or larger "
+               "models)" if unsolved else ": add a passk: key to its sweep file and run it"))
     return fit_law("passk", runs, {"covariate": covariate}, n_boot=n_boot, seed=seed, provenance={
         "source": "study", "study": handle.name, "storage": handle.shown_url,
         "unsolved_runs": runs.attrs.get("unsolved_runs", 0),

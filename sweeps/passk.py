@@ -223,6 +223,23 @@ class PasskSettings:
             return build_verse_task(self.task, self.problems)
         return load_gen_task(self.task)[:self.problems]
 
+    def prompt_length(self, seq_len: int) -> int:
+        """Tokens of prompt a model of context ``seq_len`` is given, leaving room for the
+        completion; one error where none is left."""
+        length = self.prompt_tokens or seq_len - self.sampling.max_new_tokens
+        if length < 1:
+            raise ArchscaleError(f"pass@k: {self.sampling.max_new_tokens} new tokens leave no room "
+                                 f"for a prompt in the trained context {seq_len}: lower "
+                                 "max_new_tokens")
+        return length
+
+    def check(self, seq_len: int) -> None:
+        """What would fail after training, refused before it: a task that does not load or has
+        no problems, or a context with no room for a prompt."""
+        if not self.examples():
+            raise ArchscaleError(f"pass@k: the task {self.task!r} has no problems")
+        self.prompt_length(seq_len)
+
 
 def _groups(tokenizer: Tokenizer, examples: Sequence[GenExample],
             length: int) -> dict[int, list[int]]:
@@ -240,10 +257,7 @@ def evaluate_passk(model: Transformer, tokenizer: Tokenizer, examples: Sequence[
     draw = settings.sampling
     if not examples:
         raise ArchscaleError("pass@k: the task has no problems")
-    length = settings.prompt_tokens or model.spec.seq_len - draw.max_new_tokens
-    if length < 1:
-        raise ArchscaleError(f"pass@k: {draw.max_new_tokens} new tokens leave no room for a prompt "
-                             f"in the trained context {model.spec.seq_len}: lower max_new_tokens")
+    length = settings.prompt_length(model.spec.seq_len)
     correct = np.zeros(len(examples), dtype=np.int64)
     majority = np.zeros(len(examples), dtype=bool)
     seconds = compile_seconds = 0.0

@@ -86,8 +86,8 @@ class RunResult:
     """Bytes of parameters and optimizer state held by the fullest device (the arrays'
     addressable shards); about 1/F of their total with fsdp=F."""
     passk: dict[str, Any] | None = None
-    """pass@k of sampled completions on a verifiable task, with its cost (sweeps.passk), or
-    None."""
+    """pass@k of sampled completions on a verifiable task, with its cost (sweeps.passk);
+    ``{"error": message}`` where sampling failed after training; None when not sampled."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -199,3 +199,53 @@ def test_evaluate_passk_counts_what_the_verifier_accepts(model):
     assert out["pass_at_k"] == [0.5, 0.5, 0.5] and out["majority_vote"] == 0.5
     assert out["k"] == [1, 2, 3] and out["prompt_tokens"] == 12
     assert out["tokens_generated"] == 16 * 5 and out["mean_completion_tokens"] == 5
+
+
+def test_a_passk_task_that_would_fail_after_training_is_refused_before(tmp_path):
+    """A context with no room for a prompt, or a task file with a bad line, would fail every run
+    after its training: create_study refuses them before the storage is opened."""
+    from archscale.search.study import create_study
+    from archscale.search.sweepfile import SweepFile
+
+    base = {"name": "p", "seq_len": 32, "budget": {"tokens_per_param": 5},
+            "shape": {"head_dim": 4, "d_model_multiple": 4, "d_ff_multiple": 4},
+            "grid": {"scales": [6e3], "d_over_sqrt_n": [0.16], "r": [1.0]}}
+    url = str(tmp_path / "study.journal")
+    with pytest.raises(ArchscaleError, match="32 new tokens leave no room for a prompt in the "
+                                             "trained context 32"):
+        create_study(SweepFile.model_validate({**base, "passk": {"max_new_tokens": 32}}), url)
+    task = tmp_path / "task.jsonl"
+    task.write_text('{"prompt": "to be", "reference": "or"}\n{"prompt": ""}\n')
+    with pytest.raises(ArchscaleError, match=r"task.jsonl:2: 'prompt' and 'reference' must be"):
+        create_study(SweepFile.model_validate({**base, "passk": {"task": str(task)}}), url)
+    assert not (tmp_path / "study.journal").exists()
+
+
+def test_a_run_whose_sampling_fails_after_training_is_kept(tmp_path, monkeypatch):
+    """pass@k failing after training (here: made to fail) leaves the trained run COMPLETE with
+    its loss, and its pass@k says why it is missing; passk_table leaves it out."""
+    import archscale.search.objective as objective
+    from archscale.search.study import create_study
+    from archscale.search.substitute import passk_results, passk_table
+    from archscale.search.table import trials_table
+    from archscale.search.worker import WorkerOptions, run_study
+
+    def fail(*args, **kwargs):
+        raise ArchscaleError("pass@k: the newest checkpoint is of step 3, not the run's last")
+
+    monkeypatch.setattr(objective, "run_passk", fail)
+    sweep = parse_sweep({"name": "p", "seq_len": 32, "budget": {"tokens_per_param": 2},
+                         "shape": {"head_dim": 4, "d_model_multiple": 4, "d_ff_multiple": 4},
+                         "throughput": {"enabled": False},
+                         "grid": {"scales": [6e3], "d_over_sqrt_n": [0.16], "r": [1.0]},
+                         "passk": {"problems": 8, "samples": 2, "k_max": 2}})
+    url = str(tmp_path / "study.journal")
+    handle = create_study(sweep, url)
+    run_study("p", url, options=WorkerOptions(progress=False))
+    table = trials_table(handle.study)
+    assert len(table) == 1 and table["status"].tolist() == ["complete"]
+    assert 2.0 < table["loss"].iloc[0] < 6.0
+    result = handle.study.trials[0].user_attrs["result"]
+    assert result["passk"] == {"error": "pass@k: the newest checkpoint is of step 3, not the "
+                                        "run's last"}
+    assert passk_results(handle.study) == {} and passk_table(handle.study).empty
