@@ -25,26 +25,27 @@ GROUP_COLUMNS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_
 """Columns that make two runs the same run but for the seed (the shape and its tokens)."""
 
 
-def seed_groups(table: pd.DataFrame) -> list[pd.DataFrame]:
-    """The groups of two or more complete runs that share shape and tokens (seeds differ)."""
-    missing = [c for c in (*GROUP_COLUMNS, "loss") if c not in table.columns]
+def seed_groups(table: pd.DataFrame, column: str = "loss") -> list[pd.DataFrame]:
+    """The groups of two or more complete runs that share shape and tokens (seeds differ) and
+    measured ``column``."""
+    missing = [c for c in (*GROUP_COLUMNS, column) if c not in table.columns]
     if missing:
         raise ArchscaleError(f"the noise floor needs the run table's columns {missing}: export "
                              "the study with `archscale study export`")
     rows = table
     if "status" in rows.columns:
         rows = rows[rows["status"].fillna("complete") == "complete"]
-    rows = rows[np.isfinite(rows["loss"].astype(float))]
+    rows = rows[np.isfinite(rows[column].astype(float))]
     groups = rows.groupby(list(GROUP_COLUMNS), sort=True)
     return [group for _, group in groups if len(group) >= 2]
 
 
-def noise_floor(table: pd.DataFrame) -> float:
-    """The relative run-to-run scatter of the loss (module docstring); NaN when no shape and
-    budget was trained more than once."""
+def noise_floor(table: pd.DataFrame, column: str = "loss") -> float:
+    """The relative run-to-run scatter of ``column`` (module docstring: the loss, or e.g.
+    pass@k at one k); NaN when no shape and budget was trained more than once."""
     squares, dof = 0.0, 0
-    for group in seed_groups(table):
-        loss = group["loss"].to_numpy(dtype=np.float64)
-        squares += float(np.sum((loss / loss.mean() - 1.0) ** 2))
-        dof += len(loss) - 1
+    for group in seed_groups(table, column):
+        values = group[column].to_numpy(dtype=np.float64)
+        squares += float(np.sum((values / values.mean() - 1.0) ** 2))
+        dof += len(values) - 1
     return math.sqrt(squares / dof) if dof else math.nan

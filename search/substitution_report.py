@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import Law, fit_law, load_table, save_law
 from archscale.laws import intervals as interval_lib
-from archscale.laws.passk import fit_beta, fit_power
+from archscale.laws.passk import TARGET, fit_beta, fit_power
 from archscale.laws.table import scale_labels, scale_order
+from archscale.search.noise import noise_floor, seed_groups
 from archscale.search.recommend import SearchSpace, save_recommendation
 from archscale.search.study import StudyHandle
 from archscale.search.substitute import (
@@ -196,6 +197,17 @@ def forecasts(handle: StudyHandle, fraction: float = 0.25, seed: int = 0) -> dic
                for form, e in errors.items()}}
 
 
+def passk_noise_floor(runs: pd.DataFrame) -> dict[str, Any]:
+    """The seed-to-seed scatter of pass@k at every k (search/noise.py: runs of one shape and
+    budget that differ only in their seed), the least error a law of single runs can expect;
+    ``relative`` is None where no run was repeated."""
+    ks = sorted(int(k) for k in runs["k"].unique())
+    floors = [noise_floor(runs[runs["k"] == k], TARGET) for k in ks]
+    groups = seed_groups(runs[runs["k"] == ks[0]], TARGET)
+    return {"k": ks, "relative": None if not groups else floors,
+            "n_groups": len(groups), "dof": sum(len(g) - 1 for g in groups)}
+
+
 def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, seed: int = 0,
                   covariate: str = "loss") -> Law:
     """The pass@k law of a study's ``passk_table`` (the ``covariate`` form; the loss form
@@ -266,6 +278,7 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
     run_table = load_table(trials_table(handle.study))
     return sub, {"n_runs": int(runs["trial_id"].nunique()),
                  "unsolved_runs": int(runs.attrs.get("unsolved_runs", 0)),
+                 "noise_floor": passk_noise_floor(runs),
                  "coverage_forecast": forecasts(handle, seed=seed),
                  "passk_law": heldout_by_k(law, runs),
                  "end_to_end": heldout_chain(runs, run_table, loss_law.config, law, n_boot, seed)}
@@ -280,6 +293,7 @@ def check_summary(held: dict[str, Any]) -> dict[str, Any]:
     ``substitution_check``)."""
     keys = ("rule", "n", "mean_relative_error", "coverage_90", "loss_mean_relative_error", "by_k")
     return {"n_runs": held["n_runs"], "coverage_forecast": held["coverage_forecast"],
+            "noise_floor": held["noise_floor"],
             **{name: {k: held[name].get(k) for k in keys} for name in ("passk_law", "end_to_end")}}
 
 
@@ -308,6 +322,14 @@ def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) ->
                      f"{_percent(check['mean_relative_error'])} over k = 1..{sub.ks[-1]} (worst "
                      f"{_percent(worst['mean_relative_error'])} at k = {worst['k']}), 90% "
                      f"intervals cover {_percent(check['coverage_90'])} of {check['n']} (run, k).")
+    floor = held["noise_floor"]
+    if floor["relative"] is not None:
+        at = dict(zip(floor["k"], floor["relative"], strict=True))
+        lines.append(
+            f"- Seed-to-seed scatter of pass@k ({floor['n_groups']} shape(s) trained with other "
+            f"seeds, {floor['dof']} degree(s) of freedom): {_percent(at[floor['k'][0]])} at "
+            f"k = {floor['k'][0]}, {_percent(at[floor['k'][-1]])} at k = {floor['k'][-1]}; no "
+            "law can be expected to predict one run closer than that.")
     forecast = held["coverage_forecast"]
     if forecast["n_runs"]:
         lines.append(

@@ -179,6 +179,7 @@ def test_demo_answers_whether_sampling_substitutes_for_parameters(passk_demo):
     # the held-out checks predicted those 4 runs at every k = 1..16
     check = summary["substitution_check"]
     assert check["n_runs"] == 12
+    assert check["noise_floor"]["relative"] is None  # no run of this study was repeated
     # each run's coverage laws, fitted on 4 of its 16 samples, forecast pass@5..16
     forecast = check["coverage_forecast"]
     assert (forecast["n_fit"], forecast["n"]) == (4, 16)

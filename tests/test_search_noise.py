@@ -36,3 +36,19 @@ def test_no_repeats_no_floor_and_missing_columns_are_named():
     assert math.isnan(noise_floor(table))
     with pytest.raises(ArchscaleError, match="'D'"):
         noise_floor(table.drop(columns="D"))
+
+
+def test_pass_at_k_scatter_at_each_k_by_hand():
+    """pass@k of one shape trained with 3 seeds: the pooled relative scatter at each k, as for the
+    loss (2 degrees of freedom); a table without repeats has none."""
+    from archscale.search.substitution_report import passk_noise_floor
+
+    measured = {1: [0.04, 0.02, 0.06], 8: [0.30, 0.27, 0.33]}
+    table = pd.DataFrame([{**row(SHAPE_A, 1000, 2.0 + seed / 100, seed), "k": k,
+                           "pass_at_k": values[seed]}
+                          for k, values in measured.items() for seed in range(3)])
+    floor = passk_noise_floor(table)
+    assert floor["k"] == [1, 8] and (floor["n_groups"], floor["dof"]) == (1, 2)
+    # k = 1: mean 0.04, deviations -50%, 0, +50%; k = 8: mean 0.30, -10%, 0, +10%
+    assert floor["relative"] == pytest.approx([math.sqrt(0.5 / 2), math.sqrt(0.02 / 2)])
+    assert passk_noise_floor(table[table["seed"] == 0])["relative"] is None
