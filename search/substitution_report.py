@@ -244,10 +244,11 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
     Defaults: ``target_pass`` the mean measured pass@``target_k`` of the largest trained scale
     (what its models give with that many samples); ``requests`` the demand at which serving the
     largest candidate at k = 1 costs as much as training it; ``params`` the trained scales (their
-    median N) and 2x and 4x the largest. Returns (the answer, whose ``summary()`` is summary.json's list of
-    points {"params", "k", "predicted_pass_at_k", "interval_90", "total_cost_flops"}, the held-out
-    checks at every k: {"passk_law": ``heldout_by_k`` (the runs' measured loss in),
-    "end_to_end": ``heldout_chain`` (their loss predicted too)}).
+    median N) and 2x and 4x the largest. Returns (the answer, whose ``summary()`` is
+    summary.json's list of points {"params", "k", "predicted_pass_at_k", "interval_90",
+    "total_cost_flops"}; the checks: {"passk_law": ``heldout_by_k`` (the runs' measured loss
+    in), "end_to_end": ``heldout_chain`` (their loss predicted too), "coverage_forecast":
+    ``forecasts``, "noise_floor": ``passk_noise_floor``, "n_runs", "unsolved_runs"}).
     """
     runs = passk_table(handle.study)
     law = fit_study_law(handle, runs, n_boot, seed, covariate)
