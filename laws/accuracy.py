@@ -17,6 +17,7 @@ from scipy.special import expit
 
 from archscale.arch.errors import ArchscaleError
 from archscale.laws.bootstrap import refit_each
+from archscale.laws.diagnostics import Problem
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.table import positive_values
 
@@ -78,6 +79,12 @@ def predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) -
     return sigmoid(coef_SxP, loss)
 
 
+def problems(config: dict[str, Any], coef: dict[str, float], table: pd.DataFrame) -> list[Problem]:
+    """Accuracy must fall as the loss rises; a fit where it does not saw too little loss."""
+    return [Problem("wrong_sign", f"accuracy rises with loss (k = {coef['k']:.3g}): the runs span "
+                    "too little loss; add runs at other sizes")] if coef["k"] >= 0 else []
+
+
 KIND = LawKind(name="accuracy", configure=configure, target=lambda config: config["target"],
                n_params=lambda config: 4, min_scales=1, fit=fit, bootstrap=bootstrap,
-               predict=predict, axes=("loss",), space="absolute")
+               predict=predict, axes=("loss",), space="absolute", problems=problems)

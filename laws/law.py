@@ -228,9 +228,6 @@ def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
                      if kind.name == "chinchilla" or p.code == "E_zero"]
         problems += diagnostics.vanished_problems(coef, table["N"].to_numpy(dtype=float),
                                                   table["D"].to_numpy(dtype=float), loss)
-    if kind.name == "accuracy" and coef["k"] >= 0:
-        problems.append(Problem("wrong_sign", f"accuracy rises with loss (k = {coef['k']:.3g}): "
-                                "the runs span too little loss; add runs at other sizes"))
     if kind.problems is not None:
         problems += kind.problems(estimate.config, coef, table)
     problems += diagnostics.flat_directions(
@@ -339,6 +336,7 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     space = kind.space
     count_runs = None if kind.runs is None else (
         lambda rows: int(kind.runs(config, rows).max()) + 1)
+    n_runs = None if count_runs is None else count_runs(table)
     n_coef = len(estimate.coef)
     fitted = kind.predict(estimate.config, estimate.coef[None, :], table)[0]
     measured = table[target].to_numpy(dtype=float)
@@ -350,8 +348,7 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
                                        count_runs)
         checks["progressive"] = tasks
     error_model = intervals.calibrate(
-        space, intervals.in_sample_scatter(fitted, measured, n_coef, space,
-                                           None if count_runs is None else count_runs(table)),
+        space, intervals.in_sample_scatter(fitted, measured, n_coef, space, n_runs),
         intervals.fitted_ranges(table, kind.axes), validation.records(tasks, space), noise_floor,
         len(table))
 
@@ -362,8 +359,7 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     law = Law(kind=kind.name, config=estimate.config, coef_names=estimate.names,
               coef=np.asarray(estimate.coef, dtype=np.float64), coef_samples=samples,
               converged=estimate.converged, validation=checks,
-              provenance={**_provenance(table, None if count_runs is None else count_runs(table)),
-                          **dict(provenance or {})},
+              provenance={**_provenance(table, n_runs), **dict(provenance or {})},
               bootstrap=boot_info, notes=tuple(notes), problems=tuple(problems),
               error_model=error_model, n_definition=n_definition)
     if heldout_table is not None:
