@@ -80,9 +80,12 @@ def predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) -
 
 
 def problems(config: dict[str, Any], coef: dict[str, float], table: pd.DataFrame) -> list[Problem]:
-    """Accuracy must fall as the loss rises; a fit where it does not saw too little loss."""
-    return [Problem("wrong_sign", f"accuracy rises with loss (k = {coef['k']:.3g}): the runs span "
-                    "too little loss; add runs at other sizes")] if coef["k"] >= 0 else []
+    """Accuracy must fall as the loss rises: its slope a k sigma'(...) must be negative. The
+    sigmoid fits a rising curve as well with a < 0, k < 0 as with a > 0, k > 0, so the sign of
+    a k, not of k alone, says which way it goes; a fit where it rises saw too little loss."""
+    slope_sign = coef["a"] * coef["k"]
+    return [Problem("wrong_sign", f"accuracy rises with loss (a k = {slope_sign:.3g}): the runs "
+                    "span too little loss; add runs at other sizes")] if slope_sign >= 0 else []
 
 
 KIND = LawKind(name="accuracy", configure=configure, target=lambda config: config["target"],

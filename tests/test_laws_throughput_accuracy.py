@@ -87,6 +87,18 @@ def test_accuracy_sigmoid_recovered_and_monotone():
     lo, hi = law.mean_interval([{"loss": 3.5}])
     assert lo[0] < predicted[1] < hi[0]
     assert "heldout" not in law.validation  # one scale: nothing to hold out
+    assert "wrong_sign" not in [p.code for p in law.problems]
+
+
+def test_accuracy_rising_with_loss_is_named():
+    """Runs whose accuracy rises with the loss give a law that is not identified, whichever of
+    the sigmoid's two mirror forms the fit lands on (here a = -0.45, k = -2.5)."""
+    loss = np.linspace(2.5, 5.0, 25)
+    acc = sigmoid(np.array([0.45, 2.5, 3.6, 0.05]), loss)[0]
+    law = fit_law("accuracy", pd.DataFrame({"loss": loss, "val_accuracy": acc, "N": 1e8,
+                                            "D": 1e9}), n_boot=0)
+    assert law.coefficients["a"] * law.coefficients["k"] > 0
+    assert "wrong_sign" in [p.code for p in law.problems] and not law.identified
 
 
 def test_accuracy_refuses_missing_target():
