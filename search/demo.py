@@ -241,7 +241,7 @@ def answer_substitution(handle: StudyHandle, table: pd.DataFrame, laws: dict[str
                          handle.vocab_size)
     try:
         return substitution_section(
-            handle, laws["conditional"], throughput_from_law(laws["throughput"]), space,
+            handle, table, laws["conditional"], throughput_from_law(laws["throughput"]), space,
             options.out / "substitution", tokens_per_param=float(sweep.budget.tokens_per_param),
             target_k=min(options.target_k, sweep.passk_settings.k_max),
             n_boot=min(options.n_boot, 100), seed=options.seed, batch=sweep.throughput.batch,

@@ -65,11 +65,16 @@ def passk_results(study: optuna.Study) -> dict[int, tuple[dict[str, Any], dict[s
 
 
 def passk_table(study: optuna.Study) -> pd.DataFrame:
-    """The COMPLETE trials that measured pass@k, one row per (run, k): the run table's columns
-    (search/table.py) plus PASSK_COLUMNS. Runs that solved no problem (pass@k = 0 at every k:
-    below what their samples resolve) are left out and counted in ``attrs["unsolved_runs"]``."""
+    """The COMPLETE trials that measured pass@k, one row per (run, k) (``passk_rows``)."""
+    return passk_rows(passk_results(study))
+
+
+def passk_rows(results: Mapping[int, tuple[dict[str, Any], dict[str, Any]]]) -> pd.DataFrame:
+    """``passk_results``, one row per (run, k): the run table's columns (search/table.py) plus
+    PASSK_COLUMNS. Runs that solved no problem (pass@k = 0 at every k: below what their samples
+    resolve) are left out and counted in ``attrs["unsolved_runs"]``."""
     rows, unsolved = [], 0
-    for run, passk in passk_results(study).values():
+    for run, passk in results.values():
         if not any(passk["correct"]):
             unsolved += 1
             continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import Law, fit_law, load_table, save_law
+from archscale.laws import Law, fit_law, save_law
 from archscale.laws import intervals as interval_lib
 from archscale.laws.passk import TARGET, fit_beta, fit_power
 from archscale.laws.table import scale_labels, scale_order
@@ -35,11 +35,10 @@ from archscale.search.substitute import (
     candidate_shapes,
     cost_curves,
     passk_results,
-    passk_table,
+    passk_rows,
     predict_pass,
     substitute,
 )
-from archscale.search.table import trials_table
 from archscale.search.throughput_models import MeasureSettings, ThroughputModel
 from archscale.sweeps.passk import pass_at_k
 
@@ -176,13 +175,14 @@ def coverage_forecast(correct: Sequence[int], n: int, n_fit: int, seed: int = 0
     return out
 
 
-def forecasts(handle: StudyHandle, fraction: float = 0.25, seed: int = 0) -> dict[str, Any]:
-    """``coverage_forecast`` of every run of the study that measured pass@k, from ``fraction`` of
-    its samples; the median error of each form over the runs (a run whose kept samples solve
-    too little to fit is counted, not scored)."""
+def forecasts(results: Mapping[int, tuple[dict[str, Any], dict[str, Any]]],
+              fraction: float = 0.25, seed: int = 0) -> dict[str, Any]:
+    """``coverage_forecast`` of every run of ``passk_results``, from ``fraction`` of its samples;
+    the median error of each form over the runs (a run whose kept samples solve too little to
+    fit is counted, not scored)."""
     errors: dict[str, list[float]] = {"power": [], "beta": []}
     skipped, n_fit, n = 0, 0, 0
-    for _, passk in passk_results(handle.study).values():
+    for _, passk in results.values():
         n = int(passk["settings"]["samples"])
         n_fit = max(2, round(fraction * n))
         try:
@@ -228,8 +228,9 @@ def fit_study_law(handle: StudyHandle, runs: pd.DataFrame, n_boot: int = 100, se
         "sample_tokens": float(runs["mean_completion_tokens"].mean())})
 
 
-def substitution_section(handle: StudyHandle, loss_law: Law, throughput: ThroughputModel,
-                         space: SearchSpace, out: Path, *, tokens_per_param: float,
+def substitution_section(handle: StudyHandle, run_table: pd.DataFrame, loss_law: Law,
+                         throughput: ThroughputModel, space: SearchSpace, out: Path, *,
+                         tokens_per_param: float,
                          target_pass: float | None = None, target_k: int = 1,
                          requests: float | None = None,
                          params: Sequence[float] | None = None, n_boot: int = 100,
@@ -237,7 +238,8 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
                          measure: MeasureSettings | None = None,
                          batch: int = 64, context: int = 2048
                          ) -> tuple[Substitution, dict[str, Any]]:
-    """The demo's section: fit the pass@k law on the study's runs, answer the substitution
+    """The demo's section: fit the pass@k law on the study's runs (``run_table``: its run table,
+    as ``load_table(trials_table(...))`` gives it), answer the substitution
     question with ``loss_law`` (the demo's conditional law) choosing each size's shape, and
     write ``out/`` (module docstring, plus ``laws/passk.json``).
 
@@ -250,7 +252,8 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
     in), "end_to_end": ``heldout_chain`` (their loss predicted too), "coverage_forecast":
     ``forecasts``, "noise_floor": ``passk_noise_floor``, "n_runs", "unsolved_runs"}).
     """
-    runs = passk_table(handle.study)
+    results = passk_results(handle.study)
+    runs = passk_rows(results)
     law = fit_study_law(handle, runs, n_boot, seed, covariate)
     save_law(law, out / "laws" / "passk.json")
     labels, order = scale_labels(runs), scale_order(runs)
@@ -276,11 +279,10 @@ def substitution_section(handle: StudyHandle, loss_law: Law, throughput: Through
                      demand=dataclasses.replace(demand, requests=requests),
                      max_k=int(runs["k"].max()), provenance={"target": target_rule})
     write(sub, out)
-    run_table = load_table(trials_table(handle.study))
     return sub, {"n_runs": int(runs["trial_id"].nunique()),
                  "unsolved_runs": int(runs.attrs.get("unsolved_runs", 0)),
                  "noise_floor": passk_noise_floor(runs),
-                 "coverage_forecast": forecasts(handle, seed=seed),
+                 "coverage_forecast": forecasts(results, seed=seed),
                  "passk_law": heldout_by_k(law, runs),
                  "end_to_end": heldout_chain(runs, run_table, loss_law.config, law, n_boot, seed)}
 
