@@ -236,9 +236,8 @@ def answer_substitution(handle: StudyHandle, table: pd.DataFrame, laws: dict[str
         return None
     echo("[3/4] can sampling substitute for parameters? fitting the pass@k law and pricing "
          "(shape, k)")
-    largest = float(sweep.grid.scales[-1])
-    space = search_space(sweep, table, largest, float(budget_for(sweep, largest).tokens),
-                         handle.vocab_size)
+    # the shape family only: candidate_shapes gives each candidate size its own N and tokens
+    space = search_space(sweep, table, 1.0, 1.0, handle.vocab_size)
     try:
         return substitution_section(
             handle, table, laws["conditional"], throughput_from_law(laws["throughput"]), space,

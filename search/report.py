@@ -262,9 +262,9 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
     lines += [f"- {note}" for note in rec.notes]
     lines += ["", "![Pareto fronts](figures/pareto.png)", ""]
     if outcome.substitution is not None:
-        passk = outcome.handle.sweep.passk_settings
-        lines += substitution_report.markdown(*outcome.substitution, passk.task if passk else "",
-                                              "substitution/substitution.png")
+        lines += substitution_report.markdown(  # the section exists because passk: is set
+            *outcome.substitution, outcome.handle.sweep.passk_settings.task,
+            "substitution/substitution.png")
     lines += ["## Files", ""]
     lines += [f"- `{p.relative_to(out)}`" for p in sorted(out.glob("laws/*.json"))]
     lines += ["- `recommendations.json`: every number above with how it was obtained"]
