@@ -408,19 +408,14 @@ def parse_sweep(data: Any, source: str = "sweep file") -> SweepFile:
     except ValidationError as err:
         problems = [_format(e) for e in err.errors()]
         sweep = None
-    # The recipe is checked by its own dataclass, so its fields live in one place.
-    recipe = data.get("recipe")
-    if isinstance(recipe, dict):
-        try:
-            Recipe.from_dict(recipe)
-        except (ArchscaleError, TypeError) as err:
-            problems.append(f"recipe: {err}")
-    passk = data.get("passk")
-    if isinstance(passk, dict):  # checked by its own dataclass too
-        try:
-            PasskSettings.from_dict(passk)
-        except (ArchscaleError, TypeError) as err:
-            problems.append(f"passk: {err}")
+    # The recipe and passk keys are checked by their own dataclasses, so their fields live in
+    # one place.
+    for key, parse in (("recipe", Recipe.from_dict), ("passk", PasskSettings.from_dict)):
+        if isinstance(data.get(key), dict):
+            try:
+                parse(data[key])
+            except (ArchscaleError, TypeError) as err:
+                problems.append(f"{key}: {err}")
     if problems:
         raise SweepFileError(f"{source} has {len(problems)} problem(s):\n  - "
                              + "\n  - ".join(problems))
