@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, STORAGE_ENV
+from archscale import environment
+from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
 
 # Optuna, JAX and the search modules load inside the commands: `--help` stays fast
 
@@ -21,7 +22,7 @@ STORAGE_HELP = (f"Storage: a journal file (default ./{DEFAULT_STORAGE}), "
                 "sqlite:///FILE (one worker) or postgresql://USER@HOST/DB (many machines; the "
                 "password from PGPASSWORD or ~/.pgpass).")
 StorageOpt = typer.Option(None, "--storage", "-s", help=STORAGE_HELP,
-                          envvar=STORAGE_ENV)
+                          envvar=environment.STORAGE)
 HeartbeatOpt = typer.Option(DEFAULT_HEARTBEAT_S, "--heartbeat",
                             help="Seconds between heartbeats of a running trial.")
 GraceOpt = typer.Option(None, "--grace", help="Seconds of silence after which a trial's worker "
@@ -69,7 +70,7 @@ def create(
                f"{storage_lib.artifact_dir(handle.url)}")
     if storage_lib.has_password(handle.url):
         typer.echo(f"(password hidden: put it in PGPASSWORD or ~/.pgpass, and the URL in "
-                   f"${STORAGE_ENV}, rather than on a command line)")
+                   f"${environment.STORAGE}, rather than on a command line)")
 
 
 @app.command()

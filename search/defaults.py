@@ -3,13 +3,9 @@ heavy: Typer reads option defaults when ``archscale --help`` registers the comma
 
 from pathlib import Path
 
-from archscale import environment
-
 DEFAULT_STORAGE = "archscale.journal"
 """The journal file used when no storage is given (in the working directory)."""
 DEFAULT_HEARTBEAT_S = 30
 """Seconds between a running trial's heartbeats."""
-STORAGE_ENV = environment.STORAGE
-"""Environment variable ``--storage`` falls back to; workers get their URL through it (not argv)."""
 DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
 """The packaged grid of `archscale demo`."""

@@ -43,7 +43,6 @@ from archscale.arch.errors import ArchscaleError
 from archscale.search.defaults import (  # the light names, stated there
     DEFAULT_HEARTBEAT_S,
     DEFAULT_STORAGE,
-    STORAGE_ENV,  # noqa: F401 (re-exported: callers read storage.STORAGE_ENV)
 )
 from archscale.search.recovery import MAX_RETRIES, RetryStaleTrial
 

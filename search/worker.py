@@ -30,13 +30,13 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.search import storage as storage_lib
-from archscale.search.devices import (  # split_cores: imported from here by callers
+from archscale.search.devices import (
     assign_devices,
     local_devices,
     pin_to_cores,
-    split_cores,  # noqa: F401
     worker_environ,
 )
 from archscale.search.objective import TrialRunner
@@ -171,7 +171,7 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
         warnings.warn(plan.note, stacklevel=2)
     command = [sys.executable, "-m", "archscale.search.worker_process", name,
                *options.process_args()]
-    env = {**os.environ, storage_lib.STORAGE_ENV: handle.url}  # not argv: `ps` shows argv
+    env = {**os.environ, environment.STORAGE: handle.url}  # not argv: `ps` shows argv
     procs = [subprocess.Popen([*command, *_cores_args(w.cores)], env=worker_environ(env, w))
              for w in plan.workers]
     try:

@@ -27,8 +27,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     import optuna
 
+    from archscale import environment
     from archscale.arch.errors import ArchscaleError
-    from archscale.search.storage import STORAGE_ENV
     from archscale.search.worker import WorkerOptions, run_worker
 
     args = parse(sys.argv[1:] if argv is None else argv)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
                             artifacts=args.artifacts, progress=args.progress)
     cores = [int(c) for c in args.cores.split(",")] if args.cores else None
     try:
-        run_worker(args.name, os.environ.get(STORAGE_ENV), options, echo=print, cores=cores)
+        run_worker(args.name, os.environ.get(environment.STORAGE), options, echo=print, cores=cores)
     except ArchscaleError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.sweeps.corpus import SPLIT_RULE, TextCorpus, TokenCorpus, read_source
 from archscale.sweeps.tokenizer import (
@@ -30,7 +31,6 @@ from archscale.sweeps.tokenizer import (
     ByteTokenizer,
     Tokenizer,
     bpe_cache_path,
-    cache_root,
     get_tokenizer,
     parse_tokenizer,
 )
@@ -77,7 +77,7 @@ def _tokenize(tok: Tokenizer, texts: tuple[str, ...], dtype: np.dtype) -> np.nda
 
 def _cached_ids(fingerprint: str, build) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) from the cache folder of a fingerprint, building and saving them if absent."""
-    folder = cache_root() / "data" / fingerprint[:32]
+    folder = environment.cache_root() / "data" / fingerprint[:32]
     if not (folder / "val.npy").exists():
         train, val = build()
         # Save into a private folder, then rename: concurrent workers never read half a file.

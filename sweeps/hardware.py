@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
-from archscale.sweeps.tokenizer import cache_root
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ def probe_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
 # ---- the per-machine cache ------------------------------------------------------------------
 def cache_path() -> Path:
     """$ARCHSCALE_CACHE/hardware.json: the cache root tokenizers and data use too."""
-    return cache_root() / "hardware.json"
+    return environment.cache_root() / "hardware.json"
 
 
 def _machine_key() -> str:

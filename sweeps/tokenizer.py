@@ -37,11 +37,6 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
 
 
-def cache_root() -> Path:
-    """Root of archscale's on-disk caches: $ARCHSCALE_CACHE, else ~/.cache/archscale."""
-    return environment.cache_root()
-
-
 def text_hash(texts: Iterable[str]) -> str:
     """sha256 over documents (each length-prefixed, so boundaries count)."""
     digest = hashlib.sha256()
@@ -107,7 +102,7 @@ def parse_tokenizer(name: str) -> tuple[str, int]:
 
 def bpe_cache_path(corpus_hash: str, vocab_size: int) -> Path:
     """Where the BPE trained on a corpus with this hash and vocab size lives."""
-    return cache_root() / "tokenizers" / f"bpe{vocab_size}-{corpus_hash[:24]}.json"
+    return environment.cache_root() / "tokenizers" / f"bpe{vocab_size}-{corpus_hash[:24]}.json"
 
 
 def _train_bpe(texts: Sequence[str], vocab_size: int, path: Path) -> None:

@@ -21,6 +21,7 @@ import typer
 from conftest import SMALL_STUDY_SWEEP
 from typer.testing import CliRunner
 
+from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.main import app
 from archscale.search import storage as storage_lib
@@ -81,12 +82,12 @@ def test_every_storage_option_reads_archscale_storage():
 
     walk(typer.main.get_command(app), "archscale")
     assert len(found) >= 7  # study create/run/worker/status/export, fit, demo
-    assert all(envvar == storage_lib.STORAGE_ENV for _, envvar in found), found
+    assert all(envvar == environment.STORAGE for _, envvar in found), found
 
 
 def test_storage_comes_from_the_environment(tmp_path, monkeypatch):
     missing = tmp_path / "from-env.journal"
-    monkeypatch.setenv(storage_lib.STORAGE_ENV, str(missing))
+    monkeypatch.setenv(environment.STORAGE, str(missing))
     result = CliRunner().invoke(app, ["study", "status", "nothing"])
     assert isinstance(result.exception, ArchscaleError)
     assert f"no study storage at {missing}" in str(result.exception)
@@ -158,7 +159,7 @@ class Session:
             Popen=_recording_popen(self.spawned), TimeoutExpired=subprocess.TimeoutExpired))
 
     def __call__(self, args: list[str], env_url: bool = True, ok: bool = True):
-        env = {storage_lib.STORAGE_ENV: self.url} if env_url else {}
+        env = {environment.STORAGE: self.url} if env_url else {}
         result = CliRunner().invoke(app, args, env=env)
         self.printed.append(result.output + str(result.exception or ""))
         if ok:
@@ -197,7 +198,7 @@ def test_status_workers_fit_recommend_export_never_show_the_password(password_st
     if workers > 1:
         assert len(run.spawned) == workers
         for child in run.spawned:
-            assert child["env"][storage_lib.STORAGE_ENV] == storage_lib.resolve_url(url)
+            assert child["env"][environment.STORAGE] == storage_lib.resolve_url(url)
             assert password not in " ".join(child["argv"])
             assert b"archscale.search.worker_process" in child["cmdline"] and password.encode() not in child["cmdline"]
 
@@ -265,7 +266,7 @@ def test_a_url_without_a_password_opens_with_pgpassword_or_a_pgpass_file(passwor
     name, _, password, passwordless = password_study
     cli = CliRunner()
     result = cli.invoke(app, ["study", "status", name],
-                        env={storage_lib.STORAGE_ENV: passwordless, "PGPASSWORD": password})
+                        env={environment.STORAGE: passwordless, "PGPASSWORD": password})
     assert result.exit_code == 0, result.output
     assert "complete: 24" in result.output
     host, port, database = passwordless.rpartition("@")[2].replace("/", ":").split(":")

@@ -125,7 +125,7 @@ def test_an_os_without_affinity_calls_runs_unpinned_workers(no_affinity):
     assert all(not w.cores for w in plan.workers)
     assert "cannot pin" in plan.note
     devices_lib.pin_to_cores([0])  # a no-op there, not a crash
-    assert worker_lib.split_cores(2) == [[0, 1], [2, 3]]
+    assert devices_lib.split_cores(2) == [[0, 1], [2, 3]]
 
 
 def test_a_worker_environment_keeps_one_memory_fraction_variable():

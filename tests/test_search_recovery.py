@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
 from archscale.search import storage as storage_lib
+from archscale.search.devices import split_cores
 from archscale.search.plan import suggest_run
 from archscale.search.recovery import (
     HEARTBEAT_ATTR,
@@ -27,7 +28,7 @@ from archscale.search.samplers import make_sampler
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
 from archscale.search.table import pareto_front
-from archscale.search.worker import claim, split_cores
+from archscale.search.worker import claim
 
 GRID = {
     "name": "recovery-grid", "seq_len": 32, "recipe": {"batch_size": 4},
