@@ -32,24 +32,30 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-try:  # Pallas TPU kernels: absent or unusable in some jax builds; XLA runs instead.
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
-        splash_attention_kernel as splash,
-    )
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
-        splash_attention_mask as splash_mask,
-    )
-except ImportError:  # pragma: no cover - depends on the jax build
-    splash = splash_mask = None
 
 SCORE_BYTES = 256 * 2**20
 """Most bytes of fp32 scores (B N Tc S) one XLA attention call holds; above it, query chunks."""
 SPLASH_BLOCK = 128
 """Splash attention's query and key block (its default); T must be a multiple of it."""
+
+
+@functools.cache
+def _splash_modules() -> tuple[Any, Any] | None:
+    """Pallas' splash-attention kernel and mask modules, or None where this jax build lacks them.
+    Imported on first use: only TPU runs them, and elsewhere their import (with Pallas) costs
+    about 0.12 s of every process's start."""
+    try:
+        from jax.experimental.pallas.ops.tpu.splash_attention import (
+            splash_attention_kernel,
+            splash_attention_mask,
+        )
+    except ImportError:  # pragma: no cover - depends on the jax build
+        return None
+    return splash_attention_kernel, splash_attention_mask
 
 
 @functools.cache
@@ -73,8 +79,8 @@ def implementation(dtype, head_dim: int, causal_len: int | None = None) -> str:
     half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if platform == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128 and _cudnn_device():
         return "cudnn"
-    if (platform == "tpu" and splash is not None and causal_len is not None
-            and causal_len % SPLASH_BLOCK == 0):
+    if (platform == "tpu" and causal_len is not None and causal_len % SPLASH_BLOCK == 0
+            and _splash_modules() is not None):
         return "splash"
     return "xla"
 
@@ -166,6 +172,7 @@ def _splash_causal(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Ar
     XLA cannot partition the kernel itself.
     """
     T, N, H = q_BxTxNxH.shape[1:]
+    splash, splash_mask = _splash_modules()
     mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((T, T))] * N)
     kernel = splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
     q_BxNxTxH = jnp.swapaxes(q_BxTxNxH * (1.0 / math.sqrt(H)), 1, 2).astype(q_BxTxNxH.dtype)
