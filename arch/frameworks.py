@@ -15,6 +15,7 @@ A tuple of paths is written to every path and read from the first present; a pat
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -375,6 +376,17 @@ def write_config(spec: ArchSpec, fmt: Format | str, out_dir: str | Path, label: 
     out.mkdir(parents=True, exist_ok=True)
     path = out / fmt.filename
     path.write_text(render(fmt, flat, header=_header(spec, fmt, label)))
+    return path
+
+
+def write_shape(spec: ArchSpec, fmt: Format | str, out_dir: str | Path, label: str = "shape",
+                dtype: str = "bfloat16", extra: Mapping[str, Any] | None = None) -> Path:
+    """``write_config``, and beside it ``archscale.json``: ``shape_record`` plus ``extra`` (what
+    the caller knows of the shape: predictions, laws, provenance); returns the config's path."""
+    fmt = get_format(fmt)
+    path = write_config(spec, fmt, out_dir, label=label, dtype=dtype)
+    record = {**shape_record(spec, fmt, path), **(extra or {})}
+    (path.parent / "archscale.json").write_text(json.dumps(record, indent=1) + "\n")
     return path
 
 

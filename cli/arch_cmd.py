@@ -16,8 +16,7 @@ from archscale.arch.frameworks import (
     FORMATS,
     format_notes,
     get_format,
-    shape_record,
-    write_config,
+    write_shape,
 )
 
 app = typer.Typer(help="Inspect and export architecture shapes.", no_args_is_help=True)
@@ -53,8 +52,7 @@ def export(
     """Write a shape as the config its training framework reads, with archscale.json beside it."""
     arch = load_spec(spec)
     form = get_format(fmt)
-    path = write_config(arch, form, out, label=spec)
-    (out / "archscale.json").write_text(json.dumps(shape_record(arch, form, path), indent=1) + "\n")
+    path = write_shape(arch, form, out, label=spec)
     typer.echo(f"wrote {path} ({arch.params_total:,} parameters, N = {arch.params_nonembed:,})")
     for note in format_notes(arch, form):
         typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)

@@ -27,8 +27,7 @@ from archscale.arch.frameworks import (
     check_expressible,
     format_notes,
     get_format,
-    shape_record,
-    write_config,
+    write_shape,
 )
 from archscale.arch.spec import ArchSpec
 from archscale.search.storage import hide_passwords
@@ -128,17 +127,14 @@ def export(source: str | Path, out_dir: str | Path, fmt: str = "hf", dtype: str 
     provenance = data["provenance"]
     origin = {"path": str(path), "sha256": sha256, "archscale_version": archscale.__version__}
     for name, (spec, shape) in shapes.items():
-        config_path = write_config(spec, form, out / name, label=name, dtype=dtype)
-        sidecar = {**shape_record(spec, form, config_path), "label": name,
-                   "prediction": {k: v for k, v in shape.items() if k != "spec"},
-                   "target_loss": data.get("target_loss"),
-                   "throughput_setting": data.get("throughput_setting"),
-                   "laws": {k: provenance[k] for k in ("loss_law", "accuracy_law", "throughput")
-                            if k in provenance},
-                   "training_budget": training_budget(
-                       spec, provenance["search"]["tokens"], recipe),
-                   "exported_from": origin}
-        (out / name / "archscale.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+        config_path = write_shape(spec, form, out / name, label=name, dtype=dtype, extra={
+            "label": name, "prediction": {k: v for k, v in shape.items() if k != "spec"},
+            "target_loss": data.get("target_loss"),
+            "throughput_setting": data.get("throughput_setting"),
+            "laws": {k: provenance[k] for k in ("loss_law", "accuracy_law", "throughput")
+                     if k in provenance},
+            "training_budget": training_budget(spec, provenance["search"]["tokens"], recipe),
+            "exported_from": origin})
         written.append(config_path)
         configs[name] = {"config": str(config_path.relative_to(out)),
                          "provenance": f"{name}/archscale.json",
