@@ -70,6 +70,11 @@ def _optimizer_form(recipe: Recipe) -> tuple:
             recipe.lr_rule == "mup", recipe.mup_base_width)
 
 
+def fresh_state(params: Any, tx: optax.GradientTransformation) -> dict[str, Any]:
+    """The train state of fresh ``params``: {"params", "opt", "step"}, what checkpoints hold."""
+    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
 def _init_function(spec: ArchSpec, recipe: Recipe, compute_dtype, mesh: Mesh):
     """(jitted seed -> (state, rest), box that holds the graphdef once traced), kept per process."""
     key = (spec, _optimizer_form(recipe), jnp.dtype(compute_dtype).name, _mesh_key(mesh))
@@ -82,7 +87,7 @@ def _init_function(spec: ArchSpec, recipe: Recipe, compute_dtype, mesh: Mesh):
     def init(seed):
         model = Transformer(spec, rngs=nnx.Rngs(jax.random.key(seed)), compute_dtype=compute_dtype)
         box["graphdef"], params, rest = nnx.split(model, nnx.Param, ...)
-        return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}, rest
+        return fresh_state(params, tx), rest
 
     # Traced, not compiled: the state's shapes give its layout before any of it exists.
     state, rest = jax.eval_shape(init, np.uint32(0))

@@ -1,7 +1,7 @@
 """The trained model of a run directory: the newest checkpoint ``train(checkpoint_dir=...)`` wrote.
 
-A checkpoint holds the train state's leaves ({"params", "opt", "step"}, see sweeps/train_step.py
-``init_state``) and the run's identity (spec, recipe, ...). The state's structure is rebuilt
+A checkpoint holds the train state's leaves ({"params", "opt", "step"}: sweeps/train_step.py
+``fresh_state``) and the run's identity (spec, recipe, ...). The state's structure is rebuilt
 abstractly (``eval_shape``: no weights are initialised) from that identity, then restored.
 """
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -20,6 +19,7 @@ from archscale.arch.model import Transformer
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps.checkpoint import Checkpointer
 from archscale.sweeps.recipe import Recipe, make_optimizer
+from archscale.sweeps.train_step import fresh_state
 
 
 def run_identity(directory: str | Path) -> dict[str, Any]:
@@ -43,8 +43,7 @@ def load_trained(directory: str | Path, compute_dtype=None) -> tuple[Transformer
     abstract = nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(0),
                                                   compute_dtype=compute_dtype))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    like = {"params": params, "opt": jax.eval_shape(make_optimizer(recipe, spec).init, params),
-            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    like = jax.eval_shape(lambda p: fresh_state(p, make_optimizer(recipe, spec)), params)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
     with Checkpointer(directory, identity) as checkpointer:
