@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from archscale.arch.framework_files import flatten, nest
-from archscale.arch.frameworks import spec_from_fields, spec_to_fields, write_config
+from archscale.arch.frameworks import config_fields, spec_from_fields, write_config
 from archscale.arch.spec import ArchSpec
 
 
 def spec_to_hf_config(spec: ArchSpec, dtype: str = "bfloat16") -> dict[str, Any]:
     """LlamaConfig fields describing ``spec`` (LlamaForCausalLM has spec.params_total params)."""
-    return nest({**spec_to_fields(spec, "hf"), "dtype": dtype, "torch_dtype": dtype})
+    return nest(config_fields(spec, "hf", dtype))
 
 
 def spec_from_hf_config(config: dict[str, Any]) -> ArchSpec:

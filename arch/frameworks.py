@@ -362,14 +362,21 @@ def shape_record(spec: ArchSpec, fmt: Format, path: Path) -> dict[str, Any]:
                                  for name in FIELD_TABLE}}
 
 
+def config_fields(spec: ArchSpec, fmt: Format | str, dtype: str = "bfloat16") -> dict[str, Any]:
+    """The flat fields of ``spec``'s config in ``fmt``; an HF config also states ``dtype``."""
+    fmt = get_format(fmt)
+    flat = spec_to_fields(spec, fmt)
+    if fmt.name == "hf":
+        flat.update(dtype=dtype, torch_dtype=dtype)  # the transformers 5 and 4 spellings
+    return flat
+
+
 def write_config(spec: ArchSpec, fmt: Format | str, out_dir: str | Path, label: str = "shape",
                  dtype: str = "bfloat16") -> Path:
     """Write ``out_dir/<fmt.filename>`` for ``spec`` (``dtype``: the HF config's); returns its
     path."""
     fmt = get_format(fmt)
-    flat = spec_to_fields(spec, fmt)
-    if fmt.name == "hf":
-        flat.update(dtype=dtype, torch_dtype=dtype)  # the transformers 5 and 4 spellings
+    flat = config_fields(spec, fmt, dtype)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file: give a directory to hold {fmt.filename}")
