@@ -46,15 +46,15 @@ def _passk_law(passk_law: Path | None, study: str | None, storage: str | None, o
     held = law.validation.get("heldout") or {}
     if "mean_relative_error" in held:
         typer.echo(f"held out ({held['rule']}): mean relative error "
-                   f"{held['mean_relative_error']:.1%}, 90% intervals cover "
+                   f"{held['mean_relative_error']:.1%}, 90% prediction intervals cover "
                    f"{held.get('coverage_90', float('nan')):.0%}")
     return law, {"path": str(path), "fitted_from_study": study}
 
 
 def _print(sub) -> None:
     table = Table(title=f"pass@k >= {sub.target_pass:.3g} at {sub.demand.requests:.3g} requests")
-    for column in ("N", "shape", "k (90% range)", "pass@k [90% interval]", "train FLOPs",
-                   "inference FLOPs", "total FLOPs", "generation device-s"):
+    for column in ("N", "shape", "k (90% range)", "pass@k [90% prediction interval]",
+                   "train FLOPs", "inference FLOPs", "total FLOPs", "generation device-s"):
         table.add_column(column, justify="right")
     for point in sub.points:
         d = sub.point_dict(point)

@@ -324,7 +324,7 @@ def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) ->
         lines.append(f"- {label} ({check['rule']}): mean relative error "
                      f"{_percent(check['mean_relative_error'])} over k = 1..{sub.ks[-1]} (worst "
                      f"{_percent(worst['mean_relative_error'])} at k = {worst['k']}), 90% "
-                     f"intervals cover {_percent(check['coverage_90'])} of {check['n']} (run, k).")
+                     f"prediction intervals cover {_percent(check['coverage_90'])} of {check['n']} (run, k).")
     floor = held["noise_floor"]
     if floor["relative"] is not None:
         at = dict(zip(floor["k"], floor["relative"], strict=True))
@@ -342,7 +342,8 @@ def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) ->
             f"{_percent(forecast['beta_median_relative_error'])}, the power law (Brown et al.) "
             f"by {_percent(forecast['power_median_relative_error'])} (medians over "
             f"{forecast['n_runs']} runs).")
-    lines += ["", "| N | k | pass@k [90%] | training FLOPs | inference FLOPs | total FLOPs |",
+    lines += ["", "| N | k | pass@k [90% prediction interval] | training FLOPs | inference FLOPs "
+              "| total FLOPs |",
               "|---|---|---|---|---|---|"]
     for point in sub.points:
         row = sub.point_dict(point)
