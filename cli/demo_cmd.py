@@ -55,7 +55,7 @@ def demo(
     """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
     import optuna
 
-    from archscale.search.demo import DemoOptions, run_demo, verify
+    from archscale.decide.demo import DemoOptions, run_demo, verify
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),

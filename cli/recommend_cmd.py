@@ -15,8 +15,8 @@ from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
 
 if TYPE_CHECKING:
-    from archscale.search.recommend import Recommendation
-    from archscale.search.throughput_models import ThroughputModel
+    from archscale.decide.recommend import Recommendation
+    from archscale.decide.throughput_models import ThroughputModel
 
 DEFAULT_DEVICE = "h100"
 
@@ -46,8 +46,8 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
 def throughput_model(throughput_law: Path | None, device: str) -> ThroughputModel:
     """The throughput a command ranks shapes by: a fitted law (--throughput-law) or the roofline
     of --device."""
+    from archscale.decide.throughput_models import RooflineThroughput, throughput_from_law
     from archscale.laws.io import load_law
-    from archscale.search.throughput_models import RooflineThroughput, throughput_from_law
     from archscale.sweeps.hardware import KNOWN_DEVICES
 
     if throughput_law is not None:
@@ -128,11 +128,11 @@ def recommend(
     a loss target at N, D."""
     # every option as parsed, for the provenance of the output
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
+    from archscale.decide.recommend import SearchSpace, save_recommendation
+    from archscale.decide.recommend import recommend as run_recommend
+    from archscale.decide.throughput_models import MeasureSettings
     from archscale.laws.io import load_law
     from archscale.laws.table import file_sha256
-    from archscale.search.recommend import SearchSpace, save_recommendation
-    from archscale.search.recommend import recommend as run_recommend
-    from archscale.search.throughput_models import MeasureSettings
 
     loss_law = load_law(law)
     acc_law = None if accuracy_law is None else load_law(accuracy_law)
@@ -179,8 +179,8 @@ def export(
     """Write one config per recommended shape in a training framework's format, each with
     archscale.json beside it (predictions, intervals, laws, training budget), and
     recommendations.json (any database password in it hidden)."""
-    from archscale.search.export import export as run_export
-    from archscale.search.export import load_recipe, recommendation_path
+    from archscale.decide.export import export as run_export
+    from archscale.decide.export import load_recipe, recommendation_path
 
     out = out if out is not None else recommendation_path(source).parent / fmt
     for path in run_export(source, out, fmt, dtype, None if recipe is None else load_recipe(recipe)):

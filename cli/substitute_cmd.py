@@ -33,9 +33,9 @@ def _passk_law(passk_law: Path | None, study: str | None, storage: str | None, o
 
     if passk_law is not None:
         return load_law(passk_law), {"path": str(passk_law), "sha256": file_sha256(passk_law)}
+    from archscale.decide.substitute import passk_table
+    from archscale.decide.substitution_report import fit_study_law
     from archscale.search.study import open_study
-    from archscale.search.substitute import passk_table
-    from archscale.search.substitution_report import fit_study_law
 
     handle = open_study(study, storage)
     runs = passk_table(handle.study)
@@ -128,13 +128,13 @@ def substitute(
     """The cheapest (shape, samples per request k) whose predicted pass@k reaches the target:
     training FLOPs + R x (prefill + k x one sample), each size's shape from the loss law."""
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
+    from archscale.decide.recommend import SearchSpace
+    from archscale.decide.substitute import Demand, candidate_shapes
+    from archscale.decide.substitute import substitute as run_substitute
+    from archscale.decide.substitution_report import write
+    from archscale.decide.throughput_models import MeasureSettings
     from archscale.laws.io import load_law
     from archscale.laws.table import file_sha256
-    from archscale.search.recommend import SearchSpace
-    from archscale.search.substitute import Demand, candidate_shapes
-    from archscale.search.substitute import substitute as run_substitute
-    from archscale.search.substitution_report import write
-    from archscale.search.throughput_models import MeasureSettings
 
     try:
         sizes = [float(p) for p in params.split(",") if p.strip()]

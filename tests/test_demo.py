@@ -158,7 +158,7 @@ def passk_demo(passk_study, tmp_path_factory):
 
 
 def test_demo_answers_whether_sampling_substitutes_for_parameters(passk_demo):
-    from archscale.search.substitute import passk_table
+    from archscale.decide.substitute import passk_table
 
     out, url, name = passk_demo
     summary = json.loads((out / "summary.json").read_text())

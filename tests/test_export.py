@@ -13,8 +13,8 @@ from archscale.arch import get_preset
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.export import spec_from_hf_config
 from archscale.cli.main import app
-from archscale.search.export import export_hf
-from archscale.search.recommend import recommend, save_recommendation
+from archscale.decide.export import export_hf
+from archscale.decide.recommend import recommend, save_recommendation
 
 NAMES = ["rank-1", "rank-2", "rank-3", "loss-optimal"]
 

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from archscale.arch import ArchSpec, SpecError, get_preset, load_spec, preset_names
 from archscale.arch.frameworks import FORMATS, FormatError
 from archscale.cli.main import app
-from archscale.search.export import export, load_recipe
-from archscale.search.recommend import recommend, save_recommendation
+from archscale.decide.export import export, load_recipe
+from archscale.decide.recommend import recommend, save_recommendation
 from archscale.sweeps.recipe import Budget, Recipe
 
 # megatron-core warns at import and build that Transformer Engine and Apex are absent (CPU)

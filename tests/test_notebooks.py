@@ -151,7 +151,7 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
-    from archscale.search.substitution_report import coverage_forecast
+    from archscale.decide.substitution_report import coverage_forecast
     from archscale.sweeps.passk import pass_at_k
 
     notebook = execute("03_test_time_compute.ipynb", passk_study, tmp_path, monkeypatch)

@@ -225,8 +225,8 @@ def test_a_run_whose_sampling_fails_after_training_is_kept(tmp_path, monkeypatch
     """pass@k failing after training (here: made to fail) leaves the trained run COMPLETE with
     its loss, and its pass@k says why it is missing; passk_table leaves it out."""
     import archscale.search.objective as objective
+    from archscale.decide.substitute import passk_results, passk_table
     from archscale.search.study import create_study
-    from archscale.search.substitute import passk_results, passk_table
     from archscale.search.table import trials_table
     from archscale.search.worker import WorkerOptions, run_study
 

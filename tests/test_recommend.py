@@ -19,10 +19,7 @@ import archscale
 from archscale.arch import ArchSpec, get_preset
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.main import app
-from archscale.laws import chinchilla, fit_law, save_law, spec_table
-from archscale.laws.accuracy import sigmoid
-from archscale.laws.table import file_sha256
-from archscale.search.recommend import (
+from archscale.decide.recommend import (
     SearchSpace,
     accuracy_at,
     gqa_local_search,
@@ -30,12 +27,15 @@ from archscale.search.recommend import (
     save_recommendation,
     score,
 )
-from archscale.search.throughput_models import (
+from archscale.decide.throughput_models import (
     MeasureSettings,
     RooflineThroughput,
     measure_bytes,
     throughput_from_law,
 )
+from archscale.laws import chinchilla, fit_law, save_law, spec_table
+from archscale.laws.accuracy import sigmoid
+from archscale.laws.table import file_sha256
 from archscale.sweeps.hardware import KNOWN_DEVICES
 
 CHIN = [400.0, 1500.0, 1.8, 0.34, 0.36]

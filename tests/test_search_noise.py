@@ -41,7 +41,7 @@ def test_no_repeats_no_floor_and_missing_columns_are_named():
 def test_pass_at_k_scatter_at_each_k_by_hand():
     """pass@k of one shape trained with 3 seeds: the pooled relative scatter at each k, as for the
     loss (2 degrees of freedom); a table without repeats has none."""
-    from archscale.search.substitution_report import passk_noise_floor
+    from archscale.decide.substitution_report import passk_noise_floor
 
     measured = {1: [0.04, 0.02, 0.06], 8: [0.30, 0.27, 0.33]}
     table = pd.DataFrame([{**row(SHAPE_A, 1000, 2.0 + seed / 100, seed), "k": k,

@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.recommend import SearchSpace
+from archscale.decide.substitute import Demand, candidate_shapes, cost_curves, substitute
+from archscale.decide.substitution_report import table, write
+from archscale.decide.throughput_models import RooflineThroughput
 from archscale.laws import conditional, save_law, spec_table
 from archscale.laws.intervals import ErrorModel
 from archscale.laws.law import Law
 from archscale.laws.passk import coef_names
-from archscale.search.recommend import SearchSpace
-from archscale.search.substitute import Demand, candidate_shapes, cost_curves, substitute
-from archscale.search.substitution_report import table, write
-from archscale.search.throughput_models import RooflineThroughput
 
 PASSK_CONFIG = {"covariate": "nd", "terms": [], "floor": True, "ref": {"N": 1e4, "D": 3e5}}
 PASSK_COEF = [np.log(0.05), -0.6, 0.0, -0.25, 0.4, 0.05, np.log(0.6), -0.2, 0.3, 0.03]
@@ -128,7 +128,7 @@ def test_cost_curves_rise_with_the_target(answer):
 
 
 def test_files_and_points_export_like_recommendations(answer, tmp_path):
-    from archscale.search.export import export_hf
+    from archscale.decide.export import export_hf
 
     paths = write(answer, tmp_path)
     frame = pd.read_csv(paths["table"])
@@ -166,7 +166,7 @@ def test_cli_answers_from_law_files(laws, tmp_path):
 
 
 def test_a_law_of_the_loss_carries_the_loss_interval_into_pass_at_k():
-    from archscale.search.substitute import predict_pass
+    from archscale.decide.substitute import predict_pass
 
     config = {"covariate": "loss", "terms": [], "floor": False, "ref": {"loss": 2.3}}
     law = Law("passk", config, coef_names(config), np.array([1.2, -0.3, 2.7, 0.27]),
@@ -195,7 +195,7 @@ def test_coverage_forecast_holds_out_the_larger_k():
     population's E[1 - (1 - p)^k], and the measured curve it is scored on is Chen's on all 32."""
     from scipy.special import betaln
 
-    from archscale.search.substitution_report import coverage_forecast
+    from archscale.decide.substitution_report import coverage_forecast
     from archscale.sweeps.passk import pass_at_k
 
     rng = np.random.default_rng(0)

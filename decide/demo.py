@@ -8,7 +8,7 @@ Stages, each resumable because every run lives in the study's storage:
 3. recommend shapes at ``scale_factor`` x the largest trained N (Algorithm 1 over the laws),
    beside the loss-optimal shape and a LLaMA-3.2-proportioned baseline at the same N;
    and, where the sweep samples pass@k, ask whether sampling substitutes for parameters: the
-   pass@k law and the cheapest (shape, k) for a target pass rate (search/substitution_report.py);
+   pass@k law and the cheapest (shape, k) for a target pass rate (decide/substitution_report.py);
 4. write ``report/``: report.md, PNG figures, the law JSONs, recommendations.json, HF configs.
 
 ``verify`` then trains one recommended shape at a scale this machine affords and compares the
@@ -29,25 +29,25 @@ import pandas as pd
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
-from archscale.laws import fit_law, load_law, load_table
-from archscale.laws.law import Law
-from archscale.search.defaults import DEMO_SWEEP
-from archscale.search.noise import noise_floor
-from archscale.search.plan import budget_for
-from archscale.search.recommend import Recommendation, SearchSpace, recommend
-from archscale.search.report import (
+from archscale.decide.recommend import Recommendation, SearchSpace, recommend
+from archscale.decide.report import (
     LAW_FILES,
     DemoOutcome,
     add_verify_to_summary,
     write_json,
     write_report,
 )
+from archscale.decide.substitute import Substitution
+from archscale.decide.substitution_report import substitution_section
+from archscale.decide.throughput_models import MeasureSettings, throughput_from_law
+from archscale.laws import fit_law, load_law, load_table
+from archscale.laws.law import Law
+from archscale.search.defaults import DEMO_SWEEP
+from archscale.search.noise import noise_floor
+from archscale.search.plan import budget_for
 from archscale.search.study import StudyHandle, create_study, open_study
-from archscale.search.substitute import Substitution
-from archscale.search.substitution_report import substitution_section
 from archscale.search.sweepfile import SweepFile, load_sweep
 from archscale.search.table import trials_table
-from archscale.search.throughput_models import MeasureSettings, throughput_from_law
 from archscale.search.worker import WorkerOptions, run_study
 from archscale.sweeps.throughput import measure_throughput
 from archscale.sweeps.trainer import train
@@ -230,7 +230,7 @@ def answer_substitution(handle: StudyHandle, table: pd.DataFrame, laws: dict[str
                         ) -> tuple[Substitution, dict[str, Any]] | None:
     """Where the sweep samples pass@k (``passk:``): the pass@k law, its held-out checks and the
     cheapest (shape, k) for the largest trained scale's pass@``target_k``, written to
-    ``out/substitution`` (search/substitution_report.py); None without ``passk:``."""
+    ``out/substitution`` (decide/substitution_report.py); None without ``passk:``."""
     sweep = handle.sweep
     if sweep.passk_settings is None:
         return None

@@ -7,7 +7,7 @@ Layout of ``<out>/``::
     figures/*.png             U-curves, held-out, fits, the measured and predicted Pareto fronts
     recommendations.json      the recommendation with provenance (``archscale export`` reads it)
     summary.json              the headline figures, for programs (``summary``: keys below)
-    substitution/             where the sweep samples pass@k: search/substitution_report.py
+    substitution/             where the sweep samples pass@k: decide/substitution_report.py
     hf/<shape>/config.json    one HuggingFace LlamaConfig per exported shape
 """
 
@@ -23,18 +23,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import archscale
+from archscale.decide import substitution_report
+from archscale.decide.export import export_hf
+from archscale.decide.recommend import Recommendation, Scored, save_recommendation
 from archscale.laws import save_law
 from archscale.laws.law import Law
 from archscale.laws.plots import save_plots
 from archscale.laws.table import scale_labels, scale_order
-from archscale.search import substitution_report
-from archscale.search.export import export_hf
-from archscale.search.recommend import Recommendation, Scored, save_recommendation
 from archscale.search.table import pareto_front
 
 if TYPE_CHECKING:
+    from archscale.decide.substitute import Substitution
     from archscale.search.study import StudyHandle
-    from archscale.search.substitute import Substitution
 
 LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
              "accuracy": "accuracy.json", "throughput": "throughput.json"}

@@ -22,14 +22,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import Law, fit_law, save_law
-from archscale.laws import intervals as interval_lib
-from archscale.laws.passk import TARGET, fit_beta, fit_power
-from archscale.laws.table import scale_labels, scale_order
-from archscale.search.noise import noise_floor, seed_groups
-from archscale.search.recommend import SearchSpace, save_recommendation
-from archscale.search.study import StudyHandle
-from archscale.search.substitute import (
+from archscale.decide.recommend import SearchSpace, save_recommendation
+from archscale.decide.substitute import (
     Demand,
     Substitution,
     candidate_shapes,
@@ -39,7 +33,13 @@ from archscale.search.substitute import (
     predict_pass,
     substitute,
 )
-from archscale.search.throughput_models import MeasureSettings, ThroughputModel
+from archscale.decide.throughput_models import MeasureSettings, ThroughputModel
+from archscale.laws import Law, fit_law, save_law
+from archscale.laws import intervals as interval_lib
+from archscale.laws.passk import TARGET, fit_beta, fit_power
+from archscale.laws.table import scale_labels, scale_order
+from archscale.search.noise import noise_floor, seed_groups
+from archscale.search.study import StudyHandle
 from archscale.sweeps.passk import pass_at_k
 
 CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

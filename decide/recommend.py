@@ -42,22 +42,22 @@ import pandas as pd
 import archscale
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
-from archscale.laws import Law, spec_table
-from archscale.search.recommendation import (
+from archscale.decide.recommendation import (
     PREDICTION_LEVEL,
     Recommendation,
     Scored,
     save_recommendation,
 )
-from archscale.search.space import SearchSpace
-from archscale.search.table import pareto_indices
-from archscale.search.throughput_models import (
+from archscale.decide.space import SearchSpace
+from archscale.decide.throughput_models import (
     MeasureSettings,
     ThroughputModel,
     check_methods,
     check_notes,
     check_throughput,
 )
+from archscale.laws import Law, spec_table
+from archscale.search.table import pareto_indices
 
 __all__ = ["Recommendation", "Scored", "SearchSpace", "accuracy_at", "gqa_local_search",
            "pareto_front", "recommend", "save_recommendation", "score"]

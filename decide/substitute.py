@@ -38,13 +38,13 @@ from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.recommend import Recommendation, Scored, SearchSpace, recommend
+from archscale.decide.throughput_models import MeasureSettings, ThroughputModel
 from archscale.laws import Law, spec_table
 from archscale.laws.intervals import DEFAULT_LEVEL, SPACES, to_space
 from archscale.laws.passk import COVARIATES
 from archscale.search.attrs import RESULT_ATTR
-from archscale.search.recommend import Recommendation, Scored, SearchSpace, recommend
 from archscale.search.table import trial_row
-from archscale.search.throughput_models import MeasureSettings, ThroughputModel
 
 PASSK_COLUMNS = ("k", "pass_at_k", "majority_vote", "prompt_tokens", "mean_completion_tokens",
                  "passk_seconds", "tokens_generated")
