@@ -33,14 +33,23 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
-from archscale.search.attrs import RESULT_ATTR, STALE_ATTR
-from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
-from archscale.search.recovery import (
+from archscale.search.attrs import (
+    CONFIG_KEY_ATTR,
+    D_ATTR,
+    DECODE_ATTR,
+    DUPLICATE_OF_ATTR,
+    LOSS_CURVE_ATTR,
+    MESSAGE_ATTR,
+    N_ATTR,
     OWNER_ATTR,
-    Heartbeat,
-    RetryStaleTrial,
-    owner_info,
+    RESULT_ATTR,
+    STALE_ATTR,
+    STATUS_ATTR,
+    THROUGHPUT_OF_ATTR,
+    VAL_LOSS_ATTR,
 )
+from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
+from archscale.search.recovery import Heartbeat, RetryStaleTrial, owner_info
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
 from archscale.sweeps.passk import PasskSettings, run_passk, weights_folder
@@ -85,7 +94,8 @@ class TrialRunner:
                 raise
             except Exception as err:  # a bug in one run must not stop the worker: record it
                 _log.exception("trial %d failed", trial.number)
-                self._set_attrs(trial, status="failed", message=f"{type(err).__name__}: {err}")
+                self._set_attrs(trial, **{STATUS_ATTR: "failed",
+                                           MESSAGE_ATTR: f"{type(err).__name__}: {err}"})
                 self.handle.study.tell(trial, state=TrialState.FAIL)
                 return TrialState.FAIL
 
@@ -95,7 +105,7 @@ class TrialRunner:
         try:
             planned = self._plan(trial)
         except ArchscaleError as err:
-            self._set_attrs(trial, status="failed", message=str(err))
+            self._set_attrs(trial, **{STATUS_ATTR: "failed", MESSAGE_ATTR: str(err)})
             self.handle.study.tell(trial, state=TrialState.FAIL)
             return TrialState.FAIL
         twin = self._completed_twin(planned.key, trial.number)
@@ -138,8 +148,8 @@ class TrialRunner:
         for other in self.handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             earlier = other.user_attrs.get(RESULT_ATTR) or {}
             if earlier.get("spec") == spec and earlier.get("throughput"):
-                trial.set_user_attr("throughput_of_trial",
-                                    other.user_attrs.get("throughput_of_trial", other.number))
+                trial.set_user_attr(THROUGHPUT_OF_ATTR,
+                                    other.user_attrs.get(THROUGHPUT_OF_ATTR, other.number))
                 return earlier["throughput"]
         sweep = self.handle.sweep
         return measure_throughput(planned.spec, **sweep.throughput_options(),
@@ -161,7 +171,7 @@ class TrialRunner:
     def _completed_twin(self, key: str, number: int) -> int | None:
         """The number of a COMPLETE trial with this config key (other than ``number``)."""
         for other in self.handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.number != number and other.user_attrs.get("config_key") == key:
+            if other.number != number and other.user_attrs.get(CONFIG_KEY_ATTR) == key:
                 return other.number
         return None
 
@@ -184,18 +194,18 @@ class TrialRunner:
             trial.set_user_attr(key, value)
 
     def _finish_duplicate(self, trial: optuna.Trial, twin: int) -> TrialState:
-        self._set_attrs(trial, status="duplicate", duplicate_of=twin,
-                        message=f"same shape and budget as COMPLETE trial {twin}: not retrained")
+        self._set_attrs(trial, **{STATUS_ATTR: "duplicate", DUPLICATE_OF_ATTR: twin, MESSAGE_ATTR:
+                                   f"same shape and budget as COMPLETE trial {twin}: not retrained"})
         self.handle.study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
 
     def _finish(self, trial: optuna.Trial, planned: PlannedRun, result: RunResult) -> TrialState:
         study, sweep = self.handle.study, self.handle.sweep
         throughput = result.throughput or {}
-        self._set_attrs(trial, **{RESULT_ATTR: result.to_dict()}, status=result.status,
-                        message=result.message, N=planned.spec.params_nonembed, D=result.tokens,
-                        val_loss=result.val_loss,
-                        decode_tokens_per_s=throughput.get("decode_tokens_per_s"))
+        self._set_attrs(trial, **{RESULT_ATTR: result.to_dict(), STATUS_ATTR: result.status,
+                                   MESSAGE_ATTR: result.message, N_ATTR: planned.spec.params_nonembed,
+                                   D_ATTR: result.tokens, VAL_LOSS_ATTR: result.val_loss,
+                                   DECODE_ATTR: throughput.get("decode_tokens_per_s")})
         self._upload_curve(trial, result)
         target = sweep.search.target_loss if sweep.search is not None else None
         if target is not None and result.val_loss is not None:  # pruned runs: the last loss
@@ -220,7 +230,7 @@ class TrialRunner:
             path.write_text(json.dumps(result.loss_curve))
             artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(path),
                                           study_or_trial=trial, mimetype="application/json")
-        trial.set_user_attr("loss_curve_artifact", artifact_id)
+        trial.set_user_attr(LOSS_CURVE_ATTR, artifact_id)
 
     def _requeue(self, trial: optuna.Trial, reason: str) -> None:
         """Fail a trial this worker abandons and enqueue its retry (as for a dead worker)."""

@@ -10,7 +10,7 @@ Every running trial records its owner (host, pid, process start time) and beats 
   zombie), or when its last beat (or its start) is older than the grace period (other hosts).
   The first worker to mark it FAIL wins (the journal rejects a second finish) and re-enqueues it.
 
-The retried copy keeps the trial's parameters and its planned run (``plan.PLAN_ATTRS``), never the
+The retried copy keeps the trial's parameters and its planned run (``attrs.PLAN_ATTRS``), never the
 dead worker's owner, heartbeat or partial results, so the retry starts clean. A planned run
 therefore is never lost while any worker lives; that none completes twice is the worker's check
 (no COMPLETE trial may share a config key) and the journal's refusal to finish a trial twice.
@@ -34,11 +34,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from archscale.search.attrs import STALE_ATTR
-from archscale.search.plan import PLAN_ATTRS
+from archscale.search.attrs import HEARTBEAT_ATTR, OWNER_ATTR, PLAN_ATTRS, STALE_ATTR
 
-OWNER_ATTR = "archscale:owner"
-HEARTBEAT_ATTR = "archscale:heartbeat"
 MAX_RETRIES = 3
 """A trial whose worker dies this many times is left failed instead of retried again."""
 _log = logging.getLogger(__name__)

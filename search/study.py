@@ -30,17 +30,19 @@ from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
 from archscale.search import storage as storage_lib
+from archscale.search.attrs import (
+    CONFIG_KEY_ATTR,
+    DATA_SOURCE_ATTR,
+    FINGERPRINT_ATTR,
+    KIND_ATTR,
+    SWEEP_ATTR,
+    VOCAB_ATTR,
+)
 from archscale.search.plan import PlannedRun, check_search, plan_grid
 from archscale.search.samplers import make_pruner, make_sampler
 from archscale.search.sweepfile import SweepFile, load_sweep, parse_sweep
 from archscale.sweeps.data import TokenData, load_data
 
-SWEEP_ATTR = "sweep"
-"""Study user attr: the validated sweep file (``SweepFile.to_dict()``)."""
-FINGERPRINT_ATTR = "data_fingerprint"
-"""Study user attr: the fingerprint of the data every run must see."""
-VOCAB_ATTR = "vocab_size"
-"""Study user attr: the tokenizer's vocabulary size (every spec's vocab_size)."""
 _log = logging.getLogger(__name__)
 
 
@@ -162,7 +164,7 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
                                     directions=sweep.directions, sampler=make_sampler(sweep),
                                     pruner=make_pruner(sweep))
         attrs: dict[str, Any] = {VOCAB_ATTR: data.vocab_size, FINGERPRINT_ATTR: data.fingerprint,
-                                 "data_source": data.source, "kind": "grid" if sweep.grid else "search",
+                                 DATA_SOURCE_ATTR: data.source, KIND_ATTR: "grid" if sweep.grid else "search",
                                  SWEEP_ATTR: sweep.to_dict()}
         # The sweep goes last: a study interrupted before it is visibly incomplete (open refuses).
         for key, value in attrs.items():
@@ -174,7 +176,7 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
 
 def enqueue_missing(handle: StudyHandle, runs: list[PlannedRun]) -> int:
     """Enqueue each planned run that no trial of the study carries yet; how many were added."""
-    present = {t.user_attrs.get("config_key") for t in handle.study.get_trials(deepcopy=False)}
+    present = {t.user_attrs.get(CONFIG_KEY_ATTR) for t in handle.study.get_trials(deepcopy=False)}
     added = 0
     for run in runs:
         if run.key not in present:

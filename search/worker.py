@@ -33,6 +33,14 @@ from optuna.trial import FrozenTrial, TrialState
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.search import storage as storage_lib
+from archscale.search.attrs import (
+    DECODE_ATTR,
+    MESSAGE_ATTR,
+    N_ATTR,
+    SPEC_ATTR,
+    STATUS_ATTR,
+    VAL_LOSS_ATTR,
+)
 from archscale.search.devices import (
     assign_devices,
     local_devices,
@@ -77,7 +85,7 @@ class WorkerOptions:
 
 def _counted(trial: FrozenTrial) -> bool:
     """Whether a trial uses up the search budget (crashed ones do not: their retry does)."""
-    return trial.state != TrialState.FAIL or "status" in trial.user_attrs
+    return trial.state != TrialState.FAIL or STATUS_ATTR in trial.user_attrs
 
 
 def claim(handle: StudyHandle) -> optuna.Trial | None:
@@ -103,16 +111,17 @@ def claim(handle: StudyHandle) -> optuna.Trial | None:
 
 def describe(trial: FrozenTrial) -> str:
     """One line about a finished trial."""
-    attrs, spec = trial.user_attrs, trial.user_attrs.get("spec") or {}
-    shape = (f"N={attrs['N']:,} d={spec['d_model']} L={spec['n_layers']} "
-             f"h={spec['n_heads']}/{spec['n_kv_heads']} ff={spec['d_ff']}") if "N" in attrs else ""
-    loss = f" loss={attrs['val_loss']:.4f}" if attrs.get("val_loss") is not None else ""
-    decode = (f" decode={attrs['decode_tokens_per_s']:,.0f} tok/s"
-              if attrs.get("decode_tokens_per_s") is not None else "")
+    attrs, spec = trial.user_attrs, trial.user_attrs.get(SPEC_ATTR) or {}
+    shape = (f"N={attrs[N_ATTR]:,} d={spec['d_model']} L={spec['n_layers']} "
+             f"h={spec['n_heads']}/{spec['n_kv_heads']} ff={spec['d_ff']}") if N_ATTR in attrs else ""
+    loss = f" loss={attrs[VAL_LOSS_ATTR]:.4f}" if attrs.get(VAL_LOSS_ATTR) is not None else ""
+    decode = (f" decode={attrs[DECODE_ATTR]:,.0f} tok/s"
+              if attrs.get(DECODE_ATTR) is not None else "")
     took = (trial.datetime_complete - trial.datetime_start).total_seconds() if (
         trial.datetime_complete and trial.datetime_start) else 0.0
-    status = attrs.get("status", trial.state.name.lower())
-    message = f" ({attrs['message']})" if attrs.get("message") and status != "complete" else ""
+    status = attrs.get(STATUS_ATTR, trial.state.name.lower())
+    message = (f" ({attrs[MESSAGE_ATTR]})" if attrs.get(MESSAGE_ATTR) and status != "complete"
+               else "")
     return (f"trial {trial.number} {status}: {shape}{loss}{decode} [{took:.1f} s, "
             f"pid {os.getpid()}]{message}")
 

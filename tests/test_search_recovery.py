@@ -13,12 +13,10 @@ from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
 from archscale.search import storage as storage_lib
+from archscale.search.attrs import HEARTBEAT_ATTR, OWNER_ATTR, STALE_ATTR
 from archscale.search.devices import split_cores
 from archscale.search.plan import suggest_run
 from archscale.search.recovery import (
-    HEARTBEAT_ATTR,
-    OWNER_ATTR,
-    STALE_ATTR,
     Heartbeat,
     owner_info,
     recover_stale,

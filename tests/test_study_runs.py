@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from archscale.cli.main import app
-from archscale.search.recovery import OWNER_ATTR, STALE_ATTR
+from archscale.search.attrs import OWNER_ATTR, STALE_ATTR
 from archscale.search.storage import artifact_dir
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep

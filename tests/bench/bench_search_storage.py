@@ -13,7 +13,8 @@ import uuid
 
 import optuna
 
-from archscale.search.recovery import OWNER_ATTR, Heartbeat, owner_info, recover_stale
+from archscale.search.attrs import OWNER_ATTR
+from archscale.search.recovery import Heartbeat, owner_info, recover_stale
 from archscale.search.study import create_study
 from archscale.search.sweepfile import parse_sweep
 from archscale.search.worker import claim
