@@ -1,8 +1,9 @@
 """Where a study lives: storage URLs, the default journal file, and the artifact store beside it.
 
 * default (no URL, or a file path): one Optuna journal file, ``./archscale.journal``
-  (JournalStorage + JournalFileBackend). Nothing to install; several worker processes on one
-  machine (or on machines sharing the file system) append to it safely.
+  (JournalStorage + ``journal.JournalFile``, Optuna's file backend with a torn last record set
+  aside). Nothing to install; several worker processes on one machine (or on machines sharing
+  the file system) append to it safely.
 * ``sqlite:///study.db``: Optuna's RDB storage on SQLite, for ONE worker (SQLite's locking does
   not suit parallel writers: Optuna's FAQ).
 * ``postgresql://user@host/db``: RDB storage on PostgreSQL, for workers on many machines.
@@ -35,7 +36,6 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -44,6 +44,7 @@ from archscale.search.defaults import (  # the light names, stated there
     DEFAULT_HEARTBEAT_S,
     DEFAULT_STORAGE,
 )
+from archscale.search.journal import JournalFile
 from archscale.search.recovery import MAX_RETRIES, RetryStaleTrial
 
 DEFAULT_ARTIFACTS = "archscale.artifacts"
@@ -167,7 +168,7 @@ def open_storage(url: str | None = None, *, heartbeat_s: int = DEFAULT_HEARTBEAT
         if path.is_file() and path.read_bytes()[:16] == b"SQLite format 3\x00":
             raise ArchscaleError(f"{path} is a SQLite database: use --storage sqlite:///{path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFile(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
