@@ -49,6 +49,9 @@ HEARTBEAT_ATTR = "archscale:heartbeat"
 """Unix time of the running trial's last heartbeat."""
 STALE_ATTR = "archscale:stale"
 """Why a trial was found stale (its worker or trial process died) and re-queued."""
+TRIES_ATTR = "archscale:tries"
+"""On a retried trial: the earlier tries of its config, oldest first, each ``{"trial": number,
+"reason": why it stopped}``; the retry limit counts them."""
 
 # ---- study user attrs ----------------------------------------------------------------------------
 SWEEP_ATTR = "sweep"

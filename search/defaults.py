@@ -9,3 +9,6 @@ DEFAULT_HEARTBEAT_S = 30
 """Seconds between a running trial's heartbeats."""
 DEMO_SWEEP = Path(__file__).parent / "examples" / "demo.yaml"
 """The packaged grid of `archscale demo`."""
+DEFAULT_MAX_RETRIES = 10
+"""Times a config whose worker (or trial process) died is re-queued before a study run gives up on
+it and says so: generous, since preemptions and OOM kills of a whole node are external."""

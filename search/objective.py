@@ -43,13 +43,12 @@ from archscale.search.attrs import (
     N_ATTR,
     OWNER_ATTR,
     RESULT_ATTR,
-    STALE_ATTR,
     STATUS_ATTR,
     THROUGHPUT_OF_ATTR,
     VAL_LOSS_ATTR,
 )
 from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
-from archscale.search.recovery import Heartbeat, RetryStaleTrial, owner_info
+from archscale.search.recovery import Heartbeat, mark_stale, owner_info, retry
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
 from archscale.sweeps.passk import PasskSettings, run_passk, weights_folder
@@ -235,10 +234,6 @@ class TrialRunner:
     def _requeue(self, trial: optuna.Trial, reason: str) -> None:
         """Fail a trial this worker abandons and enqueue its retry (as for a dead worker)."""
         storage = self.handle.storage
-        try:
-            storage.set_trial_system_attr(trial._trial_id, STALE_ATTR, reason)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            return
-        RetryStaleTrial()(self.handle.study, storage.get_trial(trial._trial_id))
+        if mark_stale(storage, trial._trial_id, reason):
+            retry(self.handle.study, storage.get_trial(trial._trial_id), None)
 

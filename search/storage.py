@@ -14,9 +14,8 @@
 Credentials never leave this process: every URL that is shown, logged or saved (provenance,
 reports, recommendations, status, errors) goes through ``display_url``, which hides the password.
 
-On RDB storages Optuna's heartbeat marks a trial whose worker stopped beating as FAIL and
-``RetryStaleTrial`` re-enqueues it; the journal has no heartbeat in Optuna, so
-``archscale.search.recovery`` does the same there. optuna-dashboard opens all three::
+Trials whose worker died are found and retried by ``archscale.search.recovery``, alike on all
+three (its heartbeat is a trial system attr). optuna-dashboard opens all three::
 
     optuna-dashboard ./archscale.journal --artifact-dir ./archscale.artifacts
 
@@ -29,23 +28,17 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from archscale.arch.errors import ArchscaleError
-from archscale.search.defaults import (  # the light names, stated there
-    DEFAULT_HEARTBEAT_S,
-    DEFAULT_STORAGE,
-)
+from archscale.search.defaults import DEFAULT_STORAGE  # the light names, stated there
 from archscale.search.journal import JournalFile
-from archscale.search.recovery import MAX_RETRIES, RetryStaleTrial
 
 DEFAULT_ARTIFACTS = "archscale.artifacts"
 """Artifact folder of server storages (in the working directory)."""
@@ -151,14 +144,8 @@ def hide_passwords(data: Any, where: str = "") -> tuple[Any, dict[str, str]]:
     return data, found
 
 
-def open_storage(url: str | None = None, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S,
-                 grace_s: int | None = None) -> BaseStorage:
-    """Open (creating if needed) the storage at ``url``.
-
-    ``heartbeat_s``/``grace_s`` configure Optuna's heartbeat on RDB storages: a RUNNING trial
-    without a heartbeat for ``grace_s`` seconds (default 2 x heartbeat_s + 10) is failed and
-    retried. The journal records the same heartbeat in the trial (``recovery.Heartbeat``).
-    """
+def open_storage(url: str | None = None) -> BaseStorage:
+    """Open (creating if needed) the storage at ``url``."""
     url = resolve_url(url)
     if storage_kind(url) == "journal":
         path = Path(url)
@@ -169,24 +156,15 @@ def open_storage(url: str | None = None, *, heartbeat_s: int = DEFAULT_HEARTBEAT
             raise ArchscaleError(f"{path} is a SQLite database: use --storage sqlite:///{path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFile(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return RDBStorage(url, heartbeat_interval=heartbeat_s,
-                              grace_period=grace_s or default_grace(heartbeat_s),
-                              heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRIES),
-                              engine_kwargs={"pool_pre_ping": True})
-        except ImportError as err:
-            raise ArchscaleError(hide_in_text(f"cannot open {display_url(url)}: {err} (install "
-                                              "the database driver)", url)) from None
-        except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, bad URL
-            first = str(err).splitlines()[0] if str(err) else ""
-            raise ArchscaleError(hide_in_text(f"cannot open storage {display_url(url)}: "
-                                              f"{type(err).__name__}: {first}", url)) from None
-
-
-def default_grace(heartbeat_s: int) -> int:
-    return 2 * heartbeat_s + 10
+    try:
+        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except ImportError as err:
+        raise ArchscaleError(hide_in_text(f"cannot open {display_url(url)}: {err} (install "
+                                          "the database driver)", url)) from None
+    except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, bad URL
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ArchscaleError(hide_in_text(f"cannot open storage {display_url(url)}: "
+                                          f"{type(err).__name__}: {first}", url)) from None
 
 
 def artifact_dir(url: str | None, override: str | Path | None = None) -> Path:

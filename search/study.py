@@ -69,6 +69,11 @@ class StudyHandle:
         return storage_lib.display_url(self.url)
 
     @property
+    def resume_command(self) -> str:
+        """The command that continues this study, its storage included."""
+        return f"archscale study run {self.name} --storage {self.shown_url}"
+
+    @property
     def vocab_size(self) -> int:
         return int(self.study.user_attrs[VOCAB_ATTR])
 
@@ -108,14 +113,13 @@ def _sweep_of(storage: BaseStorage, name: str, url: str) -> SweepFile:
     return parse_sweep(attrs[SWEEP_ATTR], source=f"the sweep stored in study {name!r}")
 
 
-def open_study(name: str, url: str | None = None, *, heartbeat_s: int = storage_lib.DEFAULT_HEARTBEAT_S,
-               grace_s: int | None = None) -> StudyHandle:
+def open_study(name: str, url: str | None = None) -> StudyHandle:
     """Open an existing study by name (its sweep, sampler and pruner come from its user attrs)."""
     url = storage_lib.resolve_url(url)
     if storage_lib.storage_kind(url) == "journal" and not Path(url).is_file():
         raise ArchscaleError(f"no study storage at {url}: create a study first "
                              "(`archscale study create FILE`) or pass --storage")
-    storage = storage_lib.open_storage(url, heartbeat_s=heartbeat_s, grace_s=grace_s)
+    storage = storage_lib.open_storage(url)
     return _handle(storage, url, name)
 
 

@@ -41,6 +41,7 @@ from archscale.search.attrs import (
     STATUS_ATTR,
     VAL_LOSS_ATTR,
 )
+from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_RETRIES
 from archscale.search.devices import (
     assign_devices,
     local_devices,
@@ -48,7 +49,7 @@ from archscale.search.devices import (
     worker_environ,
 )
 from archscale.search.objective import TrialRunner
-from archscale.search.recovery import recover_stale
+from archscale.search.recovery import ConfigTries, default_grace, given_up, recover_stale
 from archscale.search.study import StudyHandle, enqueue_missing, open_study
 
 
@@ -56,8 +57,10 @@ from archscale.search.study import StudyHandle, enqueue_missing, open_study
 class WorkerOptions:
     """How a worker runs and watches over trials."""
 
-    heartbeat_s: int = storage_lib.DEFAULT_HEARTBEAT_S
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S
     """Seconds between heartbeats of a running trial."""
+    max_retries: int = DEFAULT_MAX_RETRIES
+    """Times a config whose worker died is re-queued before the run gives up on it."""
     grace_s: int | None = None
     """Silence after which another host's trial counts as dead (default 2 x heartbeat + 10)."""
     artifacts: str | None = None
@@ -69,7 +72,7 @@ class WorkerOptions:
 
     @property
     def grace(self) -> int:
-        return self.grace_s or storage_lib.default_grace(self.heartbeat_s)
+        return self.grace_s or default_grace(self.heartbeat_s)
 
     @property
     def poll_s(self) -> float:
@@ -77,7 +80,8 @@ class WorkerOptions:
 
     def process_args(self) -> list[str]:
         """The arguments of a local worker process (search/worker_process.py)."""
-        args = ["--heartbeat", str(self.heartbeat_s), "--grace", str(self.grace)]
+        args = ["--heartbeat", str(self.heartbeat_s), "--grace", str(self.grace),
+                "--max-retries", str(self.max_retries)]
         if self.artifacts is not None:
             args += ["--artifacts", self.artifacts]
         return args + ([] if self.progress else ["--no-progress"])
@@ -132,16 +136,17 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
     """Run trials of a study until it is done (or ``options.max_trials``); their numbers."""
     if cores:
         pin_to_cores(cores)
-    handle = open_study(name, url, heartbeat_s=options.heartbeat_s, grace_s=options.grace)
+    handle = open_study(name, url)
     runner = TrialRunner(handle, handle.load_data(),
                          storage_lib.artifact_store(handle.url, options.artifacts),
                          storage_lib.artifact_dir(handle.url, options.artifacts),
                          heartbeat_s=options.heartbeat_s, progress=options.progress)
     ran: list[int] = []
     while options.max_trials is None or len(ran) < options.max_trials:
-        for number in recover_stale(handle.study, handle.storage, options.grace):
+        for recovered in recover_stale(handle.study, handle.storage, options.grace,
+                                       options.max_retries):
             if echo:
-                echo(f"trial {number}: its worker died; re-enqueued")
+                echo(recovered.describe(options.max_retries))
         trial = claim(handle)
         if trial is None:
             if handle.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -163,14 +168,41 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
               options: WorkerOptions = WorkerOptions(),
               echo: Callable[[str], None] | None = None) -> None:
     """Continue a study to its end with ``workers`` local processes (1: in this process)."""
-    handle = open_study(name, url, heartbeat_s=options.heartbeat_s, grace_s=options.grace)
+    handle = open_study(name, url)
     enqueue_missing(handle, handle.planned_runs())  # an interrupted `study create`
     if workers > 1 and storage_lib.storage_kind(handle.url) == "sqlite":
         raise ArchscaleError("SQLite storage takes one worker: use the default journal file "
                              "(--storage archscale.journal) or PostgreSQL for --workers > 1")
     if workers == 1:
         run_worker(name, handle.url, options, echo=echo)
-        return
+    else:
+        _run_processes(handle, options, workers, echo)
+    gone = given_up(handle.study)
+    if gone:
+        raise GaveUpError(_gave_up_message(handle, gone, options.max_retries))
+
+
+class GaveUpError(ArchscaleError):
+    """Configs of a study were tried ``1 + max_retries`` times, their worker dying each time."""
+
+
+def _gave_up_message(handle: StudyHandle, gone: list[ConfigTries], max_retries: int) -> str:
+    lines = [f"{len(gone)} planned run(s) of study {handle.name!r} never finished: the worker "
+             f"died on every try (--max-retries {max_retries})"]
+    for config in gone:
+        lines.append(f"config {config.config_key}:")
+        lines += [f"  try {i} (trial {t['trial']}): {t['reason']}"
+                  for i, t in enumerate(config.tries, 1)]
+    keys = " ".join(c.config_key for c in gone)
+    lines.append(f"re-queue: archscale study requeue {handle.name} {keys} --storage "
+                 f"{handle.shown_url}, then {handle.resume_command}")
+    return "\n".join(lines)
+
+
+def _run_processes(handle: StudyHandle, options: WorkerOptions, workers: int,
+                   echo: Callable[[str], None] | None) -> None:
+    """Run ``workers`` local worker processes to their end."""
+    name = handle.name
     plan = assign_devices(local_devices(), workers)
     if echo:
         echo("workers: " + "; ".join(f"{i} on {w.label}" for i, w in enumerate(plan.workers)))
@@ -198,4 +230,4 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
               for i, (p, code) in enumerate(zip(procs, codes, strict=True)) if code]
     if failed:
         raise ArchscaleError("; ".join(failed) + ": see its output above, then rerun "
-                             f"`archscale study run {name}` to continue")
+                             f"`{handle.resume_command}` to continue")

@@ -18,6 +18,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("name")
     parser.add_argument("--heartbeat", type=int, required=True)
     parser.add_argument("--grace", type=int, required=True)
+    parser.add_argument("--max-retries", type=int, required=True)
     parser.add_argument("--artifacts")
     parser.add_argument("--cores", help="comma-separated core ids to pin to")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = WorkerOptions(heartbeat_s=args.heartbeat, grace_s=args.grace,
+                            max_retries=args.max_retries,
                             artifacts=args.artifacts, progress=args.progress)
     cores = [int(c) for c in args.cores.split(",")] if args.cores else None
     try:

@@ -87,7 +87,7 @@ def test_a_cut_at_every_byte_of_the_last_three_records_keeps_every_finished_run(
         # A worker's next writes (recovering the cut trial) start on a line of their own, and the
         # cut trial runs again: its config is waiting once more. (Its writer is gone; grace 0
         # also covers a cut in its owner record, which the heartbeat's grace recovers.)
-        recovered = recover_stale(study, storage, grace_s=0)
+        recovered = recover_stale(study, storage, grace_s=0, max_retries=10)
         reread = optuna.load_study(study_name="torn-grid",
                                    storage=storage_lib.open_storage(str(path)))
         assert len(reread.trials) == len(study.trials) == 4 + len(recovered)
@@ -145,7 +145,8 @@ def test_a_worker_killed_during_a_write_leaves_a_study_that_resumes(tmp_path, mo
     assert any("study.journal.torn" in r.getMessage() for r in caplog.records)
     killed = handle.study.get_trials(states=(TrialState.RUNNING,))
     assert len(killed) == 1
-    assert recover_stale(handle.study, handle.storage, grace_s=60) == [killed[0].number]
+    [recovered] = recover_stale(handle.study, handle.storage, grace_s=60, max_retries=10)
+    assert recovered.number == killed[0].number and recovered.retried
     assert "is gone" in handle.study.trials[killed[0].number].system_attrs[STALE_ATTR]
     while (trial := claim(handle)) is not None:  # the rest, the killed run's retry among them
         finish(handle, trial, 3.5, owner_info())

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from archscale.cli.main import app
-from archscale.search.attrs import OWNER_ATTR, STALE_ATTR
+from archscale.search.attrs import OWNER_ATTR, STALE_ATTR, TRIES_ATTR
 from archscale.search.storage import artifact_dir
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
@@ -138,7 +138,7 @@ def test_postgres_three_workers_one_killed_mid_trial_each_config_once(tmp_path, 
         dead = [t for t in handle.study.get_trials(states=(TrialState.FAIL,))
                 if "status" not in t.user_attrs]
         assert len(dead) >= 1  # failed by Optuna's heartbeat, then retried
-        retried = {t.system_attrs.get("failed_trial") for t in handle.study.trials}
+        retried = {t["trial"] for r in handle.study.trials for t in r.system_attrs.get(TRIES_ATTR, [])}
         assert all(t.number in retried for t in dead)
         assert (Path("archscale.artifacts")).is_dir()
     finally:
