@@ -26,13 +26,18 @@ folder with ``--artifacts`` when workers run on several machines).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileSymlinkLock
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -167,17 +172,53 @@ def open_storage(url: str | None = None) -> BaseStorage:
                                           f"{type(err).__name__}: {first}", url)) from None
 
 
+@contextmanager
+def creation_lock(storage: BaseStorage, url: str, name: str) -> Iterator[None]:
+    """Hold, across processes, the right to create study ``name`` and enqueue its runs, so two
+    ``study create`` (or ``study run``) at once give one study with each run once.
+
+    PostgreSQL: a session advisory lock, freed by the server if the holder dies. A journal or
+    SQLite file: Optuna's symlink lock on ``<file>.create`` (broken after its grace period if the
+    holder died). Other servers take no lock.
+    """
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"archscale study {name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    file = storage_file(url)
+    if file is None:
+        yield
+        return
+    lock = JournalFileSymlinkLock(f"{file}.create")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def artifact_dir(url: str | None, override: str | Path | None = None) -> Path:
     """The artifact folder of a storage: ``override``, else beside its file, else in the cwd."""
     if override is not None:
         return Path(override).expanduser().resolve()
+    file = storage_file(url)
+    return file.with_suffix(".artifacts") if file else Path(DEFAULT_ARTIFACTS).resolve()
+
+
+def storage_file(url: str | None) -> Path | None:
+    """The file a journal or SQLite storage lives in; None for a server or in-memory SQLite."""
     url = resolve_url(url)
     kind = storage_kind(url)
     if kind == "journal" or (kind == "sqlite" and url.startswith("sqlite:///")
                              and ":memory:" not in url):
-        path = Path(url if kind == "journal" else url.removeprefix("sqlite:///"))
-        return path.resolve().with_suffix(".artifacts")
-    return Path(DEFAULT_ARTIFACTS).resolve()
+        return Path(url if kind == "journal" else url.removeprefix("sqlite:///")).resolve()
+    return None
 
 
 def artifact_store(url: str | None, override: str | Path | None = None) -> FileSystemArtifactStore:

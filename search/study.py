@@ -153,6 +153,15 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
     data, runs = _validate(sweep)
     url = storage_lib.resolve_url(url)
     storage = storage_lib.open_storage(url)
+    with storage_lib.creation_lock(storage, url, sweep.name):
+        handle = _create_or_check(sweep, data, storage, url)
+        enqueue_missing(handle, runs)
+    return handle
+
+
+def _create_or_check(sweep: SweepFile, data: TokenData, storage: BaseStorage, url: str
+                     ) -> StudyHandle:
+    """The study of ``sweep``: created, or found with the same sweep and data."""
     if sweep.name in study_names(storage):
         stored = _sweep_of(storage, sweep.name, url)
         if stored != sweep:
@@ -174,12 +183,12 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         handle = StudyHandle(study, storage, url, sweep)
-    enqueue_missing(handle, runs)
     return handle
 
 
 def enqueue_missing(handle: StudyHandle, runs: list[PlannedRun]) -> int:
-    """Enqueue each planned run that no trial of the study carries yet; how many were added."""
+    """Enqueue each planned run that no trial of the study carries yet; how many were added.
+    Call it holding ``storage.creation_lock``."""
     present = {t.user_attrs.get(CONFIG_KEY_ATTR) for t in handle.study.get_trials(deepcopy=False)}
     added = 0
     for run in runs:

@@ -169,7 +169,8 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
               echo: Callable[[str], None] | None = None) -> None:
     """Continue a study to its end with ``workers`` local processes (1: in this process)."""
     handle = open_study(name, url)
-    enqueue_missing(handle, handle.planned_runs())  # an interrupted `study create`
+    with storage_lib.creation_lock(handle.storage, handle.url, name):
+        enqueue_missing(handle, handle.planned_runs())  # an interrupted `study create`
     if workers > 1 and storage_lib.storage_kind(handle.url) == "sqlite":
         raise ArchscaleError("SQLite storage takes one worker: use the default journal file "
                              "(--storage archscale.journal) or PostgreSQL for --workers > 1")
