@@ -92,6 +92,9 @@ class DeclaredForm:
     """The column the law predicts."""
     coefficients: tuple[Coefficient, ...]
     """Fitted coefficients, in the order of every coefficient vector."""
+    definitions: Mapping[str, str] = field(default_factory=dict)
+    """Named intermediate quantities (name -> expression, in order), e.g. an effective data
+    size that the expression then reads."""
     space: str = "log"
     """Where residuals are measured (SPACES)."""
     loss: str = "squares"
@@ -138,7 +141,8 @@ class DeclaredForm:
 
     @property
     def parsed(self) -> Expression:
-        return parse(self.expression, [*self.inputs, *(c.name for c in self.coefficients)])
+        return parse(self.expression, [*self.inputs, *(c.name for c in self.coefficients)],
+                     self.definitions)
 
     @property
     def coef_names(self) -> tuple[str, ...]:
@@ -153,7 +157,7 @@ class DeclaredForm:
         return {"name": self.name, "expression": self.expression, "inputs": list(self.inputs),
                 "target": self.target,
                 "coefficients": {c.name: c.to_dict() for c in self.coefficients},
-                "space": self.space, "loss": self.loss, "huber_delta": self.huber_delta,
+                "definitions": dict(self.definitions), "space": self.space, "loss": self.loss, "huber_delta": self.huber_delta,
                 "n_starts": self.n_starts, "local_starts": self.local_starts,
                 "n_boot": self.n_boot, "axes": list(self.axes), "min_scales": self.min_scales,
                 "columns": dict(self.columns), "description": self.description,
@@ -182,7 +186,7 @@ def _coefficient(name: str, spec: Any) -> Coefficient:
                        starts=tuple(float(s) for s in starts), log=bool(spec.get("log", False)))
 
 
-FIELDS = ("name", "expression", "inputs", "target", "coefficients", "space", "loss",
+FIELDS = ("name", "expression", "inputs", "target", "coefficients", "definitions", "space", "loss",
           "huber_delta", "n_starts", "local_starts", "n_boot", "axes", "min_scales", "columns",
           "description", "source")
 """Keys a declaration may hold."""

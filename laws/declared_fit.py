@@ -55,9 +55,9 @@ class Compiled:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(expression: str, inputs: tuple[str, ...], names: tuple[str, ...],
-              logs: tuple[bool, ...], space: str) -> Compiled:
-    parsed = parse(expression, [*inputs, *names])
+def _compiled(expression: str, definitions: tuple[tuple[str, str], ...], inputs: tuple[str, ...],
+              names: tuple[str, ...], logs: tuple[bool, ...], space: str) -> Compiled:
+    parsed = parse(expression, [*inputs, *names], dict(definitions))
     is_log = np.array(logs)
 
     def predict(coef: Any, data: dict[str, Any]) -> Any:
@@ -73,7 +73,8 @@ def _compiled(expression: str, inputs: tuple[str, ...], names: tuple[str, ...],
 
 
 def compiled(form: DeclaredForm) -> Compiled:
-    return _compiled(form.expression, form.inputs, form.coef_names,
+    return _compiled(form.expression, tuple(form.definitions.items()), form.inputs,
+                     form.coef_names,
                      tuple(c.log for c in form.coefficients), form.space)
 
 
@@ -104,7 +105,8 @@ def start_grid(form: DeclaredForm, seed: int = 0) -> np.ndarray:
     lo, hi = z_bounds(form)
     listed = [[_to_z(form, np.full(len(form.coefficients), s))[i]
                for s in form.coefficients[i].starts] for i in declared]
-    product = np.array(list(itertools.product(*listed)), dtype=float).reshape(-1, len(declared))
+    product = np.array(list(itertools.product(*listed)), dtype=float).reshape(
+        math.prod(len(values) for values in listed), len(declared))
     if drawn:
         unit = qmc.Sobol(len(drawn), scramble=True, seed=seed).random(form.n_starts)
         sample = lo[drawn] + unit * (hi[drawn] - lo[drawn])
@@ -142,15 +144,24 @@ def _loss(form: DeclaredForm, resid: np.ndarray) -> np.ndarray:
 
 def _local(form: DeclaredForm, fns: Compiled, data: dict[str, Any], target: Any,
            z0: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, float, bool]:
-    """One least-squares fit from ``z0``: (z, cost, converged)."""
+    """One least-squares fit from ``z0``: (z, cost, converged); a start whose steps leave the
+    expression's domain ends unconverged at infinite cost."""
+
+    def jacobian(z: np.ndarray) -> np.ndarray:
+        # a derivative JAX cannot form (0 * inf where a clamp is active) is 0, as it is there
+        return np.nan_to_num(np.asarray(fns.jacobian(z, data, target)), nan=0.0, posinf=0.0,
+                             neginf=0.0)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = least_squares(
-            lambda z: np.asarray(fns.residuals(z, data, target)),
-            np.clip(z0, *bounds), jac=lambda z: np.asarray(fns.jacobian(z, data, target)),
-            bounds=bounds, method="trf", x_scale="jac",
-            loss="huber" if form.loss == "huber" else "linear", f_scale=form.huber_delta,
-            ftol=TOLERANCE, xtol=TOLERANCE, gtol=TOLERANCE)
+        try:
+            result = least_squares(
+                lambda z: np.asarray(fns.residuals(z, data, target)), np.clip(z0, *bounds),
+                jac=jacobian, bounds=bounds, method="trf", x_scale="jac",
+                loss="huber" if form.loss == "huber" else "linear", f_scale=form.huber_delta,
+                ftol=TOLERANCE, xtol=TOLERANCE, gtol=TOLERANCE)
+        except (ValueError, np.linalg.LinAlgError):
+            return z0, math.inf, False
     cost = float(result.cost) if np.isfinite(result.cost) else math.inf
     return result.x, cost, bool(result.status > 0 and np.isfinite(cost))
 

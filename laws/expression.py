@@ -83,31 +83,52 @@ def _evaluate(node: ast.AST, env: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class Expression:
-    """A parsed, checked expression over named inputs and coefficients."""
+    """A parsed, checked expression over named inputs and coefficients, with optional named
+    intermediate quantities (``definitions``, each readable by those after it)."""
 
     text: str
     """The expression as declared, e.g. ``E + A / N**alpha + B / D**beta``."""
     tree: ast.Expression
     """Its syntax tree (only the nodes ``_check`` accepts)."""
+    steps: tuple[tuple[str, ast.Expression], ...] = ()
+    """Intermediate quantities (name, tree), evaluated in order before ``tree``."""
 
     def __call__(self, env: Mapping[str, Any]) -> Any:
         """The expression's value with every name bound in ``env`` (jax or numpy arrays)."""
+        env = dict(env)
+        for name, tree in self.steps:
+            env[name] = _evaluate(tree.body, env)
         return _evaluate(self.tree.body, env)
 
     def names(self) -> set[str]:
-        """The input and coefficient names the expression reads."""
-        return {n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name)} - set(CONSTANTS)
+        """The input and coefficient names the expression and its definitions read."""
+        read = {n.id for t in (self.tree, *(t for _, t in self.steps))
+                for n in ast.walk(t) if isinstance(n, ast.Name)}
+        return read - set(CONSTANTS) - {name for name, _ in self.steps}
 
 
-def parse(text: str, names: Sequence[str]) -> Expression:
-    """Parse ``text``; every name must be one of ``names`` (inputs and coefficients)."""
+def _tree(text: str, names: frozenset[str]) -> ast.Expression:
     try:
         tree = ast.parse(str(text).strip(), mode="eval")
     except SyntaxError as err:
         raise ArchscaleError(f"expression {text!r} is not valid arithmetic: {err.msg}") from None
-    clash = set(names) & (set(FUNCTIONS) | set(CONSTANTS))
-    if clash:
-        raise ArchscaleError(f"names {sorted(clash)} are function or constant names in "
-                             "expressions: rename those inputs or coefficients")
-    _check(text, tree, frozenset(names))
-    return Expression(text=str(text).strip(), tree=tree)
+    _check(text, tree, names)
+    return tree
+
+
+def parse(text: str, names: Sequence[str],
+          definitions: Mapping[str, str] | None = None) -> Expression:
+    """Parse ``text``; every name must be one of ``names`` (inputs and coefficients) or of the
+    ``definitions`` (name -> expression, in order; each may read the ones before it)."""
+    defined = list(definitions or {})
+    clash = set([*names, *defined]) & (set(FUNCTIONS) | set(CONSTANTS))
+    if clash or set(names) & set(defined):
+        raise ArchscaleError(f"names {sorted(clash or set(names) & set(defined))} are used "
+                             "twice (as function, constant, input, coefficient or definition "
+                             "names): rename them")
+    known, steps = set(names), []
+    for name, body in (definitions or {}).items():
+        steps.append((name, _tree(body, frozenset(known))))
+        known.add(name)
+    return Expression(text=str(text).strip(), tree=_tree(text, frozenset(known)),
+                      steps=tuple(steps))

@@ -32,10 +32,18 @@ DeclaredForm, a declaration mapping or the path of a form file."""
 LIBRARY = Path(__file__).with_name("form_library")
 """Packaged form files; a form is named by its path below here without the suffix."""
 
+ALIASES = LIBRARY / "aliases.yaml"
+"""Short names of packaged forms (e.g. a ScaleBench task's primary form)."""
+
+
 def library_forms() -> dict[str, Path]:
-    """Packaged forms by name (``scalebench/moe``, ``scalebench/moe/sl_3``, ...)."""
-    return {str(p.relative_to(LIBRARY).with_suffix("")): p
-            for p in sorted(LIBRARY.rglob("*.yaml"))}
+    """Packaged forms by name (``scalebench/moe/sl_3``, and aliases such as ``scalebench/moe``)."""
+    import yaml
+
+    forms = {str(p.relative_to(LIBRARY).with_suffix("")): p
+             for p in sorted(LIBRARY.rglob("*.yaml")) if p != ALIASES}
+    aliases = yaml.safe_load(ALIASES.read_text()) or {}
+    return {**forms, **{alias: forms[name] for alias, name in aliases.items()}}
 
 
 @functools.cache
