@@ -1,0 +1,187 @@
+"""What the design engine needs from a law, and the adapter that gives it for archscale's laws.
+
+The engine (decide/design.py) asks a law four things: fit a table of finished runs (warm-started
+from the previous fit, so a replay of hundreds of picks stays fast), predict rows for any
+coefficient rows, the sensitivity of those predictions to the coefficients (the linearisation
+behind V-optimal design), and the calibrated interval where a new run will land. ``DesignLaw``
+is that protocol; ``KindLaw`` implements it for every law kind that ``archscale.laws.fit_law``
+fits, including user-declared forms, so the engine never special-cases a form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from archscale.arch.errors import ArchscaleError
+from archscale.laws.diagnostics import Problem
+from archscale.laws.intervals import DEFAULT_LEVEL
+from archscale.laws.law import Law, fit_law, get_kind
+
+REFIT_GROWTH = 1.5
+"""A warm refit is replaced by a full multi-start fit once the runs have grown by this factor
+since the last full fit (or whenever the last one was refused): warm starts are fast, but only a
+full fit re-checks identification and can leave a local optimum."""
+FD_STEP = 1e-5
+"""Relative step of the central differences behind ``sensitivity``."""
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A law fitted to the finished runs, as the engine reads it."""
+
+    coef: np.ndarray
+    """Coefficients (P)."""
+    sigma: float
+    """Scatter of runs around the law in its residual space (the laws' calibrated sigma_run)."""
+    problems: tuple[Problem, ...]
+    """Why the runs do not identify the law (empty: identified)."""
+    n_runs: int
+    """Runs the last full (multi-start, checked) fit saw."""
+    law: Any = field(default=None, repr=False)
+    """The laws package's own fitted object, for predictions and intervals."""
+
+    @property
+    def identified(self) -> bool:
+        return not self.problems
+
+
+class DesignLaw(Protocol):
+    """A law form, as the design engine uses it."""
+
+    name: str
+    """What the law is called in reports."""
+    target: str
+    """The column it predicts."""
+    space: str
+    """Where its residuals live: ``log`` (relative) or ``absolute``."""
+    n_coef: int
+    """Fitted coefficients (sizes the seed design)."""
+
+    def fit(self, table: pd.DataFrame, warm: Fitted | None = None,
+            weights: np.ndarray | None = None) -> Fitted:
+        """Fit ``table``; ``warm`` is the previous fit, a start that a cheap refit may use;
+        ``weights`` (one per row, with ``warm``) weigh the runs, as a bootstrap resample does."""
+        ...
+
+    def predict(self, fitted: Fitted, coef_SxP: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+        """Predictions of every coefficient row for every row (S x n)."""
+        ...
+
+    def interval(self, fitted: Fitted, rows: pd.DataFrame,
+                 level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+        """Where a new run at each row lands with probability ``level`` (calibrated)."""
+        ...
+
+
+def to_space(values: np.ndarray, space: str) -> np.ndarray:
+    """Predictions in the law's residual space (log for relative errors)."""
+    if space == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(values)
+    return values
+
+
+def sensitivity(law: DesignLaw, fitted: Fitted, rows: pd.DataFrame) -> np.ndarray:
+    """d f(prediction) / d log|coef| at the fit, for every row (n x P): the linearisation V-optimal
+    design works on, by central differences (one vectorized prediction of 2P coefficient rows).
+    Steps are relative, so a coefficient of 1e4 and an exponent of 0.3 are perturbed alike."""
+    coef = np.asarray(fitted.coef, dtype=float)
+    scale = np.maximum(np.abs(coef), 1e-8)
+    steps = FD_STEP * scale
+    eye = np.eye(len(coef))
+    rows_2P = np.vstack([coef + eye * steps, coef - eye * steps])
+    values = to_space(law.predict(fitted, rows_2P, rows), law.space)
+    up, down = values[: len(coef)], values[len(coef):]
+    jac = ((up - down) / (2 * steps[:, None])).T * scale[None, :]
+    return np.where(np.isfinite(jac), jac, 0.0)
+
+
+@dataclass(frozen=True)
+class KindLaw:
+    """A law kind of ``archscale.laws`` (built in or user-declared) behind ``DesignLaw``.
+
+    A full fit is ``fit_law`` without bootstrap: the kind's own multi-start fit, its
+    identification checks and its calibrated run scatter. A warm refit polishes the previous
+    coefficients by least squares in the law's residual space (seconds saved per pick); every
+    REFIT_GROWTH-fold growth of the runs, or after a refusal, the full fit runs again.
+    """
+
+    kind: str
+    """The --law name."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The declared form (terms, target, ...), as ``fit_law`` takes it."""
+
+    def __post_init__(self) -> None:
+        get_kind(self.kind)  # an unknown name fails here, with the list of kinds
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def _config(self) -> dict[str, Any]:
+        return get_kind(self.kind).configure(dict(self.options))
+
+    @property
+    def target(self) -> str:
+        return get_kind(self.kind).target(self._config)
+
+    @property
+    def space(self) -> str:
+        return "log" if get_kind(self.kind).space == "log" else "absolute"
+
+    @property
+    def n_coef(self) -> int:
+        return get_kind(self.kind).n_params(self._config)
+
+    def fit(self, table: pd.DataFrame, warm: Fitted | None = None,
+            weights: np.ndarray | None = None) -> Fitted:
+        if weights is None and (warm is None or not warm.identified
+                                or len(table) >= REFIT_GROWTH * warm.n_runs):
+            return self._full_fit(table)
+        if warm is None:
+            raise ArchscaleError("a weighted refit needs a previous fit to start from (warm)")
+        return self._polish(table, warm, np.ones(len(table)) if weights is None else weights)
+
+    def _full_fit(self, table: pd.DataFrame) -> Fitted:
+        law = fit_law(self.kind, table, self.options, n_boot=0, progressive=False)
+        return Fitted(coef=law.coef, sigma=float(law.error_model.sigma_run),
+                      problems=law.problems, n_runs=len(table), law=law)
+
+    def _polish(self, table: pd.DataFrame, warm: Fitted, weights: np.ndarray) -> Fitted:
+        law: Law = warm.law
+        kind = get_kind(self.kind)
+        measured = to_space(table[self.target].to_numpy(dtype=float), self.space)
+        sqrt_w = np.sqrt(np.asarray(weights, dtype=float))
+        scale = np.where(np.abs(warm.coef) > 0, np.abs(warm.coef), 1.0)
+
+        def residuals(u: np.ndarray) -> np.ndarray:
+            predicted = kind.predict(law.config, (u * scale)[None, :], table)[0]
+            r = (to_space(predicted, self.space) - measured) * sqrt_w
+            return np.where(np.isfinite(r), r, 1e3)
+
+        result = least_squares(residuals, warm.coef / scale, method="trf", max_nfev=200)
+        coef = result.x * scale
+        if not np.all(np.isfinite(coef)):
+            return self._full_fit(table)
+        dof = max(float(np.sum(weights)) - len(coef), 1.0)
+        sigma = float(np.sqrt(np.sum(result.fun**2) / dof))
+        return replace(warm, coef=coef, sigma=sigma,
+                       law=replace(law, coef=coef, coef_samples=np.empty((0, len(coef)))))
+
+    def predict(self, fitted: Fitted, coef_SxP: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+        law: Law = fitted.law
+        return get_kind(self.kind).predict(law.config, np.atleast_2d(coef_SxP), rows)
+
+    def interval(self, fitted: Fitted, rows: pd.DataFrame,
+                 level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+        law: Law = fitted.law
+        if law.error_model is None:
+            raise ArchscaleError(f"the {self.kind} fit has no calibrated error model")
+        return law.prediction_interval(rows, level)
