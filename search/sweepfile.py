@@ -3,7 +3,8 @@
 A sweep file names the study, the data (corpus + tokenizer), the sequence length, the training
 recipe (``archscale.sweeps.recipe.Recipe`` fields), the budget rule, how throughput is measured,
 the shape rules and a seed, and then either a ``grid:`` (every combination is enqueued as a fixed
-trial; ``noise:`` adds repeats of a few of them with other seeds) or a ``search:`` (a sampler
+trial; ``noise:`` adds repeats of a few of them with other seeds; ``design:`` makes them
+candidates, of which the design engine trains those worth their FLOPs) or a ``search:`` (a sampler
 proposes shapes at one fixed N). The problems of a file are
 reported together, in one ``SweepFileError``, each line naming the key path (rules that relate
 several keys of a section, such as "exactly one of", are checked once its keys are valid)::
@@ -187,6 +188,62 @@ class NoiseSection(_Section):
         return self
 
 
+class DesignBudget(_Section):
+    """What a ``design:`` study may spend on training: FLOPs, or a fraction of its grid's."""
+
+    flops: float | None = Field(default=None, gt=0)
+    """Training FLOPs (each run's ``6N + attention`` per token times its tokens, arch/spec.py)."""
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    """A fraction of what training every grid point (noise repeats excluded) would cost."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DesignBudget:
+        if (self.flops is None) == (self.fraction is None):
+            raise ValueError("give exactly one of flops or fraction")
+        return self
+
+
+class DesignTarget(_Section):
+    """Where the decision is made: a scale beyond the grid and the shapes compared there."""
+
+    scale_factor: float | None = Field(default=None, gt=0)
+    """N at the target as a multiple of the grid's largest scale (give this or n_params)."""
+    n_params: float | None = Field(default=None, gt=0)
+    """N at the target (give this or scale_factor)."""
+    tokens_per_param: float | None = Field(default=None, gt=0)
+    """D/N at the target; default: the study's ``budget.tokens_per_param``."""
+    d_over_sqrt_n: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    """Widths compared at the target; default: the grid's (needed when the grid gives d_model)."""
+    r: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    """MLP-to-attention ratios compared at the target; default: the grid's."""
+    gqa: list[PositiveInt] | None = Field(default=None, min_length=1)
+    """GQA groups compared at the target; default: the grid's."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DesignTarget:
+        if (self.scale_factor is None) == (self.n_params is None):
+            raise ValueError("give exactly one of scale_factor or n_params")
+        return self
+
+
+class DesignSection(_Section):
+    """The design engine picks which grid points to train, batch by batch, until the target's
+    best shape is settled or the budget is spent (search/designed.py)."""
+
+    budget: DesignBudget
+    """Training FLOPs the study may spend (runs queued or running count as spent)."""
+    target: DesignTarget
+    """The scale and shapes the study decides between."""
+    batch: int = Field(default=2, ge=1)
+    """Runs proposed per refit of the law (about the number of workers)."""
+    law: str = "conditional"
+    """The law kind (``archscale fit --law`` names, declared forms included)."""
+    form: dict[str, Any] | None = None
+    """The law's options (e.g. conditional terms); default: what the grid's values identify."""
+    stop_probability: float = Field(default=0.9, gt=0, lt=1)
+    """Stop once the top shape is the best with at least this probability."""
+
+
 class FloatRange(_Section):
     """A real interval to search."""
 
@@ -308,6 +365,8 @@ class SweepFile(_Section):
     """Grid only: repeats of a few grid runs with other seeds (the run-to-run noise floor)."""
     search: SearchSection | None = None
     """A sampler-driven search."""
+    design: DesignSection | None = None
+    """Grid only: train the grid points the design engine picks, not all of them."""
 
     @model_validator(mode="after")
     def _check(self) -> SweepFile:
@@ -319,6 +378,7 @@ class SweepFile(_Section):
         if self.noise is not None and self.seed in self.noise.seeds:
             problems.append(f"noise.seeds {self.noise.seeds} include the study's seed {self.seed}: "
                             "a repeat needs another seed")
+        problems += _design_problems(self)
         axis = self.grid.budget_axis if self.grid is not None else None
         if axis is not None and self.budget.tokens_per_param is None:
             problems.append(f"grid.{axis} needs a tokens_per_param budget (budget: "
@@ -362,6 +422,22 @@ class SweepFile(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _design_problems(sweep: SweepFile) -> list[str]:
+    """A design chooses among grid points, and its target needs a width and a D/N."""
+    design = sweep.design
+    if design is None:
+        return []
+    if sweep.grid is None:
+        return ["design: chooses among grid points: it needs a grid:"]
+    problems = []
+    if design.target.d_over_sqrt_n is None and sweep.grid.d_over_sqrt_n is None:
+        problems.append("design.target.d_over_sqrt_n is needed when the grid gives d_model")
+    if design.target.tokens_per_param is None and sweep.budget.tokens_per_param is None:
+        problems.append("design.target.tokens_per_param is needed without a tokens_per_param "
+                        "budget")
+    return problems
 
 
 def _width_problem(d_over_sqrt_n: object, d_model: object) -> list[str]:
