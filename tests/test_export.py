@@ -15,6 +15,7 @@ from archscale.arch.export import spec_from_hf_config
 from archscale.cli.main import app
 from archscale.decide.export import export_hf
 from archscale.decide.recommend import recommend, save_recommendation
+from archscale.decide.recommendation import Recommendation
 
 NAMES = ["rank-1", "rank-2", "rank-3", "loss-optimal"]
 
@@ -60,6 +61,18 @@ def test_export_keeps_predictions_and_provenance(rec_dir, tmp_path):
     assert export["configs"]["rank-1"]["config"] == "rank-1/config.json"
     assert export["configs"]["rank-1"]["params_total"] == original["recommended"][0]["params_total"]
     assert export["notes"] == []
+
+
+def test_recommendation_reads_back_what_it_wrote(rec_dir):
+    """recommendations.json is read through the dataclass: reading it and writing it again gives
+    the same document, missing intervals (JSON null) included."""
+    data = json.loads((rec_dir / "recommendations.json").read_text())
+    rec = Recommendation.from_dict(data)
+    assert rec.to_dict() == data
+    assert [s.spec.params_total for s in rec.recommended] == [
+        s["params_total"] for s in data["recommended"]]
+    with pytest.raises(ArchscaleError, match=r"not a recommendation.*'loss_optimal'"):
+        Recommendation.from_dict({k: v for k, v in data.items() if k != "loss_optimal"})
 
 
 def test_a_shape_transformers_refuses_is_flagged(rec_dir, tmp_path):
