@@ -3,12 +3,14 @@ them, decode attention), and the registry that picks one per platform.
 
 ``serving_backend`` picks what a generation loop runs: the weights' serving layout, the matmuls
 on them and decode attention. ``XLA_SERVING`` everywhere, except where an optional backend module
-offers faster code for this platform (today ``arch.cpu_backend`` on CPU: native kernels, or
-weight layouts XLA:CPU streams faster). The model knows only the ``ServingBackend`` interface.
+registered in ``BACKEND_MODULES`` offers faster code for this platform (today
+``arch.cpu_backend`` on CPU: native kernels, or weight layouts XLA:CPU streams faster). The model
+knows only the ``ServingBackend`` interface; attention imports no backend.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,10 +39,15 @@ class ServingBackend:
 XLA_SERVING = ServingBackend("xla")
 
 
+BACKEND_MODULES: dict[str, str] = {"cpu": "archscale.arch.cpu_backend"}
+"""Platform (``jax.default_backend()``) -> the module with faster serving code there, whose
+``serving_backend(dtype)`` picks among its backends. Imported on first use, by name: optional
+speed code that nothing else imports. Other platforms get ``XLA_SERVING``."""
+
+
 def serving_backend(dtype) -> ServingBackend:
     """The serving backend for compute ``dtype`` on this platform."""
-    if jax.default_backend() == "cpu":
-        from archscale.arch import cpu_backend  # optional speed code for XLA:CPU
-
-        return cpu_backend.serving_backend(dtype)
-    return XLA_SERVING
+    module = BACKEND_MODULES.get(jax.default_backend())
+    if module is None:
+        return XLA_SERVING
+    return importlib.import_module(module).serving_backend(dtype)
