@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+from test_layout import heavy_modules_after
 from test_recommend import H100, PAPER, SPACE, fit
 from typer.testing import CliRunner
 
@@ -90,6 +91,13 @@ def test_cli_export_writes_next_to_the_source_by_default(rec_dir):
     for name in NAMES:
         assert f"wrote {rec_dir / 'hf' / name / 'config.json'}" in result.output
     assert (rec_dir / "hf" / "recommendations.json").is_file()
+
+
+def test_cli_export_loads_no_jax(rec_dir, tmp_path):
+    out = tmp_path / "out"
+    assert heavy_modules_after(["export", str(rec_dir), "--out", str(out), "--format", "litgpt"]) \
+        == []
+    assert (out / "rank-1" / "litgpt.yaml").is_file()
 
 
 @pytest.mark.parametrize("make, args, match", [
