@@ -22,7 +22,7 @@ def lazy_exports(package: str, exports: dict[str, str]
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
 
-    def __dir__() -> list[str]:
-        return sorted(exports)
+    def __dir__() -> list[str]:  # the package's own names, and the lazy ones not yet loaded
+        return sorted({*vars(importlib.import_module(package)), *exports})
 
     return __getattr__, __dir__

@@ -11,7 +11,7 @@ from archscale.arch.spec import ArchSpec, SpecError, get_preset, preset_names
 from archscale.lazy import lazy_exports
 
 # the format readers (and yaml) load on first use: every archscale.arch.* import runs this file
-__getattr__, _ = lazy_exports(__name__, {"load_spec": "frameworks"})
+__getattr__, __dir__ = lazy_exports(__name__, {"load_spec": "frameworks"})
 
 if TYPE_CHECKING:
     from archscale.arch.frameworks import load_spec

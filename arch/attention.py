@@ -19,11 +19,6 @@ said otherwise):
   each chunk rematerialized in the backward pass); shorter calls (every training shape of the
   CPU demo and benchmarks) run in one piece. The loop computes the masked half of causal
   scores too: simple, and long contexts belong on the platforms with kernels.
-
-``serving_backend`` picks what a generation loop runs: the weights' serving layout, the matmuls
-on them and decode attention. ``XLA_SERVING`` everywhere, except where an optional backend module
-offers faster code for this platform (today ``arch.cpu_backend`` on CPU: native kernels, or
-weight layouts XLA:CPU streams faster). The model knows only the ``ServingBackend`` interface.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -179,33 +173,3 @@ def _splash_causal(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Ar
     out_BxNxTxH = jax.vmap(kernel)(q_BxNxTxH, jnp.swapaxes(k_BxTxKxH, 1, 2),
                                    jnp.swapaxes(v_BxTxKxH, 1, 2))
     return jnp.swapaxes(out_BxNxTxH, 1, 2).astype(q_BxTxNxH.dtype)
-
-
-# ---- serving backends ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ServingBackend:
-    """What a generation loop runs: decode attention, and the serving layout of the weights.
-
-    ``prepare`` turns one layer's weights (matrices stored output x input, under the names of
-    ``Layers.stacked``) into the backend's own layout; ``matmul(x_BxTxI, weights, name)`` is
-    x @ W for the matrix stored as ``name`` in that layout. None: as stored, XLA's einsum.
-    """
-
-    name: str
-    """Recorded beside every throughput figure, since backends differ in speed."""
-    decode_attention: Callable[..., jax.Array] = decode_attention
-    """(q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, valid) -> out_BxKxGxH."""
-    prepare: Callable[[dict[str, jax.Array]], dict[str, jax.Array]] | None = None
-    matmul: Callable[[jax.Array, dict[str, jax.Array], str], jax.Array] | None = None
-
-
-XLA_SERVING = ServingBackend("xla")
-
-
-def serving_backend(dtype) -> ServingBackend:
-    """The serving backend for compute ``dtype`` on this platform."""
-    if jax.default_backend() == "cpu":
-        from archscale.arch import cpu_backend  # optional speed code for XLA:CPU
-
-        return cpu_backend.serving_backend(dtype)
-    return XLA_SERVING

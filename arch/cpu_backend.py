@@ -1,4 +1,4 @@
-"""Optional speed code for decoding on XLA:CPU: two ``ServingBackend``s (``arch.attention``).
+"""Optional speed code for decoding on XLA:CPU: two ``ServingBackend``s (``arch.serving``).
 
 XLA:CPU multiplies a decode step's few rows by a weight stored output x input 2-3x slower than by
 an input x output copy, runs its attention as one tiny matrix-vector product per (row, KV head),
@@ -10,9 +10,9 @@ weights cold in memory.
   of 16 is packed once into contiguous 16-column panels that the matmul kernel streams
   (70-95 GFLOP/s); a matrix of another width keeps an input x output copy.
 * ``cpu-xla`` (other dtypes, or no kernels): XLA throughout, every matrix an input x output copy
-  (a decode step of d_model 512 ran 2.2x faster than on ``attention.XLA_SERVING``).
+  (a decode step of d_model 512 ran 2.2x faster than on ``serving.XLA_SERVING``).
 
-Prompts (T > 1) multiply the same layouts through XLA. Only ``attention.serving_backend``
+Prompts (T > 1) multiply the same layouts through XLA. Only ``serving.serving_backend``
 imports this module, and only on CPU.
 """
 
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from archscale.arch import attention, cpu_kernels
-from archscale.arch.attention import ServingBackend
+from archscale.arch.serving import ServingBackend
 
 PANEL_NAMES = {"wqkv_JHxD": "wqkv_PxDx16", "wo_DxNH": "wo_PxNHx16",
                "w_gate_up_2FxD": "w_gate_up_PxDx16", "w_down_DxF": "w_down_PxFx16"}

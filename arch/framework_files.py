@@ -13,14 +13,11 @@ import json
 import pprint
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from archscale.arch.spec import SpecError
-
-if TYPE_CHECKING:
-    from archscale.arch.frameworks import Format
 
 MEGATRON_ARRAY = "MODEL_ARGS"
 """The bash array megatron_args.sh defines."""
@@ -127,13 +124,13 @@ def _comment(text: str, mark: str = "#") -> str:
     return "".join(f"{mark} {line}\n" for line in text.splitlines())
 
 
-def render(fmt: Format, flat: dict[str, Any], header: str) -> str:
-    """The file text of ``fmt`` holding ``flat``."""
-    if fmt.filename.endswith(".json"):
+def render(filename: str, flat: dict[str, Any], header: str) -> str:
+    """The text of a config file called ``filename`` (its syntax by extension) holding ``flat``."""
+    if filename.endswith(".json"):
         return json.dumps(nest(flat), indent=2) + "\n"
-    if fmt.filename.endswith((".yml", ".yaml")):
+    if filename.endswith((".yml", ".yaml")):
         return _comment(header) + yaml.safe_dump(nest(flat), sort_keys=False)
-    if fmt.filename.endswith(".sh"):
+    if filename.endswith(".sh"):
         args = [f"    {path}" if value is True else f"    {path} {shlex.quote(str(value))}"
                 for path, value in flat.items() if value is not False]
         return _comment(header) + f"{MEGATRON_ARRAY}=(\n" + "\n".join(args) + "\n)\n"

@@ -382,7 +382,7 @@ def write_config(spec: ArchSpec, fmt: Format | str, out_dir: str | Path, label: 
         raise SpecError(f"--out {out} is a file: give a directory to hold {fmt.filename}")
     out.mkdir(parents=True, exist_ok=True)
     path = out / fmt.filename
-    path.write_text(render(fmt, flat, header=_header(spec, fmt, label)))
+    path.write_text(render(fmt.filename, flat, header=_header(spec, fmt, label)))
     return path
 
 

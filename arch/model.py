@@ -35,10 +35,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from archscale.arch import attention
-from archscale.arch.attention import ServingBackend
+from archscale.arch import attention, serving
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.runtime import default_compute_dtype
+from archscale.arch.serving import ServingBackend
 from archscale.arch.spec import ArchSpec
 
 INIT_STD = 0.02
@@ -179,12 +179,12 @@ class Transformer(nnx.Module):
 
     def layer_weights(self, backend: ServingBackend | None = None) -> ServingWeights:
         """Each layer's weights sliced out of the stacks in the compute dtype, in ``backend``'s
-        serving layout (default: ``attention.serving_backend`` of the compute dtype).
+        serving layout (default: ``serving.serving_backend`` of the compute dtype).
 
         A generation loop computes this once, before the loop, and passes it to every
         ``decode_step``: slicing inside the loop would copy every weight at every token.
         """
-        backend = backend or attention.serving_backend(self.compute_dtype)
+        backend = backend or serving.serving_backend(self.compute_dtype)
         stacked = self.layers.stacked(self.compute_dtype)
         layers = tuple({name: w[index] for name, w in stacked.items()}
                        for index in range(self.spec.n_layers))

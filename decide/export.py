@@ -30,7 +30,8 @@ from archscale.arch.frameworks import (
     write_shape,
 )
 from archscale.arch.spec import ArchSpec
-from archscale.search.storage import hide_passwords
+from archscale.decide.recommendation import Recommendation, Scored
+from archscale.search.passwords import hide_passwords
 from archscale.sweeps.recipe import Budget, Recipe
 
 __all__ = ["FORMATS", "export", "export_hf", "load_recipe", "load_recommendation",
@@ -48,20 +49,23 @@ def recommendation_path(source: str | Path) -> Path:
     return path
 
 
-def load_recommendation(source: str | Path) -> dict[str, Any]:
-    """The recommendation JSON of ``source`` (a folder or the file), checked for its shapes."""
-    path = recommendation_path(source)
+def load_recommendation(source: str | Path) -> Recommendation:
+    """The Recommendation of ``source`` (a folder or its recommendations.json)."""
+    return _read(recommendation_path(source))[0]
+
+
+def _read(path: Path) -> tuple[Recommendation, dict[str, str]]:
+    """The Recommendation in ``path``, any database password in it hidden, and where one was."""
     try:
-        data = json.loads(path.read_text())
-        for shape in _shapes(data).values():
-            ArchSpec.from_dict(shape["spec"])
-        float(data["provenance"]["search"]["tokens"])
+        data, hidden = hide_passwords(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         raise ArchscaleError(f"{path} is not valid JSON: {err}") from None
-    except (KeyError, TypeError) as err:
-        raise ArchscaleError(f"{path} is not a recommendation ({type(err).__name__}: {err}): "
-                             "write one with `archscale recommend`") from None
-    return data
+    try:
+        rec = Recommendation.from_dict(data)
+        float(rec.provenance["search"]["tokens"])
+    except (ArchscaleError, KeyError, TypeError) as err:
+        raise ArchscaleError(f"{path}: {err}") from None
+    return rec, hidden
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -102,10 +106,10 @@ def training_budget(spec: ArchSpec, tokens: float, recipe: Recipe | None) -> dic
     return budget
 
 
-def _shapes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Folder name -> shape entry: the recommended shapes by rank, then the loss-optimal one."""
-    shapes = {f"rank-{i}": s for i, s in enumerate(data["recommended"], 1)}
-    shapes["loss-optimal"] = data["loss_optimal"]
+def _shapes(rec: Recommendation) -> dict[str, Scored]:
+    """Folder name -> shape: the recommended shapes by rank, then the loss-optimal one."""
+    shapes = {f"rank-{i}": s for i, s in enumerate(rec.recommended, 1)}
+    shapes["loss-optimal"] = rec.loss_optimal
     return shapes
 
 
@@ -117,20 +121,21 @@ def export(source: str | Path, out_dir: str | Path, fmt: str = "hf", dtype: str 
     form = get_format(fmt)
     path = recommendation_path(source)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    data, hidden = hide_passwords(load_recommendation(path))
-    shapes = {name: (ArchSpec.from_dict(shape["spec"]), shape)
-              for name, shape in _shapes(data).items()}
-    for spec, _ in shapes.values():  # refuse before writing anything
-        check_expressible(spec, form)
+    rec, hidden = _read(path)
+    data = rec.to_dict()
+    shapes = _shapes(rec)
+    for scored in shapes.values():  # refuse before writing anything
+        check_expressible(scored.spec, form)
     out = Path(out_dir)
     written, configs, notes = [], {}, []
-    provenance = data["provenance"]
+    provenance = rec.provenance
     origin = {"path": str(path), "sha256": sha256, "archscale_version": archscale.__version__}
-    for name, (spec, shape) in shapes.items():
+    for name, scored in shapes.items():
+        spec, shape = scored.spec, rec.shape_dict(scored)
         config_path = write_shape(spec, form, out / name, label=name, dtype=dtype, extra={
             "label": name, "prediction": {k: v for k, v in shape.items() if k != "spec"},
-            "target_loss": data.get("target_loss"),
-            "throughput_setting": data.get("throughput_setting"),
+            "target_loss": data["target_loss"],
+            "throughput_setting": data["throughput_setting"],
             "laws": {k: provenance[k] for k in ("loss_law", "accuracy_law", "throughput")
                      if k in provenance},
             "training_budget": training_budget(spec, provenance["search"]["tokens"], recipe),
@@ -139,8 +144,8 @@ def export(source: str | Path, out_dir: str | Path, fmt: str = "hf", dtype: str 
         configs[name] = {"config": str(config_path.relative_to(out)),
                          "provenance": f"{name}/archscale.json",
                          "params_total": spec.params_total,
-                         "predicted_loss": shape.get("predicted_loss"),
-                         "predicted_decode_tokens_per_s": shape.get("predicted_decode_tokens_per_s")}
+                         "predicted_loss": scored.loss,
+                         "predicted_decode_tokens_per_s": scored.decode_tokens_per_s}
         notes += [f"{name}: {note}" for note in format_notes(spec, form)]
     manifest = {**data, "export": {
         "format": form.name, **({"dtype": dtype} if form.name == "hf" else {}),

@@ -12,7 +12,7 @@ from typing import Any
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
-from archscale.search.storage import hide_passwords
+from archscale.search.passwords import hide_passwords
 
 PREDICTION_LEVEL = 0.9
 """Level of the prediction intervals of loss and accuracy (``*_interval_90``)."""
@@ -72,6 +72,21 @@ class Scored:
             "kv_cache_bytes": self.spec.kv_cache_bytes(batch, context, dtype),
             "kv_cache_bytes_per_token": self.spec.kv_cache_bytes_per_token(dtype),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scored:
+        """The shape ``to_dict`` wrote (its derived keys are recomputed, not read)."""
+        accuracy = data.get("accuracy_interval_90")
+        return cls(
+            spec=ArchSpec.from_dict(data["spec"]), origin=data["origin"],
+            loss=float(data["predicted_loss"]),
+            loss_low=_float(data["loss_mean_interval"][0]),
+            loss_high=_float(data["loss_mean_interval"][1]),
+            decode_tokens_per_s=float(data["predicted_decode_tokens_per_s"]),
+            loss_interval_90=_pair(data["loss_interval_90"]),
+            predicted_accuracy=data.get("predicted_accuracy"),
+            accuracy_interval_90=None if accuracy is None else _pair(accuracy),
+            measured_decode_tokens_per_s=data.get("measured_decode_tokens_per_s"))
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,27 @@ class Recommendation:
             "provenance": self.provenance,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recommendation:
+        """The recommendation ``to_dict`` wrote (recommendations.json); a file that is not one is
+        an ArchscaleError naming the key it lacks."""
+        try:
+            setting = data["throughput_setting"]
+            baseline = data["baseline"]
+            return cls(
+                recommended=[Scored.from_dict(s) for s in data["recommended"]],
+                loss_optimal=Scored.from_dict(data["loss_optimal"]),
+                pareto=[Scored.from_dict(s) for s in data["pareto"]],
+                baseline=None if baseline is None else Scored.from_dict(baseline),
+                target_loss=float(data["target_loss"]), batch=int(setting["batch"]),
+                context=int(setting["context"]), dtype=setting["dtype"],
+                provenance=data["provenance"], extrapolation=data["extrapolation"],
+                methods=data["loss_optimal"]["obtained"], notes=tuple(data["notes"]),
+                throughput_check=data["throughput_check"])
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            raise ArchscaleError(f"not a recommendation ({type(err).__name__}: {err}): write one "
+                                 "with `archscale recommend`") from None
+
 
 @dataclass(frozen=True)
 class _Columns:
@@ -203,6 +239,16 @@ def _display_cells(s: Scored, baseline: Scored | None, columns: _Columns) -> dic
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def _float(x: float | None) -> float:
+    """``_finite``'s inverse: None (a NaN written as JSON null) back to NaN."""
+    return math.nan if x is None else float(x)
+
+
+def _pair(values: list[float | None]) -> tuple[float, float]:
+    low, high = values
+    return _float(low), _float(high)
 
 
 def _versus(s: Scored, base: Scored) -> dict[str, Any]:

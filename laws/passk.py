@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -65,8 +65,17 @@ from archscale.laws.forms import Term, parse_terms
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.table import positive_values
 
-if TYPE_CHECKING:
-    from archscale.laws.law import Law
+
+class _Fitted(Protocol):
+    """A fitted pass@k law as this module reads it (laws/law.py's Law; named structurally so this
+    module does not import law.py, which imports it)."""
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def coefficients(self) -> Mapping[str, float]: ...
+
 
 TARGET = "pass_at_k"
 COVARIATES = {"compute": ("flops",), "nd": ("N", "D"), "loss": ("loss",)}
@@ -283,7 +292,7 @@ def _exponents(config: Mapping[str, Any], coef: Mapping[str, float],
             for name in (EXPONENTS[c] for c in COVARIATES[config["covariate"]])}
 
 
-def exponents_at(law: Law, k: np.ndarray) -> dict[str, np.ndarray]:
+def exponents_at(law: _Fitted, k: np.ndarray) -> dict[str, np.ndarray]:
     """Each power term's exponent at every k: alpha(k) = alpha + alpha_k ln k, ..."""
     return _exponents(law.config, law.coefficients, k)
 

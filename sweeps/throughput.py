@@ -10,7 +10,7 @@ speed of a shape does not depend on the values.
 * decode: ``decode_tokens`` greedy steps inside ONE compiled ``fori_loop``
   (``Transformer.greedy_decode``), the cache donated and updated in place, starting with
   ``context`` cached tokens; tokens/s = batch * steps / s. It runs on the platform's serving
-  backend (``attention.serving_backend``: native kernels on CPU where they build, else XLA),
+  backend (``serving.serving_backend``: native kernels on CPU where they build, else XLA),
   which every result names (``backend``), since backends differ in speed.
 
 Three compiled functions a shape: ``setup`` (random weights, their per-layer serving layout
@@ -46,10 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archscale.arch.attention import ServingBackend, serving_backend
 from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.model import KVCache, Transformer
 from archscale.arch.runtime import compiler_options, default_compute_dtype
+from archscale.arch.serving import ServingBackend, serving_backend
 from archscale.arch.spec import ArchSpec, mean_decode_context
 from archscale.sweeps import hardware
 

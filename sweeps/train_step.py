@@ -41,7 +41,8 @@ from jax.sharding import Mesh, NamedSharding
 from archscale.arch.model import Transformer
 from archscale.arch.runtime import compiler_options
 from archscale.arch.spec import ArchSpec
-from archscale.sweeps.recipe import Recipe, ScheduleArgs, learning_rate, make_optimizer
+from archscale.sweeps.optimizer import ScheduleArgs, learning_rate, make_optimizer, schedule_args
+from archscale.sweeps.recipe import Recipe
 from archscale.sweeps.sharding import batch_sharded, replicated, state_sharding
 
 _MAX_CACHED = 8
@@ -187,7 +188,7 @@ def step_functions(spec: ArchSpec, recipe: Recipe, *, k: int, eval_batches: int,
     chunk, evaluate = _build(graphdef, make_optimizer(recipe, spec), k, rep)
     B, T = recipe.batch_size, spec.seq_len
     batches = jax.ShapeDtypeStruct((k, B, T + 1), jnp.int32, sharding=data)
-    sched = recipe.schedule_args(spec, 1)
+    sched = schedule_args(recipe, spec, 1)
     start = time.perf_counter()
     chunk_exe = jax.jit(chunk, in_shardings=(state_sh, rest_sh, data, rep, rep),
                         out_shardings=(state_sh, rep), donate_argnums=0).lower(

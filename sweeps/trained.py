@@ -18,7 +18,8 @@ from archscale.arch.errors import ArchscaleError
 from archscale.arch.model import Transformer
 from archscale.arch.spec import ArchSpec
 from archscale.sweeps.checkpoint import Checkpointer
-from archscale.sweeps.recipe import Recipe, make_optimizer
+from archscale.sweeps.optimizer import make_optimizer
+from archscale.sweeps.recipe import Recipe
 from archscale.sweeps.train_step import fresh_state
 
 

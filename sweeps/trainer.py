@@ -31,6 +31,7 @@ from archscale.arch.spec import ArchSpec
 from archscale.sweeps import data as data_lib
 from archscale.sweeps import hardware
 from archscale.sweeps.checkpoint import Checkpointer
+from archscale.sweeps.optimizer import schedule_args
 from archscale.sweeps.progress import TrainProgress
 from archscale.sweeps.recipe import Budget, Recipe
 from archscale.sweeps.results import RunResult, finite_or_none, git_commit, software_versions
@@ -87,7 +88,7 @@ class _Run:
                                   state=self.state, rest=self.rest)
         self.windows, self.weights = put_batch(windows, mesh, 1), put_batch(weights, mesh, 1)
         self.n_windows = int(weights.sum())
-        self.sched = put_replicated(recipe.schedule_args(spec, self.total_steps), mesh)
+        self.sched = put_replicated(schedule_args(recipe, spec, self.total_steps), mesh)
         self.step, self.curve, self.pending_losses = 0, [], []
         self.status, self.message, self.diverged_step = "complete", "", None
         self.train_time_s, self.prior_wall_s, self.compile_time_s = 0.0, 0.0, self.fns.compile_time_s

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archscale.arch import ArchscaleError, ArchSpec, attention, cpu_backend
+from archscale.arch import ArchscaleError, ArchSpec, cpu_backend
 from archscale.arch.model import KVCache, Transformer, count_params
+from archscale.arch.serving import XLA_SERVING
 
 
 def make_spec(**changes) -> ArchSpec:
@@ -57,7 +58,7 @@ def test_cached_decoding_matches_forward(kv_heads, backend, tokens_BxT):
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, tokens: nnx.merge(graphdef, state)(tokens))
     prefill = jax.jit(lambda state, tokens, cache: nnx.merge(graphdef, state).prefill(tokens, cache))
-    serving = {"default": None, "xla": attention.XLA_SERVING,
+    serving = {"default": None, "xla": XLA_SERVING,
                "cpu-xla": cpu_backend.CPU_XLA}[backend]
 
     @jax.jit

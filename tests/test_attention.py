@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from archscale.arch import attention
+from archscale.arch.serving import XLA_SERVING, serving_backend
 
 
 def reference(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, positions_T):
@@ -148,4 +149,4 @@ def test_each_platform_gets_its_implementation(monkeypatch, platform, cudnn, dty
 def test_serving_backend_off_cpu_is_plain_xla(monkeypatch, platform):
     monkeypatch.setattr(attention.jax, "default_backend", lambda: platform)
     for dtype in (jnp.float32, jnp.bfloat16):
-        assert attention.serving_backend(dtype) is attention.XLA_SERVING
+        assert serving_backend(dtype) is XLA_SERVING

@@ -16,6 +16,7 @@ from flax import nnx
 from archscale.arch import ArchSpec, attention, cpu_backend, cpu_kernels
 from archscale.arch.cpu_backend import PANEL_NAMES, TRANSPOSED_NAMES
 from archscale.arch.model import Transformer
+from archscale.arch.serving import XLA_SERVING, serving_backend
 
 needs_kernels = pytest.mark.skipif(
     jax.default_backend() != "cpu" or not cpu_kernels.available(),
@@ -86,7 +87,7 @@ def test_layer_weights_pack_only_matrices_with_whole_panels():
     assert {name: transposed[TRANSPOSED_NAMES[name]].shape for name in TRANSPOSED_NAMES} == {
         "wqkv_JHxD": (36, 96), "wo_DxNH": (48, 36), "w_gate_up_2FxD": (36, 80),
         "w_down_DxF": (40, 36)}
-    (plain,) = model.layer_weights(attention.XLA_SERVING).layers
+    (plain,) = model.layer_weights(XLA_SERVING).layers
     assert plain["wqkv_JHxD"].shape == (96, 36) and plain.keys() == model.layers.stacked(
         jnp.float32).keys()
 
@@ -94,10 +95,10 @@ def test_layer_weights_pack_only_matrices_with_whole_panels():
 def test_the_kernels_serve_fp32_where_they_build(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         monkeypatch.setattr(cpu_kernels, "available", lambda: True)
-        assert attention.serving_backend(jnp.float32) is cpu_backend.CPU_KERNELS
-        assert attention.serving_backend(jnp.bfloat16) is cpu_backend.CPU_XLA  # kernels: fp32
+        assert serving_backend(jnp.float32) is cpu_backend.CPU_KERNELS
+        assert serving_backend(jnp.bfloat16) is cpu_backend.CPU_XLA  # kernels: fp32
         monkeypatch.setattr(cpu_kernels, "available", lambda: False)
-        assert attention.serving_backend(jnp.float32) is cpu_backend.CPU_XLA
+        assert serving_backend(jnp.float32) is cpu_backend.CPU_XLA
     assert caplog.records == []
 
 
@@ -133,7 +134,7 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
 
 def _backend_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess:
     script = ("import logging; logging.basicConfig(); "
-              "from archscale.arch.attention import serving_backend; "
+              "from archscale.arch.serving import serving_backend; "
               "print(serving_backend('float32').name)")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, env={**_base_env(), **env})

@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+from test_layout import heavy_modules_after
 from test_recommend import H100, PAPER, SPACE, fit
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from archscale.arch.export import spec_from_hf_config
 from archscale.cli.main import app
 from archscale.decide.export import export_hf
 from archscale.decide.recommend import recommend, save_recommendation
+from archscale.decide.recommendation import Recommendation
 
 NAMES = ["rank-1", "rank-2", "rank-3", "loss-optimal"]
 
@@ -62,6 +64,18 @@ def test_export_keeps_predictions_and_provenance(rec_dir, tmp_path):
     assert export["notes"] == []
 
 
+def test_recommendation_reads_back_what_it_wrote(rec_dir):
+    """recommendations.json is read through the dataclass: reading it and writing it again gives
+    the same document, missing intervals (JSON null) included."""
+    data = json.loads((rec_dir / "recommendations.json").read_text())
+    rec = Recommendation.from_dict(data)
+    assert rec.to_dict() == data
+    assert [s.spec.params_total for s in rec.recommended] == [
+        s["params_total"] for s in data["recommended"]]
+    with pytest.raises(ArchscaleError, match=r"not a recommendation.*'loss_optimal'"):
+        Recommendation.from_dict({k: v for k, v in data.items() if k != "loss_optimal"})
+
+
 def test_a_shape_transformers_refuses_is_flagged(rec_dir, tmp_path):
     data = json.loads((rec_dir / "recommendations.json").read_text())
     data["recommended"][0]["spec"] = get_preset("panda-1b").to_dict()  # d 2560, 72 heads
@@ -77,6 +91,13 @@ def test_cli_export_writes_next_to_the_source_by_default(rec_dir):
     for name in NAMES:
         assert f"wrote {rec_dir / 'hf' / name / 'config.json'}" in result.output
     assert (rec_dir / "hf" / "recommendations.json").is_file()
+
+
+def test_cli_export_loads_no_jax(rec_dir, tmp_path):
+    out = tmp_path / "out"
+    assert heavy_modules_after(["export", str(rec_dir), "--out", str(out), "--format", "litgpt"]) \
+        == []
+    assert (out / "rank-1" / "litgpt.yaml").is_file()
 
 
 @pytest.mark.parametrize("make, args, match", [

@@ -5,8 +5,8 @@ import json
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 
+from archscale.search import objective
 from archscale.search.objective import TrialRunner
-from archscale.search.plan import planned_from_attrs
 from archscale.search.storage import artifact_dir, artifact_store
 from archscale.search.study import create_study
 from archscale.search.sweepfile import parse_sweep
@@ -18,34 +18,44 @@ GRID = {
     "name": "record-grid", "seq_len": 32, "recipe": {"batch_size": 4},
     "budget": {"tokens_per_param": 1}, "shape": {"head_dim": 8},
     "grid": {"scales": [6e3], "d_model": [16, 24], "r": [1.0], "gqa": [1, 2], "n_layers": [1]},
+    "throughput": {"enabled": False},  # the fake runs below carry their throughput
 }
 
 
-def result_for(planned, status: str, val_loss: float | None) -> RunResult:
+def result_for(spec, budget, status: str, val_loss: float | None) -> RunResult:
     curve = [{"step": 2, "tokens": 256, "train_loss": 5.0, "val_loss": val_loss, "val_accuracy": 0.1}]
-    spec = planned.spec
     return RunResult(
         spec=spec.to_dict(), status=status, message="" if status == "complete" else status,
         val_loss=val_loss, val_accuracy=0.1, task_accuracy=None, loss_curve=curve, tokens=6016,
         flops=6016.0 * spec.train_flops_per_token(), steps=47, wall_time_s=1.0,
         tokens_per_s=6016.0, mfu=None, compile_time_s=0.5, device_kind="cpu", n_devices=1, seed=0,
-        recipe={}, budget=planned.budget.to_dict(), data_fingerprint=None,
+        recipe={}, budget=budget.to_dict(), data_fingerprint=None,
         diverged_step=47 if status == "diverged" else None, versions={}, git_commit=None,
         params_total=spec.params_total, params_nonembed=spec.params_nonembed,
         throughput={"batch": 2, "context": 32, "prefill_tokens_per_s": 9e4,
                     "decode_tokens_per_s": 3e3} if status == "complete" else None)
 
 
-def test_outcomes_map_to_states_attrs_artifacts_and_table_rows(tmp_path):
+def test_outcomes_map_to_states_attrs_artifacts_and_table_rows(tmp_path, monkeypatch):
+    """Trials run through the worker's public ``TrialRunner.run``, with training replaced by runs
+    that end as each outcome would."""
+    outcomes = iter([("complete", 4.2), ("diverged", None), ("pruned", 4.9), ("oom", None)])
+    trained = []
+
+    def fake_train(spec, budget, *args, **kwargs):
+        status, loss = next(outcomes)
+        trained.append(status)
+        return result_for(spec, budget, status, loss)
+
+    monkeypatch.setattr(objective, "train", fake_train)
     url = str(tmp_path / "s.journal")
     handle = create_study(parse_sweep(GRID), url)
     runner = TrialRunner(handle, data=None, artifacts=artifact_store(url),
-                         artifact_dir=artifact_dir(url), heartbeat_s=1)
+                         artifact_dir=artifact_dir(url), heartbeat_s=1, progress=False)
     finished = {}
-    for status, loss in (("complete", 4.2), ("diverged", None), ("pruned", 4.9), ("oom", None)):
+    for status in ("complete", "diverged", "pruned", "oom"):
         trial = claim(handle)
-        planned = runner._plan(trial)
-        finished[status] = (trial.number, runner._finish(trial, planned, result_for(planned, status, loss)))
+        finished[status] = (trial.number, runner.run(trial))
     assert {s: state for s, (_, state) in finished.items()} == {
         "complete": TrialState.COMPLETE, "diverged": TrialState.FAIL,
         "pruned": TrialState.PRUNED, "oom": TrialState.FAIL}
@@ -65,9 +75,8 @@ def test_outcomes_map_to_states_attrs_artifacts_and_table_rows(tmp_path):
     handle.study.enqueue_trial(done.params, user_attrs={k: done.user_attrs[k]
                                                         for k in ("config_key", "spec", "budget")})
     twin = claim(handle)
-    twin_state = runner._finish(twin, planned_from_attrs(twin), result_for(
-        planned_from_attrs(twin), "complete", 4.1))
-    assert twin_state == TrialState.PRUNED
+    assert runner.run(twin) == TrialState.PRUNED
+    assert trained == ["complete", "diverged", "pruned", "oom"]  # the twin trained nothing
     assert handle.study.get_trials()[twin.number].user_attrs["duplicate_of"] == done.number
 
     table = trials_table(handle.study)
@@ -77,4 +86,5 @@ def test_outcomes_map_to_states_attrs_artifacts_and_table_rows(tmp_path):
         4.2, 3e3, 2, 32)
     assert row["N"] == done.user_attrs["N"] and row["D"] == 6016
     everything = trials_table(handle.study, include_failed=True)
-    assert sorted(everything["status"]) == ["complete", "diverged", "duplicate", "oom", "pruned"]
+    # the twin, refused before training, ran nothing: it adds no row
+    assert sorted(everything["status"]) == ["complete", "diverged", "oom", "pruned"]

@@ -15,8 +15,8 @@ from flax import nnx
 from typer.testing import CliRunner
 
 from archscale.arch import ArchscaleError, ArchSpec
-from archscale.arch.attention import serving_backend
 from archscale.arch.model import Transformer
+from archscale.arch.serving import serving_backend
 from archscale.cli.main import app
 from archscale.sweeps import hardware
 from archscale.sweeps.throughput import (

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from archscale.arch import ArchscaleError, ArchSpec
+from archscale.sweeps.optimizer import learning_rate, make_optimizer, schedule_args
 from archscale.sweeps.progress import TrainProgress
-from archscale.sweeps.recipe import Budget, Recipe, learning_rate, make_optimizer
+from archscale.sweeps.recipe import Budget, Recipe
 
 SPEC = ArchSpec(vocab_size=256, seq_len=32, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
                 head_dim=8, d_ff=64)
@@ -77,7 +78,7 @@ def test_invalid_recipe_names_every_problem():
 
 
 def _lrs(recipe: Recipe, total: int) -> np.ndarray:
-    args = recipe.schedule_args(SPEC, total)
+    args = schedule_args(recipe, SPEC, total)
     return np.array([float(learning_rate(jnp.int32(s), args)) for s in range(total)])
 
 
