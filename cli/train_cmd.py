@@ -35,8 +35,15 @@ Tokens = Annotated[float | None, _opt("--tokens", "Budget in training tokens.")]
 Flops = Annotated[float | None, _opt(
     "--flops", "Budget in training FLOPs (6N + attention per token, see arch/spec.py).")]
 Corpus = Annotated[str | None, _opt(
-    "--corpus", "Text file/folder, token shards (.bin/.npy) or HF dataset folder (default: the "
+    "--corpus", "Any UTF-8 text file or folder (code, Markdown, ...), .jsonl/.parquet records, "
+    "each optionally .gz/.zst; token shards (.bin/.npy) or a HF dataset folder (default: the "
     "embedded Shakespeare).")]
+Include = Annotated[list[str] | None, _opt(
+    "--include", "Corpus folder: read only files matching this glob (repeatable), e.g. '*.py'.")]
+Exclude = Annotated[list[str] | None, _opt(
+    "--exclude", "Corpus folder: leave out files matching this glob (repeatable).")]
+TextField = Annotated[str, _opt(
+    "--text-field", "The text field of .jsonl/.parquet records and HF datasets (default 'text').")]
 TokenizerOpt = Annotated[str, _opt("--tokenizer", "'byte' (default) or 'bpe:N'.")]
 Seed = Annotated[int, _opt("--seed", "Seed of initialisation and data order (default 0).")]
 RecipeFile = Annotated[Path | None, _opt(
@@ -72,6 +79,9 @@ def train(
     tokens: Tokens = None,
     flops: Flops = None,
     corpus: Corpus = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    text_field: TextField = "text",
     tokenizer: TokenizerOpt = "byte",
     seed: Seed = 0,
     recipe_file: RecipeFile = None,
@@ -98,6 +108,7 @@ def train(
     # Imported here so `archscale --help` does not start JAX.
     import jax
 
+    from archscale.sweeps.corpus import CorpusSource
     from archscale.sweeps.data import load_data
     from archscale.sweeps.recipe import Budget
     from archscale.sweeps.sharding import MeshShape, initialize_distributed
@@ -109,7 +120,9 @@ def train(
     budget = Budget(tokens=None if tokens is None else int(tokens), flops=flops)
     recipe = _recipe(recipe_file, lr=lr, batch_size=batch_size, schedule=schedule,
                      eval_tokens=eval_tokens)
-    data = load_data(corpus, tokenizer)
+    data = load_data(CorpusSource(corpus, tuple(include or ()), tuple(exclude or ()), text_field),
+                     tokenizer)
+    typer.echo(f"corpus: {data.source}", err=True)
     if vocab_size is None and arch.vocab_size != data.vocab_size:
         typer.echo(f"vocab_size {arch.vocab_size} -> {data.vocab_size} (the {data.tokenizer} "
                    "tokenizer's)", err=True)

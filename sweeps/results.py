@@ -88,6 +88,9 @@ class RunResult:
     passk: dict[str, Any] | None = None
     """pass@k of sampled completions on a verifiable task, with its cost (sweeps.passk);
     ``{"error": message}`` where sampling failed after training; None when not sampled."""
+    corpus: dict[str, Any] | None = None
+    """The corpus read: {path, size_bytes, content_hash} (TokenData.corpus); None in run JSON
+    written before it was recorded."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

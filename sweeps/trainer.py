@@ -219,7 +219,8 @@ class _Run:
             device_kind=hardware.device_kind(), n_devices=int(self.mesh.devices.size),
             mesh=mesh_sizes(self.mesh), state_bytes_per_device=self.state_bytes,
             seed=self.seed, recipe=self.recipe.to_dict(), budget=self.budget.to_dict(),
-            data_fingerprint=self.data.fingerprint, diverged_step=self.diverged_step,
+            data_fingerprint=self.data.fingerprint, corpus=self.data.corpus,
+            diverged_step=self.diverged_step,
             versions=software_versions(), git_commit=git_commit(),
             params_total=self.spec.params_total, params_nonembed=self.spec.params_nonembed)
 
