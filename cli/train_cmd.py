@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
+from archscale.cli.failures import Interrupted
+from archscale.cli.outputs import check_writable, fallback_path, save_or_fallback
 from archscale.cli.shape_options import (
     DFF,
     DModel,
@@ -101,6 +103,8 @@ def train(
     Several hosts: start the same command on each, with JAX_COORDINATOR_ADDRESS,
     JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under srun / mpirun, which JAX detects).
     """
+    check_writable(out)
+    check_writable(checkpoint_dir, "--checkpoint-dir", folder=True)
     arch = spec_from_options(spec, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                              n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
                              vocab_size=vocab_size, seq_len=seq_len,
@@ -113,6 +117,7 @@ def train(
     from archscale.sweeps.recipe import Budget
     from archscale.sweeps.sharding import MeshShape, initialize_distributed
     from archscale.sweeps.tasks import default_task_path
+    from archscale.sweeps.trainer import RunInterrupted
     from archscale.sweeps.trainer import train as train_run
 
     mesh_shape = MeshShape() if mesh is None else MeshShape.parse(mesh)
@@ -128,17 +133,30 @@ def train(
                    "tokenizer's)", err=True)
         arch = arch.replace(vocab_size=data.vocab_size)
     task_path = default_task_path() if task == "default" else task
-    result = train_run(arch, budget, recipe, data, seed, checkpoint_dir=checkpoint_dir,
-                       task=task_path, progress=progress, mesh=mesh_shape)
+    try:
+        result = train_run(arch, budget, recipe, data, seed, checkpoint_dir=checkpoint_dir,
+                           task=task_path, progress=progress, mesh=mesh_shape)
+    except RunInterrupted as stop:
+        raise _interrupted(stop.result, out, checkpoint_dir) from None
     if throughput and result.status == "complete":
         from archscale.sweeps.throughput import measure_throughput
 
         result = result.replace(throughput=measure_throughput(arch, seed=seed).to_dict())
     _print_summary(result, spec or "shape")
     if out is not None and jax.process_index() == 0:  # every host holds the same result
-        typer.echo(f"wrote {result.save(out)}")
+        typer.echo(f"wrote {save_or_fallback(result.save, out, 'the run result')}")
     if result.status != "complete":
         raise typer.Exit(1)
+
+
+def _interrupted(result, out: Path | None, checkpoint_dir: Path | None) -> Interrupted:
+    """Save the partial result (to --out, else a fallback path) and say how to go on."""
+    path = result.save(out) if out is not None else result.save(fallback_path("run.json"))
+    kept = f"the partial result after {result.steps:,} steps in {path} (status interrupted)"
+    if checkpoint_dir is None:
+        return Interrupted(kept, resumes=False,
+                           note=" (add --checkpoint-dir DIR to make a run resumable)")
+    return Interrupted(f"{kept}, checkpoints in {checkpoint_dir}", resumes=True)
 
 
 def _recipe(path: Path | None, **flags):

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.spec import ArchSpec
 
-Status = Literal["complete", "diverged", "oom", "pruned", "failed"]
-STATUSES: tuple[str, ...] = ("complete", "diverged", "oom", "pruned", "failed")
+Status = Literal["complete", "diverged", "oom", "pruned", "failed", "interrupted"]
+STATUSES: tuple[str, ...] = ("complete", "diverged", "oom", "pruned", "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class RunResult:
     spec: dict[str, Any]
     """The ArchSpec trained (``ArchSpec.to_dict()``)."""
     status: Status
-    """complete, diverged (non-finite loss), oom, pruned (``report`` asked to stop) or failed."""
+    """complete, diverged (non-finite loss), oom, pruned (``report`` asked to stop), failed, or
+    interrupted (Ctrl-C: the partial result ``train`` saves)."""
     message: str
     """Why the run stopped early ('' when complete)."""
     val_loss: float | None

@@ -230,6 +230,16 @@ def _forward(graphdef, params, rest, tokens_BxT: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, params, rest)(tokens_BxT)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, carrying the partial result (status "interrupted"). A
+    KeyboardInterrupt still, so whatever stops on Ctrl-C (a study worker) stops on it."""
+
+    def __init__(self, result: RunResult):
+        super().__init__(result.message)
+        self.result = result
+        """The run up to the interrupt: its curve, steps and tokens so far."""
+
+
 def _check(spec: ArchSpec, data: data_lib.TokenData, seed: int) -> None:
     if spec.vocab_size < data.vocab_size:
         raise ArchscaleError(f"the data's tokenizer ({data.tokenizer}) has {data.vocab_size} ids but "
@@ -272,6 +282,12 @@ def train(spec: ArchSpec, budget: Budget, recipe: Recipe, data: data_lib.TokenDa
         if task is not None and run.status == "complete":
             task_accuracy = _score_task(task, tokenizer, run)
         return run.result(task_accuracy)
+    except KeyboardInterrupt:
+        if run is None:
+            raise
+        run.bar.close()
+        run.status, run.message = "interrupted", f"interrupted (Ctrl-C) at step {run.step}"
+        raise RunInterrupted(run.result()) from None
     except jax.errors.JaxRuntimeError as err:
         if run is None:
             raise
