@@ -18,6 +18,7 @@ from archscale.arch.frameworks import (
     get_format,
     write_shape,
 )
+from archscale.cli.outputs import check_writable
 
 app = typer.Typer(help="Inspect and export architecture shapes.", no_args_is_help=True)
 
@@ -50,6 +51,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="Directory for the config and archscale.json."),
 ) -> None:
     """Write a shape as the config its training framework reads, with archscale.json beside it."""
+    check_writable(out, folder=True)
     arch = load_spec(spec)
     form = get_format(fmt)
     path = write_shape(arch, form, out, label=spec)
@@ -69,6 +71,7 @@ def export_hf(
                                            "also write its trained weights (model.safetensors)."),
 ) -> None:
     """Write a HuggingFace LlamaForCausalLM config.json for a shape, or a trained run's folder."""
+    check_writable(out, folder=True)
     if checkpoint is not None:
         _export_checkpoint(spec, checkpoint, out, dtype or "float32")
         return

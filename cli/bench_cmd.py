@@ -13,6 +13,7 @@ from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
+from archscale.cli.outputs import check_writable
 from archscale.cli.shape_options import (
     DFF,
     DModel,
@@ -46,11 +47,6 @@ Seed = Annotated[int, typer.Option(help="Seed of the random weights and prompts.
 Out = Annotated[Path | None, typer.Option("--out", help="Write the result as JSON here.")]
 
 
-def _check_out(out: Path | None) -> None:
-    if out is not None and out.is_dir():
-        raise ArchscaleError(f"--out {out} is a directory: give the path of a JSON file to write")
-
-
 def _write(out: Path | None, data: dict) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +78,7 @@ def throughput(
     arch = spec_from_options(spec, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                              n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
                              vocab_size=vocab_size, tie_embeddings=tie_embeddings)
-    _check_out(out)
+    check_writable(out)
     # Imported here so `archscale --help` and the arch commands do not start JAX.
     from archscale.arch.runtime import configure_jax
     from archscale.sweeps.throughput import measure_throughput
@@ -131,7 +127,7 @@ def compare(
         raise ArchscaleError("bench compare needs at least two shapes: the first is the reference "
                              "the others' speeds are given relative to")
     archs = [load_spec(name) for name in specs]
-    _check_out(out)
+    check_writable(out)
     from archscale.arch.runtime import configure_jax
     from archscale.sweeps.throughput import compare_throughput
 

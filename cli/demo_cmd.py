@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from archscale import environment
+from archscale.cli.outputs import check_writable
 from archscale.cli.recommend_cmd import parse_fraction
 from archscale.search.defaults import DEMO_SWEEP
 
@@ -53,6 +54,7 @@ def demo(
         help="Exit 0 even if the runs do not identify a law (the report says which).")] = False,
 ) -> None:
     """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
+    check_writable(out, folder=True)
     import optuna
 
     from archscale.decide.demo import DemoOptions, run_demo, verify

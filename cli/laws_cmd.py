@@ -13,6 +13,7 @@ from rich.table import Table
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
+from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.laws.registry import BUILTIN_KINDS
 
 if TYPE_CHECKING:
@@ -185,6 +186,8 @@ def fit(
     plot: Annotated[Path | None, typer.Option(help="Folder for PNG figures.")] = None,
 ) -> None:
     """Fit a law to runs, validate it, and save it as law.json."""
+    check_writable(out)
+    check_writable(plot, "--plot", folder=True)
     from archscale.laws import fit_law, save_law
     from archscale.laws.registry import get_kind
 
@@ -210,7 +213,7 @@ def fit(
         raise ArchscaleError(f"the {fitted.kind} law is not identified by these runs "
                              f"({len(fitted.problems)} problem(s) above) and was not saved: add "
                              "the runs named there, or pass --allow-degenerate to save it marked")
-    save_law(fitted, out)
+    out = save_or_fallback(lambda path: save_law(fitted, path), out, "the fitted law")
     typer.echo(f"saved {out}")
     heldout_csv = _write_heldout(fitted, out)
     if heldout_csv is not None:
@@ -235,7 +238,8 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
     if table.empty:
         raise ArchscaleError(f"{csv} has no complete rows to predict")
     scored = table.assign(**score(law, table, level))
-    scored.to_csv(out, index=False)
+    out = save_or_fallback(lambda path: scored.to_csv(path, index=False) or path, out,
+                           "the predictions")
     line = f"predicted {len(scored)} rows of {csv} -> {out} ({level:.0%} prediction intervals)"
     if law.target in scored.columns:
         measured = scored[law.target].to_numpy(dtype=float)
@@ -298,6 +302,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Predict with a saved law: one shape, a whole CSV, or the compute-optimal N and D."""
+    check_writable(out)
     from archscale.laws import load_law
     from archscale.laws.query import query_row, score
 

@@ -11,6 +11,7 @@ from archscale.cli import (
     arch_cmd,
     bench_cmd,
     demo_cmd,
+    failures,
     laws_cmd,
     recommend_cmd,
     study_cmd,
@@ -24,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=failures.GuardedGroup,
 )
 app.add_typer(arch_cmd.app, name="arch")
 app.add_typer(bench_cmd.app, name="bench")
@@ -40,14 +42,12 @@ app.command("substitute")(substitute_cmd.substitute)
 def main() -> None:
     """Entry point: user errors become one message on stderr and exit status 2, no traceback.
 
-    Typer's standalone mode already reports usage errors cleanly and exits; what reaches here is
-    an ArchscaleError raised by a package, or an interrupt.
+    Typer's standalone mode already reports usage errors cleanly and exits; Ctrl-C and OSErrors
+    are handled inside the command group (cli/failures.py); what reaches here is an
+    ArchscaleError raised by a package or made from an OSError.
     """
     try:
         app()
     except ArchscaleError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted: finished results are kept; rerun the command to continue", err=True)
-        sys.exit(130)

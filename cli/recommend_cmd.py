@@ -13,6 +13,7 @@ from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
+from archscale.cli.outputs import check_writable, save_or_fallback
 
 if TYPE_CHECKING:
     from archscale.decide.recommend import Recommendation
@@ -126,6 +127,7 @@ def recommend(
 ) -> None:
     """Recommend shapes: highest decode throughput (predicted, or measured with --measure) under
     a loss target at N, D."""
+    check_writable(out, folder=True)
     # every option as parsed, for the provenance of the output
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
     from archscale.decide.recommend import SearchSpace, save_recommendation
@@ -161,7 +163,9 @@ def recommend(
         accuracy_law=acc_law, measure=measure_settings,
         provenance={**files, "command_settings": settings})
     print_recommendation(rec)
-    typer.echo(f"wrote {save_recommendation(rec, out)}")
+    saved = save_or_fallback(lambda folder: save_recommendation(rec, folder), out,
+                             "the recommendation")
+    typer.echo(f"wrote {saved}")
 
 
 def export(
@@ -183,7 +187,10 @@ def export(
     from archscale.decide.export import load_recipe, recommendation_path
 
     out = out if out is not None else recommendation_path(source).parent / fmt
-    for path in run_export(source, out, fmt, dtype, None if recipe is None else load_recipe(recipe)):
+    check_writable(out, folder=True)
+    recipe_obj = None if recipe is None else load_recipe(recipe)
+    for path in save_or_fallback(lambda folder: run_export(source, folder, fmt, dtype, recipe_obj),
+                                 out, f"the {fmt} configs"):
         typer.echo(f"wrote {path}")
     manifest = out / "recommendations.json"
     typer.echo(f"wrote {manifest}")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale import environment
+from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_RETRIES, DEFAULT_STORAGE
 
 # Optuna, JAX and the search modules load inside the commands: `--help` stays fast
@@ -231,6 +232,7 @@ def export(
     from archscale.search.study import open_study
     from archscale.search.table import trials_table
 
+    check_writable(csv, "--csv")
     _quiet_optuna()
     handle = open_study(name, storage)
     table = trials_table(handle.study, include_failed=include_failed)
@@ -240,7 +242,11 @@ def export(
 
         configure_jax()
         table = remeasure_table(handle, table, min_seconds=min_seconds)
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv, index=False)
+    def write(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+        return path
+
+    csv = save_or_fallback(write, csv, "the run table")
     how = " (throughput re-measured, all shapes interleaved)" if remeasure else ""
     typer.echo(f"wrote {len(table)} runs to {csv}{how}")

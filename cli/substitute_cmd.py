@@ -11,6 +11,7 @@ from rich.table import Table
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
+from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.cli.recommend_cmd import (
     DEFAULT_DEVICE,
     parse_fraction,
@@ -127,6 +128,7 @@ def substitute(
 ) -> None:
     """The cheapest (shape, samples per request k) whose predicted pass@k reaches the target:
     training FLOPs + R x (prefill + k x one sample), each size's shape from the loss law."""
+    check_writable(out, folder=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
     from archscale.decide.recommend import SearchSpace
     from archscale.decide.substitute import Demand, candidate_shapes
@@ -169,5 +171,6 @@ def substitute(
                                      "loss_law_file": {"path": str(loss_law),
                                                        "sha256": file_sha256(loss_law)}})
     _print(sub)
-    for path in write(sub, out).values():
+    for path in save_or_fallback(lambda folder: write(sub, folder), out,
+                                 "the substitution").values():
         typer.echo(f"wrote {path}")

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
+from archscale.cli.failures import Interrupted
+from archscale.cli.outputs import check_writable, fallback_path, save_or_fallback
 from archscale.cli.shape_options import (
     DFF,
     DModel,
@@ -35,8 +37,15 @@ Tokens = Annotated[float | None, _opt("--tokens", "Budget in training tokens.")]
 Flops = Annotated[float | None, _opt(
     "--flops", "Budget in training FLOPs (6N + attention per token, see arch/spec.py).")]
 Corpus = Annotated[str | None, _opt(
-    "--corpus", "Text file/folder, token shards (.bin/.npy) or HF dataset folder (default: the "
+    "--corpus", "Any UTF-8 text file or folder (code, Markdown, ...), .jsonl/.parquet records, "
+    "each optionally .gz/.zst; token shards (.bin/.npy) or a HF dataset folder (default: the "
     "embedded Shakespeare).")]
+Include = Annotated[list[str] | None, _opt(
+    "--include", "Corpus folder: read only files matching this glob (repeatable), e.g. '*.py'.")]
+Exclude = Annotated[list[str] | None, _opt(
+    "--exclude", "Corpus folder: leave out files matching this glob (repeatable).")]
+TextField = Annotated[str, _opt(
+    "--text-field", "The text field of .jsonl/.parquet records and HF datasets (default 'text').")]
 TokenizerOpt = Annotated[str, _opt("--tokenizer", "'byte' (default) or 'bpe:N'.")]
 Seed = Annotated[int, _opt("--seed", "Seed of initialisation and data order (default 0).")]
 RecipeFile = Annotated[Path | None, _opt(
@@ -72,6 +81,9 @@ def train(
     tokens: Tokens = None,
     flops: Flops = None,
     corpus: Corpus = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    text_field: TextField = "text",
     tokenizer: TokenizerOpt = "byte",
     seed: Seed = 0,
     recipe_file: RecipeFile = None,
@@ -91,6 +103,8 @@ def train(
     Several hosts: start the same command on each, with JAX_COORDINATOR_ADDRESS,
     JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under srun / mpirun, which JAX detects).
     """
+    check_writable(out)
+    check_writable(checkpoint_dir, "--checkpoint-dir", folder=True)
     arch = spec_from_options(spec, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                              n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
                              vocab_size=vocab_size, seq_len=seq_len,
@@ -98,10 +112,12 @@ def train(
     # Imported here so `archscale --help` does not start JAX.
     import jax
 
+    from archscale.sweeps.corpus import CorpusSource
     from archscale.sweeps.data import load_data
     from archscale.sweeps.recipe import Budget
     from archscale.sweeps.sharding import MeshShape, initialize_distributed
     from archscale.sweeps.tasks import default_task_path
+    from archscale.sweeps.trainer import RunInterrupted
     from archscale.sweeps.trainer import train as train_run
 
     mesh_shape = MeshShape() if mesh is None else MeshShape.parse(mesh)
@@ -109,23 +125,38 @@ def train(
     budget = Budget(tokens=None if tokens is None else int(tokens), flops=flops)
     recipe = _recipe(recipe_file, lr=lr, batch_size=batch_size, schedule=schedule,
                      eval_tokens=eval_tokens)
-    data = load_data(corpus, tokenizer)
+    data = load_data(CorpusSource(corpus, tuple(include or ()), tuple(exclude or ()), text_field),
+                     tokenizer)
+    typer.echo(f"corpus: {data.source}", err=True)
     if vocab_size is None and arch.vocab_size != data.vocab_size:
         typer.echo(f"vocab_size {arch.vocab_size} -> {data.vocab_size} (the {data.tokenizer} "
                    "tokenizer's)", err=True)
         arch = arch.replace(vocab_size=data.vocab_size)
     task_path = default_task_path() if task == "default" else task
-    result = train_run(arch, budget, recipe, data, seed, checkpoint_dir=checkpoint_dir,
-                       task=task_path, progress=progress, mesh=mesh_shape)
+    try:
+        result = train_run(arch, budget, recipe, data, seed, checkpoint_dir=checkpoint_dir,
+                           task=task_path, progress=progress, mesh=mesh_shape)
+    except RunInterrupted as stop:
+        raise _interrupted(stop.result, out, checkpoint_dir) from None
     if throughput and result.status == "complete":
         from archscale.sweeps.throughput import measure_throughput
 
         result = result.replace(throughput=measure_throughput(arch, seed=seed).to_dict())
     _print_summary(result, spec or "shape")
     if out is not None and jax.process_index() == 0:  # every host holds the same result
-        typer.echo(f"wrote {result.save(out)}")
+        typer.echo(f"wrote {save_or_fallback(result.save, out, 'the run result')}")
     if result.status != "complete":
         raise typer.Exit(1)
+
+
+def _interrupted(result, out: Path | None, checkpoint_dir: Path | None) -> Interrupted:
+    """Save the partial result (to --out, else a fallback path) and say how to go on."""
+    path = result.save(out) if out is not None else result.save(fallback_path("run.json"))
+    kept = f"the partial result after {result.steps:,} steps in {path} (status interrupted)"
+    if checkpoint_dir is None:
+        return Interrupted(kept, resumes=False,
+                           note=" (add --checkpoint-dir DIR to make a run resumable)")
+    return Interrupted(f"{kept}, checkpoints in {checkpoint_dir}", resumes=True)
 
 
 def _recipe(path: Path | None, **flags):

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -54,6 +55,8 @@ from pydantic import (
 )
 
 from archscale.arch.errors import ArchscaleError
+from archscale.search.ranges import FloatRange, IntRange
+from archscale.sweeps.corpus import CorpusSource
 from archscale.sweeps.passk import PasskSettings
 from archscale.sweeps.recipe import Recipe
 from archscale.sweeps.sharding import MeshShape
@@ -64,6 +67,11 @@ OBJECTIVES = {"loss": "minimize", "decode_throughput": "maximize"}
 
 class SweepFileError(ArchscaleError):
     """A sweep file with problems; the message lists every one, by key path."""
+
+
+def _corpus_mapping(value: Any) -> Any:
+    """A corpus path alone is short for {path: PATH}."""
+    return {"path": value} if isinstance(value, str) else value
 
 
 class _Section(BaseModel):
@@ -244,43 +252,6 @@ class DesignSection(_Section):
     """Stop once the top shape is the best with at least this probability."""
 
 
-class FloatRange(_Section):
-    """A real interval to search."""
-
-    low: float = Field(gt=0)
-    """Smallest value."""
-    high: float = Field(gt=0)
-    """Largest value."""
-    log: bool = False
-    """Sample on a log scale."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.low >= self.high:
-            raise ValueError(f"low={self.low} must be below high={self.high}")
-        return self
-
-
-class IntRange(_Section):
-    """An integer interval to search."""
-
-    low: int = Field(ge=1)
-    """Smallest value."""
-    high: int = Field(ge=1)
-    """Largest value."""
-    step: int = Field(default=8, ge=1)
-    """Spacing of the values (d_model: keep it a multiple of the shape's d_model_multiple)."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.low >= self.high:
-            raise ValueError(f"low={self.low} must be below high={self.high}")
-        if (self.high - self.low) % self.step:
-            raise ValueError(f"high - low = {self.high - self.low} must be a multiple of "
-                             f"step={self.step}")
-        return self
-
-
 class SearchSection(_Section):
     """A sampler proposes (width, r, GQA) at one fixed N and budget."""
 
@@ -331,8 +302,10 @@ class SweepFile(_Section):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     """Study name (letters, digits, '_', '.', '-')."""
-    corpus: str | None = None
-    """Corpus source for ``sweeps.data.load_data``: null for the embedded plays, or a path."""
+    corpus: Annotated[CorpusSource | None, BeforeValidator(_corpus_mapping)] = None
+    """Corpus source for ``sweeps.data.load_data``: null for the embedded plays, a path (any
+    UTF-8 text file or folder, .jsonl/.parquet records, .gz/.zst, token shards, a HF dataset
+    folder), or {path: ..., include: [globs], exclude: [globs], text_field: text}."""
     tokenizer: str = "byte"
     """byte or bpe:N."""
     seq_len: int = Field(ge=2)
@@ -471,6 +444,10 @@ def _format(err: dict[str, Any]) -> str:
         return f"{where}: unknown key (valid keys here: {', '.join(keys)})"
     if err["type"] == "missing":
         return f"{where}: required key is missing"
+    if err["type"] in ("model_type", "dataclass_type", "dict_type", "model_attributes_type"):
+        keys = _valid_keys(SweepFile, loc)
+        return f"{where}: got {err['input']!r}, expected a mapping" + (
+            f" of keys ({', '.join(keys)})" if keys else "")
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
@@ -499,13 +476,34 @@ def parse_sweep(data: Any, source: str = "sweep file") -> SweepFile:
     return sweep
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping gives one key twice (YAML would keep the last value silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in first:
+                raise _DuplicateKey(problem=f"key {key!r} is given twice (first on line "
+                                    f"{first[key]}): keep one",
+                                    problem_mark=key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_sweep(path: str | Path) -> SweepFile:
-    """Read and validate a YAML sweep file."""
+    """Read and validate a YAML sweep file (a key given twice in a mapping is an error)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as err:
         raise SweepFileError(f"cannot read sweep file {path}: {err.strerror}") from None
+    except _DuplicateKey as err:
+        raise SweepFileError(f"{path}:{err.problem_mark.line + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise SweepFileError(f"{path} is not valid YAML: {err}") from None
     return parse_sweep(data, source=str(path))

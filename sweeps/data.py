@@ -13,6 +13,7 @@ Every run of a study must see the same validation tokens and a reproducible trai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,12 +21,19 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
-from archscale.sweeps.corpus import SPLIT_RULE, TextCorpus, TokenCorpus, read_source
+from archscale.sweeps.corpus import (
+    SPLIT_RULE,
+    CorpusSource,
+    TextCorpus,
+    TokenCorpus,
+    read_source,
+)
 from archscale.sweeps.tokenizer import (
     BPETokenizer,
     ByteTokenizer,
@@ -58,6 +66,9 @@ class TokenData:
     """sha256 over source content + tokenizer + split rule; runs are comparable iff it matches."""
     tokenizer_file: str | None = None
     """The trained BPE's JSON for "bpe:N" (None otherwise), so tasks can tokenize text alike."""
+    corpus: dict[str, Any] | None = None
+    """What was read: {path, size_bytes, content_hash} (path and size None for the embedded
+    plays); a run JSON records it (RunResult.corpus)."""
 
 
 def _fingerprint(**parts: object) -> str:
@@ -120,18 +131,25 @@ def _from_text(corpus: TextCorpus, tokenizer: str, val_fraction: float) -> Token
     return TokenData(train, val, tok.vocab_size, tok.name, corpus.description, fingerprint, path)
 
 
-def load_data(source: str | None = None, tokenizer: str = "byte", *,
+def _corpus_record(corpus: TextCorpus | TokenCorpus) -> dict[str, Any]:
+    return {"path": corpus.path, "size_bytes": corpus.size_bytes,
+            "content_hash": corpus.content_hash}
+
+
+def load_data(source: str | CorpusSource | None = None, tokenizer: str = "byte", *,
               val_fraction: float = VAL_FRACTION, **source_options) -> TokenData:
     """Load, split and tokenize a corpus (cached on disk by fingerprint).
 
-    source: None or "shakespeare" (embedded plays), or a path: a .txt file or folder, .bin/.npy
-    token shards or a folder of them, or a HF save_to_disk folder. tokenizer: "byte" or "bpe:N"
-    (pre-tokenized sources keep their own ids). source_options: ``dtype`` and ``vocab_size`` for
-    shards, ``text_column`` for HF datasets (None values are ignored).
+    source: None or "shakespeare" (embedded plays), or a path (or a ``CorpusSource``): a text,
+    .jsonl or .parquet file or folder, .bin/.npy token shards or a folder of them, or a HF
+    save_to_disk folder. tokenizer: "byte" or "bpe:N" (pre-tokenized sources keep their own
+    ids). source_options: ``dtype`` and ``vocab_size`` for shards, ``include`` / ``exclude``
+    for text folders, ``text_field`` for records and HF datasets (None values are ignored).
     """
     corpus = read_source(source, val_fraction, **source_options)
     data = (_from_tokens(corpus, tokenizer, val_fraction) if isinstance(corpus, TokenCorpus)
             else _from_text(corpus, tokenizer, val_fraction))
+    data = dataclasses.replace(data, corpus=_corpus_record(corpus))
     if len(data.train) < 2 or len(data.val) < 2:
         raise ArchscaleError(f"{data.source} gives {len(data.train)} training and {len(data.val)} "
                              "held-out tokens: use a larger corpus or change val_fraction")

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from archscale.arch.errors import ArchscaleError, reject_unknown_keys
 from archscale.arch.spec import ArchSpec
 
-Status = Literal["complete", "diverged", "oom", "pruned", "failed"]
-STATUSES: tuple[str, ...] = ("complete", "diverged", "oom", "pruned", "failed")
+Status = Literal["complete", "diverged", "oom", "pruned", "failed", "interrupted"]
+STATUSES: tuple[str, ...] = ("complete", "diverged", "oom", "pruned", "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class RunResult:
     spec: dict[str, Any]
     """The ArchSpec trained (``ArchSpec.to_dict()``)."""
     status: Status
-    """complete, diverged (non-finite loss), oom, pruned (``report`` asked to stop) or failed."""
+    """complete, diverged (non-finite loss), oom, pruned (``report`` asked to stop), failed, or
+    interrupted (Ctrl-C: the partial result ``train`` saves)."""
     message: str
     """Why the run stopped early ('' when complete)."""
     val_loss: float | None
@@ -88,6 +89,9 @@ class RunResult:
     passk: dict[str, Any] | None = None
     """pass@k of sampled completions on a verifiable task, with its cost (sweeps.passk);
     ``{"error": message}`` where sampling failed after training; None when not sampled."""
+    corpus: dict[str, Any] | None = None
+    """The corpus read: {path, size_bytes, content_hash} (TokenData.corpus); None in run JSON
+    written before it was recorded."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

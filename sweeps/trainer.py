@@ -220,7 +220,8 @@ class _Run:
             device_kind=hardware.device_kind(), n_devices=int(self.mesh.devices.size),
             mesh=mesh_sizes(self.mesh), state_bytes_per_device=self.state_bytes,
             seed=self.seed, recipe=self.recipe.to_dict(), budget=self.budget.to_dict(),
-            data_fingerprint=self.data.fingerprint, diverged_step=self.diverged_step,
+            data_fingerprint=self.data.fingerprint, corpus=self.data.corpus,
+            diverged_step=self.diverged_step,
             versions=software_versions(), git_commit=git_commit(),
             params_total=self.spec.params_total, params_nonembed=self.spec.params_nonembed)
 
@@ -228,6 +229,16 @@ class _Run:
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef, params, rest, tokens_BxT: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, params, rest)(tokens_BxT)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, carrying the partial result (status "interrupted"). A
+    KeyboardInterrupt still, so whatever stops on Ctrl-C (a study worker) stops on it."""
+
+    def __init__(self, result: RunResult):
+        super().__init__(result.message)
+        self.result = result
+        """The run up to the interrupt: its curve, steps and tokens so far."""
 
 
 def _check(spec: ArchSpec, data: data_lib.TokenData, seed: int) -> None:
@@ -272,6 +283,12 @@ def train(spec: ArchSpec, budget: Budget, recipe: Recipe, data: data_lib.TokenDa
         if task is not None and run.status == "complete":
             task_accuracy = _score_task(task, tokenizer, run)
         return run.result(task_accuracy)
+    except KeyboardInterrupt:
+        if run is None:
+            raise
+        run.bar.close()
+        run.status, run.message = "interrupted", f"interrupted (Ctrl-C) at step {run.step}"
+        raise RunInterrupted(run.result()) from None
     except jax.errors.JaxRuntimeError as err:
         if run is None:
             raise

@@ -23,8 +23,8 @@ def test_text_folder_is_recursive_sorted_and_split_per_file(tmp_path):
     root = tmp_path / "texts"
     _write(root / "b.txt", "".join(f"bee {i:02d}\n" for i in range(40)))
     _write(root / "a" / "z.txt", "".join(f"zed {i:02d}\n" for i in range(40)))
-    _write(root / "notes.md", "ignored")
-    data = load_data(str(root), val_fraction=0.1)
+    _write(root / "notes.md", "left out by the exclude glob")
+    data = load_data(str(root), val_fraction=0.1, exclude=("*.md",))
     assert data.tokenizer == "byte" and data.vocab_size == 256 and "2 files" in data.source
     train, val = bytes(data.train).decode(), bytes(data.val).decode()
     # a/z.txt sorts before b.txt; the last tenth of each file is held out.
@@ -32,9 +32,10 @@ def test_text_folder_is_recursive_sorted_and_split_per_file(tmp_path):
     assert val == "".join(f"zed {i:02d}\n" for i in range(36, 40)) + "".join(
         f"bee {i:02d}\n" for i in range(36, 40))
     single = load_data(str(root / "b.txt"), val_fraction=0.1)
+    assert data.corpus["path"] == str(root) and data.corpus["size_bytes"] == 2 * 40 * 7
     assert bytes(single.val).decode() == "".join(f"bee {i:02d}\n" for i in range(36, 40))
     _write(root / "b.txt", "changed\n" * 40)
-    assert load_data(str(root), val_fraction=0.1).fingerprint != data.fingerprint
+    assert load_data(str(root), val_fraction=0.1, exclude=("*.md",)).fingerprint != data.fingerprint
 
 
 def test_bin_shard_uint16_default_splits_its_tail(tmp_path):
@@ -94,16 +95,16 @@ def test_bad_shards_are_user_errors(tmp_path):
     np.save(tmp_path / "matrix.npy", np.zeros((3, 3), dtype=np.int32))
     with pytest.raises(ArchscaleError, match="1-D integer"):
         load_data(str(tmp_path / "matrix.npy"))
-    (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(ArchscaleError, match="cannot tell what"):
-        load_data(str(tmp_path / "data.csv"))
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ArchscaleError, match="not UTF-8 text"):
+        load_data(str(tmp_path / "image.png"))
 
 
 def test_hf_dataset_saved_to_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [f"row number {i} of the corpus.\n" for i in range(40)]
     datasets.Dataset.from_dict({"body": rows, "id": list(range(40))}).save_to_disk(tmp_path / "ds")
-    data = load_data(str(tmp_path / "ds"), text_column="body", val_fraction=0.1)
+    data = load_data(str(tmp_path / "ds"), text_field="body", val_fraction=0.1)
     assert bytes(data.val).decode() == "".join(rows[36:])
     assert bytes(data.train).decode() == "".join(rows[:36])
     with pytest.raises(ArchscaleError, match="no column 'text'"):

@@ -1,0 +1,99 @@
+"""How a failure reaches the user: one line on stderr, never a traceback.
+
+Typer turns a KeyboardInterrupt into a silent exit 130 inside its own ``main``, before any
+``try`` around ``app()`` sees it, and lets other exceptions print tracebacks; so the handling
+sits one level deeper, in the command group's ``invoke``, which every command runs inside:
+
+* Ctrl-C: ``interrupted: <command>; kept: <what is kept>; resume: <command>``, exit 130.
+  What is kept and how to resume is the command's to say (raise ``Interrupted``); otherwise it
+  follows from the command (``KEPT``);
+* ``OSError`` (a disk, a permission, a vanished file) becomes an ``ArchscaleError`` naming the
+  path, which ``cli.main.main`` prints as ``error: <message>`` (exit 2) like every other.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from archscale.arch.errors import ArchscaleError
+
+EXIT_INTERRUPTED = 130
+
+_TRIALS_KEPT = ("finished trials are kept in the study's storage (the trial cut short goes back "
+                "to the queue)")
+KEPT: dict[str, str] = {
+    "study run": _TRIALS_KEPT,
+    "study worker": _TRIALS_KEPT,
+    "demo": _TRIALS_KEPT,
+    "study create": "the study as far as it was created (create or run continues it)",
+}
+"""What an interrupted command keeps, by its command words; others keep nothing."""
+RESUMES = {"study run", "study worker", "demo", "study create"}
+"""Commands that continue where they stopped when run again (others start over)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the interrupted command kept and the command that resumes it."""
+
+    def __init__(self, kept: str, resumes: bool, note: str = ""):
+        super().__init__(kept)
+        self.kept = kept
+        """What is kept, e.g. 'partial result in run.json (status interrupted)'."""
+        self.resumes = resumes
+        """Whether running the same command again continues (else it starts over)."""
+        self.note = note
+        """Said after the command, e.g. how to make the next run resumable."""
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as the user could type it again."""
+    return shlex.join(["archscale", *argv])
+
+
+def _command_words(argv: list[str]) -> str:
+    words = [a for a in argv[:2] if not a.startswith("-")]
+    two = " ".join(words[:2])
+    return two if two in KEPT or two in RESUMES else (words[0] if words else "")
+
+
+def interrupted_line(argv: list[str], err: KeyboardInterrupt) -> str:
+    """The one line printed on Ctrl-C."""
+    words = _command_words(argv)
+    again = command_line(argv)
+    if isinstance(err, Interrupted):
+        kept, resumes, note = err.kept, err.resumes, err.note
+    else:
+        kept, resumes, note = KEPT.get(words, "nothing was written"), words in RESUMES, ""
+    return (f"interrupted: archscale {words or '(no command)'}; kept: {kept}; "
+            f"{'resume' if resumes else 'start over'}: {again}{note}")
+
+
+def _os_error_text(err: OSError) -> str:
+    paths = " -> ".join(str(name) for name in (err.filename, err.filename2) if name)
+    return f"{err.strerror or err}{f' ({paths})' if paths else ''}: check the path and its " \
+           "permissions, then rerun"
+
+
+class GuardedGroup(TyperGroup):
+    """The top command group: every command's failures become one line (module docstring)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
+                     **extra: Any) -> click.Context:
+        ctx = super().make_context(info_name, list(args), parent, **extra)
+        ctx.meta["argv"] = list(args)  # as typed: the command line an interrupt repeats
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            typer.secho(interrupted_line(ctx.meta.get("argv", []), err), err=True,
+                        fg=typer.colors.YELLOW)
+            raise typer.Exit(EXIT_INTERRUPTED) from err
+        except OSError as err:
+            raise ArchscaleError(_os_error_text(err)) from None
