@@ -51,7 +51,8 @@ def grid_starts() -> np.ndarray:
 def to_natural(p_BxP: np.ndarray) -> np.ndarray:
     """(a, b, e, alpha, beta) -> (A, B, E, alpha, beta)."""
     p_BxP = np.atleast_2d(p_BxP)
-    return np.column_stack([np.exp(p_BxP[:, :3]), p_BxP[:, 3:]])
+    with np.errstate(over="ignore"):  # a runaway start gives inf: a failed fit, judged as such
+        return np.column_stack([np.exp(p_BxP[:, :3]), p_BxP[:, 3:]])
 
 
 def to_log(coef_BxP: np.ndarray) -> np.ndarray:
