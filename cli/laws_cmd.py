@@ -96,6 +96,7 @@ def _print_law(law: Law) -> None:
     if held and "mse" in held:
         spearman = held.get("spearman_min")
         coverage = held.get("coverage_90")
+        coverage = None if coverage is None or coverage != coverage else coverage  # NaN: none
         typer.echo(f"held out ({held['rule']}, {held['n_test']} runs): MSE {held['mse']:.4g}, "
                    f"mean relative error {held['mean_relative_error']:.3%}, min Spearman per "
                    f"group {'n/a' if spearman is None else f'{spearman:.3f}'}"
@@ -108,28 +109,35 @@ def _print_law(law: Law) -> None:
             typer.echo(f"  progressive -> {task['test_scale']}: MSE {task['mse']:.4g}, "
                        f"mean relative error {task['mean_relative_error']:.3%}")
     model = law.error_model
-    if model is not None:
-        growth = "not calibrated" if model.growth is None else f"{model.growth:.3g}"
-        typer.echo(f"prediction intervals ({model.method}): run scatter {model.sigma_run:.3g}, "
-                   f"growth per fitted-range width of extrapolation {growth} ({model.space} units)")
+    if model is not None and model.source is None:
+        typer.secho(f"prediction intervals: {model.label}", fg=typer.colors.YELLOW, err=True)
+    elif model is not None:
+        typer.echo(f"prediction intervals: {model.label}; run scatter {model.sigma_run:.3g} "
+                   f"({model.space} units)")
     for note in law.notes:
         typer.echo(f"note: {note}")
+    duplicates = law.provenance.get("duplicates_collapsed")
+    if duplicates:
+        typer.secho(f"warning: {duplicates} row(s) repeated an earlier row in every column and "
+                    "were collapsed into one (a run counted twice would narrow every interval)",
+                    fg=typer.colors.YELLOW, err=True)
     for problem in law.problems:
         typer.secho(f"not identified: {problem.message}", fg=typer.colors.YELLOW, err=True)
 
 
-def _write_heldout(law: Law, out: Path) -> Path | None:
-    """The held-out rows of a ``--holdout-above`` fit, each with its prediction interval."""
+def _write_heldout(law: Law, table: pd.DataFrame, out: Path) -> Path | None:
+    """The held-out rows of a ``--holdout-above`` fit, as the table gave them (run names and
+    all), each with its prediction and prediction interval."""
     rows = (law.validation.get("heldout") or {}).get("rows")
     if not rows or "lower" not in rows:
         return None
-    import pandas as pd
+    from archscale.laws.table import collapse_duplicates
 
+    fitted_table, _ = collapse_duplicates(table.reset_index(drop=True))  # as fit_law indexes it
     path = out.with_name(f"{out.stem}.heldout.csv")
-    pd.DataFrame({"row": rows["index"], law.target: rows["measured"],
-                  "prediction": rows["predicted"], "lower": rows["lower"],
-                  "upper": rows["upper"], "extrapolation": rows["distance"]}
-                 ).to_csv(path, index=False)
+    fitted_table.iloc[rows["index"]].assign(
+        prediction=rows["predicted"], lower=rows["lower"], upper=rows["upper"],
+        extrapolation=rows["distance"]).to_csv(path, index=False)
     return path
 
 
@@ -215,7 +223,7 @@ def fit(
                              "the runs named there, or pass --allow-degenerate to save it marked")
     out = save_or_fallback(lambda path: save_law(fitted, path), out, "the fitted law")
     typer.echo(f"saved {out}")
-    heldout_csv = _write_heldout(fitted, out)
+    heldout_csv = None if holdout_above is None else _write_heldout(fitted, table, out)
     if heldout_csv is not None:
         typer.echo(f"held-out rows with 90% prediction intervals: {heldout_csv}")
     if plot is not None:
@@ -234,19 +242,36 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
     from archscale.laws.query import score
     from archscale.laws.table import load_table
 
-    table = load_table(csv, columns)
+    mapping = columns if columns is not None else law.provenance.get("columns") or None
+    table = load_table(csv, mapping)
     if table.empty:
         raise ArchscaleError(f"{csv} has no complete rows to predict")
     scored = table.assign(**score(law, table, level))
     out = save_or_fallback(lambda path: scored.to_csv(path, index=False) or path, out,
                            "the predictions")
-    line = f"predicted {len(scored)} rows of {csv} -> {out} ({level:.0%} prediction intervals)"
-    if law.target in scored.columns:
+    _warn_calibration(law)
+    calibrated = law.error_model is not None and law.error_model.source is not None
+    line = f"predicted {len(scored)} rows of {csv} -> {out} " + (
+        f"({level:.0%} prediction intervals, {law.error_model.label})" if calibrated
+        else "(no prediction intervals: lower and upper are empty)")
+    if law.target in scored.columns and calibrated:
         measured = scored[law.target].to_numpy(dtype=float)
         inside = np.mean((scored["lower"] <= measured) & (measured <= scored["upper"]))
         error = np.mean(np.abs(scored["prediction"] - measured) / np.abs(measured))
         line += f"; measured {law.target}: mean relative error {error:.2%}, coverage {inside:.0%}"
     typer.echo(line)
+
+
+def _warn_calibration(law: Law) -> None:
+    """Say on stderr when no interval holds, or when only public sweeps calibrate it."""
+    model = law.error_model
+    if model is None or model.source is None:
+        reason = "no calibration (fitted by an older archscale)" if model is None else model.reason
+        typer.secho(f"warning: no prediction intervals: {reason}", fg=typer.colors.YELLOW,
+                    err=True)
+    elif model.source != "these runs":
+        typer.secho(f"warning: these runs cannot calibrate extrapolation error; the intervals "
+                    f"are {model.label}", fg=typer.colors.YELLOW, err=True)
 
 
 def _parse_ks(text: str | None) -> list[int] | None:
@@ -325,13 +350,18 @@ def predict(
     if "k" in table.columns:
         rows = [{"k": int(n), **row} for n, row in zip(table["k"], rows, strict=True)]
     if as_json:
-        head = {"target": law.target, "identified": law.identified, "level": level}
+        model = law.error_model
+        head = {"target": law.target, "identified": law.identified, "level": level,
+                "calibration": None if model is None else model.label}
+        rows = [{name: None if v != v else v for name, v in row.items()} for row in rows]
         typer.echo(json.dumps({**head, **rows[0]} if len(rows) == 1 else {**head, "rows": rows}))
         return
+    _warn_calibration(law)
     for row in rows:
         at_k = "" if "k" not in row else f" (k = {row['k']})"
-        shown = (f"{law.target}{at_k}: {row['prediction']:.6g}  ({level:.0%} prediction interval "
-                 f"{row['lower']:.6g} - {row['upper']:.6g}")
+        shown = (f"{law.target}{at_k}: {row['prediction']:.6g}  (" + (
+            "no prediction interval" if row["lower"] != row["lower"] else
+            f"{level:.0%} prediction interval {row['lower']:.6g} - {row['upper']:.6g}"))
         if "mean_lower" in row:
             shown += f"; 95% interval of the law's mean {row['mean_lower']:.6g} - " \
                      f"{row['mean_upper']:.6g}"

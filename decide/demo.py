@@ -17,6 +17,7 @@ laws' predictions with what it measures.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -293,8 +294,12 @@ def load_report_laws(out: Path) -> dict[str, Law]:
 
 
 def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) -> dict[str, Any]:
-    """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare."""
+    """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare.
+    Laws the demo refused are refused here too, before any training; a recommendation without a
+    prediction interval is verified against its point prediction, and the report says so."""
     laws = load_report_laws(options.out)
+    if not options.allow_degenerate:
+        refuse_unidentified(laws, options.out)
     handle = open_study(load_sweep(options.sweep).name, options.storage)
     table = load_table(trials_table(handle.study))
     n_params = scale_factor * float(handle.sweep.grid.scales[-1])
@@ -311,14 +316,18 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
         raise ArchscaleError(f"the verification run ended {result.status}: {result.message}")
     speed = measure_throughput(spec, **sweep.throughput_options())
     low, high = top.loss_interval_90
+    has_interval = math.isfinite(low) and math.isfinite(high)
     report = {
         "spec": spec.to_dict(), "params_nonembed": spec.params_nonembed, "tokens": result.tokens,
         "extrapolation_factor": n_params / float(table["N"].max()),
-        "predicted_loss": top.loss, "loss_interval_90": [low, high],
-        "loss_mean_interval_95": [top.loss_low, top.loss_high],
+        "predicted_loss": top.loss,
+        "loss_interval_90": [low, high] if has_interval else None,
+        "loss_mean_interval_95": ([top.loss_low, top.loss_high]
+                                  if math.isfinite(top.loss_low + top.loss_high) else None),
         "measured_loss": result.val_loss,
         "loss_relative_error": (top.loss - result.val_loss) / result.val_loss,
-        "measured_loss_inside_interval": bool(low <= result.val_loss <= high),
+        "measured_loss_inside_interval": (bool(low <= result.val_loss <= high) if has_interval
+                                          else None),
         "predicted_decode_tokens_per_s": top.decode_tokens_per_s,
         "measured_decode_tokens_per_s": speed.decode_tokens_per_s,
         "throughput_relative_error": (top.decode_tokens_per_s - speed.decode_tokens_per_s)

@@ -6,7 +6,8 @@ Layout of ``<out>/``::
     laws/*.json               the fitted laws (``archscale predict`` / ``recommend`` read them)
     figures/*.png             U-curves, held-out, fits, the measured and predicted Pareto fronts
     recommendations.json      the recommendation with provenance (``archscale export`` reads it)
-    summary.json              the headline figures, for programs (``summary``: keys below)
+    summary.json              the headline figures, for programs (``summary``: keys below;
+                              ``decision``: the shape decision scored, decide/decision.py)
     substitution/             where the sweep samples pass@k: decide/substitution_report.py
     hf/<shape>/config.json    one HuggingFace LlamaConfig per exported shape
 """
@@ -24,12 +25,13 @@ from matplotlib.figure import Figure
 
 import archscale
 from archscale.decide import substitution_report
+from archscale.decide.decision import decision_markdown, decision_summary
 from archscale.decide.export import export_hf
 from archscale.decide.recommend import Recommendation, Scored, save_recommendation
 from archscale.laws import save_law
 from archscale.laws.law import Law
 from archscale.laws.plots import save_plots
-from archscale.laws.table import scale_labels, scale_order
+from archscale.laws.table import scale_labels, scale_order, spec_table
 from archscale.search.table import pareto_front
 
 if TYPE_CHECKING:
@@ -141,6 +143,7 @@ def summary(outcome: DemoOutcome) -> dict[str, Any]:
     keys = ("predicted_loss", "loss_interval_90", "predicted_accuracy", "accuracy_interval_90",
             "measured_decode_tokens_per_s", "predicted_decode_tokens_per_s")
     return {
+        "decision": _decision(outcome),
         "laws": {kind: law_summary(law) for kind, law in outcome.laws.items()},
         "noise_floor_relative": (None if outcome.noise_floor != outcome.noise_floor
                                  else outcome.noise_floor),
@@ -153,6 +156,15 @@ def summary(outcome: DemoOutcome) -> dict[str, Any]:
             "substitution": outcome.substitution[0].summary(),
             "substitution_check": substitution_report.check_summary(outcome.substitution[1])}),
     }
+
+
+def _decision(outcome: DemoOutcome) -> dict[str, Any]:
+    """The conditional law's shape decision scored (decide/decision.py)."""
+    law = outcome.laws["conditional"]
+    shapes = outcome.recommendation.recommended
+    candidates = spec_table([s.spec for s in shapes], outcome.target_tokens,
+                            n_definition=law.n_definition)
+    return decision_summary(law, outcome.table, outcome.noise_floor, candidates)
 
 
 def add_verify_to_summary(out: Path, verify: dict[str, Any]) -> Path:
@@ -261,6 +273,8 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
     ]
     lines += [f"- {note}" for note in rec.notes]
     lines += ["", "![Pareto fronts](figures/pareto.png)", ""]
+    lines += decision_markdown(_decision(outcome),
+                               [f"#{i}" for i in range(1, len(rec.recommended) + 1)])
     if outcome.substitution is not None:
         lines += substitution_report.markdown(  # the section exists because passk: is set
             *outcome.substitution, outcome.handle.sweep.passk_settings.task,

@@ -51,7 +51,8 @@ def grid_starts() -> np.ndarray:
 def to_natural(p_BxP: np.ndarray) -> np.ndarray:
     """(a, b, e, alpha, beta) -> (A, B, E, alpha, beta)."""
     p_BxP = np.atleast_2d(p_BxP)
-    return np.column_stack([np.exp(p_BxP[:, :3]), p_BxP[:, 3:]])
+    with np.errstate(over="ignore"):  # a runaway start gives inf: a failed fit, judged as such
+        return np.column_stack([np.exp(p_BxP[:, :3]), p_BxP[:, 3:]])
 
 
 def to_log(coef_BxP: np.ndarray) -> np.ndarray:
@@ -376,6 +377,10 @@ def _predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) 
 
 
 def _design_problems(config: dict[str, Any], table: pd.DataFrame) -> list[diagnostics.Problem]:
+    """``config`` is the fitted one: a reduced fit along a D(N) line (``d_line``) is what collinear
+    runs identify, so collinearity is no problem for it."""
+    if "d_line" in config:
+        return []
     collinear = diagnostics.collinear_problem(table, "chinchilla")
     return [] if collinear is None else [collinear]
 

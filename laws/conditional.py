@@ -35,6 +35,7 @@ from scipy.optimize import least_squares
 
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import chinchilla, diagnostics
+from archscale.laws.diagnostics import VANISHED_TERM, Problem
 from archscale.laws.forms import Term, parse_terms
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.table import SCALE_GAP, group_labels, positive_values, scale_labels
@@ -315,11 +316,34 @@ def design_problems(config: dict[str, Any], table: pd.DataFrame) -> list[diagnos
         table, config["terms"])
 
 
+def vanished_terms(config: dict[str, Any], coef: dict[str, float], table: pd.DataFrame
+             ) -> list[Problem]:
+    """A shape term that moves no fitted run's loss by VANISHED_TERM (of the loss) has vanished:
+    the fit says loss does not depend on that feature, which the design was built to measure."""
+    loss = positive_values(table, ["loss"], "the conditional law")["loss"]
+    out = []
+    for term in _terms(config):
+        values = positive_values(table, [term.feature], "the conditional law")[term.feature]
+        c = np.array([coef[name] for name in term.coef_names])
+        with np.errstate(all="ignore"):
+            moved = np.abs(term.basis(values) @ c)
+        if config["combine"] == "additive":
+            moved = moved / loss
+        if np.all(np.nan_to_num(moved, nan=0.0) < VANISHED_TERM):
+            out.append(Problem("term_at_bound", (
+                f"the shape term {term.feature}:{term.form} vanished (coefficients "
+                f"{', '.join(f'{n} = {coef[n]:.3g}' for n in term.coef_names)}: it moves no "
+                f"run's loss by {VANISHED_TERM:g}), so the fit says loss does not depend on "
+                f"{term.feature}; add runs that vary {term.feature} at fixed N and D, or drop the "
+                "term")))
+    return out
+
+
 KIND = LawKind(name="conditional", configure=configure, target=lambda config: "loss",
                n_params=lambda config: len(coef_names(config)),
                min_scales=2, fit=fit, bootstrap=bootstrap, predict=predict, axes=("N", "D"),
                problems=lambda config, coef, table: diagnostics.loss_problems(
-                   coef, table, product_form=True),
+                   coef, table, product_form=True) + vanished_terms(config, coef, table),
                design_problems=design_problems, needs=lambda config: ("shape", "tokens"),
                options=("terms", "combine", "lopt", "robust", "f_scale", "chinchilla"),
                law_options={"chinchilla": "chinchilla"})

@@ -1,28 +1,23 @@
 """Prediction intervals: where a new run will land, beside the interval of the law's mean.
 
-Method ``extrapolation-calibrated``. A run's residual around the law, f(measured) - f(predicted) in
-the law's ``space`` (SPACES: f = log for losses and throughputs, the identity for accuracies, and
--log(-log) for pass rates, whose relative error in -log pass@k is the one that stays level across
-k and scales), is taken as normal with scale
+The pieces every calibration uses (laws/calibration.py picks which one holds):
 
-    sigma(delta) = sqrt(sigma_run^2 + (growth * delta)^2),
+* a run's residual around the law, f(measured) - f(predicted) in the law's ``space`` (SPACES:
+  f = log for losses and throughputs, the identity for accuracies, and -log(-log) for pass
+  rates, whose relative error in -log pass@k is the one that stays level across k and scales);
+* the extrapolation ``distance`` of a row: summed over the law's inputs (N and D for loss laws),
+  how far it lies beyond the range the law was fitted on, in units of that range's log width
+  (0 inside);
+* the in-sample scatter ``sigma_run``: the RMS of the in-sample residuals with the fitted
+  coefficients' degrees of freedom taken out, or the measured seed-to-seed noise floor if larger;
+* ``around``: the interval f^-1(f(prediction) +- half-width), never narrower than the bootstrap
+  interval of the law's mean at the same level.
 
-where ``delta`` is the extrapolation distance of the row: summed over the law's inputs (N and D
-for loss laws), how far it lies beyond the range the law was fitted on, in units of that range's
-log width (0 inside).
-
-* ``sigma_run``, the scatter of runs the law cannot explain, is the RMS of the in-sample residuals
-  with the fitted coefficients' degrees of freedom taken out, or the measured seed-to-seed noise
-  floor if that is larger;
-* ``growth``, how fast the error grows with extrapolation, comes from the progressive held-out
-  fits (fit on the scales up to k, predict every larger scale): the least-squares fit of
-  r^2 - sigma_run^2 = growth^2 delta^2 over their residuals r (0 if they are no worse than in
-  sample). Refits that their runs do not identify are left out.
-
-The interval is f^-1(f(prediction) +- z sigma(delta)) (prediction * exp(+-z sigma(delta)) in log
-space) with z the normal quantile of the level, and never narrower than the bootstrap interval of
-the law's mean at the same level. Without progressive fits the growth is unknown: the mean's
-interval is then added in quadrature, and the method's name says so.
+Method ``extrapolation-calibrated`` (the normal model, for kinds no public sweep calibrates): a
+residual is normal with scale sigma(delta) = sqrt(sigma_run^2 + (growth * delta)^2), ``growth``
+the least-squares fit of r^2 - sigma_run^2 = growth^2 delta^2 over the residuals r of these runs'
+progressive held-out refits (fit on the scales up to k, predict every larger scale; refits that
+their runs do not identify are left out).
 """
 
 from __future__ import annotations
@@ -33,13 +28,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
-
-from archscale.laws.bootstrap import check_level
 
 METHOD = "extrapolation-calibrated"
-UNCALIBRATED = "run scatter + bootstrap of the mean (extrapolation error not calibrated: no " \
-               "progressive held-out fits)"
+UNCALIBRATED = "not calibrated (no progressive held-out fits)"
 SPAN_FLOOR = float(np.log(2))
 """Least log width of a fitted range when measuring distance in units of it."""
 DEFAULT_LEVEL = 0.9
@@ -55,35 +46,61 @@ class ErrorModel:
     sigma_run: float
     """Scatter of runs inside the fitted range (residual units of ``space``)."""
     growth: float | None
-    """Extra error per unit of extrapolation distance (``distance``: fitted-range widths);
-    None when no held-out fit calibrated it."""
+    """Extra error per unit of extrapolation distance (``distance``: fitted-range widths),
+    from held-out refits of these runs (the normal model, kinds without public sweeps); None
+    when none calibrated it."""
     ranges: dict[str, list[float]]
     """Fitted range [min, max] of each input the distance is measured on."""
     n_fit: int = 0
     """Runs the in-sample scatter comes from."""
     n_heldout: int = 0
-    """Held-out residuals the growth comes from."""
+    """Held-out residuals of these runs' refits the calibration comes from."""
     noise_floor: float | None = None
     """Seed-to-seed scatter given to the fit (relative), if any."""
     method: str = field(default=METHOD)
-    """Name of the method (module docstring)."""
+    """Name of the method (module docstring; laws/calibration.py)."""
+    law: str = ""
+    """The law kind, which picks the public sweeps' records (laws/calibration.py)."""
+    heldout: tuple[tuple[float, float, float], ...] = ()
+    """(distance, residual, training scatter) of every held-out prediction of these runs'
+    refits: the scores of the split-conformal calibration."""
+    source: str | None = None
+    """``these runs`` or ``public sweeps``: what calibrates the intervals; None: nothing does."""
+    reason: str | None = None
+    """Why no interval is given (``source`` None)."""
 
     def sigma(self, distance: np.ndarray) -> np.ndarray:
         growth = self.growth or 0.0
         return np.sqrt(self.sigma_run**2 + (growth * np.asarray(distance, dtype=float)) ** 2)
 
+    @property
+    def label(self) -> str:
+        """One line for the user: which calibration holds, by which method, or why none."""
+        if self.source is None:
+            return f"no prediction interval: {self.reason}"
+        return f"calibrated on {self.source} ({self.method})"
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "space": self.space, "sigma_run": self.sigma_run,
                 "growth": self.growth, "ranges": self.ranges, "n_fit": self.n_fit,
-                "n_heldout": self.n_heldout, "noise_floor": self.noise_floor}
+                "n_heldout": self.n_heldout, "noise_floor": self.noise_floor, "law": self.law,
+                "heldout": [list(r) for r in self.heldout], "source": self.source,
+                "reason": self.reason}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ErrorModel:
-        return cls(space=str(data["space"]), sigma_run=float(data["sigma_run"]),
-                   growth=None if data.get("growth") is None else float(data["growth"]),
+        growth = None if data.get("growth") is None else float(data["growth"])
+        # a law file from before calibration sources: its own growth is all that calibrates it
+        source = data.get("source", "these runs" if growth is not None else None)
+        return cls(space=str(data["space"]), sigma_run=float(data["sigma_run"]), growth=growth,
                    ranges={k: [float(a), float(b)] for k, (a, b) in data["ranges"].items()},
                    n_fit=int(data.get("n_fit", 0)), n_heldout=int(data.get("n_heldout", 0)),
-                   noise_floor=data.get("noise_floor"), method=str(data.get("method", METHOD)))
+                   noise_floor=data.get("noise_floor"), method=str(data.get("method", METHOD)),
+                   law=str(data.get("law", "")),
+                   heldout=tuple(tuple(float(v) for v in r) for r in data.get("heldout", ())),
+                   source=source,
+                   reason=data.get("reason", None if source else
+                                   "fitted by an older archscale without a calibration: refit"))
 
 
 def fitted_ranges(table: pd.DataFrame, axes: Sequence[str]) -> dict[str, list[float]]:
@@ -165,27 +182,24 @@ def calibrate(space: str, sigma_run: float, ranges: dict[str, list[float]],
                       method=METHOD if growth is not None else UNCALIBRATED)
 
 
-def interval(model: ErrorModel, predicted: np.ndarray, distance_n: np.ndarray,
-             level: float = DEFAULT_LEVEL, mean_interval: tuple[np.ndarray, np.ndarray] | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) prediction interval of each row at ``level``, given its distance."""
-    check_level(level)
-    z = float(norm.ppf(0.5 + level / 2))
-    half = z * model.sigma(distance_n)
-    centre = to_space(predicted, model.space)
-    below = above = half
+def around(space: str, predicted: np.ndarray, half: np.ndarray,
+           mean_interval: tuple[np.ndarray, np.ndarray] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """f^-1(f(predicted) -/+ half), each side at least as wide as the law's mean interval at the
+    same level (a run's range never undercuts the mean's); NaN half-widths stay NaN."""
+    centre = to_space(predicted, space)
+    below = above = np.asarray(half, dtype=float)
     if mean_interval is not None:
-        low_mean, high_mean = (to_space(a, model.space) for a in mean_interval)
-        mean_below, mean_above = (np.nan_to_num(m, nan=0.0)
-                                  for m in (centre - low_mean, high_mean - centre))
-        if model.growth is None:  # the mean's uncertainty is not in the calibration: add it
-            below, above = np.sqrt(half**2 + mean_below**2), np.sqrt(half**2 + mean_above**2)
-        else:  # it is (held-out refits carry it), but a run's range never undercuts the mean's
-            below, above = np.maximum(half, mean_below), np.maximum(half, mean_above)
-    inverse = SPACES[model.space][1]
+        low_mean, high_mean = (to_space(a, space) for a in mean_interval)
+        below = np.maximum(below, np.nan_to_num(centre - low_mean, nan=0.0))
+        above = np.maximum(above, np.nan_to_num(high_mean - centre, nan=0.0))
+    inverse = SPACES[space][1]
     return inverse(centre - below), inverse(centre + above)
 
 
 def coverage(low: np.ndarray, high: np.ndarray, measured: np.ndarray) -> float:
+    """Fraction of ``measured`` inside [low, high]; NaN where no interval was given."""
     measured = np.asarray(measured, dtype=float)
+    if np.all(np.isnan(np.asarray(low, dtype=float))):
+        return float("nan")
     return float(np.mean((low <= measured) & (measured <= high)))

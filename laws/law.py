@@ -24,7 +24,7 @@ import pandas as pd
 
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import conditional, diagnostics, intervals, validation
+from archscale.laws import calibration, conditional, diagnostics, intervals, validation
 from archscale.laws.bootstrap import percentile_interval, resample_counts
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
@@ -33,9 +33,11 @@ from archscale.laws.registry import get_kind
 from archscale.laws.table import (
     TableError,
     add_features,
+    collapse_duplicates,
     group_labels,
     scale_labels,
     table_sha256,
+    training_flops,
 )
 
 N_DEFINITIONS = ("non_embedding", "total")
@@ -127,14 +129,16 @@ class Law:
 
     def prediction_interval(self, rows: Rows, level: float = DEFAULT_LEVEL
                             ) -> tuple[np.ndarray, np.ndarray]:
-        """Where a new run at each row will land, with probability ``level``."""
+        """Where a new run at each row will land, with probability ``level``; NaN where no
+        calibration holds (``error_model.reason`` says why)."""
         if self.error_model is None:
             raise ArchscaleError("this law has no prediction-interval calibration (fitted by an "
                                  "older archscale): refit it with `archscale fit`")
         table = as_table(rows)
         mean = self.mean_interval(table, level) if len(self.coef_samples) else None
-        return intervals.interval(self.error_model, self.predict(table),
-                                  intervals.distance(table, self.error_model.ranges), level, mean)
+        return calibration.interval(self.error_model, self.predict(table),
+                                    intervals.distance(table, self.error_model.ranges), level,
+                                    mean)
 
 
 def _check_table(kind: LawKind, config: dict[str, Any], table: pd.DataFrame) -> None:
@@ -168,7 +172,10 @@ def _provenance(table: pd.DataFrame, n_runs: int | None) -> dict[str, Any]:
 
 
 def holdout_mask(table: pd.DataFrame, above: float, by: str = "N") -> np.ndarray:
-    """Rows held out: ``by`` (N, D, flops or any numeric column) at or above ``above``."""
+    """Rows held out: ``by`` (N, D, flops or any numeric column) at or above ``above``; flops
+    without a column are derived from N and D by the trainer's rule (``training_flops``)."""
+    if by == "flops" and by not in table.columns and {"N", "D"} <= set(table.columns):
+        table = table.assign(flops=training_flops(table))
     if by not in table.columns:
         raise TableError(f"--holdout-by {by}: the table has no column {by!r} (it has "
                          f"{list(table.columns)}); choose N, D, flops or another numeric column")
@@ -228,21 +235,21 @@ def _heldout_rows(law: Law, table: pd.DataFrame, index: np.ndarray, rule: str,
     return task
 
 
-def _score_heldout(task: dict[str, Any], progressive: list[dict[str, Any]], space: str,
-                   noise_floor: float | None, level: float = DEFAULT_LEVEL) -> None:
+def _score_heldout(task: dict[str, Any], progressive: list[dict[str, Any]], kind: str,
+                   space: str, noise_floor: float | None, level: float = DEFAULT_LEVEL) -> None:
     """Add prediction intervals to the largest-scale held-out task, calibrated only on its
     training fit and on the progressive fits that did not predict that scale."""
     if "rows" not in task:
         return
     rows = task["rows"]
     held = validation.records(progressive, space, exclude_scales=[task["test_scale"]])
-    model = intervals.calibrate(space, task["train_scatter"], {}, held, noise_floor,
-                                task["n_train"])
-    low, high = intervals.interval(model, np.asarray(rows["predicted"]),
-                                   np.asarray(rows["distance"]), level)
+    model = calibration.calibrate(kind, space, task["train_scatter"], {}, held, noise_floor,
+                                  task["n_train"])
+    low, high = calibration.interval(model, np.asarray(rows["predicted"]),
+                                     np.asarray(rows["distance"]), level)
     rows["lower"], rows["upper"] = low.tolist(), high.tolist()
     task[f"coverage_{round(level * 100)}"] = intervals.coverage(low, high, rows["measured"])
-    task["interval_method"] = model.method
+    task["interval_method"] = model.label
 
 
 def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | None = None, *,
@@ -264,7 +271,9 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     if n_definition not in N_DEFINITIONS:
         raise ArchscaleError(f"N counts {n_definition!r}: choose one of {N_DEFINITIONS}")
     config = kind.configure(dict(options or {}))
-    table = add_features(table).reset_index(drop=True)
+    table, duplicates = collapse_duplicates(add_features(table).reset_index(drop=True))
+    if duplicates:
+        provenance = {**dict(provenance or {}), "duplicates_collapsed": duplicates}
     heldout_table, heldout_index = None, None
     if holdout_above is not None:
         test = holdout_mask(table, holdout_above, holdout_by)
@@ -273,7 +282,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         table = table[~test].reset_index(drop=True)
     _check_table(kind, config, table)
     estimate = kind.fit(table, config)  # refuses missing or non-positive inputs first
-    problems = _design_problems(kind, config, table)
+    problems = _design_problems(kind, estimate.config, table)
 
     n_boot = kind.default_n_boot if n_boot is None else int(n_boot)
     samples = np.empty((0, len(estimate.coef)))
@@ -292,7 +301,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         identify is refused, as the full fit would be, so it never calibrates an interval."""
         _check_table(kind, config, train)
         part = kind.fit(train, config)
-        unidentified = (_design_problems(kind, config, train)
+        unidentified = (_design_problems(kind, part.config, train)
                         + _fit_problems(kind, part, train, {"n": 0})) if strict else []
         if unidentified:
             raise ArchscaleError(f"refit not identified: {unidentified[0].message}")
@@ -315,10 +324,12 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space,
                                        count_runs)
         checks["progressive"] = tasks
-    error_model = intervals.calibrate(
-        space, intervals.in_sample_scatter(fitted, measured, n_coef, space, n_runs),
+    withheld = next((f"{p.message} (no interval rests on so few refits)" for p in problems
+                     if p.code == "refits_failed"), None)
+    error_model = calibration.calibrate(
+        kind.name, space, intervals.in_sample_scatter(fitted, measured, n_coef, space, n_runs),
         intervals.fitted_ranges(table, kind.axes), validation.records(tasks, space), noise_floor,
-        len(table))
+        len(table), withheld)
 
     notes = list(estimate.notes)
     if n_boot > 0 and boot_info["converged_fraction"] < 1:
@@ -339,6 +350,6 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
                                   kind.axes, space, count_runs)
         if task is not None:
-            _score_heldout(task, tasks, space, noise_floor)
+            _score_heldout(task, tasks, kind.name, space, noise_floor)
             checks["heldout"] = task
     return law

@@ -77,7 +77,9 @@ def load_table(source: pd.DataFrame | str | Path,
     if missing:
         raise TableError(f"--columns names {missing}, which the table lacks; its columns are "
                          f"{list(raw.columns)}")
-    table = raw.rename(columns={src: name for name, src in mapping.items()})
+    # copied, not renamed: a source column stays addressable by its own name (--holdout-by
+    # budget after scale=budget)
+    table = raw.assign(**{name: raw[src] for name, src in mapping.items()})
     if "status" in table.columns:
         table = table[table["status"].fillna("complete") == "complete"]
     return add_features(table.reset_index(drop=True))
@@ -100,6 +102,26 @@ def add_features(table: pd.DataFrame) -> pd.DataFrame:
         if "gqa_group" not in has:
             table["gqa_group"] = [s.gqa_group for s in specs]
     return table
+
+
+def collapse_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The table without rows that repeat an earlier row in every column, and how many went: a
+    run entered twice is one measurement, and counting it twice narrows every interval."""
+    repeated = table.duplicated()
+    return table[~repeated].reset_index(drop=True), int(repeated.sum())
+
+
+def training_flops(table: pd.DataFrame) -> pd.Series:
+    """Training FLOPs of every row: the ``flops`` column, else D times the trainer's FLOPs per
+    token (ArchSpec's train_flops_per_token: 6N plus attention) where the shape columns allow,
+    else 6 N D (the rule of published tables that give only N and D)."""
+    if "flops" in table.columns:
+        return pd.to_numeric(table["flops"], errors="coerce")
+    require_columns(table, ["N", "D"], "training FLOPs")
+    if set(SHAPE_COLUMNS) <= set(table.columns):
+        per_token = [s.train_flops_per_token() for s in row_specs(table)]
+        return table["D"] * np.asarray(per_token, dtype=float)
+    return 6.0 * table["N"] * table["D"]
 
 
 def tokens_from_flops(table: pd.DataFrame) -> pd.Series:
@@ -162,19 +184,40 @@ def scale_labels(table: pd.DataFrame) -> np.ndarray:
     return labels.astype(str)
 
 
+def budget_scales(table: pd.DataFrame) -> bool:
+    """Whether the scales are compute budgets (an isoFLOP design): every scale's runs share one
+    training-FLOPs budget (within SCALE_GAP) while some scale holds several model sizes."""
+    if "scale" not in table.columns or not ({"flops"} <= set(table.columns)
+                                            or {"N", "D"} <= set(table.columns)):
+        return False
+    log_flops = np.log(training_flops(table).to_numpy(dtype=np.float64))
+    if not np.all(np.isfinite(log_flops)):
+        return False
+    frame = pd.DataFrame({"scale": scale_labels(table), "flops": log_flops,
+                          "N": np.round(np.log(table["N"].to_numpy(dtype=np.float64)), 3)
+                          if "N" in table.columns else 0.0})
+    by_scale = frame.groupby("scale")
+    spread = by_scale["flops"].agg(np.ptp)
+    return bool((spread <= math.log1p(SCALE_GAP)).all() and (by_scale["N"].nunique() > 1).any())
+
+
 def scale_order(table: pd.DataFrame) -> list[str]:
-    """Scale labels from smallest to largest median N."""
+    """Scale labels from smallest to largest: by compute budget where the scales are budgets
+    (``budget_scales``), else by median N."""
     labels = scale_labels(table)
     if "N" not in table.columns:
         return sorted(str(s) for s in set(labels))
-    n_params = table["N"].to_numpy(dtype=np.float64)
-    medians = {s: float(np.median(n_params[labels == s])) for s in np.unique(labels)}
+    size = (training_flops(table) if budget_scales(table) else table["N"]).to_numpy(np.float64)
+    medians = {s: float(np.median(size[labels == s])) for s in np.unique(labels)}
     return [str(s) for s in sorted(medians, key=medians.get)]
 
 
 def group_labels(table: pd.DataFrame) -> np.ndarray:
-    """(scale, tokens) group of every run, as one string: architectures compared fairly."""
+    """Runs compared fairly, as one string per run: its (scale, tokens) group, or its budget
+    where the scales are compute budgets (the shapes and sizes that spend one budget)."""
     scales = scale_labels(table)
+    if budget_scales(table):
+        return scales.astype(str)
     tokens = table["D"].to_numpy(dtype=np.float64) if "D" in table.columns else np.zeros(len(table))
     return np.array([f"{s}|{t:.4g}" for s, t in zip(scales, tokens, strict=True)])
 

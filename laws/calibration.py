@@ -1,0 +1,218 @@
+"""Calibrated or silent: which calibration a law's prediction intervals rest on, and its widths.
+
+A loss law's interval half-width at level p, for a row at extrapolation distance ``delta``
+(laws/intervals.py) predicted by a fit whose in-sample scatter is ``s``, is
+
+    h(s, delta) = k * q_p(s, delta),
+
+* ``q_p``, the *public prior*: the p-quantile of |log error| given (s, delta), learned by linear
+  quantile regression (scikit-learn ``QuantileRegressor``, ``PRIOR_FEATURES``) over the held-out
+  runs of many fit-small/predict-large splits of the public sweeps shipped in laws/public/
+  (laws/public_sweeps.py), each sweep weighted equally;
+* ``k``, *split-conformal* on these runs: where the law's own progressive refits predicted at
+  least ``min_scores(p)`` held-out runs over MIN_SCALES or more (refit, scale) pairs, k is the conformal
+  p-quantile (rank ceil((n + 1) p)) of their scores |r| / q_p(s, delta), and the interval is
+  "calibrated on these runs"; otherwise k = 1 and it is "calibrated on public sweeps".
+
+Kinds without shipped public sweeps (throughput, accuracy, pass@k) keep the normal model of
+laws/intervals.py calibrated on their own refits, or give no interval. A law whose bootstrap
+refits mostly failed gives none either: its mean is not known well enough. Where no interval
+holds, ``interval`` returns NaN and ``ErrorModel.reason`` says why.
+
+``leaving_out`` hides sweeps from the prior (the benchmark's leave-one-sweep-out protocol).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from archscale.arch.errors import ArchscaleError
+from archscale.laws import intervals
+from archscale.laws.bootstrap import check_level
+from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
+from archscale.laws.public_sweeps import load_records
+
+PRIOR_FEATURES = ("scatter", "distance")
+"""What the public prior's quantile is linear in (no intercept): run scatter and distance."""
+PRIOR_METHOD = ("quantile regression of |log error| on run scatter and extrapolation distance "
+                "over {n} public sweeps (scikit-learn QuantileRegressor)")
+CONFORMAL_METHOD = "split-conformal on {n} held-out refit predictions of these runs, " \
+                   "shaped by the public prior"
+MIN_SCALES = 2
+"""(refit, predicted scale) pairs the own-run scores must come from: one pair is one draw."""
+MIN_PRIOR_SWEEPS = 2
+"""Sweeps of a kind needed for a kind-specific prior; else every loss law's records pool."""
+LOSS_LAWS = ("chinchilla", "conditional")
+"""Kinds the shipped (loss) sweeps calibrate."""
+PUBLIC = "public sweeps"
+OWN = "these runs"
+
+_EXCLUDED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "excluded_sweeps", default=frozenset())
+
+
+@contextmanager
+def leaving_out(*sweeps: str) -> Iterator[None]:
+    """Within the block, the public prior is learned without ``sweeps`` (leave-one-out)."""
+    token = _EXCLUDED.set(_EXCLUDED.get() | frozenset(sweeps))
+    try:
+        yield
+    finally:
+        _EXCLUDED.reset(token)
+
+
+def min_scores(level: float) -> int:
+    """Fewest scores whose conformal ``level`` quantile is finite: n >= level / (1 - level)."""
+    return math.ceil(level / (1 - level) - 1e-9)
+
+
+@lru_cache(maxsize=64)
+def _prior(kind: str, level: float, excluded: frozenset[str]) -> tuple[np.ndarray, int] | None:
+    """Quantile-regression coefficients (PRIOR_FEATURES) and the sweeps they come from."""
+    from sklearn.linear_model import QuantileRegressor
+
+    records = load_records()
+    records = records[~records["sweep"].isin(excluded) & records["law"].isin(LOSS_LAWS)]
+    if kind not in LOSS_LAWS or records.empty:
+        return None
+    own_kind = records[records["law"] == kind]
+    if own_kind["sweep"].nunique() >= MIN_PRIOR_SWEEPS:
+        records = own_kind
+    weights = 1.0 / records.groupby("sweep")["sweep"].transform("size").to_numpy(float)
+    model = QuantileRegressor(quantile=level, alpha=0.0, fit_intercept=False, solver="highs")
+    model.fit(records[list(PRIOR_FEATURES)].to_numpy(float), records["residual"].abs(),
+              sample_weight=weights)
+    return np.maximum(model.coef_, 0.0), int(records["sweep"].nunique())
+
+
+def prior(kind: str, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, int] | None:
+    """(coefficients of PRIOR_FEATURES, sweeps used) of the public prior, or None if no
+    shipped sweep calibrates ``kind``."""
+    check_level(level)
+    return _prior(kind, float(level), _EXCLUDED.get())
+
+
+def _prior_quantile(coef: np.ndarray, scatter: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    return coef[0] * np.asarray(scatter, float) + coef[1] * np.asarray(distance, float)
+
+
+def calibrate(kind: str, space: str, sigma_run: float, ranges: dict[str, list[float]],
+              heldout: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+              noise_floor: float | None = None, n_fit: int = 0,
+              withheld: str | None = None) -> ErrorModel:
+    """The error model of a law: ``heldout`` holds (distance, residual, training scatter) of
+    these runs' refits; ``withheld`` says why no interval may be given whatever calibrates."""
+    base = intervals.calibrate(space, sigma_run, ranges,
+                               [(d, r) for d, r, _ in heldout], noise_floor, n_fit)
+    scores = _heldout_scores(heldout)
+    scales = sum(1 for distance, _, _ in heldout if len(distance))
+    common = {"law": kind, "heldout": scores, "n_heldout": len(scores)}
+    if withheld is not None:
+        return _model(base, **common, source=None, reason=withheld, method="none")
+    public = prior(kind)
+    if public is None:
+        if base.growth is not None:
+            return _model(base, **common, source=OWN, reason=None, method=base.method)
+        return _model(base, **common, source=None, method="none", reason=(
+            f"no held-out refits of these runs calibrate how its error grows with "
+            f"extrapolation (fit runs at 3+ scales), and no public sweep of a {kind} law is "
+            "shipped"))
+    if len(scores) >= min_scores(DEFAULT_LEVEL) and scales >= MIN_SCALES:
+        return _model(base, **common, source=OWN, reason=None,
+                      method=CONFORMAL_METHOD.format(n=len(scores)))
+    return _model(base, **common, source=PUBLIC, reason=None,
+                  method=PRIOR_METHOD.format(n=public[1]))
+
+
+def _heldout_scores(heldout: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                    ) -> tuple[tuple[float, float, float], ...]:
+    rows = []
+    for distance, residual, scatter in heldout:
+        for d, r, s in zip(*np.broadcast_arrays(distance, residual, scatter), strict=True):
+            if np.isfinite(d) and np.isfinite(r) and np.isfinite(s):
+                rows.append((float(d), float(r), float(s)))
+    return tuple(rows)
+
+
+def _model(base: ErrorModel, **fields: object) -> ErrorModel:
+    from dataclasses import replace
+
+    return replace(base, **fields)
+
+
+def half_width(model: ErrorModel, distance: np.ndarray, level: float = DEFAULT_LEVEL
+               ) -> np.ndarray:
+    """Half-width of the prediction interval of each row (units of ``model.space``); NaN where
+    no calibration holds."""
+    check_level(level)
+    distance = np.asarray(distance, dtype=float)
+    if model.source is None:
+        return np.full(distance.shape, np.nan)
+    public = prior(model.law, level) if model.law in LOSS_LAWS else None
+    if public is None:  # the normal model calibrated on these runs
+        return float(norm.ppf(0.5 + level / 2)) * model.sigma(distance)
+    coef = public[0]
+    k = 1.0
+    if model.source == OWN:
+        d, r, s = (np.array(c) for c in zip(*model.heldout, strict=True))
+        scores = np.abs(r) / np.maximum(_prior_quantile(coef, s, d), 1e-12)
+        n = len(scores)
+        rank = min(math.ceil((n + 1) * level), n)
+        k = float(np.sort(scores)[rank - 1])
+    return k * _prior_quantile(coef, np.full(distance.shape, model.sigma_run), distance)
+
+
+def interval(model: ErrorModel, predicted: np.ndarray, distance: np.ndarray,
+             level: float = DEFAULT_LEVEL,
+             mean_interval: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) prediction interval of each row at ``level``: symmetric in the model's
+    space, never narrower than the interval of the law's mean at the same level; NaN where no
+    calibration holds."""
+    half = half_width(model, distance, level)
+    return intervals.around(model.space, predicted, half, mean_interval)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A law's calibrated uncertainty at some rows, for designs that weigh it (issue 24)."""
+
+    sd: np.ndarray
+    """Predictive standard deviation per row, in ``space`` units (log: about a relative error):
+    the 90% half-width over the normal quantile 1.645; NaN where no calibration holds."""
+    space: str
+    """Where the spread is measured (laws/intervals.py SPACES)."""
+    source: str | None
+    """``these runs`` or ``public sweeps``; None where nothing calibrates the law."""
+    method: str
+    """The calibration method's name."""
+    reason: str | None
+    """Why there is no spread (``source`` None)."""
+
+    def half_width(self, level: float = DEFAULT_LEVEL) -> np.ndarray:
+        """Half-width of the symmetric prediction interval at ``level`` (normal scaling)."""
+        check_level(level)
+        return self.sd * float(norm.ppf(0.5 + level / 2))
+
+
+def predictive_spread(law: object, rows: pd.DataFrame | Mapping[str, object]) -> Spread:
+    """The calibrated predictive spread of ``law`` (a laws.law.Law) at ``rows``."""
+    from archscale.laws.law import as_table
+
+    model = getattr(law, "error_model", None)
+    if model is None:
+        raise ArchscaleError("this law has no prediction-interval calibration (fitted by an "
+                             "older archscale): refit it with `archscale fit`")
+    table = as_table(rows)
+    half = half_width(model, intervals.distance(table, model.ranges), DEFAULT_LEVEL)
+    return Spread(sd=half / float(norm.ppf(0.5 + DEFAULT_LEVEL / 2)), space=model.space,
+                  source=model.source, method=model.method, reason=model.reason)
