@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 
 import optuna
 import pandas as pd
@@ -123,6 +124,35 @@ def test_journal_recovery_requeues_a_dead_workers_trial_exactly_once(tmp_path, z
     assert sorted(t.user_attrs["config_key"] for t in claimed if t) == sorted(
         t.user_attrs["config_key"] for t in trials if t.state == TrialState.WAITING)
     assert claim(handle) is None and len(handle.study.trials) == 5
+
+
+PG_URL = os.environ.get("ARCHSCALE_TEST_POSTGRES_URL")
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=[
+    pytest.mark.postgres,
+    pytest.mark.skipif(not PG_URL, reason="set ARCHSCALE_TEST_POSTGRES_URL (tests/postgres.sh)")])])
+def test_a_dead_workers_trial_is_recovered_at_once_with_its_reason_by_one_worker(
+        kind, tmp_path, dead_owner):
+    url = {"journal": str(tmp_path / "s.journal"), "sqlite": f"sqlite:///{tmp_path / 's.db'}",
+           "postgres": PG_URL}[kind]
+    name = f"recover-{uuid.uuid4().hex[:8]}"
+    handle = create_study(parse_sweep({**GRID, "name": name}), url)
+    try:
+        trial = claim(handle)
+        handle.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, dead_owner)
+        Heartbeat(handle.storage, trial._trial_id, interval_s=60).close()  # it beat just now
+        other = open_study(name, url)  # a second worker looking at the same time
+        found = [recover_stale(h.study, h.storage, grace_s=3600, max_retries=10)
+                 for h in (handle, other)]
+        assert [len(f) for f in found] == [1, 0]  # no grace wait, and reported once
+        reason = f"worker pid {dead_owner['pid']} on {dead_owner['host']} is gone"
+        assert found[0][0].reason == reason
+        assert other.study.trials[trial.number].system_attrs[STALE_ATTR] == reason
+        assert other.study.trials[-1].state == TrialState.WAITING
+    finally:
+        if kind == "postgres":
+            optuna.delete_study(study_name=name, storage=handle.storage)
 
 
 def test_an_rdb_trial_whose_heartbeat_stopped_is_retried_with_its_reason(tmp_path):
