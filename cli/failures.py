@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from archscale.arch.errors import ArchscaleError
+from archscale.cli.help import readable_types
 
 EXIT_INTERRUPTED = 130
 
@@ -80,7 +81,12 @@ def _os_error_text(err: OSError) -> str:
 
 
 class GuardedGroup(TyperGroup):
-    """The top command group: every command's failures become one line (module docstring)."""
+    """The top command group: every command's failures become one line (module docstring),
+    and its options show readable types in --help (cli/help.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        readable_types(self)
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
                      **extra: Any) -> click.Context:
@@ -95,5 +101,7 @@ class GuardedGroup(TyperGroup):
             typer.secho(interrupted_line(ctx.meta.get("argv", []), err), err=True,
                         fg=typer.colors.YELLOW)
             raise typer.Exit(EXIT_INTERRUPTED) from err
+        except BrokenPipeError:
+            raise  # `archscale ... | head`: Typer exits quietly
         except OSError as err:
             raise ArchscaleError(_os_error_text(err)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -288,12 +289,35 @@ def _parse_ks(text: str | None) -> list[int] | None:
     return ks
 
 
+MAX_COMPUTE_EXTRAPOLATION = 1e6
+"""A compute budget more than this many times the fitted runs' largest 6 N D is refused: a
+power law read that far past its data answers with a number nobody could defend."""
+
+
+def _compute_extrapolation(law: Law, compute: float, result: dict[str, Any]) -> dict[str, float]:
+    """How far ``compute`` and its N*, D* lie beyond the fitted runs (factors > 1 only), or a
+    refusal past ``MAX_COMPUTE_EXTRAPOLATION``."""
+    n_range, d_range = law.provenance.get("n_range"), law.provenance.get("d_range")
+    if not (n_range and d_range):
+        return {}
+    largest = 6 * n_range[1] * d_range[1]  # no run used more than this
+    factor = compute / largest
+    if factor > MAX_COMPUTE_EXTRAPOLATION:
+        raise ArchscaleError(f"--compute {compute:.3g} is {factor:.3g}x the largest compute this "
+                             f"law was fitted on (6 N D <= {largest:.3g} FLOPs): past "
+                             f"{MAX_COMPUTE_EXTRAPOLATION:.0e}x it cannot be answered; give a "
+                             "budget nearer the runs, or fit on larger ones")
+    factors = {"compute": factor, "N": result["N"] / n_range[1], "D": result["D"] / d_range[1]}
+    return {k: v for k, v in factors.items() if v > 1}
+
+
 def _predict_compute(law: Law, compute: float, as_json: bool) -> None:
     from archscale.laws.query import compute_optimal_allocation
 
     result = compute_optimal_allocation(law, compute)
+    beyond = _compute_extrapolation(law, compute, result)
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps({**result, "extrapolation": beyond}))
         return
     typer.echo(f"compute-optimal at C = {compute:.4g} FLOPs (C = 6 N D; 95% intervals of the "
                "law's mean, bootstrap):")
@@ -301,6 +325,10 @@ def _predict_compute(law: Law, compute: float, as_json: bool) -> None:
         interval = result.get(f"{key}_interval_95")
         shown = "" if interval is None else f"  (95% {interval[0]:.4g} - {interval[1]:.4g})"
         typer.echo(f"  {label} = {result[key]:.4g}{shown}")
+    if beyond:
+        typer.secho("extrapolation: " + ", ".join(
+            f"{'C' if k == 'compute' else k + '*'} is {v:.3g}x the largest fitted"
+            for k, v in beyond.items()), fg=typer.colors.YELLOW, err=True)
 
 
 def predict(
@@ -328,6 +356,9 @@ def predict(
 ) -> None:
     """Predict with a saved law: one shape, a whole CSV, or the compute-optimal N and D."""
     check_writable(out)
+    for flag, value in (("--tokens", tokens), ("--loss", loss), ("--compute", compute)):
+        if value is not None and not math.isfinite(value):
+            raise ArchscaleError(f"{flag} {value} cannot be answered: give a finite number")
     from archscale.laws import load_law
     from archscale.laws.query import query_row, score
 

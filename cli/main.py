@@ -21,22 +21,29 @@ from archscale.cli import (
 
 app = typer.Typer(
     name="archscale",
-    help="Architecture search and scaling-law fitting for inference-efficient language models.",
+    help="Architecture search and scaling-law fitting for inference-efficient language models.\n\n"
+         "Start here:\n\n"
+         "1. archscale demo: the whole loop on the embedded corpus, minutes on a laptop.\n\n"
+         "2. archscale study create SWEEP.yaml, then archscale study run NAME: your own study "
+         "(search/examples/ has sweep files).\n\n"
+         "3. archscale recommend --law LAW.json --params N --tokens D --out DIR: shapes at your "
+         "target size, from a law `archscale fit` saved.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     cls=failures.GuardedGroup,
 )
-app.add_typer(arch_cmd.app, name="arch")
-app.add_typer(bench_cmd.app, name="bench")
+# The order --help lists them: the first-time user's path first.
+app.command("demo")(demo_cmd.demo)
 app.add_typer(study_cmd.app, name="study")
+app.command("recommend")(recommend_cmd.recommend)
 app.command("train")(train_cmd.train)
 app.command("fit")(laws_cmd.fit)
 app.command("predict")(laws_cmd.predict)
-app.command("demo")(demo_cmd.demo)
-app.command("recommend")(recommend_cmd.recommend)
 app.command("export")(recommend_cmd.export)
 app.command("substitute")(substitute_cmd.substitute)
+app.add_typer(arch_cmd.app, name="arch")
+app.add_typer(bench_cmd.app, name="bench")
 
 
 def main() -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale import environment
 from archscale.cli.outputs import check_writable, save_or_fallback
+from archscale.cli.tables import print_table
 from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_RETRIES, DEFAULT_STORAGE
 
 # Optuna, JAX and the search modules load inside the commands: `--help` stays fast
@@ -40,16 +39,6 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 @app.command()
@@ -128,42 +117,44 @@ def worker(
     run_worker(name, storage, options, echo=typer.echo, cores=pinned)
 
 
-def _print_status(name: str, storage: str | None) -> None:
+STATUS_COLUMNS = {"trial": "trial", "status": "status", "N": "N", "d_model": "d",
+                  "n_layers": "L", "heads": "heads", "r": "r", "loss": "loss",
+                  "decode_tokens_per_s": "decode tok/s", "seconds": "s"}
+PARETO_COLUMNS = {"trial_id": "trial", "N": "N", "d_model": "d", "n_layers": "L", "r": "r",
+                  "gqa_group": "GQA", "loss": "loss", "decode_tokens_per_s": "decode tok/s"}
+
+
+def _records(table) -> list[dict]:
+    """DataFrame rows as JSON-ready dicts (NaN -> None)."""
+    return json.loads(table.to_json(orient="records"))
+
+
+def _print_status(name: str, storage: str | None, as_json: bool = False) -> None:
     from archscale.search.study import open_study, progress_counts
-    from archscale.search.table import pareto_front, status_table, trials_table
+    from archscale.search.table import pareto_front, status_counts, status_table, trials_table
 
     handle = open_study(name, storage)
-    console = Console()
     table = status_table(handle.study)
-    shown = Table(title=f"study {name} ({handle.shown_url})")
-    columns = {"trial": "trial", "status": "status", "N": "N", "d_model": "d", "n_layers": "L",
-               "heads": "heads", "r": "r", "loss": "loss", "decode_tokens_per_s": "decode tok/s",
-               "seconds": "s"}
-    for title in columns.values():
-        shown.add_column(title)
-    notes = []
-    for row in table.to_dict("records"):
-        row["status"] = row["status"] or row["state"].lower()
-        shown.add_row(*(_fmt(row[c]) for c in columns))
-        if row["message"] and row["status"] != "complete":
-            notes.append(f"trial {row['trial']} {row['status']}: {row['message']}")
-    console.print(shown)
-    for note in notes:
-        console.print(note, markup=False, highlight=False)
-    for line in _retry_lines(handle.study):
-        console.print(line, markup=False, highlight=False)
-    counts = progress_counts(handle)
-    console.print(", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v))
+    counts = status_counts(table)
+    planned = {k: v for k, v in progress_counts(handle).items() if k in ("planned", "n_trials")}
     front = pareto_front(trials_table(handle.study))
+    retries = _retry_lines(handle.study)
+    if as_json:
+        typer.echo(json.dumps({"study": name, "storage": handle.shown_url, "counts": counts,
+                               **planned, "retries": retries, "trials": _records(table),
+                               "pareto": _records(front[list(PARETO_COLUMNS)])}, indent=1))
+        return
+    print_table(table.to_dict("records"), STATUS_COLUMNS,
+                title=f"study {name} ({handle.shown_url})")
+    for row in table.to_dict("records"):
+        if row["message"] and row["status"] != "complete":
+            typer.echo(f"trial {row['trial']} {row['status']}: {row['message']}")
+    for line in retries:
+        typer.echo(line)
+    typer.echo(", ".join(f"{k}: {v}" for k, v in {**counts, **planned}.items()))
     if len(front):
-        pareto = Table(title="Pareto front: lower loss vs higher decode throughput")
-        for column in ("trial_id", "N", "d_model", "n_layers", "r", "gqa_group", "loss",
-                       "decode_tokens_per_s"):
-            pareto.add_column(column)
-        for row in front.to_dict("records"):
-            pareto.add_row(*(_fmt(row[c]) for c in ("trial_id", "N", "d_model", "n_layers", "r",
-                                                    "gqa_group", "loss", "decode_tokens_per_s")))
-        console.print(pareto)
+        print_table(front.to_dict("records"), PARETO_COLUMNS,
+                    title="Pareto front: lower loss vs higher decode throughput")
 
 
 def _retry_lines(study) -> list[str]:
@@ -206,10 +197,12 @@ def requeue(
 
 @app.command()
 def status(name: str = typer.Argument(..., help="Study name."),
-           storage: str | None = StorageOpt) -> None:
+           storage: str | None = StorageOpt,
+           as_json: bool = typer.Option(False, "--json", help="Print the trials, counts and "
+                                        "Pareto front as JSON (for scripts).")) -> None:
     """Table of trials (state, outcome, shape, loss, throughput) and the Pareto front."""
     _quiet_optuna()
-    _print_status(name, storage)
+    _print_status(name, storage, as_json)
 
 
 @app.command()

@@ -41,9 +41,9 @@ Corpus = Annotated[str | None, _opt(
     "each optionally .gz/.zst; token shards (.bin/.npy) or a HF dataset folder (default: the "
     "embedded Shakespeare).")]
 Include = Annotated[list[str] | None, _opt(
-    "--include", "Corpus folder: read only files matching this glob (repeatable), e.g. '*.py'.")]
+    "--include", "Corpus folder: read only files matching this glob, e.g. '*.py' (repeat it for more).")]
 Exclude = Annotated[list[str] | None, _opt(
-    "--exclude", "Corpus folder: leave out files matching this glob (repeatable).")]
+    "--exclude", "Corpus folder: leave out files matching this glob (repeat it for more).")]
 TextField = Annotated[str, _opt(
     "--text-field", "The text field of .jsonl/.parquet records and HF datasets (default 'text').")]
 TokenizerOpt = Annotated[str, _opt("--tokenizer", "'byte' (default) or 'bpe:N'.")]

@@ -1,5 +1,11 @@
 """The candidate shapes of a recommendation: widths, MLP ratios and GQA groups at a target N,
-each realized as a valid integer shape within ``max_params_error`` of it."""
+each realized as a valid integer shape within ``max_params_error`` of it and inside the user's
+ranges.
+
+Rounding to integer heads and d_ff moves a shape's realized r and d/sqrt(N) off the grid point
+it came from, and moving K/V parameters into the MLP (``regroup``) raises r; a shape that lands
+outside ``--r`` or ``--d-over-sqrt-n`` is dropped, so what is recommended is the nearest shape
+inside them (the grid is dense), or the error says none is."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from archscale.arch.spec import ArchSpec, SpecError
 
 
 def _range(values: tuple[float, ...], name: str) -> tuple[float, float]:
-    if not values or not all(v > 0 for v in values):
+    if not values or not all(0 < v < math.inf for v in values):
         raise ArchscaleError(f"{name} range {values} must hold positive values, e.g. 0.03:0.3")
     return min(values), max(values)
 
@@ -55,9 +61,9 @@ class SearchSpace:
     LlamaConfigs even with an explicit head_dim (huggingface/transformers#46082)."""
 
     def __post_init__(self) -> None:
-        if not (self.params > 0 and self.tokens > 0):
+        if not (0 < self.params < math.inf and 0 < self.tokens < math.inf):
             raise ArchscaleError(f"--params {self.params:g} and --tokens {self.tokens:g} must be "
-                                 "positive, e.g. --params 1e9 --tokens 1e11")
+                                 "finite and positive, e.g. --params 1e9 --tokens 1e11")
         _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
         _range(self.r, "--r")
         if min(self.r_points, self.gqa_group, self.d_model_multiple, self.d_ff_multiple) < 1:
@@ -79,11 +85,18 @@ class SearchSpace:
             return None
         if self.heads_divide_d_model and spec.d_model % spec.n_heads:
             return None
-        return spec
+        return spec if self.inside(spec) else None
+
+    def inside(self, spec: ArchSpec) -> bool:
+        """Whether a shape's realized d/sqrt(N) and r lie in the ranges the user gave."""
+        d_lo, d_hi = _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
+        r_lo, r_hi = _range(self.r, "--r")
+        return d_lo <= spec.d_over_sqrt_n <= d_hi and r_lo <= spec.r_mlp_attn <= r_hi
 
     def regroup(self, spec: ArchSpec, n_kv_heads: int) -> ArchSpec | None:
         """``spec`` with ``n_kv_heads``, the K/V parameters freed moved into the MLP (d_ff
-        rounded) so N stays put; None if that misses the target N by too much."""
+        rounded) so N stays put; None if that misses the target N by too much or takes r (or
+        d/sqrt(N)) out of the ranges."""
         fewer = spec.replace(n_kv_heads=n_kv_heads)
         freed = spec.attn_params_per_layer - fewer.attn_params_per_layer
         per_unit = spec.mlp_params_per_layer // spec.d_ff  # MLP parameters per unit of d_ff
@@ -91,7 +104,7 @@ class SearchSpace:
         regrouped = fewer.replace(d_ff=spec.d_ff + round(freed / per_unit / step) * step)
         if abs(regrouped.params_nonembed / self.params - 1) > self.max_params_error:
             return None
-        return regrouped
+        return regrouped if self.inside(regrouped) else None
 
     def widths(self) -> range:
         lo, hi = _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
@@ -110,9 +123,9 @@ class SearchSpace:
                     specs[spec] = None
         if not specs:
             raise ArchscaleError(
-                f"no valid shape within {self.max_params_error:.0%} of N={self.params:.3g} in "
-                f"d/sqrt(N) {self.d_over_sqrt_n} and r {self.r}: widen --d-over-sqrt-n / --r, "
-                "change --layers or --head-dim")
+                f"no valid shape within {self.max_params_error:.0%} of N={self.params:.3g} with "
+                f"its realized d/sqrt(N) in {self.d_over_sqrt_n} and r in {self.r}: widen "
+                "--d-over-sqrt-n / --r, change --layers or --head-dim")
         return list(specs)
 
     def to_dict(self) -> dict[str, Any]:

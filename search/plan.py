@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,8 +190,69 @@ def noise_repeats(sweep: SweepFile, planned: list[PlannedRun]) -> list[PlannedRu
             for run in chosen for seed in noise.seeds]
 
 
+_NUDGES = (1.0, 0.97, 1.03, 0.93, 1.07, 0.85, 1.15)
+"""Factors on a searched ratio (and widths one to three steps away) tried when the nearest
+shape's realized r or width leaves the search's ranges."""
+
+
+def outside_ranges(sweep: SweepFile, spec: ArchSpec) -> list[str]:
+    """How a searched shape breaks the search's ranges (empty: it is inside them). Its d_model
+    must also be a multiple of its heads: transformers refuses other LlamaConfigs."""
+    search = sweep.search
+    assert search is not None
+    width = _width_name(search)
+    span = getattr(search, width)
+    realized = getattr(spec, width)
+    problems = []
+    if not span.low <= realized <= span.high:
+        problems.append(f"{width} {realized:.4g} is outside [{span.low:g}, {span.high:g}]")
+    if not search.r.low <= spec.r_mlp_attn <= search.r.high:
+        problems.append(f"r {spec.r_mlp_attn:.4g} is outside [{search.r.low:g}, {search.r.high:g}]")
+    if spec.d_model % spec.n_heads:
+        problems.append(f"d_model {spec.d_model} is not a multiple of its {spec.n_heads} heads")
+    return problems
+
+
+def searched_spec(sweep: SweepFile, vocab_size: int, width_value: float, r: float,
+                  gqa: int) -> ArchSpec:
+    """The shape of a searched point, inside the search's ranges: the point's nearest integer
+    shape when that is inside, else the nearest one that is (widths up to three rounding steps
+    away, ratios nudged by up to 15%), else an ArchscaleError saying why none is."""
+    search = sweep.search
+    assert search is not None
+    width = _width_name(search)
+    step = search.d_model.step if width == "d_model" else sweep.shape.d_model_multiple
+    d0 = (int(width_value) if width == "d_model" else max(step, round(
+        width_value * search.n_params ** 0.5 / step) * step))
+    best, why = None, None  # why: what is wrong with the first (nearest) shape tried
+    for k, factor in itertools.product((0, -1, 1, -2, 2, -3, 3), _NUDGES):
+        d, target_r = d0 + k * step, min(max(r * factor, search.r.low), search.r.high)
+        if d < step:
+            continue
+        try:
+            spec = build_spec(sweep, vocab_size, n_params=search.n_params, r=target_r, gqa=gqa,
+                              n_layers=search.n_layers, d_model=d)
+        except ArchscaleError as err:
+            why = why or str(err)
+            continue
+        problems = outside_ranges(sweep, spec)
+        if problems:
+            why = why or (f"the nearest shape (d_model={spec.d_model}, {spec.n_heads} heads, "
+                          f"d_ff={spec.d_ff}): " + "; ".join(problems))
+            continue
+        distance = abs(math.log(d / d0)) + abs(math.log(spec.r_mlp_attn / r))
+        if best is None or distance < best[0]:
+            best = (distance, spec)
+    if best is None:
+        raise ArchscaleError(f"no shape inside the search's ranges near {width}={width_value:.4g}, "
+                             f"r={r:.4g}, gqa={gqa} ({why}): widen the ranges, or change "
+                             "shape.head_dim or the gqa groups")
+    return best[1]
+
+
 def check_search(sweep: SweepFile, vocab_size: int) -> None:
-    """Every corner of the search space must give a shape (one error lists those that do not)."""
+    """Every corner of the search space must give a shape inside the ranges (one error lists
+    those that do not)."""
     search = sweep.search
     assert search is not None
     width = _width_name(search)
@@ -199,8 +261,7 @@ def check_search(sweep: SweepFile, vocab_size: int) -> None:
     for w, r, gqa in itertools.product((span.low, span.high), (search.r.low, search.r.high),
                                        search.gqa):
         try:
-            build_spec(sweep, vocab_size, n_params=search.n_params, r=r, gqa=gqa,
-                       n_layers=search.n_layers, **{width: w})
+            searched_spec(sweep, vocab_size, w, r, gqa)
         except ArchscaleError as err:
             problems.append(f"search corner {width}={w}, r={r}, gqa={gqa}: {err}")
     if problems:
@@ -209,7 +270,8 @@ def check_search(sweep: SweepFile, vocab_size: int) -> None:
 
 
 def suggest_run(trial: optuna.Trial, sweep: SweepFile, vocab_size: int) -> PlannedRun:
-    """Ask the sampler for a searched shape (an ArchscaleError if it has no valid shape)."""
+    """Ask the sampler for a searched shape, inside the search's ranges (``searched_spec``; an
+    ArchscaleError if none is)."""
     search = sweep.search
     assert search is not None
     width = _width_name(search)
@@ -221,8 +283,7 @@ def suggest_run(trial: optuna.Trial, sweep: SweepFile, vocab_size: int) -> Plann
         value = trial.suggest_float("d_over_sqrt_n", span.low, span.high, log=span.log)
     r = trial.suggest_float("r", search.r.low, search.r.high, log=search.r.log)
     gqa = trial.suggest_categorical("gqa", search.gqa)
-    spec = build_spec(sweep, vocab_size, n_params=search.n_params, r=r, gqa=gqa,
-                      n_layers=search.n_layers, **{width: value})
+    spec = searched_spec(sweep, vocab_size, value, r, gqa)
     return PlannedRun(dict(trial.params), spec, budget_for(sweep, search.n_params))
 
 

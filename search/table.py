@@ -67,7 +67,11 @@ def trials_table(study: optuna.Study, *, include_failed: bool = False) -> pd.Dat
 
 
 def status_table(study: optuna.Study) -> pd.DataFrame:
-    """Every trial, running and waiting ones included: state, outcome, shape, loss, throughput."""
+    """Every trial, running and waiting ones included: state, outcome, shape, loss, throughput.
+
+    ``status`` is the run's outcome where it has one (complete, duplicate, diverged, ...), else
+    the trial's state in lower case (waiting, running): the word a status display shows, and
+    the one ``status_counts`` counts."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
@@ -76,7 +80,7 @@ def status_table(study: optuna.Study) -> pd.DataFrame:
                    if trial.datetime_complete and trial.datetime_start else None)
         rows.append({
             "trial": trial.number, "state": trial.state.name,
-            "status": attrs.get(STATUS_ATTR, ""),
+            "status": attrs.get(STATUS_ATTR) or trial.state.name.lower(),
             "N": spec.params_nonembed if spec else None,
             "d_model": spec.d_model if spec else None, "n_layers": spec.n_layers if spec else None,
             "heads": f"{spec.n_heads}/{spec.n_kv_heads}" if spec else "",
@@ -86,6 +90,12 @@ def status_table(study: optuna.Study) -> pd.DataFrame:
                                                or trial.system_attrs.get(STALE_ATTR, "")),
         })
     return pd.DataFrame(rows)
+
+
+def status_counts(table: pd.DataFrame) -> dict[str, int]:
+    """Trials per ``status`` of a ``status_table``, most frequent first: the counts always
+    agree with the table's status column (a duplicate counts as a duplicate, not as pruned)."""
+    return {str(k): int(v) for k, v in table["status"].value_counts().items()} if len(table) else {}
 
 
 def pareto_indices(loss: Sequence[float], throughput: Sequence[float]) -> list[int]:

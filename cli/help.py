@@ -1,0 +1,39 @@
+"""Readable option types in every --help: words instead of Python annotations.
+
+Typer prints each option's annotation as its type (``<bool>`` beside every on/off flag,
+``<list[str]>``, a dotted class path cut to the column's width). ``readable_types`` sets each
+option's metavar once, when the command tree is built: flags show no type, and the rest a word.
+"""
+
+from __future__ import annotations
+
+import click
+from typer.core import TyperOption
+
+LABELS = {"int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
+          "str": "TEXT", "path": "PATH", "file": "FILE", "directory": "FOLDER", "bool": "BOOLEAN"}
+"""Typer's type label -> the word shown."""
+
+
+def _label(option: TyperOption) -> str | None:
+    if option.is_flag:
+        return ""  # --x/--no-x says it all
+    if option.type_descriptor.is_choice:
+        return None  # typer lists the choices themselves
+    raw = option.display_type(click.Context(click.Command("help"))).strip("<>")
+    repeated = raw.startswith("list[")
+    inner = raw.removeprefix("list[").removesuffix("]") if repeated else raw
+    word = LABELS.get(inner, inner.rsplit(".", 1)[-1].upper())
+    return f"{word} ..." if repeated else word
+
+
+def readable_types(command: click.Command) -> None:
+    """Set a readable metavar on every option of ``command`` and its subcommands."""
+    for param in command.params:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = _label(param)
+    help_option = command.get_help_option(click.Context(command))  # click caches this object
+    if help_option is not None:
+        help_option.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        readable_types(sub)
