@@ -1,7 +1,9 @@
 """ArchSpec <-> the configs training frameworks read: one field table, one writer, one reader.
 
 ``FIELD_TABLE`` is the one place that says where each ArchSpec field lives in each framework's
-config (HuggingFace, MaxText, torchtitan, Megatron-LM, litgpt, OLMo-core). A ``Format`` in
+config (HuggingFace, MaxText, torchtitan, Megatron-LM, litgpt, OLMo-core); a row per field, a
+column per format (tests hold it complete). ``FIXED_TABLE`` states the knobs ArchSpec holds
+fixed where a framework's block could vary them (litgpt's experts). A ``Format`` in
 ``FRAMEWORKS`` adds the file it writes and how the framework loads it, what makes that framework
 build a LLaMA-style block (``marks``: SwiGLU, RMSNorm, no biases, RoPE; written, and checked when
 a file is read), what it writes but never reads (``extras``), the framework's own defaults for
@@ -66,6 +68,14 @@ FIELD_TABLE: dict[str, dict[str, Paths]] = {
 }
 """ArchSpec field -> format -> the framework's field path(s) (dots nest, ``--`` is a flag)."""
 
+FIXED_TABLE: dict[str, dict[str, dict[str, Any]]] = {
+    # a block feature ArchSpec does not vary -> format -> the fields stating its one value, where
+    # the framework's LLaMA-style block does not fix it already
+    "experts": {"litgpt": {"model_config.n_expert": 0}},  # a dense MLP (no mixture of experts)
+}
+"""Knobs ArchSpec holds fixed; written, and checked when read, as marks (``Format.all_marks``).
+A knob that becomes an ArchSpec field moves from here to FIELD_TABLE (docs/adding-a-knob.md)."""
+
 Default = Any | Callable[[dict[str, Any]], Any]
 
 
@@ -105,6 +115,12 @@ class Format:
 
     def paths(self, spec_field: str) -> Paths:
         return FIELD_TABLE[spec_field][self.name]
+
+    @property
+    def all_marks(self) -> dict[str, Any]:
+        """``marks`` and this format's fields of the knobs ArchSpec holds fixed (FIXED_TABLE)."""
+        fixed = (row.get(self.name, {}) for row in FIXED_TABLE.values())
+        return {**self.marks, **{path: v for fields in fixed for path, v in fields.items()}}
 
 
 def _by_heads(values: dict[str, Any]) -> int:
@@ -227,7 +243,7 @@ FRAMEWORKS: dict[str, Format] = {f.name: f for f in (
                "parallel_residual": False, "bias": False, "rotary_percentage": 1.0,
                "shared_attention_norm": False, "norm_qk": False, "attn_bias": False,
                "lm_head_bias": False, "post_attention_norm": False, "post_mlp_norm": False,
-               "scale_embeddings": False, "n_expert": 0}.items()},
+               "scale_embeddings": False}.items()},
            extras={"model_name": "archscale", "model_config.name": "archscale"},  # CLI needs one
            # litgpt.Config's dataclass defaults, and TrainArgs.tie_embeddings (None: untied)
            defaults={"seq_len": 4096, "n_layers": 16, "d_model": 4096, "n_heads": 32,
@@ -306,7 +322,7 @@ def spec_to_fields(spec: ArchSpec, fmt: Format | str) -> dict[str, Any]:
         value = int(value) if name in fmt.int_fields else value
         for path in paths[fmt.name]:
             flat[path.lstrip("!")] = (not value) if path.startswith("!") else value
-    flat.update(fmt.marks)
+    flat.update(fmt.all_marks)
     return fmt.finish(spec, flat) if fmt.finish else flat
 
 
@@ -317,7 +333,8 @@ def spec_from_fields(flat: Mapping[str, Any], fmt: Format | str) -> ArchSpec:
     if fmt.prepare:
         flat = fmt.prepare(flat)
     wrong = [f"{path}={flat.get(path, fmt.defaults.get(path))!r} (needs {want!r})"
-             for path, want in fmt.marks.items() if flat.get(path, fmt.defaults.get(path)) != want]
+             for path, want in fmt.all_marks.items()
+             if flat.get(path, fmt.defaults.get(path)) != want]
     if wrong:
         raise SpecError(f"{fmt.title} config is not a LLaMA-style decoder (pre-RMSNorm, RoPE, "
                         f"SwiGLU, no biases): {'; '.join(wrong)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from archscale.arch.spec import ArchSpec, SpecError
@@ -27,6 +28,36 @@ class BudgetShape:
     @property
     def r_rel_error(self) -> float:
         return self.spec.r_mlp_attn / self.target_r - 1.0
+
+
+@dataclass(frozen=True)
+class _LinearCounts:
+    """ArchSpec's non-embedding count N as the linear function of depth, heads and d_ff it is,
+    read off ArchSpec itself (so the inversion follows whatever ArchSpec counts):
+    N = outside + layers * (per_layer + per_head * heads + per_ff * d_ff), and per layer
+    attention = per_head * heads, MLP = per_ff * d_ff."""
+
+    per_head: float
+    """Attention parameters per query head (its share of the KV heads included)."""
+    per_ff: float
+    """MLP parameters per unit of d_ff."""
+    per_layer: float
+    """Parameters of a layer outside attention and MLP (its norms)."""
+    outside: float
+    """Non-embedding parameters outside the layers (the final norm)."""
+
+    @classmethod
+    def of(cls, build: Callable[[int, int, int], ArchSpec], group: int) -> _LinearCounts:
+        """Differences of ``build(layers, heads, d_ff)``'s counts: the smallest valid shape and
+        one more layer, one more group of heads, one more unit of d_ff."""
+        one = build(1, group, 1)
+        layer = build(2, group, 1).params_nonembed - one.params_nonembed
+        return cls(
+            per_head=(build(1, 2 * group, 1).attn_params_per_layer
+                      - one.attn_params_per_layer) / group,
+            per_ff=build(1, group, 2).mlp_params_per_layer - one.mlp_params_per_layer,
+            per_layer=layer - one.attn_params_per_layer - one.mlp_params_per_layer,
+            outside=one.params_nonembed - layer)
 
 
 def _multiples_around(value: float, step: int) -> list[int]:
@@ -75,31 +106,31 @@ def shape_from_budget(
     if d_model is None:
         d_model = max(d_model_multiple,
                       round(d_over_sqrt_n * math.sqrt(n_params) / d_model_multiple) * d_model_multiple)
-    # q+o and k+v projections per query head: 2 d hd (1 + 1/g)
-    attn_per_head = 2 * d_model * head_dim * (1 + 1 / gqa_group)
 
     def build(layers: int, heads: int, d_ff: int) -> ArchSpec:
         return ArchSpec(vocab_size=vocab_size, seq_len=seq_len, n_layers=layers, d_model=d_model,
                         n_heads=heads, n_kv_heads=heads // gqa_group, head_dim=head_dim, d_ff=d_ff,
                         tie_embeddings=tie_embeddings)
 
+    counts = _LinearCounts.of(build, gqa_group)
     candidates: list[ArchSpec] = []
     if n_layers is not None:
-        per_layer = (n_params - d_model) / n_layers - 2 * d_model
+        per_layer = (n_params - counts.outside) / n_layers - counts.per_layer
         if per_layer <= 0:
             raise SpecError(f"n_params={n_params:.3g} is too small for {n_layers} layers of width "
                             f"{d_model}: lower n_layers or d_model")
         attn = per_layer / (1 + r)
-        for heads, d_ff in itertools.product(_multiples_around(attn / attn_per_head, gqa_group),
-                                             _multiples_around(r * attn / (3 * d_model), d_ff_multiple)):
+        for heads, d_ff in itertools.product(
+                _multiples_around(attn / counts.per_head, gqa_group),
+                _multiples_around(r * attn / counts.per_ff, d_ff_multiple)):
             candidates.append(build(n_layers, heads, d_ff))
     else:
         heads_options = _multiples_around(d_model / head_dim, gqa_group)
         for heads in heads_options:
-            attn = attn_per_head * heads
-            for d_ff in _multiples_around(r * attn / (3 * d_model), d_ff_multiple):
-                per_layer = attn + 3 * d_model * d_ff + 2 * d_model
-                depth = (n_params - d_model) / per_layer
+            attn = counts.per_head * heads
+            for d_ff in _multiples_around(r * attn / counts.per_ff, d_ff_multiple):
+                per_layer = attn + counts.per_ff * d_ff + counts.per_layer
+                depth = (n_params - counts.outside) / per_layer
                 for layers in {max(1, math.floor(depth)), max(1, math.ceil(depth))}:
                     candidates.append(build(layers, heads, d_ff))
 

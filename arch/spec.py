@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +55,21 @@ def dtype_bytes(dtype: str) -> int:
 class ArchSpec:
     """Shape of a LLaMA-style decoder (pre-RMSNorm, RoPE, GQA, SwiGLU, no biases)."""
 
-    vocab_size: int
+    vocab_size: int = field(metadata={"column": "vocabulary"})
     """Tokenizer vocabulary size (rows of the embedding table)."""
-    seq_len: int
+    seq_len: int = field(metadata={"column": "training context"})
     """Training context length in tokens; also the default attention context for FLOPs."""
-    n_layers: int
+    n_layers: int = field(metadata={"column": "decoder blocks"})
     """Number of decoder blocks."""
-    d_model: int
+    d_model: int = field(metadata={"column": "hidden size"})
     """Hidden size (residual stream width)."""
-    n_heads: int
+    n_heads: int = field(metadata={"column": "query heads"})
     """Query heads per layer."""
-    n_kv_heads: int
+    n_kv_heads: int = field(metadata={"column": "key/value heads"})
     """Key/value heads per layer; n_heads must be a multiple (grouped-query attention)."""
-    head_dim: int
+    head_dim: int = field(metadata={"column": "width of one head"})
     """Width of one attention head (need not equal d_model / n_heads)."""
-    d_ff: int
+    d_ff: int = field(metadata={"column": "SwiGLU inner width"})
     """SwiGLU inner width (each of the gate, up and down matrices is d_model x d_ff)."""
     tie_embeddings: bool = True
     """Whether the output projection reuses the token embedding matrix."""
@@ -80,8 +80,7 @@ class ArchSpec:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("vocab_size", "seq_len", "n_layers", "d_model", "n_heads", "n_kv_heads",
-                     "head_dim", "d_ff"):
+        for name in SHAPE_COLUMNS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 problems.append(f"{name}={value!r} must be an integer")
@@ -149,7 +148,13 @@ class ArchSpec:
 
     @property
     def d_over_sqrt_n(self) -> float:
+        """d_model / sqrt(N), N non-embedding (Bian et al.'s width-to-size ratio)."""
         return self.d_model / math.sqrt(self.params_nonembed)
+
+    @property
+    def aspect(self) -> float:
+        """d_model / n_layers (Bian et al. 2025a's aspect ratio)."""
+        return self.d_model / self.n_layers
 
     # ---- FLOPs (conventions in the module docstring) ----------------------------------------
     def attention_flops_per_token(self, context: int) -> int:
@@ -229,14 +234,9 @@ class ArchSpec:
         return dataclasses.replace(self, **changes)
 
     def table_row(self) -> dict[str, Any]:
-        """The shape columns of the run table (docs/CONTRIBUTING.md) that laws read."""
-        return {
-            "N": self.params_nonembed, "params_total": self.params_total,
-            "d_model": self.d_model, "n_layers": self.n_layers, "n_heads": self.n_heads,
-            "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "d_ff": self.d_ff,
-            "vocab_size": self.vocab_size, "seq_len": self.seq_len,
-            "r": self.r_mlp_attn, "d_over_sqrt_n": self.d_over_sqrt_n, "gqa_group": self.gqa_group,
-        }
+        """The shape columns of the run table (``TABLE_COLUMNS``) that laws read."""
+        return {column: getattr(self, column if attr is None else attr)
+                for column, (attr, _) in TABLE_COLUMNS.items()}
 
     def summary(self) -> dict[str, Any]:
         """The derived table printed by ``archscale arch show``."""
@@ -254,6 +254,24 @@ class ArchSpec:
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
             "weight_bytes_bf16": self.weight_bytes(),
         }
+
+
+SHAPE_COLUMNS: dict[str, str] = {f.name: f.metadata["column"] for f in dataclasses.fields(ArchSpec)
+                                 if "column" in f.metadata}
+"""The integer fields (a field with a ``column`` meaning), in field order: each must be a
+positive integer, the run table stores each, and a run's ArchSpec is rebuilt from them. A new
+integer knob declares its meaning there and lands in every list derived from this one."""
+
+TABLE_COLUMNS: dict[str, tuple[str | None, str]] = {
+    "N": ("params_nonembed", "non-embedding parameters"),
+    "params_total": ("params_total", "all parameters"),
+    **{name: (None, meaning) for name, meaning in SHAPE_COLUMNS.items()},
+    "r": ("r_mlp_attn", "MLP / attention parameters per layer"),
+    "d_over_sqrt_n": ("d_over_sqrt_n", "d_model / sqrt(N)"),
+    "gqa_group": ("gqa_group", "query heads per KV head"),
+}
+"""The run table's columns that a shape alone gives: column -> (the ArchSpec property it reads,
+None for the field of that name; its meaning), in table order."""
 
 
 def _divisors(n: int) -> list[int]:

@@ -26,6 +26,7 @@ from archscale.cli.shape_options import (
     Vocab,
     spec_from_options,
 )
+from archscale.sweeps.timing import TIMING
 
 app = typer.Typer(help="Measure inference throughput on this device, or replay the design engine "
                        "on a finished sweep.", no_args_is_help=True)
@@ -67,9 +68,9 @@ def throughput(
     tie_embeddings: Tie = None,
     batch: Batch = None,
     context: Context = None,
-    decode_tokens: DecodeTokens = 32,
-    repeats: Repeats = 5,
-    min_seconds: MinSeconds = 2.0,
+    decode_tokens: DecodeTokens = TIMING.decode_tokens,
+    repeats: Repeats = TIMING.repeats,
+    min_seconds: MinSeconds = TIMING.min_seconds,
     dtype: Dtype = None,
     seed: Seed = 0,
     out: Out = None,
@@ -110,9 +111,9 @@ def compare(
              "works too); speeds are relative to the first.", show_default=False)],
     batch: Batch = None,
     context: Context = None,
-    decode_tokens: DecodeTokens = 32,
-    repeats: Repeats = 5,
-    min_seconds: MinSeconds = 2.0,
+    decode_tokens: DecodeTokens = TIMING.decode_tokens,
+    repeats: Repeats = TIMING.repeats,
+    min_seconds: MinSeconds = TIMING.min_seconds,
     dtype: Dtype = None,
     seed: Seed = 0,
     out: Out = None,

@@ -15,6 +15,7 @@ from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
 from archscale.cli.outputs import check_writable, save_or_fallback
+from archscale.laws.levels import LEVELS
 from archscale.laws.registry import BUILTIN_KINDS
 
 if TYPE_CHECKING:
@@ -351,7 +352,7 @@ def predict(
     batch: Annotated[int | None, typer.Option(help="Throughput batch (default: fitted).")] = None,
     context: Annotated[int | None, typer.Option(
         help="Throughput context (default: fitted).")] = None,
-    level: Annotated[float, typer.Option(help="Prediction-interval level.")] = 0.9,
+    level: Annotated[float, typer.Option(help="Prediction-interval level.")] = LEVELS.prediction,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Predict with a saved law: one shape, a whole CSV, or the compute-optimal N and D."""

@@ -14,6 +14,7 @@ from rich.table import Table
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
 from archscale.cli.outputs import check_writable, save_or_fallback
+from archscale.laws.levels import LEVELS
 
 if TYPE_CHECKING:
     from archscale.decide.recommend import Recommendation
@@ -110,7 +111,7 @@ def recommend(
     context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")] = 2048,
     level: Annotated[float, typer.Option(
         help="Level of the interval of the law's mean (the table prints the 90% prediction "
-             "interval).")] = 0.95,
+             "interval).")] = LEVELS.mean,
     accuracy_law: Annotated[Path | None, typer.Option(
         help="Accuracy law.json (`archscale fit --law accuracy`): adds each shape's predicted "
              "accuracy with its 90% interval.")] = None,

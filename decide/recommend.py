@@ -57,6 +57,7 @@ from archscale.decide.throughput_models import (
     check_throughput,
 )
 from archscale.laws import Law, spec_table
+from archscale.laws.levels import LEVELS
 from archscale.search.table import pareto_indices
 
 __all__ = ["Recommendation", "Scored", "SearchSpace", "accuracy_at", "gqa_local_search",
@@ -64,7 +65,8 @@ __all__ = ["Recommendation", "Scored", "SearchSpace", "accuracy_at", "gqa_local_
 
 
 def score(specs: list[ArchSpec], law: Law, throughput: ThroughputModel, tokens: float,
-          batch: int, context: int, level: float = 0.95, origin: str = "grid") -> list[Scored]:
+          batch: int, context: int, level: float = LEVELS.mean, origin: str = "grid"
+          ) -> list[Scored]:
     """Predicted loss (with the interval of the law's mean at ``level`` and the 90% prediction
     interval) and decode throughput of each shape."""
     table = spec_table(specs, tokens)
@@ -253,7 +255,7 @@ def _methods(law: Law, throughput: ThroughputModel, tokens: float, batch: int, c
 
 def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
               target_loss: float | None = None, max_loss_increase: float | None = None,
-              top: int = 5, batch: int = 64, context: int = 2048, level: float = 0.95,
+              top: int = 5, batch: int = 64, context: int = 2048, level: float = LEVELS.mean,
               baseline: ArchSpec | None = None, min_kv_heads: int = 1, min_gain: float = 0.01,
               accuracy_law: Law | None = None, measure: MeasureSettings | bool | None = None,
               provenance: Mapping[str, Any] | None = None) -> Recommendation:

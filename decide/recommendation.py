@@ -12,9 +12,10 @@ from typing import Any
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
+from archscale.laws.levels import LEVELS
 from archscale.search.passwords import hide_passwords
 
-PREDICTION_LEVEL = 0.9
+PREDICTION_LEVEL = LEVELS.prediction
 """Level of the prediction intervals of loss and accuracy (``*_interval_90``)."""
 NAN_PAIR = (math.nan, math.nan)
 

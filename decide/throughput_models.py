@@ -23,6 +23,7 @@ from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
 from archscale.laws import Law, spec_table
 from archscale.sweeps.throughput import roofline
+from archscale.sweeps.timing import TIMING
 
 
 class ThroughputModel(Protocol):
@@ -111,7 +112,7 @@ class MeasureSettings:
     """Prefill and decode of each shape are each timed for at least this long."""
     repeats: int = 3
     """Timed calls of each at least; the fastest counts."""
-    decode_tokens: int = 32
+    decode_tokens: int = TIMING.decode_tokens
     """Greedy steps per timed decode call."""
     dtype: str | None = None
     """Compute, weight and cache dtype; None: the default compute dtype (fp32 on CPU, bf16 on

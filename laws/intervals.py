@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from archscale.laws.levels import DEFAULT_LEVEL as DEFAULT_LEVEL  # its home: laws/levels.py
+
 METHOD = "extrapolation-calibrated"
 UNCALIBRATED = "not calibrated (no progressive held-out fits)"
 SPAN_FLOOR = float(np.log(2))
 """Least log width of a fitted range when measuring distance in units of it."""
-DEFAULT_LEVEL = 0.9
-"""Level of the prediction intervals the CLI prints and ``predict --csv`` writes."""
 
 
 @dataclass(frozen=True)

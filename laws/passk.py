@@ -63,6 +63,7 @@ from archscale.laws.bootstrap import percentile_interval, refit_each, resample_c
 from archscale.laws.diagnostics import PLAUSIBLE_EXPONENT, Problem
 from archscale.laws.forms import Term, parse_terms
 from archscale.laws.kind import Estimate, LawKind
+from archscale.laws.levels import DEFAULT_LEVEL
 from archscale.laws.table import positive_values
 
 
@@ -114,7 +115,7 @@ class Coverage:
             out = -np.expm1(betaln(first, second + k) - betaln(first, second))
         return out[0] if coef is None else out
 
-    def interval(self, k: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    def interval(self, k: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of pass@k over the refits (problems resampled)."""
         if not len(self.samples):
             raise ArchscaleError(f"this {self.form} coverage fit has no bootstrap refits")

@@ -21,11 +21,8 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
-from archscale.arch.spec import ArchSpec
+from archscale.arch.spec import SHAPE_COLUMNS, ArchSpec  # the columns that rebuild a run's shape
 
-SHAPE_COLUMNS = ("vocab_size", "seq_len", "n_layers", "d_model", "n_heads", "n_kv_heads",
-                 "head_dim", "d_ff")
-"""Columns that rebuild a run's ArchSpec."""
 SCALE_GAP = 0.10
 """Neighbouring N values more than this relative gap apart start a new scale."""
 
@@ -232,13 +229,12 @@ def spec_features(spec: ArchSpec, tokens: float, *, batch: int | None = None,
     counted (a law fitted on total parameters gets the shape's total as N).
     """
     row: dict[str, float] = {
-        **spec.table_row(), "D": float(tokens),
-        "aspect": spec.d_model / spec.n_layers,
+        **spec.table_row(), "D": float(tokens), "aspect": spec.aspect,
         "flops": float(tokens) * spec.train_flops_per_token(),
     }
     if n_definition == "total":
         row["N"] = spec.params_total
-        row["d_over_sqrt_n"] = spec.d_model / math.sqrt(spec.params_total)
+        row["d_over_sqrt_n"] = spec.d_model / math.sqrt(spec.params_total)  # of that N
     elif n_definition != "non_embedding":
         raise TableError(f"N counts {n_definition!r}: choose non_embedding or total")
     if batch is not None:

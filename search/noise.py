@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
+from archscale.arch.spec import SHAPE_COLUMNS
 
-GROUP_COLUMNS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size",
-                 "seq_len", "D")
+GROUP_COLUMNS = (*SHAPE_COLUMNS, "D")
 """Columns that make two runs the same run but for the seed (the shape and its tokens)."""
 
 

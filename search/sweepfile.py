@@ -60,6 +60,7 @@ from archscale.sweeps.corpus import CorpusSource
 from archscale.sweeps.passk import PasskSettings
 from archscale.sweeps.recipe import Recipe
 from archscale.sweeps.sharding import MeshShape
+from archscale.sweeps.timing import TIMING
 
 OBJECTIVES = {"loss": "minimize", "decode_throughput": "maximize"}
 """Objective names a search may use, with their direction."""
@@ -103,15 +104,15 @@ class ThroughputSettings(_Section):
 
     enabled: bool = True
     """Measure prefill and decode throughput (needed for the decode_throughput objective)."""
-    batch: int = Field(default=1, ge=1)
+    batch: int = Field(default=TIMING.batch, ge=1)
     """Sequences decoded together."""
     context: int | None = Field(default=None, ge=1)
     """Cached prompt length of the measurement; default: the study's seq_len."""
-    decode_tokens: int = Field(default=32, ge=1)
+    decode_tokens: int = Field(default=TIMING.decode_tokens, ge=1)
     """Tokens generated per timed decode call."""
-    repeats: int = Field(default=5, ge=1)
+    repeats: int = Field(default=TIMING.repeats, ge=1)
     """Timed calls; the fastest counts (other processes only add time)."""
-    min_seconds: float = Field(default=2.0, ge=0)
+    min_seconds: float = Field(default=TIMING.min_seconds, ge=0)
     """Prefill and decode are each timed for at least this long (more calls than repeats when
     they are short)."""
 

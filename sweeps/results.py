@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from archscale.arch.errors import ArchscaleError, reject_unknown_keys
-from archscale.arch.spec import ArchSpec
+from archscale.arch.spec import TABLE_COLUMNS, ArchSpec
 
 Status = Literal["complete", "diverged", "oom", "pruned", "failed", "interrupted"]
 STATUSES: tuple[str, ...] = ("complete", "diverged", "oom", "pruned", "failed", "interrupted")
@@ -153,16 +153,9 @@ class RunResult:
 
 
 RUN_COLUMNS: dict[str, str] = {
-    "N": "non-embedding parameters",
-    "params_total": "all parameters",
+    **{column: meaning for column, (_, meaning) in TABLE_COLUMNS.items()},  # the shape's
     "D": "training tokens",
     "loss": "final validation loss on the study's shared validation tokens",
-    "d_model": "hidden size", "n_layers": "decoder blocks", "n_heads": "query heads",
-    "n_kv_heads": "key/value heads", "head_dim": "width of one head", "d_ff": "SwiGLU inner width",
-    "vocab_size": "vocabulary", "seq_len": "training context",
-    "r": "MLP / attention parameters per layer",
-    "d_over_sqrt_n": "d_model / sqrt(N)",
-    "gqa_group": "query heads per KV head",
     "flops": "training FLOPs spent (6N plus attention per token, arch/spec.py)",
     "val_accuracy": "next-token accuracy on the validation tokens",
     "task_accuracy": "multiple-choice task accuracy",

@@ -52,6 +52,7 @@ from archscale.arch.runtime import compiler_options, default_compute_dtype
 from archscale.arch.serving import ServingBackend, serving_backend
 from archscale.arch.spec import ArchSpec, mean_decode_context
 from archscale.sweeps import hardware
+from archscale.sweeps.timing import TIMING
 
 _OLD_BACKENDS = {"archscale-cpu-kernel": "cpu-kernels",
                  "archscale-cpu-kernel (attention only)": "cpu-kernels (attention only)"}
@@ -263,8 +264,9 @@ def paired_ratio(reference_seconds: list[float], seconds: list[float | None]) ->
 
 
 def compare_throughput(specs: Sequence[ArchSpec], *, batch: int | None = None,
-                       context: int | None = None, decode_tokens: int = 32, repeats: int = 5,
-                       min_seconds: float = 2.0, dtype=None, seed: int = 0) -> ThroughputComparison:
+                       context: int | None = None, decode_tokens: int = TIMING.decode_tokens,
+                       repeats: int = TIMING.repeats, min_seconds: float = TIMING.min_seconds,
+                       dtype=None, seed: int = 0) -> ThroughputComparison:
     """Prefill and decode tokens/s of each of ``specs`` in one setting (defaults from
     ``default_setting``), their timed calls interleaved (``hardware.timed_rounds``): each shape's
     prefill and its decode are each timed over at least ``repeats`` calls and ``min_seconds``

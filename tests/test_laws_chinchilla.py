@@ -13,7 +13,10 @@ from archscale.laws.bootstrap import resample_counts
 from archscale.laws.newton import minimize_batch
 
 EPOCH = {"A": 477.8, "B": 2143.9, "E": 1.817, "alpha": 0.3473, "beta": 0.3672}
-"""The Epoch AI replication's grid fit (shared/validation/README.md)."""
+"""The Epoch AI replication's grid fit: Besiroglu et al. 2024, "Chinchilla Scaling: A replication
+attempt" (arXiv:2404.10102), as tests/data/validation/README.md quotes it."""
+EPOCH_BOOTSTRAP_95 = {"E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}
+"""The same paper's 95% bootstrap intervals of its estimator (4000 resamples)."""
 
 
 def epoch_runs():
@@ -36,6 +39,15 @@ def synthetic_runs(noise=0.0, seed=0):
     return n_params, tokens, loss, coef
 
 
+def huber_objective(p):
+    """The replication's objective in plain scipy: Huber (delta 1e-3) of log-loss residuals at
+    p = (log A, log B, log E, alpha, beta)."""
+    log_n, log_d, log_loss = (np.log(a) for a in epoch_runs())
+    a, b, e, alpha, beta = p
+    pred = logsumexp([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)], axis=0)
+    return huber(1e-3, pred - log_loss).sum()
+
+
 @pytest.fixture(scope="module")
 def epoch_fit():
     return chinchilla.fit_chinchilla(*epoch_runs())
@@ -54,26 +66,23 @@ def test_epoch_replication_coefficients_within_one_percent(epoch_fit):
     for name, published in EPOCH.items():
         assert fit[name] == pytest.approx(published, rel=0.01), name
     assert epoch_fit.converged
-    assert epoch_fit.objective == pytest.approx(1.018e-3, rel=1e-3)
+    # at least as good an optimum as the published one: no higher an objective than the
+    # published coefficients reach (they are rounded to 4 figures, so not much lower either)
+    a, b, e = np.log([EPOCH["A"], EPOCH["B"], EPOCH["E"]])
+    published = huber_objective([a, b, e, EPOCH["alpha"], EPOCH["beta"]])
+    assert 0.99 * published <= epoch_fit.objective <= published
     # many starts agree on the optimum (the grid's point: the surface has other basins)
     assert 100 < epoch_fit.n_at_best < 4500
 
 
 def test_epoch_optimum_is_a_minimum_of_the_scipy_objective(epoch_fit):
     """No direction lowers the plain scipy formulation of the objective at the optimum."""
-    log_n, log_d, log_loss = (np.log(a) for a in epoch_runs())
-
-    def objective(p):
-        a, b, e, alpha, beta = p
-        pred = logsumexp([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)], axis=0)
-        return huber(1e-3, pred - log_loss).sum()
-
     best = chinchilla.to_log(epoch_fit.coef)[0]
-    assert objective(best) == pytest.approx(epoch_fit.objective, rel=1e-12)
+    assert huber_objective(best) == pytest.approx(epoch_fit.objective, rel=1e-12)
     rng = np.random.default_rng(0)
     for _ in range(20):
         step = rng.normal(size=5) * 1e-4
-        assert objective(best + step) >= objective(best) - 1e-15
+        assert huber_objective(best + step) >= huber_objective(best) - 1e-15
 
 
 @pytest.mark.slow
@@ -82,11 +91,11 @@ def test_epoch_bootstrap_interval_of_alpha(epoch_fit):
     samples, ok = chinchilla.bootstrap_chinchilla(*runs, epoch_fit,
                                                   resample_counts(len(runs[0]), 1000, seed=0))
     assert ok.mean() > 0.99
-    lo, hi = np.percentile(samples[:, 3], [2.5, 97.5])
-    assert lo < 0.373 and hi > 0.317  # overlaps the replication's (0.317, 0.373)
-    assert lo == pytest.approx(0.317, abs=0.01) and hi == pytest.approx(0.373, abs=0.01)
-    e_lo, e_hi = np.percentile(samples[:, 2], [2.5, 97.5])
-    assert e_lo == pytest.approx(1.769, abs=0.02) and e_hi == pytest.approx(1.871, abs=0.02)
+    for name, (low, high) in EPOCH_BOOTSTRAP_95.items():
+        column = samples[:, chinchilla.COEF_NAMES.index(name)]
+        ours = np.percentile(column, [2.5, 97.5])
+        # 1000 resamples against their 4000; the ends agreed to within 0.4% when written
+        assert ours == pytest.approx([low, high], rel=0.01), name
 
 
 def test_objective_derivatives_match_finite_differences():

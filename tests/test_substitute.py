@@ -3,6 +3,7 @@ arch/spec.py's counting, the cheapest point, the floor, the files and the CLI.""
 
 import json
 
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -136,11 +137,17 @@ def test_files_and_points_export_like_recommendations(answer, tmp_path):
     assert np.allclose(frame["pass_at_k"], answer.pass_SxK.ravel())
     data = json.loads(paths["json"].read_text())
     assert data["cheapest"]["cheapest"] and data["floor"] == answer.floor
-    assert paths["figure"].stat().st_size > 0
+    image = matplotlib.image.imread(paths["figure"])  # a PNG with something drawn on it, not an empty file
+    assert image.ndim == 3 and min(image.shape[:2]) > 200 and image.std() > 0.05
     cheapest = answer.cheapest
     name = f"N{answer.specs[cheapest.shape].params_nonembed}-k{cheapest.k}"
     configs = export_hf(paths[name], tmp_path / "hf")
-    assert configs and (tmp_path / "hf" / "rank-1" / "config.json").is_file()
+    spec = answer.specs[cheapest.shape]
+    assert configs == [tmp_path / "hf" / "rank-1" / "config.json", *configs[1:]]
+    hf = json.loads(configs[0].read_text())  # HF's LlamaConfig names
+    assert (hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"],
+            hf["num_key_value_heads"], hf["intermediate_size"]) == (
+        spec.d_model, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_ff)
     exported = json.loads((tmp_path / "hf" / "recommendations.json").read_text())
     assert exported["provenance"]["substitution"]["k"] == cheapest.k
 
