@@ -20,7 +20,9 @@ import pandas as pd
 from archscale.arch.errors import ArchscaleError
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL
-from archscale.laws.law import Law, fit_law, get_kind
+from archscale.laws.kind import LawKind
+from archscale.laws.law import Law, fit_law
+from archscale.laws.registry import get_kind
 
 REFIT_GROWTH = 1.5
 """A warm refit is replaced by a full multi-start fit once the runs have grown by this factor
@@ -121,8 +123,11 @@ class KindLaw:
     options: Mapping[str, Any] = field(default_factory=dict)
     """The declared form (terms, target, ...), as ``fit_law`` takes it."""
 
+    law_kind: LawKind = field(init=False, repr=False)
+    """The kind ``kind`` names (an unknown name fails here, with the list of kinds)."""
+
     def __post_init__(self) -> None:
-        get_kind(self.kind)  # an unknown name fails here, with the list of kinds
+        object.__setattr__(self, "law_kind", get_kind(self.kind))
 
     @property
     def name(self) -> str:
@@ -130,19 +135,19 @@ class KindLaw:
 
     @property
     def _config(self) -> dict[str, Any]:
-        return get_kind(self.kind).configure(dict(self.options))
+        return self.law_kind.configure(dict(self.options))
 
     @property
     def target(self) -> str:
-        return get_kind(self.kind).target(self._config)
+        return self.law_kind.target(self._config)
 
     @property
     def space(self) -> str:
-        return "log" if get_kind(self.kind).space == "log" else "absolute"
+        return "log" if self.law_kind.space == "log" else "absolute"
 
     @property
     def n_coef(self) -> int:
-        return get_kind(self.kind).n_params(self._config)
+        return self.law_kind.n_params(self._config)
 
     def fit(self, table: pd.DataFrame, warm: Fitted | None = None) -> Fitted:
         if warm is None or len(table) >= REFIT_GROWTH * warm.n_runs:
@@ -157,7 +162,7 @@ class KindLaw:
                        law=replace(law, coef=coef, coef_samples=np.empty((0, len(coef)))))
 
     def _full_fit(self, table: pd.DataFrame) -> Fitted:
-        law = fit_law(self.kind, table, self.options, n_boot=0, progressive=False)
+        law = fit_law(self.law_kind, table, self.options, n_boot=0, progressive=False)
         return Fitted(coef=law.coef, sigma=float(law.error_model.sigma_run),
                       problems=law.problems, n_runs=len(table), law=law)
 
@@ -210,7 +215,7 @@ class KindLaw:
 
     def predict(self, fitted: Fitted, coef_SxP: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
         law: Law = fitted.law
-        return get_kind(self.kind).predict(law.config, np.atleast_2d(coef_SxP), rows)
+        return self.law_kind.predict(law.config, np.atleast_2d(coef_SxP), rows)
 
     def interval(self, fitted: Fitted, rows: pd.DataFrame,
                  level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
