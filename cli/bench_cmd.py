@@ -159,10 +159,13 @@ def compare(
 @app.command()
 def design(
     csv: Annotated[Path, typer.Option(help="Table of finished runs (a CSV).")],
-    law: Annotated[str, typer.Option(help="Law the picks are fitted with (a --law name).")],
+    law: Annotated[str, typer.Option(
+        help="Law the picks are fitted with: a --law name (e.g. chinchilla, scalebench/moe) or a "
+             "declared form's file.")],
     out: Annotated[Path, typer.Option("--json", help="Write the replay table as JSON here.")],
     columns: Annotated[str | None, typer.Option(
-        help="Map CSV columns: N=params,D=tokens,loss=final_loss.")] = None,
+        help="Map CSV columns: N=params,D=tokens,loss=final_loss (default: the declared form's "
+             "own mapping).")] = None,
     terms: Annotated[str | None, typer.Option(
         help="Conditional law terms (feature:form,...), as `archscale fit` takes them.")] = None,
     lopt: Annotated[str | None, typer.Option(help="Conditional law's L_opt mode.")] = None,
@@ -197,11 +200,12 @@ def design(
     from archscale.decide.replay import Replay, run_replay, split_target
     from archscale.laws.table import load_table
 
-    table = load_table(csv, columns)
-    pool, target_rows = split_target(table, target, holdout_above, holdout_by)
     options = {k: v for k, v in (("terms", terms), ("lopt", lopt)) if v is not None}
+    design_law = KindLaw(law, options)
+    table = load_table(csv, columns or design_law.law_kind.default_columns or None)
+    pool, target_rows = split_target(table, target, holdout_above, holdout_by)
     spec = Replay(pool=pool, target=target_rows, costs=parse_cost(cost, list(pool.columns))(pool),
-                  law=KindLaw(law, options), by=by, shapes=shapes,
+                  law=design_law, by=by, shapes=shapes,
                   within=tuple(c.strip() for c in (within or "").split(",") if c.strip()))
     fractions = [float(b) for b in budgets.split(",")]
     result = run_replay(spec, [m.strip() for m in methods.split(",")], fractions, repeats,

@@ -246,17 +246,11 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, law: De
     linear = jac @ (v / np.sqrt(np.maximum(w, 1e-12 * w.max())))  # J Sigma^(1/2)
     if method == "vopt":
         return linear
-    counts = resample_counts(len(finished), N_ENSEMBLE, seed)
-    draws = []
-    for weights in counts:
-        try:
-            refit = law.fit(finished, fitted, weights=weights.astype(float))
-        except ArchscaleError:
-            continue
-        draws.append(refit.coef)
+    draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
+    draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
         return linear
-    values = to_space(law.predict(fitted, np.array(draws), rows), law.space)
+    values = to_space(law.predict(fitted, draws, rows), law.space)
     values = np.where(np.isfinite(values), values, np.nan)
     centered = values - np.nanmean(values, axis=0)
     ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)

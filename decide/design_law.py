@@ -16,19 +16,22 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
 
 from archscale.arch.errors import ArchscaleError
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL
-from archscale.laws.law import Law, fit_law, get_kind
+from archscale.laws.kind import LawKind
+from archscale.laws.law import Law, fit_law
+from archscale.laws.registry import get_kind
 
 REFIT_GROWTH = 1.5
 """A warm refit is replaced by a full multi-start fit once the runs have grown by this factor
-since the last full fit (or whenever the last one was refused): warm starts are fast, but only a
-full fit re-checks identification and can leave a local optimum."""
+since the last full fit: warm starts are fast, but only a full fit re-checks identification (a
+refusal stands until then) and can leave a local optimum."""
 FD_STEP = 1e-5
-"""Relative step of the central differences behind ``sensitivity``."""
+"""Relative step of the central differences behind ``sensitivity`` and warm refits."""
+MAX_LM_STEPS = 30
+"""Levenberg-Marquardt iterations of a warm refit (it starts next to the optimum)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,13 @@ class DesignLaw(Protocol):
     n_coef: int
     """Fitted coefficients (sizes the seed design)."""
 
-    def fit(self, table: pd.DataFrame, warm: Fitted | None = None,
-            weights: np.ndarray | None = None) -> Fitted:
-        """Fit ``table``; ``warm`` is the previous fit, a start that a cheap refit may use;
-        ``weights`` (one per row, with ``warm``) weigh the runs, as a bootstrap resample does."""
+    def fit(self, table: pd.DataFrame, warm: Fitted | None = None) -> Fitted:
+        """Fit ``table``; ``warm`` is the previous fit, a start that a cheap refit may use."""
+        ...
+
+    def refit(self, fitted: Fitted, table: pd.DataFrame, weights_SxN: np.ndarray) -> np.ndarray:
+        """Coefficients (S x P) of refits of ``table`` under each row of run weights (a
+        bootstrap resample's counts), started from ``fitted``; NaN rows where a refit failed."""
         ...
 
     def predict(self, fitted: Fitted, coef_SxP: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
@@ -109,7 +115,7 @@ class KindLaw:
     A full fit is ``fit_law`` without bootstrap: the kind's own multi-start fit, its
     identification checks and its calibrated run scatter. A warm refit polishes the previous
     coefficients by least squares in the law's residual space (seconds saved per pick); every
-    REFIT_GROWTH-fold growth of the runs, or after a refusal, the full fit runs again.
+    REFIT_GROWTH-fold growth of the runs the full fit runs again.
     """
 
     kind: str
@@ -117,8 +123,11 @@ class KindLaw:
     options: Mapping[str, Any] = field(default_factory=dict)
     """The declared form (terms, target, ...), as ``fit_law`` takes it."""
 
+    law_kind: LawKind = field(init=False, repr=False)
+    """The kind ``kind`` names (an unknown name fails here, with the list of kinds)."""
+
     def __post_init__(self) -> None:
-        get_kind(self.kind)  # an unknown name fails here, with the list of kinds
+        object.__setattr__(self, "law_kind", get_kind(self.kind))
 
     @property
     def name(self) -> str:
@@ -126,58 +135,87 @@ class KindLaw:
 
     @property
     def _config(self) -> dict[str, Any]:
-        return get_kind(self.kind).configure(dict(self.options))
+        return self.law_kind.configure(dict(self.options))
 
     @property
     def target(self) -> str:
-        return get_kind(self.kind).target(self._config)
+        return self.law_kind.target(self._config)
 
     @property
     def space(self) -> str:
-        return "log" if get_kind(self.kind).space == "log" else "absolute"
+        return "log" if self.law_kind.space == "log" else "absolute"
 
     @property
     def n_coef(self) -> int:
-        return get_kind(self.kind).n_params(self._config)
+        return self.law_kind.n_params(self._config)
 
-    def fit(self, table: pd.DataFrame, warm: Fitted | None = None,
-            weights: np.ndarray | None = None) -> Fitted:
-        if weights is None and (warm is None or not warm.identified
-                                or len(table) >= REFIT_GROWTH * warm.n_runs):
+    def fit(self, table: pd.DataFrame, warm: Fitted | None = None) -> Fitted:
+        if warm is None or len(table) >= REFIT_GROWTH * warm.n_runs:
             return self._full_fit(table)
-        if warm is None:
-            raise ArchscaleError("a weighted refit needs a previous fit to start from (warm)")
-        return self._polish(table, warm, np.ones(len(table)) if weights is None else weights)
-
-    def _full_fit(self, table: pd.DataFrame) -> Fitted:
-        law = fit_law(self.kind, table, self.options, n_boot=0, progressive=False)
-        return Fitted(coef=law.coef, sigma=float(law.error_model.sigma_run),
-                      problems=law.problems, n_runs=len(table), law=law)
-
-    def _polish(self, table: pd.DataFrame, warm: Fitted, weights: np.ndarray) -> Fitted:
-        law: Law = warm.law
-        kind = get_kind(self.kind)
-        measured = to_space(table[self.target].to_numpy(dtype=float), self.space)
-        sqrt_w = np.sqrt(np.asarray(weights, dtype=float))
-        scale = np.where(np.abs(warm.coef) > 0, np.abs(warm.coef), 1.0)
-
-        def residuals(u: np.ndarray) -> np.ndarray:
-            predicted = kind.predict(law.config, (u * scale)[None, :], table)[0]
-            r = (to_space(predicted, self.space) - measured) * sqrt_w
-            return np.where(np.isfinite(r), r, 1e3)
-
-        result = least_squares(residuals, warm.coef / scale, method="trf", max_nfev=200)
-        coef = result.x * scale
+        coef = self.refit(warm, table, np.ones((1, len(table))))[0]
         if not np.all(np.isfinite(coef)):
             return self._full_fit(table)
-        dof = max(float(np.sum(weights)) - len(coef), 1.0)
-        sigma = float(np.sqrt(np.sum(result.fun**2) / dof))
+        residuals = self._residuals(warm, table, coef[None, :])[0]
+        sigma = float(np.sqrt(np.sum(residuals**2) / max(len(table) - len(coef), 1)))
+        law: Law = warm.law
         return replace(warm, coef=coef, sigma=sigma,
                        law=replace(law, coef=coef, coef_samples=np.empty((0, len(coef)))))
 
+    def _full_fit(self, table: pd.DataFrame) -> Fitted:
+        law = fit_law(self.law_kind, table, self.options, n_boot=0, progressive=False)
+        return Fitted(coef=law.coef, sigma=float(law.error_model.sigma_run),
+                      problems=law.problems, n_runs=len(table), law=law)
+
+    def _residuals(self, fitted: Fitted, table: pd.DataFrame, coef_SxP: np.ndarray) -> np.ndarray:
+        """Residuals in the law's space of every coefficient row (S x n), non-finite -> 1e3."""
+        measured = to_space(table[self.target].to_numpy(dtype=float), self.space)
+        with np.errstate(all="ignore"):
+            r = to_space(self.predict(fitted, coef_SxP, table), self.space) - measured[None, :]
+        return np.where(np.isfinite(r), r, 1e3)
+
+    def refit(self, fitted: Fitted, table: pd.DataFrame, weights_SxN: np.ndarray) -> np.ndarray:
+        """Weighted least squares in the law's space, by Levenberg-Marquardt from ``fitted``'s
+        coefficients, all S problems advanced together: each iteration is one vectorized
+        prediction of S x (2P + 1) coefficient rows (forward and central differences)."""
+        weights = np.asarray(weights_SxN, dtype=float)
+        n_s, n_p = len(weights), len(fitted.coef)
+        scale = np.where(np.abs(fitted.coef) > 0, np.abs(fitted.coef), 1.0)
+        u = np.tile(fitted.coef / scale, (n_s, 1))
+        lam = np.full(n_s, 1e-3)
+        eye = np.eye(n_p)
+
+        def evaluate(u_SxP: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            step = FD_STEP * np.maximum(np.abs(u_SxP), 1.0)
+            rows = np.concatenate([u_SxP[:, None, :], u_SxP[:, None, :] + step[:, :, None] * eye,
+                                   u_SxP[:, None, :] - step[:, :, None] * eye], axis=1)
+            r = self._residuals(fitted, table, rows.reshape(-1, n_p) * scale)
+            r = r.reshape(n_s, 2 * n_p + 1, -1)
+            jac = (r[:, 1: n_p + 1] - r[:, n_p + 1:]) / (2 * step[:, :, None])
+            return r[:, 0], np.swapaxes(jac, 1, 2), np.einsum("sn,sn->s", weights, r[:, 0] ** 2)
+
+        r, jac, cost = evaluate(u)
+        for _ in range(MAX_LM_STEPS):
+            jtw = np.swapaxes(jac, 1, 2) * weights[:, None, :]
+            h = jtw @ jac
+            g = np.einsum("spn,sn->sp", jtw, r)
+            damped = h + lam[:, None, None] * (np.einsum("spp->sp", h)[:, :, None] * eye + 1e-12 * eye)
+            delta = -np.linalg.solve(damped, g[:, :, None])[:, :, 0]
+            r_new, jac_new, cost_new = evaluate(u + delta)
+            better = cost_new < cost
+            u = np.where(better[:, None], u + delta, u)
+            r = np.where(better[:, None], r_new, r)
+            jac = np.where(better[:, None, None], jac_new, jac)
+            done = better & (cost - cost_new <= 1e-10 * np.maximum(cost, 1e-30))
+            cost = np.where(better, cost_new, cost)
+            lam = np.where(better, lam / 3, lam * 4)
+            if np.all(done | (lam > 1e8)):
+                break
+        coef = u * scale
+        return np.where(np.isfinite(coef).all(axis=1)[:, None], coef, np.nan)
+
     def predict(self, fitted: Fitted, coef_SxP: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
         law: Law = fitted.law
-        return get_kind(self.kind).predict(law.config, np.atleast_2d(coef_SxP), rows)
+        return self.law_kind.predict(law.config, np.atleast_2d(coef_SxP), rows)
 
     def interval(self, fitted: Fitted, rows: pd.DataFrame,
                  level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:

@@ -30,12 +30,15 @@ class LinearLaw:
     n_coef: int = 2
     problems: tuple = ()
 
-    def fit(self, table, warm=None, weights=None):
-        x = np.column_stack([np.ones(len(table)), table["x"].to_numpy(float)])
-        w = np.ones(len(table)) if weights is None else np.asarray(weights, float)
-        coef = np.linalg.lstsq(x * np.sqrt(w)[:, None], table["y"].to_numpy(float) * np.sqrt(w),
-                               rcond=None)[0]
+    def fit(self, table, warm=None):
+        coef = self.refit(None, table, np.ones((1, len(table))))[0]
         return Fitted(coef=coef, sigma=SIGMA, problems=self.problems, n_runs=len(table))
+
+    def refit(self, fitted, table, weights_SxN):
+        x = np.column_stack([np.ones(len(table)), table["x"].to_numpy(float)])
+        y = table["y"].to_numpy(float)
+        return np.array([np.linalg.lstsq(x * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+                         for w in np.asarray(weights_SxN, float)])
 
     def predict(self, fitted, coef_SxP, rows):
         coef = np.atleast_2d(coef_SxP)
