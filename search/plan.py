@@ -19,6 +19,7 @@ import optuna
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec
+from archscale.search.attrs import DESIGN_PICK_ATTR, DESIGN_STEP_ATTR
 from archscale.search.sweepfile import SweepFile, SweepFileError
 from archscale.sweeps.recipe import Budget
 
@@ -50,9 +51,9 @@ class PlannedRun:
         return study_seed if self.seed is None else self.seed
 
 
-PLAN_ATTRS = ("config_key", "spec", "budget", "seed")
+PLAN_ATTRS = ("config_key", "spec", "budget", "seed", DESIGN_PICK_ATTR, DESIGN_STEP_ATTR)
 """User attrs that describe the planned run (kept when a crashed trial is retried); ``seed``
-only on the repeats of ``noise:``."""
+only on the repeats of ``noise:``, the design's on a designed study's picks and steps."""
 _REQUIRED_ATTRS = PLAN_ATTRS[:3]
 
 
