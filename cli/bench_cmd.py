@@ -1,4 +1,5 @@
-"""`archscale bench ...`: measure how fast a shape runs on this device."""
+"""`archscale bench ...`: measure how fast a shape runs on this device, or how well the design
+engine would have spent a finished sweep's budget (`bench design`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from archscale.cli.shape_options import (
     spec_from_options,
 )
 
-app = typer.Typer(help="Measure inference throughput on this device.", no_args_is_help=True)
+app = typer.Typer(help="Measure inference throughput on this device, or replay the design engine "
+                       "on a finished sweep.", no_args_is_help=True)
 
 # The measurement setting, shared by `throughput` and `compare`.
 Batch = Annotated[int | None, typer.Option(
@@ -155,3 +157,70 @@ def compare(
     Console().print(table)
     typer.echo(f"decode backend: {first.backend}")
     _write(out, comparison.to_dict())
+
+
+@app.command()
+def design(
+    csv: Annotated[Path, typer.Option(help="Table of finished runs (a CSV).")],
+    law: Annotated[str, typer.Option(
+        help="Law the picks are fitted with: a --law name (e.g. chinchilla, scalebench/moe) or a "
+             "declared form's file.")],
+    out: Annotated[Path, typer.Option("--json", help="Write the replay table as JSON here.")],
+    columns: Annotated[str | None, typer.Option(
+        help="Map CSV columns: N=params,D=tokens,loss=final_loss (default: the declared form's "
+             "own mapping).")] = None,
+    terms: Annotated[str | None, typer.Option(
+        help="Conditional law terms (feature:form,...), as `archscale fit` takes them.")] = None,
+    lopt: Annotated[str | None, typer.Option(help="Conditional law's L_opt mode.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="pandas query selecting the target rows (e.g. \"split == 'target'\"); the rest "
+             "are the pool.")] = None,
+    holdout_above: Annotated[float | None, typer.Option(
+        help="Target rows: --holdout-by at or above this value.")] = None,
+    holdout_by: Annotated[str, typer.Option(help="Column --holdout-above applies to.")] = "N",
+    cost: Annotated[str | None, typer.Option(
+        help="Cost of a run, arithmetic over columns (default training FLOPs, 6 N D).")] = None,
+    budgets: Annotated[str, typer.Option(
+        help="Fractions of the pool's cost, comma-separated.")] = "0.01,0.05,0.1,0.2",
+    repeats: Annotated[int, typer.Option(help="Seeded repeats of every method.")] = 10,
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated: design, random, cheapest, cost-random, vopt, all.")] =
+        "design,random,cheapest,cost-random,vopt,all",
+    by: Annotated[str | None, typer.Option(
+        help="Column whose groups each get their own law and budget share.")] = None,
+    shapes: Annotated[str | None, typer.Option(
+        help="Target column naming shapes: report the regret of the recommended shape.")] = None,
+    within: Annotated[str | None, typer.Option(
+        help="Target columns (comma-separated) that make one shape decision, e.g. the scale.")]
+        = None,
+) -> None:
+    """Replay a finished sweep: each method picks runs under each budget; the law fitted to the
+    picks is scored on the target rows (R^2 clipped to [-1, 1], MSE, 90% coverage, regret)."""
+    if (target is None) == (holdout_above is None):
+        raise ArchscaleError("give exactly one target: --target QUERY or --holdout-above X")
+    from archscale.decide.costs import parse_cost
+    from archscale.decide.design_law import KindLaw
+    from archscale.decide.replay import Replay, run_replay, split_target
+    from archscale.laws.table import load_table
+
+    options = {k: v for k, v in (("terms", terms), ("lopt", lopt)) if v is not None}
+    design_law = KindLaw(law, options)
+    table = load_table(csv, columns or design_law.law_kind.default_columns or None)
+    pool, target_rows = split_target(table, target, holdout_above, holdout_by)
+    spec = Replay(pool=pool, target=target_rows, costs=parse_cost(cost, list(pool.columns))(pool),
+                  law=design_law, by=by, shapes=shapes,
+                  within=tuple(c.strip() for c in (within or "").split(",") if c.strip()))
+    fractions = [float(b) for b in budgets.split(",")]
+    result = run_replay(spec, [m.strip() for m in methods.split(",")], fractions, repeats,
+                        on_repeat=lambda i: typer.echo(f"repeat {i + 1}/{repeats} done"))
+    table_out = Table(title=f"{law} law, {len(pool)} pool runs -> {len(target_rows)} target rows, "
+                            f"{repeats} repeats", caption="target R^2 (mean +- sd)")
+    table_out.add_column("method")
+    for b in [*fractions, 1.0]:
+        table_out.add_column(f"{b:g}", justify="right")
+    for method, per_budget in result["methods"].items():
+        cells = [f"{per_budget[f'{b:g}']['r2_mean']:.3f} +- {per_budget[f'{b:g}']['r2_sd']:.3f}"
+                 if f"{b:g}" in per_budget else "" for b in [*fractions, 1.0]]
+        table_out.add_row(method, *cells)
+    Console().print(table_out)
+    _write(out, result)

@@ -13,11 +13,12 @@ from rich.table import Table
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
-from archscale.laws import KIND_NAMES
+from archscale.laws.registry import BUILTIN_KINDS
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from archscale.laws.kind import LawKind
     from archscale.laws.law import Law
 
 # numpy, pandas and the laws load inside the commands: `--help` stays fast
@@ -43,6 +44,31 @@ def _runs(study: str | None, storage: str | None, csv: Path | None,
     if table.empty:
         raise ArchscaleError(f"study {study!r} has no complete trials to fit yet")
     return table, {"source": "study", "study": study, "storage": handle.shown_url}
+
+
+def _kind_options(kind: LawKind, given: dict[str, tuple[str, Any]], provenance: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The options ``kind`` reads from ``given`` (option -> (flag, value)), refusing flags it
+    does not read; a law-file option (the kind's ``law_options``) is loaded and checked, and
+    passes that law's coefficients."""
+    stray = sorted(flag for option, (flag, value) in given.items()
+                   if value is not None and option not in kind.options)
+    if stray:
+        raise ArchscaleError(f"the {kind.name} law takes no {', '.join(stray)}: drop it (its "
+                             f"options: {', '.join(kind.options) or 'none'})")
+    options = {option: value for option, (_, value) in given.items() if value is not None}
+    from archscale.laws import load_law
+
+    for option, needed in kind.law_options.items():
+        if option in options:
+            flag, path = given[option]
+            law = load_law(path)
+            if law.kind != needed:
+                raise ArchscaleError(f"{flag} {path} holds a {law.kind} law; it must be a "
+                                     f"{needed} law")
+            options[option] = law.coef.tolist()
+            provenance[flag.lstrip("-").replace("-", "_")] = str(path)
+    return options
 
 
 def _drop_highest(table: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -107,8 +133,13 @@ def _write_heldout(law: Law, out: Path) -> Path | None:
 
 
 def fit(
-    law: Annotated[str, typer.Option(help=f"Law form: {', '.join(KIND_NAMES)}.")],
     out: Annotated[Path, typer.Option(help="Where to write law.json.")],
+    law: Annotated[str | None, typer.Option(
+        help=f"Law form: {', '.join(BUILTIN_KINDS)}, a packaged form (e.g. scalebench/moe) or "
+             "one registered under the archscale.laws entry points.")] = None,
+    form: Annotated[Path | None, typer.Option(
+        help="A form of your own: a YAML (or JSON) file declaring name, expression, inputs, "
+             "target, coefficients (bounds, starts), space and loss.")] = None,
     study: Annotated[str | None, typer.Option(help="Fit the complete trials of a study.")] = None,
     storage: Annotated[str | None, typer.Option(help="Study storage URL.", envvar=environment.STORAGE)] = None,
     csv: Annotated[Path | None, typer.Option(help="Fit a run table CSV instead.")] = None,
@@ -118,10 +149,11 @@ def fit(
     terms: Annotated[str | None, typer.Option(
         help="Conditional law terms: feature:form,... (e.g. aspect:u_log_sq), JSON, or a JSON "
              "file; default d_over_sqrt_n:u_log_inv,r:u_log_inv.")] = None,
-    combine: Annotated[str, typer.Option(help="Conditional: product or additive.")] = "product",
-    lopt: Annotated[str, typer.Option(
-        help="Conditional L_opt: joint, chinchilla, given (with --lopt-law) or "
-             "measured.")] = "joint",
+    combine: Annotated[str | None, typer.Option(
+        help="Conditional: product (default) or additive.")] = None,
+    lopt: Annotated[str | None, typer.Option(
+        help="Conditional L_opt: joint (default), chinchilla, given (with --lopt-law) or "
+             "measured.")] = None,
     lopt_law: Annotated[Path | None, typer.Option(
         help="Chinchilla law.json for --lopt given.")] = None,
     robust: Annotated[str | None, typer.Option(
@@ -143,7 +175,8 @@ def fit(
     allow_degenerate: Annotated[bool, typer.Option(
         help="Save a law even if the runs do not identify it (it is marked so).")] = False,
     n_boot: Annotated[int | None, typer.Option(
-        help="Bootstrap refits (default 1000 for chinchilla, 200 otherwise; 0 for none).")] = None,
+        help="Bootstrap refits (default: the form's, 1000 for chinchilla, 200 for most; 0 for "
+             "none).")] = None,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     drop_highest_loss: Annotated[int, typer.Option(
         help="Drop the K runs with the highest loss first (Epoch's replication drops 5).")] = 0,
@@ -152,22 +185,24 @@ def fit(
     plot: Annotated[Path | None, typer.Option(help="Folder for PNG figures.")] = None,
 ) -> None:
     """Fit a law to runs, validate it, and save it as law.json."""
-    from archscale.laws import fit_law, load_law, save_law
+    from archscale.laws import fit_law, save_law
+    from archscale.laws.registry import get_kind
 
-    table, provenance = _runs(study, storage, csv, columns)
+    if (law is None) == (form is None):
+        raise ArchscaleError("give exactly one law: --law NAME (a built-in or packaged form) or "
+                             "--form FILE (a form of your own)")
+    kind = get_kind(law if form is None else form)
+    table, provenance = _runs(study, storage, csv, columns or kind.default_columns or None)
     table = _drop_highest(table, drop_highest_loss)
     if drop_highest_loss:
         provenance["dropped_highest_loss"] = drop_highest_loss
-    options: dict[str, Any] = {"terms": terms, "combine": combine, "lopt": lopt, "robust": robust,
-                               "target": target}
-    if lopt_law is not None:
-        given = load_law(lopt_law)
-        if given.kind != "chinchilla":
-            raise ArchscaleError(f"--lopt-law {lopt_law} holds a {given.kind} law; it must be a "
-                                 "chinchilla law")
-        options["chinchilla"] = given.coef.tolist()
-        provenance["lopt_law"] = str(lopt_law)
-    fitted = fit_law(law, table, options, n_boot=n_boot, seed=seed, holdout_above=holdout_above,
+    if form is not None:
+        provenance["form_file"] = str(form)
+    options = _kind_options(kind, {"terms": ("--terms", terms), "combine": ("--combine", combine),
+                                   "lopt": ("--lopt", lopt), "robust": ("--robust", robust),
+                                   "target": ("--target", target),
+                                   "chinchilla": ("--lopt-law", lopt_law)}, provenance)
+    fitted = fit_law(kind, table, options, n_boot=n_boot, seed=seed, holdout_above=holdout_above,
                      holdout_by=holdout_by, progressive=progressive, provenance=provenance,
                      noise_floor=noise_floor, n_definition=n_definition)
     _print_law(fitted)

@@ -90,4 +90,5 @@ def problems(config: dict[str, Any], coef: dict[str, float], table: pd.DataFrame
 
 KIND = LawKind(name="accuracy", configure=configure, target=lambda config: config["target"],
                n_params=lambda config: 4, min_scales=1, fit=fit, bootstrap=bootstrap,
-               predict=predict, axes=("loss",), space="absolute", problems=problems)
+               predict=predict, axes=("loss",), space="absolute", problems=problems,
+               needs=lambda config: ("loss",), options=("target",))

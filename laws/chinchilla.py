@@ -375,6 +375,14 @@ def _predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) 
     return predict(coef_SxP, values["N"], values["D"])
 
 
+def _design_problems(config: dict[str, Any], table: pd.DataFrame) -> list[diagnostics.Problem]:
+    collinear = diagnostics.collinear_problem(table, "chinchilla")
+    return [] if collinear is None else [collinear]
+
+
 KIND = LawKind(name="chinchilla", configure=_configure, target=lambda config: "loss",
-               n_params=lambda config: 3 if "d_line" in config else 5, min_scales=2, fit=_fit, bootstrap=_bootstrap,
-               predict=_predict, axes=("N", "D"))
+               n_params=lambda config: 3 if "d_line" in config else 5, min_scales=2, fit=_fit,
+               bootstrap=_bootstrap, predict=_predict, axes=("N", "D"),
+               problems=lambda config, coef, table: diagnostics.loss_problems(coef, table),
+               design_problems=_design_problems, default_n_boot=1000,  # batched refits are cheap
+               needs=lambda config: ("shape", "tokens"), options=("huber_delta",))

@@ -34,7 +34,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import chinchilla
+from archscale.laws import chinchilla, diagnostics
 from archscale.laws.forms import Term, parse_terms
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.table import SCALE_GAP, group_labels, positive_values, scale_labels
@@ -306,6 +306,20 @@ def bootstrap(table: pd.DataFrame, config: dict[str, Any], estimate: Estimate,
     return np.array(samples).reshape(len(counts_SxN), -1), np.array(converged, dtype=bool)
 
 
+def design_problems(config: dict[str, Any], table: pd.DataFrame) -> list[diagnostics.Problem]:
+    """N and D apart where the law fits its own L_opt(N, D), and enough values of each term's
+    feature."""
+    collinear = (diagnostics.collinear_problem(table, "conditional")
+                 if config["lopt"] in ("joint", "chinchilla") else None)
+    return ([] if collinear is None else [collinear]) + diagnostics.term_problems(
+        table, config["terms"])
+
+
 KIND = LawKind(name="conditional", configure=configure, target=lambda config: "loss",
                n_params=lambda config: len(coef_names(config)),
-               min_scales=2, fit=fit, bootstrap=bootstrap, predict=predict, axes=("N", "D"))
+               min_scales=2, fit=fit, bootstrap=bootstrap, predict=predict, axes=("N", "D"),
+               problems=lambda config, coef, table: diagnostics.loss_problems(
+                   coef, table, product_form=True),
+               design_problems=design_problems, needs=lambda config: ("shape", "tokens"),
+               options=("terms", "combine", "lopt", "robust", "f_scale", "chinchilla"),
+               law_options={"chinchilla": "chinchilla"})

@@ -196,6 +196,18 @@ def flat_directions(predict: Callable[[np.ndarray], np.ndarray], coef: np.ndarra
     return problems
 
 
+def loss_problems(coef: dict[str, float], table: pd.DataFrame, product_form: bool = False
+                  ) -> list[Problem]:
+    """Checks of a loss law in N and D: plausible exponents, an irreducible loss between zero and
+    the lowest loss, no vanished term. In a product form E scales with the shape factor, so only
+    E -> 0 is telling there."""
+    loss = table["loss"].to_numpy(dtype=float)
+    return [*exponent_problems(coef),
+            *(p for p in irreducible_problems(coef, loss) if not product_form or p.code == "E_zero"),
+            *vanished_problems(coef, table["N"].to_numpy(dtype=float),
+                               table["D"].to_numpy(dtype=float), loss)]
+
+
 def refit_problems(converged_fraction: float | None, n_boot: int) -> list[Problem]:
     if converged_fraction is None or n_boot == 0:
         return []

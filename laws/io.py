@@ -19,7 +19,8 @@ import numpy as np
 from archscale.arch.errors import ArchscaleError
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import ErrorModel
-from archscale.laws.law import N_DEFINITIONS, Law, get_kind
+from archscale.laws.law import N_DEFINITIONS, Law
+from archscale.laws.registry import get_kind
 
 FORMAT_VERSION = 1
 
@@ -71,12 +72,12 @@ def save_law(law: Law, path: str | Path) -> Path:
 
 def law_from_dict(data: dict[str, Any]) -> Law:
     try:
-        kind = get_kind(data["law"])
+        config = {k: v for k, v in data.get("form", {}).items() if k != "predicts"}
+        kind = get_kind(data["law"], config)  # a declared form rebuilds from its declaration
         names = tuple(data["bootstrap"]["coef_names"])
         coef = np.array([data["coefficients"][n] for n in names], dtype=np.float64)
         samples = np.array([[np.nan if v is None else v for v in row]
                             for row in data["bootstrap"]["samples"]], dtype=np.float64)
-        config = {k: v for k, v in data["form"].items() if k != "predicts"}
         bootstrap = {k: v for k, v in data["bootstrap"].items()
                      if k not in ("coef_names", "samples")}
         error_model = data.get("prediction_interval")

@@ -1,8 +1,11 @@
-"""What every law form provides: a fit, bootstrap refits and a vectorized prediction.
+"""What every law form provides: a fit, bootstrap refits, a vectorized prediction, and the facts
+the rest of archscale asks about it (inputs, default bootstrap, identification checks, options).
 
-A law kind (chinchilla, conditional, throughput, accuracy, passk) is a ``LawKind`` of plain
-functions over a JSON-able ``config`` (the declared form: terms, target column, options) so that
-a law file rebuilds its predictor from the config and coefficients alone.
+A law kind (chinchilla, conditional, throughput, accuracy, passk, or a user-declared form,
+laws/declared.py) is a ``LawKind`` of plain functions over a JSON-able ``config`` (the declared
+form: terms, target column, options) so that a law file rebuilds its predictor from the config
+and coefficients alone. laws/registry.py lists them; nothing outside a kind's module tests its
+name.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from archscale.laws.diagnostics import Problem
 
 FormChecks = Callable[[dict[str, Any], dict[str, float], pd.DataFrame], list[Problem]]
 """A form's own checks: (config, coefficients by name, fitted table) -> problems."""
+DesignChecks = Callable[[dict[str, Any], pd.DataFrame], list[Problem]]
+"""A form's checks of a design before fitting: (config, table) -> problems."""
+QUERY_INPUTS = ("shape", "tokens", "loss", "k")
+"""What a one-row query (``archscale predict`` without --csv) can give a law: a shape (N and
+the shape features), the training tokens D, a validation loss, samples per request k."""
 
 
 @dataclass(frozen=True)
@@ -73,3 +81,27 @@ class LawKind:
     """Which run each table row belongs to (config, table -> integer labels), for a form with
     several rows per run (pass@k at every k): the bootstrap resamples whole runs, and a
     coefficient costs a run's rows in the scatter's degrees of freedom. None: a row is a run."""
+    design_problems: DesignChecks | None = None
+    """Checks of the runs before fitting (collinear N and D, too few values of a term's
+    feature), beside the general ones; they refuse refits as ``problems`` do."""
+    default_n_boot: int = 200
+    """Bootstrap refits when the caller gives none (cheap batched refits afford more)."""
+    needs: Callable[[dict[str, Any]], tuple[str, ...]] = lambda config: ()
+    """What a one-row query must give (QUERY_INPUTS), given the config; empty: the law reads
+    other columns (``columns``) and predicts tables only."""
+    columns: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    """Run-table columns the law reads and predicts, for messages (None: said by ``needs``)."""
+    options: tuple[str, ...] = ()
+    """Options ``configure`` reads (the CLI refuses others for this kind)."""
+    law_options: dict[str, str] = field(default_factory=dict)
+    """Options whose value is a fitted law file, and the kind that law must be: the caller
+    loads it and passes its coefficients (e.g. the conditional law's given L_opt)."""
+
+    default_columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping (name -> source column) used when the caller gives none: a declared form
+    names the columns of the public table it was written for."""
+
+    @property
+    def file(self) -> str:
+        """Where a report saves this kind's fitted law (under its laws/ folder)."""
+        return f"{self.name}.json"

@@ -24,20 +24,12 @@ import pandas as pd
 
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import (
-    accuracy,
-    chinchilla,
-    conditional,
-    diagnostics,
-    intervals,
-    passk,
-    throughput,
-    validation,
-)
+from archscale.laws import conditional, diagnostics, intervals, validation
 from archscale.laws.bootstrap import percentile_interval, resample_counts
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
 from archscale.laws.kind import Estimate, LawKind
+from archscale.laws.registry import get_kind
 from archscale.laws.table import (
     TableError,
     add_features,
@@ -46,22 +38,10 @@ from archscale.laws.table import (
     table_sha256,
 )
 
-KINDS: dict[str, LawKind] = {k.name: k for k in (chinchilla.KIND, conditional.KIND,
-                                                 throughput.KIND, accuracy.KIND, passk.KIND)}
-"""Every law form, by its --law name."""
-DEFAULT_N_BOOT = {"chinchilla": 1000, "conditional": 200, "throughput": 200, "accuracy": 200,
-                  "passk": 100}
-"""Bootstrap refits when not given: the batched Chinchilla refits are cheap, the rest loop."""
 N_DEFINITIONS = ("non_embedding", "total")
 """What a table's N counts: non-embedding parameters (the convention, arch/spec.py) or all."""
 
 Rows = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
-
-
-def get_kind(name: str) -> LawKind:
-    if name not in KINDS:
-        raise ArchscaleError(f"unknown law {name!r}: choose one of {sorted(KINDS)}")
-    return KINDS[name]
 
 
 def as_table(rows: Rows) -> pd.DataFrame:
@@ -80,7 +60,8 @@ class Law:
     """A fitted law; ``predict`` takes a run table (or rows) and returns one value per row."""
 
     kind: str
-    """The form's name (chinchilla, conditional, throughput, accuracy, passk)."""
+    """The form's name (chinchilla, conditional, throughput, accuracy, passk, or a declared
+    form's name: its declaration is then in ``config``)."""
     config: dict[str, Any]
     """The declared form: terms, target, options (JSON-able)."""
     coef_names: tuple[str, ...]
@@ -114,7 +95,7 @@ class Law:
 
     @property
     def law_kind(self) -> LawKind:
-        return get_kind(self.kind)
+        return get_kind(self.kind, self.config)
 
     @property
     def target(self) -> str:
@@ -202,15 +183,7 @@ def holdout_mask(table: pd.DataFrame, above: float, by: str = "N") -> np.ndarray
 
 
 def _design_problems(kind: LawKind, config: dict[str, Any], table: pd.DataFrame) -> list[Problem]:
-    problems = []
-    if kind.name == "chinchilla" or (kind.name == "conditional"
-                                     and config["lopt"] in ("joint", "chinchilla")):
-        collinear = diagnostics.collinear_problem(table, kind.name)
-        if collinear is not None:
-            problems.append(collinear)
-    if kind.name == "conditional":
-        problems += diagnostics.term_problems(table, config["terms"])
-    return problems
+    return [] if kind.design_problems is None else kind.design_problems(config, table)
 
 
 def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
@@ -220,14 +193,6 @@ def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
     if not estimate.converged:
         problems.append(Problem("not_converged", "the optimizer stopped before its tolerance: "
                                 "check the data for outliers or diverged runs"))
-    if kind.target(estimate.config) == "loss":
-        loss = table["loss"].to_numpy(dtype=float)
-        problems += diagnostics.exponent_problems(coef)
-        # in the product form E scales with the shape factor, so only E -> 0 is telling there
-        problems += [p for p in diagnostics.irreducible_problems(coef, loss)
-                     if kind.name == "chinchilla" or p.code == "E_zero"]
-        problems += diagnostics.vanished_problems(coef, table["N"].to_numpy(dtype=float),
-                                                  table["D"].to_numpy(dtype=float), loss)
     if kind.problems is not None:
         problems += kind.problems(estimate.config, coef, table)
     problems += diagnostics.flat_directions(
@@ -280,12 +245,15 @@ def _score_heldout(task: dict[str, Any], progressive: list[dict[str, Any]], spac
     task["interval_method"] = model.method
 
 
-def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | None = None, *,
+def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | None = None, *,
             n_boot: int | None = None, seed: int = 0, holdout_above: float | None = None,
             holdout_by: str = "N", progressive: bool = True,
             provenance: Mapping[str, Any] | None = None, noise_floor: float | None = None,
             n_definition: str = "non_embedding") -> Law:
     """Fit, bootstrap (``n_boot`` resamples of the runs, seeded), validate and calibrate one law.
+
+    ``kind_name`` is a kind's name (laws/registry.py), a declared form (laws/declared.py: a
+    DeclaredForm, a declaration mapping or a form file) or a LawKind.
 
     With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
     fitting: the law is fitted on the rest, and its validation holds the held-out rows with
@@ -307,7 +275,7 @@ def fit_law(kind_name: str, table: pd.DataFrame, options: Mapping[str, Any] | No
     estimate = kind.fit(table, config)  # refuses missing or non-positive inputs first
     problems = _design_problems(kind, config, table)
 
-    n_boot = DEFAULT_N_BOOT[kind.name] if n_boot is None else int(n_boot)
+    n_boot = kind.default_n_boot if n_boot is None else int(n_boot)
     samples = np.empty((0, len(estimate.coef)))
     boot_info: dict[str, Any] = {"n": n_boot, "seed": seed}
     if n_boot > 0:

@@ -322,4 +322,7 @@ def run_labels(config: Mapping[str, Any], table: pd.DataFrame) -> np.ndarray:
 KIND = LawKind(name="passk", configure=configure, target=lambda config: TARGET,
                n_params=lambda config: len(coef_names(config)), min_scales=2, fit=fit,
                bootstrap=bootstrap, predict=predict, axes=("N", "D", "k"), space="neglog",
-               problems=problems, runs=run_labels)
+               problems=problems, runs=run_labels, default_n_boot=100,
+               needs=lambda config: (("loss", "k") if config["covariate"] == "loss"
+                                     else ("shape", "tokens", "k")),
+               options=("covariate", "terms", "floor", "ref"))

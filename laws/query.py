@@ -1,5 +1,5 @@
-"""Asking a saved law: the row one shape (or one loss) becomes, which inputs each kind of law needs,
-a table scored with intervals, and Chinchilla's compute-optimal allocation with intervals.
+"""Asking a saved law: the row one shape (or one loss) becomes (what it must give is the kind's
+``needs``), a table scored with intervals, and Chinchilla's compute-optimal allocation with intervals.
 
 `archscale predict` and notebooks call these; the rules live here, not in the CLI.
 """
@@ -20,39 +20,26 @@ from archscale.laws.intervals import DEFAULT_LEVEL
 from archscale.laws.law import Law, as_table
 from archscale.laws.table import spec_features
 
-NEEDS_SHAPE = ("chinchilla", "conditional", "throughput")
-"""Kinds whose inputs come from a shape (N, and the shape features)."""
-NEEDS_TOKENS = ("chinchilla", "conditional")
-"""Kinds that also read the training tokens D."""
-NEEDS_LOSS = ("accuracy",)
-"""Kinds that read a validation loss."""
-NEEDS_K = ("passk",)
-"""Kinds that read the samples per request k (one row per k); a passk law reads a loss or a
-shape and tokens, as its covariate says."""
-
-
-def _needs(law: Law) -> tuple[bool, bool, bool]:
-    """Whether ``law`` reads (a shape, the training tokens, a loss)."""
-    if law.kind == "passk":
-        by_loss = law.config["covariate"] == "loss"
-        return not by_loss, not by_loss, by_loss
-    return law.kind in NEEDS_SHAPE, law.kind in NEEDS_TOKENS, law.kind in NEEDS_LOSS
-
 
 def query_row(law: Law, spec: ArchSpec | None = None, tokens: float | None = None,
               loss: float | None = None, batch: int | None = None, context: int | None = None,
               k: Sequence[int] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The table ``law`` reads for a shape (and tokens) or a loss, one row (one per ``k`` for a
     pass@k law), and notes on how N was counted; one error naming what is missing."""
-    shape, training_tokens, validation_loss = _needs(law)
-    if shape and spec is None:
+    kind = law.law_kind
+    needs = kind.needs(law.config)
+    if not needs:
+        read = "" if kind.columns is None else f" (columns {', '.join(kind.columns(law.config))})"
+        raise ArchscaleError(f"the {law.kind} law reads a run table{read}, not a shape: predict "
+                             "a CSV with --csv FILE --out OUT")
+    if "shape" in needs and spec is None:
         raise ArchscaleError(f"a {law.kind} law needs a shape (--spec: a preset or spec JSON), "
                              "or a table of runs (--csv)")
-    if training_tokens and not (tokens and tokens > 0):
+    if "tokens" in needs and not (tokens and tokens > 0):
         raise ArchscaleError(f"a {law.kind} law needs the training tokens (--tokens, e.g. 1e11)")
-    if validation_loss and loss is None:
+    if "loss" in needs and loss is None:
         raise ArchscaleError(f"a {law.kind} law needs a validation loss (--loss)")
-    if law.kind in NEEDS_K and not k:
+    if "k" in needs and not k:
         raise ArchscaleError(f"a {law.kind} law needs the samples per request (--k, e.g. 1,8,32)")
     row: dict[str, Any] = {}
     notes = []

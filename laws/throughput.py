@@ -140,4 +140,5 @@ def predict(config: dict[str, Any], coef_SxP: np.ndarray, table: pd.DataFrame) -
 
 KIND = LawKind(name="throughput", configure=configure,
                target=lambda config: TARGETS[config["target"]], n_params=lambda config: 3,
-               min_scales=1, fit=fit, bootstrap=bootstrap, predict=predict, axes=("N",))
+               min_scales=1, fit=fit, bootstrap=bootstrap, predict=predict, axes=("N",),
+               needs=lambda config: ("shape",), options=("target", "dtype", "batch", "context"))

@@ -1,0 +1,289 @@
+"""The design engine: which runs to train next, for the most certainty at the target per FLOP.
+
+``choose`` is a pure function of (finished runs, candidate pool, costs, law, target) that returns
+the next batch of K picks, each with the reason it was picked. It goes through three stages:
+
+* **seed**: fewer finished runs than the law has coefficients (times SEED_PER_COEF): a
+  space-filling design. scikit-learn's KMeans splits the candidates (in standardized log inputs)
+  into that many strata, and the cheapest run of each stratum not yet covered is proposed.
+* **identify**: the law cannot be fitted, or its fit is refused as not identified: the refusal's
+  advice becomes runs (laws/diagnostics.py says what is missing: "train some runs longer", "add
+  runs at more values of r", "N and D are collinear", or, for the rest, runs that spread the
+  inputs).
+* **reduce**: the law is identified. The target's uncertainty is a Gaussian over the predictions
+  (in the law's residual space) at candidates and target rows, Cov = G M G^T. A candidate c with
+  sensitivity row g_c, observed with the law's calibrated run scatter sigma, lowers the mean
+  predictive variance at the target by
+
+      gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + sigma^2),     Q = G_t^T G_t / n_target,
+
+  the V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
+  still affords. A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
+  sigma^2) (the rank-one posterior update), so the next pick is valued given the earlier ones.
+  ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
+  Fisher information with a weak prior). ``design`` adds the disagreement of bootstrap refits
+  (warm-started from the fit) as further columns of G: where the refits disagree at the target
+  the linearisation understates the uncertainty, and the runs that tell the refits apart are
+  the ones worth training.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import StandardScaler
+
+from archscale.arch.errors import ArchscaleError
+from archscale.decide.design_law import DesignLaw, Fitted, sensitivity, to_space
+from archscale.laws.bootstrap import resample_counts
+from archscale.laws.diagnostics import Problem, collinear_nd
+
+METHODS = ("design", "vopt")
+"""The engine's criteria (module docstring)."""
+SEED_PER_COEF = 1.5
+"""Seed runs per law coefficient (the design needs a few more runs than coefficients before a
+fit is worth trusting; the cheapest per stratum keeps the seed a small part of the budget)."""
+COST_POWER = 0.4
+"""Gain is divided by cost to this power (1: gain per FLOP). Measured on replays (notes): per
+FLOP (1) spends a small budget on dozens of the cheapest runs, far from the target; 0.4 is the
+exponent Li et al. 2026 tuned for their criterion."""
+PRIOR_SD = 3.0
+"""Prior sd of each coefficient's relative change (a weak prior that keeps the Fisher matrix
+invertible while the runs identify some directions barely)."""
+N_ENSEMBLE = 16
+"""Bootstrap refits behind ``design``'s disagreement term."""
+SIGMA_FLOOR = 1e-4
+"""Least run scatter (relative) the update assumes: a fit that passes through its few runs
+exactly must not make one more run look infinitely informative."""
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One proposed run."""
+
+    index: Hashable
+    """Its label in the candidate pool's index."""
+    cost: float
+    """What it costs (the pool's cost)."""
+    gain: float
+    """Expected reduction of the target's mean predictive variance (law space; 0 outside the
+    reduce stage)."""
+    reason: str
+    """Why it was picked, in one line."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The next batch, and where the design stands."""
+
+    picks: tuple[Pick, ...]
+    """The runs to train, best first (fewer than asked when the budget or the pool runs out)."""
+    stage: str
+    """``seed``, ``identify`` or ``reduce`` (module docstring)."""
+    target_sd: float
+    """RMS predictive sd of the law's mean at the target now (law space; NaN before a fit)."""
+    target_sd_after: float
+    """The same once the picks are in, as the linearised update expects."""
+    fitted: Fitted | None
+    """The fit the choice rests on; pass it back as ``warm`` with the next call."""
+    problems: tuple[Problem, ...] = ()
+    """Why the law is refused, in the identify stage."""
+
+
+def seed_size(law: DesignLaw) -> int:
+    return math.ceil(SEED_PER_COEF * law.n_coef) + 1
+
+
+def features(table: pd.DataFrame, exclude: Sequence[str]) -> list[str]:
+    """Numeric input columns that vary (the space a seed fills): all but ``exclude``."""
+    numeric = table.select_dtypes("number")
+    return [c for c in numeric.columns
+            if c not in exclude and numeric[c].nunique() > 1 and numeric[c].notna().all()]
+
+
+def _embed(frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> list[np.ndarray]:
+    """Standardized inputs (log of positive columns) of several tables, on one scale."""
+    stacked = pd.concat([f[list(columns)] for f in frames], ignore_index=True).astype(float)
+    for c in columns:
+        if (stacked[c] > 0).all():
+            stacked[c] = np.log(stacked[c])
+    values = StandardScaler().fit_transform(stacked.to_numpy())
+    return np.split(values, np.cumsum([len(f) for f in frames])[:-1])
+
+
+def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: pd.DataFrame, *,
+           costs: np.ndarray, k: int = 1, budget: float = math.inf, method: str = "design",
+           warm: Fitted | None = None, seed: int = 0, inputs: Sequence[str] | None = None,
+           cost_power: float = COST_POWER) -> Choice:
+    """The next ``k`` runs from ``pool`` (candidates, ``costs`` aligned with its rows), given the
+    ``finished`` runs (with the law's target column), for the law's predictions at ``target``
+    rows, spending at most ``budget``. ``warm``: the previous Choice's fit. ``inputs``: the
+    columns a seed spreads over (default: every varying numeric column but the law's target).
+    ``cost_power``: gain is divided by cost to this power."""
+    if method not in METHODS:
+        raise ArchscaleError(f"design method {method!r}: choose one of {METHODS}")
+    costs = np.asarray(costs, dtype=float)
+    if len(costs) != len(pool):
+        raise ArchscaleError(f"got {len(costs)} costs for {len(pool)} candidates")
+    columns = list(inputs) if inputs is not None else features(pool, [law.target])
+    affordable = costs <= budget
+    if len(finished) < seed_size(law):
+        picks = _seed(finished, pool, costs, affordable, columns, k, budget, seed_size(law), seed)
+        return Choice(picks, "seed", math.nan, math.nan, None)
+    try:
+        fitted = law.fit(finished, warm)
+        problems = fitted.problems
+    except ArchscaleError as err:
+        fitted, problems = None, (Problem("fit_failed", str(err)),)
+    if problems:
+        picks = _identify(problems, finished, pool, costs ** cost_power, affordable, columns, k,
+                          budget, costs)
+        return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
+    return _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
+                   cost_power)
+
+
+# ---- seed --------------------------------------------------------------------------------------
+def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, affordable: np.ndarray,
+          columns: Sequence[str], k: int, budget: float, size: int, seed: int
+          ) -> tuple[Pick, ...]:
+    """Cheapest candidate of each KMeans stratum (of finished and candidate runs together) that
+    no finished run covers, strata taken cheapest first, within the budget."""
+    done, cand = _embed([finished, pool], columns)
+    n_clusters = min(size, len(done) + len(cand))
+    labels = KMeans(n_clusters, n_init=4, random_state=seed).fit_predict(np.vstack([done, cand]))
+    covered = set(labels[: len(done)].tolist())
+    cand_labels = labels[len(done):]
+    best = {}
+    for i in np.flatnonzero(affordable):
+        c = int(cand_labels[i])
+        if c not in covered and (c not in best or costs[i] < costs[best[c]]):
+            best[c] = i
+    picks, spent = [], 0.0
+    for c, i in sorted(best.items(), key=lambda item: costs[item[1]]):
+        if len(picks) == k or spent + costs[i] > budget:
+            continue
+        spent += costs[i]
+        picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
+                          f"seed: cheapest run of stratum {c + 1} of {n_clusters} (KMeans on "
+                          f"{', '.join(columns)})"))
+    return tuple(picks)
+
+
+# ---- identify ----------------------------------------------------------------------------------
+def _preference(problem: Problem, finished: pd.DataFrame, pool: pd.DataFrame, done: np.ndarray,
+                cand: np.ndarray) -> tuple[np.ndarray, str]:
+    """How much each candidate does what the refusal asks (0: nothing), and what that is."""
+    has_nd = {"N", "D"} <= set(pool.columns) and {"N", "D"} <= set(finished.columns)
+    if problem.code == "E_zero" and has_nd:  # "train some runs longer ... or at larger sizes"
+        ratio = np.log(pool["D"] / pool["N"]).to_numpy()
+        size = np.log(pool["N"]).to_numpy()
+        longer = ratio - np.log(finished["D"] / finished["N"]).max()
+        larger = size - np.log(finished["N"]).max()
+        return np.maximum(np.maximum(longer, larger), 0.0), "more tokens per parameter or larger"
+    if problem.code == "collinear" and has_nd:  # "add runs at a second tokens-per-parameter"
+        line = collinear_nd(finished)
+        if line is not None:
+            off = np.log(pool["D"]).to_numpy() - (line[0] + line[1] * np.log(pool["N"]).to_numpy())
+            return np.abs(off), "off the N-D line the finished runs lie on"
+    match = re.search(r"term (\S+?):", problem.message)
+    if problem.code == "few_values" and match and match.group(1) in pool.columns:
+        feature = match.group(1)  # "add runs at k more value(s) of FEATURE"
+        seen = set(np.round(finished[feature].to_numpy(dtype=float), 6).tolist())
+        new = ~np.isin(np.round(pool[feature].to_numpy(dtype=float), 6), list(seen))
+        return new.astype(float), f"at a new value of {feature}"
+    # "add runs that spread the inputs": the candidate farthest from every finished run
+    if len(done) == 0:
+        return np.ones(len(cand)), "spreading the inputs"
+    distance = np.min(np.linalg.norm(cand[:, None, :] - done[None, :, :], axis=2), axis=1)
+    return distance, "far from every finished run (spreading the inputs)"
+
+
+def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.DataFrame,
+              weight: np.ndarray, affordable: np.ndarray, columns: Sequence[str], k: int,
+              budget: float, costs: np.ndarray) -> tuple[Pick, ...]:
+    """Greedy: each pick answers the first refusal that some affordable candidate helps with,
+    preferring help per ``weight`` (cost to a power); the finished runs grow by each pick before
+    the next."""
+    picks, spent = [], 0.0
+    taken = np.zeros(len(pool), dtype=bool)
+    done_rows = finished
+    for _ in range(k):
+        open_ = affordable & ~taken & (costs <= budget - spent)
+        if not open_.any():
+            break
+        done, cand = _embed([done_rows, pool], columns)
+        for problem in [*problems, Problem("spread", "")]:
+            preference, what = _preference(problem, done_rows, pool, done, cand)
+            score = np.where(open_ & (preference > 1e-9), preference / weight, -1.0)
+            if score.max() > 0:
+                break
+        i = int(np.argmax(score))
+        taken[i] = True
+        spent += costs[i]
+        label = problems[0].code if problem.code == "spread" else problem.code
+        picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
+                          f"identify ({label}): {what}; the fit was refused: "
+                          f"{problems[0].message}"))
+        done_rows = pd.concat([done_rows, pool.iloc[[i]]])
+    return tuple(picks)
+
+
+# ---- reduce ------------------------------------------------------------------------------------
+def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, law: DesignLaw,
+             sigma2: float, method: str, seed: int) -> np.ndarray:
+    """G (rows x r) with Cov(predictions at rows) = G G^T before any new run."""
+    jac_f = sensitivity(law, fitted, finished)
+    jac = sensitivity(law, fitted, rows)
+    fisher = jac_f.T @ jac_f / sigma2 + np.eye(jac.shape[1]) / PRIOR_SD**2
+    w, v = np.linalg.eigh(fisher)
+    linear = jac @ (v / np.sqrt(np.maximum(w, 1e-12 * w.max())))  # J Sigma^(1/2)
+    if method == "vopt":
+        return linear
+    draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
+    draws = draws[np.isfinite(draws).all(axis=1)]
+    if len(draws) < 2:
+        return linear
+    values = to_space(law.predict(fitted, draws, rows), law.space)
+    values = np.where(np.isfinite(values), values, np.nan)
+    centered = values - np.nanmean(values, axis=0)
+    ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
+    return np.hstack([linear, ensemble])
+
+
+def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
+            target: pd.DataFrame, costs: np.ndarray, k: int, budget: float, method: str,
+            seed: int, cost_power: float) -> Choice:
+    sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
+    rows = pd.concat([pool, target], ignore_index=True)
+    g_all = _factors(fitted, finished, rows, law, sigma2, method, seed)
+    g_c, g_t = g_all[: len(pool)], g_all[len(pool):]
+    m = np.eye(g_all.shape[1])
+    q = g_t.T @ g_t / len(target)
+    sd_before = math.sqrt(max(float(np.trace(q @ m)), 0.0))
+    picks, spent = [], 0.0
+    taken = np.zeros(len(pool), dtype=bool)
+    for _ in range(k):
+        open_ = ~taken & (costs <= budget - spent)
+        if not open_.any():
+            break
+        gm = g_c @ m
+        gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + sigma2)
+        score = np.where(open_, gain / costs**cost_power, -np.inf)
+        i = int(np.argmax(score))
+        taken[i] = True
+        spent += costs[i]
+        picks.append(Pick(pool.index[i], float(costs[i]), float(gain[i]),
+                          f"reduce ({method}): lowers the target's mean predictive variance by "
+                          f"{gain[i]:.3g} ({gain[i] / max(np.trace(q @ m), 1e-300):.1%} of it) for "
+                          f"{costs[i]:.3g} cost"))
+        mg = m @ g_c[i]
+        m = m - np.outer(mg, mg) / (g_c[i] @ mg + sigma2)
+    sd_after = math.sqrt(max(float(np.trace(q @ m)), 0.0))
+    return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)

@@ -1,0 +1,159 @@
+"""The design engine's picking rule against hand computations, its seed, and its answers to a
+refused law. A linear law y = a + b x makes the V-optimal gain a closed form: with Sigma =
+sigma^2 (X^T X)^-1, adding x_c lowers the variance at x_t to x_t^T Sigma' x_t, where
+Sigma' = sigma^2 (X^T X + x_c x_c^T)^-1 (computed here by inverting, not by the engine's
+rank-one update)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.arch.errors import ArchscaleError
+from archscale.decide import design
+from archscale.decide.costs import parse_cost
+from archscale.decide.design import choose, seed_size
+from archscale.decide.design_law import Fitted
+from archscale.laws.diagnostics import Problem
+
+SIGMA = 0.05
+
+
+@dataclass(frozen=True)
+class LinearLaw:
+    """y = a + b x, least squares; its run scatter fixed at SIGMA."""
+
+    name: str = "linear"
+    target: str = "y"
+    space: str = "absolute"
+    n_coef: int = 2
+    problems: tuple = ()
+
+    def fit(self, table, warm=None):
+        coef = self.refit(None, table, np.ones((1, len(table))))[0]
+        return Fitted(coef=coef, sigma=SIGMA, problems=self.problems, n_runs=len(table))
+
+    def refit(self, fitted, table, weights_SxN):
+        x = np.column_stack([np.ones(len(table)), table["x"].to_numpy(float)])
+        y = table["y"].to_numpy(float)
+        return np.array([np.linalg.lstsq(x * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+                         for w in np.asarray(weights_SxN, float)])
+
+    def predict(self, fitted, coef_SxP, rows):
+        coef = np.atleast_2d(coef_SxP)
+        return coef[:, :1] + coef[:, 1:2] * rows["x"].to_numpy(float)[None, :]
+
+    def interval(self, fitted, rows, level=0.9):
+        p = self.predict(fitted, fitted.coef, rows)[0]
+        return p - 2 * SIGMA, p + 2 * SIGMA
+
+
+def _runs(x):
+    x = np.asarray(x, float)
+    return pd.DataFrame({"x": x, "y": 2.0 + 0.5 * x})
+
+
+def _variance(x_done, x_target):
+    """Mean predictive variance of the linear fit at the target points (hand formula)."""
+    design_matrix = np.column_stack([np.ones(len(x_done)), x_done])
+    sigma = SIGMA**2 * np.linalg.inv(design_matrix.T @ design_matrix)
+    rows = np.column_stack([np.ones(len(x_target)), x_target])
+    return float(np.mean(np.einsum("ij,jk,ik->i", rows, sigma, rows)))
+
+
+@pytest.fixture
+def flat_prior(monkeypatch):
+    monkeypatch.setattr(design, "PRIOR_SD", 1e6)  # the hand formula has no prior
+
+
+def test_vopt_gain_and_pick_match_the_closed_form(flat_prior):
+    finished = _runs([1.0, 2.0, 3.0, 4.0])
+    pool = _runs([0.5, 2.5, 6.0, 9.0])
+    target = _runs([10.0, 12.0])
+    costs = np.array([1.0, 1.0, 4.0, 9.0])
+    choice = choose(finished, pool, LinearLaw(), target, costs=costs, k=1, method="vopt",
+                    cost_power=1.0)
+    before = _variance(finished["x"], target["x"])
+    gains = np.array([before - _variance(np.r_[finished["x"], x], target["x"])
+                      for x in pool["x"]])
+    best = int(np.argmax(gains / costs))
+    assert choice.stage == "reduce"
+    assert choice.picks[0].index == pool.index[best]
+    assert choice.picks[0].gain == pytest.approx(gains[best], rel=1e-5)
+    assert choice.target_sd == pytest.approx(np.sqrt(before), rel=1e-5)
+
+
+def test_batch_is_greedy_on_the_updated_posterior(flat_prior):
+    finished = _runs([1.0, 2.0, 3.0, 3.5])
+    pool = _runs([0.0, 4.0, 5.0, 8.0, 8.5])
+    target = _runs([9.0])
+    costs = np.ones(len(pool))
+    choice = choose(finished, pool, LinearLaw(), target, costs=costs, k=2, method="vopt")
+    first, second = choice.picks
+    done = np.r_[finished["x"], pool.loc[first.index, "x"]]
+    before = _variance(done, target["x"])
+    gains = {i: before - _variance(np.r_[done, pool.loc[i, "x"]], target["x"])
+             for i in pool.index if i != first.index}
+    assert second.index == max(gains, key=gains.get)
+    assert second.gain == pytest.approx(gains[second.index], rel=1e-5)
+    assert choice.target_sd_after == pytest.approx(
+        np.sqrt(_variance(np.r_[done, pool.loc[second.index, "x"]], target["x"])), rel=1e-5)
+
+
+def test_budget_is_never_exceeded():
+    finished = _runs([1.0, 2.0, 3.0, 4.0])
+    pool = _runs(np.linspace(0, 10, 11))
+    costs = np.linspace(1, 11, 11)
+    choice = choose(finished, pool, LinearLaw(), _runs([12.0]), costs=costs, k=5, budget=7.0)
+    assert sum(p.cost for p in choice.picks) <= 7.0
+    assert len({p.index for p in choice.picks}) == len(choice.picks)
+
+
+def test_seed_fills_the_space_cheaply():
+    # two far-apart clumps of candidates: a space-filling seed must take runs from both
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.uniform(1, 2, 20), rng.uniform(100, 200, 20)]
+    pool = pd.DataFrame({"x": x, "y": np.nan})
+    costs = x.copy()
+    law = LinearLaw()
+    choice = choose(pool.iloc[:0], pool, law, _runs([300.0]), costs=costs, k=10)
+    assert choice.stage == "seed"
+    assert len(choice.picks) == seed_size(law)
+    picked = pool.loc[[p.index for p in choice.picks], "x"]
+    assert (picked < 10).any() and (picked > 10).any()
+
+
+def test_refused_law_asks_for_longer_runs():
+    advice = ("E = 2.02e-12 is at zero: the data do not reach the regime where loss flattens; "
+              "train some runs longer (more tokens per parameter) or at larger sizes")
+    law = LinearLaw(problems=(Problem("E_zero", advice),))
+    finished = pd.DataFrame({"N": [1e6, 2e6, 4e6, 8e6], "D": [2e7, 4e7, 8e7, 1.6e8],
+                             "x": [1.0, 2, 3, 4], "y": [1.0, 2, 3, 4]})
+    pool = pd.DataFrame({"N": [1e6, 2e6, 3e6, 1e6], "D": [2e7, 4e7, 3e8, 2e8],
+                         "x": [5.0, 6, 7, 8], "y": np.nan})
+    costs = (6 * pool["N"] * pool["D"]).to_numpy()
+    choice = choose(finished, pool, law, pool.iloc[:1], costs=costs, k=2, inputs=["N", "D"])
+    assert choice.stage == "identify"
+    ratio = (pool["D"] / pool["N"]).loc[[p.index for p in choice.picks]]
+    assert (ratio > 20).all()  # every finished run has D = 20 N
+    assert "train some runs longer" in choice.picks[0].reason
+
+
+def test_refused_term_asks_for_new_values_of_its_feature():
+    advice = ("term r:u_log_inv has 2 coefficient(s) but the runs take only 1 distinct value(s) "
+              "of r: add runs at 2 more value(s) of r, or declare a simpler form (log)")
+    law = LinearLaw(problems=(Problem("few_values", advice),))
+    finished = pd.DataFrame({"r": [2.0] * 4, "x": [1.0, 2, 3, 4], "y": [1.0, 2, 3, 4]})
+    pool = pd.DataFrame({"r": [2.0, 2.0, 3.0, 3.0, 4.0], "x": [5.0, 6, 7, 8, 9], "y": np.nan})
+    choice = choose(finished, pool, law, pool.iloc[:1], costs=np.ones(5), k=2, inputs=["r", "x"])
+    assert sorted(pool.loc[[p.index for p in choice.picks], "r"]) == [3.0, 4.0]
+
+
+def test_cost_expressions_are_arithmetic_only():
+    table = pd.DataFrame({"N": [1e6, 2e6], "D": [1e7, 3e7], "num_experts": [1, 8]})
+    np.testing.assert_allclose(parse_cost(None, list(table))(table), 6 * table.N * table.D)
+    np.testing.assert_allclose(parse_cost("N * num_experts", list(table))(table), [1e6, 1.6e7])
+    for bad in ("__import__('os').system('true')", "N.__class__", "[N]", "Q * 2", "'a'"):
+        with pytest.raises(ArchscaleError):
+            parse_cost(bad, list(table))(table)
