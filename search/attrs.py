@@ -15,9 +15,15 @@ BUDGET_ATTR = "budget"
 """The run's ``Budget.to_dict()``."""
 SEED_ATTR = "seed"
 """The run's own seed, only on the repeats of ``noise:``."""
-PLAN_ATTRS = (CONFIG_KEY_ATTR, SPEC_ATTR, BUDGET_ATTR, SEED_ATTR)
+DESIGN_STEP_ATTR = "design_step"
+"""A designed study's step trial (search/designed.py): the step's number."""
+DESIGN_PICK_ATTR = "design"
+"""A run the design engine picked: its step, why it was picked and the target interval before and
+after it (``designed.Pick.attrs``); optuna-dashboard shows it."""
+PLAN_ATTRS = (CONFIG_KEY_ATTR, SPEC_ATTR, BUDGET_ATTR, SEED_ATTR, DESIGN_PICK_ATTR,
+              DESIGN_STEP_ATTR)
 """User attrs that describe the planned run (kept when a crashed trial is retried); ``seed`` only
-on the repeats of ``noise:``."""
+on the repeats of ``noise:``, the design's on a designed study's picks and steps."""
 
 # ---- trial user attrs: the run's outcome ---------------------------------------------------------
 RESULT_ATTR = "result"

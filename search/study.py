@@ -29,6 +29,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
+from archscale.search import designed
 from archscale.search import storage as storage_lib
 from archscale.search.attrs import (
     CONFIG_KEY_ATTR,
@@ -93,7 +94,8 @@ class StudyHandle:
         return data
 
     def planned_runs(self) -> list[PlannedRun]:
-        return plan_grid(self.sweep, self.vocab_size) if self.is_grid else []
+        """The runs enqueued up front: a grid's (a designed study's are picked as it goes)."""
+        return plan_grid(self.sweep, self.vocab_size) if self.is_grid and not self.sweep.design else []
 
 
 def study_names(storage: BaseStorage) -> list[str]:
@@ -141,7 +143,8 @@ def _validate(sweep: SweepFile) -> tuple[TokenData, list[PlannedRun]]:
         sweep.passk_settings.check(sweep.seq_len)
     data = load_data(sweep.corpus, sweep.tokenizer)
     if sweep.grid is not None:
-        return data, plan_grid(sweep, data.vocab_size)
+        runs = plan_grid(sweep, data.vocab_size)  # a designed study's candidates: checked too
+        return data, [] if sweep.design else runs
     check_search(sweep, data.vocab_size)
     return data, []
 
@@ -156,6 +159,8 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
     with storage_lib.creation_lock(storage, url, sweep.name):
         handle = _create_or_check(sweep, data, storage, url)
         enqueue_missing(handle, runs)
+        if sweep.design is not None:
+            designed.ensure_step(handle)
     return handle
 
 
@@ -205,7 +210,10 @@ def progress_counts(handle: StudyHandle) -> dict[str, int]:
     counts: dict[str, int] = {s.name: 0 for s in TrialState}
     for trial in handle.study.get_trials(deepcopy=False):
         counts[trial.state.name] += 1
-    if handle.is_grid:
+    if handle.sweep.design is not None:
+        counts["picked"] = sum(designed.DESIGN_PICK_ATTR in t.user_attrs
+                               for t in handle.study.get_trials(deepcopy=False))
+    elif handle.is_grid:
         counts["planned"] = len(handle.planned_runs())
     else:
         counts["n_trials"] = handle.sweep.search.n_trials

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
+from archscale.search import designed
 from archscale.search import storage as storage_lib
 from archscale.search.attrs import (
     DECODE_ATTR,
@@ -69,6 +70,8 @@ class WorkerOptions:
     """Stop after running this many trials (default: until the study is done)."""
     progress: bool = True
     """Show the trainer's progress bar."""
+    proposer: str | None = None
+    """A designed study's engine, as ``"module:attribute"`` (search/designed.py)."""
 
     @property
     def grace(self) -> int:
@@ -84,6 +87,8 @@ class WorkerOptions:
                 "--max-retries", str(self.max_retries)]
         if self.artifacts is not None:
             args += ["--artifacts", self.artifacts]
+        if self.proposer is not None:
+            args += ["--proposer", self.proposer]
         return args + ([] if self.progress else ["--no-progress"])
 
 
@@ -141,6 +146,7 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
                          storage_lib.artifact_store(handle.url, options.artifacts),
                          storage_lib.artifact_dir(handle.url, options.artifacts),
                          heartbeat_s=options.heartbeat_s, progress=options.progress)
+    proposer = _proposer(handle, options)
     ran: list[int] = []
     while options.max_trials is None or len(ran) < options.max_trials:
         for recovered in recover_stale(handle.study, handle.storage, options.grace,
@@ -153,11 +159,25 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
                 time.sleep(options.poll_s)  # others still run; one may die and need a retry
                 continue
             break
+        if designed.is_step(trial):
+            designed.run_step(handle, trial, proposer, options.heartbeat_s)
+            continue
         runner.run(trial)
         ran.append(trial.number)
         if echo:
             echo(describe(handle.storage.get_trial(trial._trial_id)))
     return ran
+
+
+def _proposer(handle: StudyHandle, options: WorkerOptions) -> designed.Proposer | None:
+    """A designed study's proposer (an error without one), else None."""
+    if handle.sweep.design is None:
+        return None
+    if options.proposer is None:
+        raise ArchscaleError(f"study {handle.name!r} is designed (design: in its sweep file): run "
+                             "its workers with `archscale study run` or `archscale study worker`, "
+                             "which load the design engine")
+    return designed.load_proposer(options.proposer)
 
 
 def _cores_args(cores: tuple[int, ...]) -> list[str]:
@@ -171,6 +191,8 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
     handle = open_study(name, url)
     with storage_lib.creation_lock(handle.storage, handle.url, name):
         enqueue_missing(handle, handle.planned_runs())  # an interrupted `study create`
+        if handle.sweep.design is not None:
+            designed.ensure_step(handle)
     if workers > 1 and storage_lib.storage_kind(handle.url) == "sqlite":
         raise ArchscaleError("SQLite storage takes one worker: use the default journal file "
                              "(--storage archscale.journal) or PostgreSQL for --workers > 1")

@@ -22,6 +22,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--artifacts")
     parser.add_argument("--cores", help="comma-separated core ids to pin to")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--proposer", help="a designed study's engine, module:attribute")
     return parser.parse_args(argv)
 
 
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = WorkerOptions(heartbeat_s=args.heartbeat, grace_s=args.grace,
                             max_retries=args.max_retries,
-                            artifacts=args.artifacts, progress=args.progress)
+                            artifacts=args.artifacts, progress=args.progress,
+                            proposer=args.proposer)
     cores = [int(c) for c in args.cores.split(",")] if args.cores else None
     try:
         run_worker(args.name, os.environ.get(environment.STORAGE), options, echo=print, cores=cores)
