@@ -11,7 +11,12 @@ import typer
 from archscale import environment
 from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.cli.tables import print_table
-from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_RETRIES, DEFAULT_STORAGE
+from archscale.search.defaults import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STORAGE,
+    DEFAULT_STORAGE_WAIT_S,
+)
 
 # Optuna, JAX and the search modules load inside the commands: `--help` stays fast
 
@@ -33,6 +38,10 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show training
 MaxRetriesOpt = typer.Option(DEFAULT_MAX_RETRIES, "--max-retries", min=0,
                              help="Times a config whose worker died is re-queued before the run "
                                   "gives up on it (and exits non-zero, naming it).")
+StorageWaitOpt = typer.Option(DEFAULT_STORAGE_WAIT_S, "--storage-wait", min=0,
+                              help="Seconds a worker rides out an unreachable database storage "
+                                   "before it stops (finished results are kept locally and "
+                                   "recorded on resume).")
 
 
 def _quiet_optuna() -> None:
@@ -77,6 +86,7 @@ def run(
     artifacts: str | None = ArtifactsOpt,
     progress: bool = ProgressOpt,
     max_retries: int = MaxRetriesOpt,
+    storage_wait: float = StorageWaitOpt,
 ) -> None:
     """Run (or continue) a study to its end; finished trials are never retrained."""
     from archscale.search.study import create_study
@@ -86,7 +96,8 @@ def run(
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         name = create_study(name, storage).name
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
-                            progress=progress and workers == 1, max_retries=max_retries)
+                            progress=progress and workers == 1, max_retries=max_retries,
+                            storage_wait_s=storage_wait)
     try:
         run_study(name, storage, workers=workers, options=options, echo=typer.echo)
     except GaveUpError:
@@ -106,13 +117,15 @@ def worker(
     max_trials: int | None = typer.Option(None, "--max-trials", help="Stop after this many."),
     progress: bool = ProgressOpt,
     max_retries: int = MaxRetriesOpt,
+    storage_wait: float = StorageWaitOpt,
 ) -> None:
     """One worker (per accelerator or machine): runs trials until the study is done."""
     from archscale.search.worker import WorkerOptions, run_worker
 
     _quiet_optuna()
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
-                            max_trials=max_trials, progress=progress, max_retries=max_retries)
+                            max_trials=max_trials, progress=progress, max_retries=max_retries,
+                            storage_wait_s=storage_wait)
     pinned = [int(c) for c in cores.split(",")] if cores else None
     run_worker(name, storage, options, echo=typer.echo, cores=pinned)
 

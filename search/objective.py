@@ -47,8 +47,10 @@ from archscale.search.attrs import (
     THROUGHPUT_OF_ATTR,
     VAL_LOSS_ATTR,
 )
+from archscale.search.outages import StorageUnavailable
 from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
 from archscale.search.recovery import Heartbeat, mark_stale, owner_info, retry
+from archscale.search.spool import Spool
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
 from archscale.sweeps.passk import PasskSettings, run_passk, weights_folder
@@ -74,13 +76,18 @@ class TrialRunner:
     """The artifact store's folder (checkpoints live under it)."""
     heartbeat_s: float
     """Seconds between heartbeats of a running trial."""
+    spool: Spool
+    """Where a finished result goes when the storage is down (recorded on resume)."""
     progress: bool = True
     """Show the trainer's progress bar."""
+    owner: dict[str, Any] | None = None
+    """Whom trials are recorded as run by: the worker that supervises this trial process
+    (``search.trial_process``), which outlives a crash of it; None: this process."""
 
     def run(self, trial: optuna.Trial) -> TrialState:
         """Run a trial this worker claimed (RUNNING) to its end; its final state."""
         storage = self.handle.storage
-        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_info())
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner or owner_info())
         with Heartbeat(storage, trial._trial_id, self.heartbeat_s) as beat:
             try:
                 return self._run(trial, beat)
@@ -91,6 +98,8 @@ class TrialRunner:
             except KeyboardInterrupt:
                 self._requeue(trial, "interrupted")
                 raise
+            except StorageUnavailable:
+                raise  # the worker stops; the trial is recovered (its result spooled) on resume
             except Exception as err:  # a bug in one run must not stop the worker: record it
                 _log.exception("trial %d failed", trial.number)
                 self._set_attrs(trial, **{STATUS_ATTR: "failed",
@@ -125,7 +134,20 @@ class TrialRunner:
                 result = result.replace(passk=self._passk(trial, result, checkpoint_dir, passk))
         if result.status == "complete" and sweep.throughput.enabled:
             result = result.replace(throughput=self._throughput(trial, planned))
-        return self._finish(trial, planned, result)
+        try:
+            return self._finish(trial, planned, result)
+        except StorageUnavailable:
+            path = self.spool.keep(trial.number, planned.key, result.to_dict())
+            _log.warning("trial %d finished while the storage is down: its result is kept in %s "
+                         "and recorded when the study resumes", trial.number, path)
+            raise
+
+    def record(self, trial: optuna.Trial, result: RunResult) -> TrialState:
+        """Record a result kept in the spool on a trial this worker claimed (a try of the same
+        config), as if it had just been run there."""
+        self.handle.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                                  self.owner or owner_info())
+        return self._finish(trial, self._plan(trial), result)
 
     def _passk(self, trial: optuna.Trial, result: RunResult, checkpoint_dir: Path | None,
                settings: PasskSettings) -> dict[str, Any]:
@@ -176,13 +198,18 @@ class TrialRunner:
 
     def _reporter(self, trial: optuna.Trial, beat: Heartbeat):
         single = len(self.handle.sweep.directions) == 1
+        storage_down = False
 
         def report(step: int, tokens: int, val_loss: float) -> bool:
+            nonlocal storage_down
             # Optuna's intermediate values and pruners are single-objective only.
-            if single:
-                trial.report(val_loss, step)
-                if trial.should_prune():
-                    return True
+            if single and not storage_down:
+                try:
+                    trial.report(val_loss, step)
+                    if trial.should_prune():
+                        return True
+                except StorageUnavailable:  # train on: the result is kept, and recorded later
+                    storage_down = True
             return beat.lost
 
         return report

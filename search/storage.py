@@ -31,6 +31,7 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
@@ -40,6 +41,12 @@ from sqlalchemy import text
 from archscale.arch.errors import ArchscaleError
 from archscale.search.defaults import DEFAULT_STORAGE  # the light names, stated there
 from archscale.search.journal import JournalFile
+from archscale.search.outages import (
+    Patience,
+    PatientRDBStorage,
+    StorageUnavailable,
+    driver_message,
+)
 from archscale.search.passwords import HIDDEN as HIDDEN  # re-exported: storage's callers
 from archscale.search.passwords import display_url as display_url
 from archscale.search.passwords import has_password as has_password
@@ -57,14 +64,17 @@ def storage_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:") else "rdb"
 
 
-def resolve_url(url: str | None) -> str:
-    """The storage URL to use: the default journal, an absolute journal path, or a database URL.
-
-    A journal path is made absolute, so workers started elsewhere open the same file.
-    """
+def locate(url: str | None) -> str:
+    """The storage as the user gave it, made independent of the working directory: the default
+    journal, an absolute journal path, or the database URL unchanged (what is shown, and what
+    worker processes get)."""
     url = url or DEFAULT_STORAGE
-    if storage_kind(url) == "journal":
-        return str(Path(url).expanduser().resolve())
+    return str(Path(url).expanduser().resolve()) if storage_kind(url) == "journal" else url
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to open: ``locate(url)``, with PostgreSQL's installed driver named."""
+    url = locate(url)
     scheme, sep, rest = url.partition("://")
     if scheme in ("postgresql", "postgres"):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; use what is installed.
@@ -76,9 +86,10 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
-def open_storage(url: str | None = None) -> BaseStorage:
-    """Open (creating if needed) the storage at ``url``."""
-    url = resolve_url(url)
+def open_storage(url: str | None = None, *, wait_s: float = 0) -> BaseStorage:
+    """Open (creating if needed) the storage at ``url``. With ``wait_s``, a database storage rides
+    out an outage of up to that many seconds in each call (``outages.PatientRDBStorage``)."""
+    given, url = locate(url), resolve_url(url)
     if storage_kind(url) == "journal":
         path = Path(url)
         if path.is_dir():
@@ -88,15 +99,21 @@ def open_storage(url: str | None = None) -> BaseStorage:
             raise ArchscaleError(f"{path} is a SQLite database: use --storage sqlite:///{path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFile(path))
+    shown = display_url(given)
+    options: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     try:
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        if wait_s > 0:
+            patience = Patience(shown, wait_s, lambda text: hide_in_text(text, given))
+            return PatientRDBStorage(url, patience, **options)
+        return RDBStorage(url, **options)
+    except StorageUnavailable as err:
+        raise ArchscaleError(f"cannot open storage {shown}\n{err.driver}") from None
     except ImportError as err:
-        raise ArchscaleError(hide_in_text(f"cannot open {display_url(url)}: {err} (install "
-                                          "the database driver)", url)) from None
+        raise ArchscaleError(f"cannot open storage {shown}: install its database driver\n"
+                             + hide_in_text(str(err), given)) from None
     except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, bad URL
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise ArchscaleError(hide_in_text(f"cannot open storage {display_url(url)}: "
-                                          f"{type(err).__name__}: {first}", url)) from None
+        raise ArchscaleError(f"cannot open storage {shown}\n"
+                             + hide_in_text(driver_message(err), given)) from None
 
 
 @contextmanager

@@ -56,7 +56,8 @@ class StudyHandle:
     storage: BaseStorage
     """The storage object itself (heartbeats and trial states go through it)."""
     url: str
-    """The resolved storage URL, password included: show or save ``shown_url`` instead."""
+    """The storage URL as the user gave it (``storage.locate``), password included: show or
+    save ``shown_url`` instead."""
     sweep: SweepFile
     """The validated sweep file the study was created from."""
 
@@ -115,13 +116,14 @@ def _sweep_of(storage: BaseStorage, name: str, url: str) -> SweepFile:
     return parse_sweep(attrs[SWEEP_ATTR], source=f"the sweep stored in study {name!r}")
 
 
-def open_study(name: str, url: str | None = None) -> StudyHandle:
-    """Open an existing study by name (its sweep, sampler and pruner come from its user attrs)."""
-    url = storage_lib.resolve_url(url)
+def open_study(name: str, url: str | None = None, *, wait_s: float = 0) -> StudyHandle:
+    """Open an existing study by name (its sweep, sampler and pruner come from its user attrs);
+    ``wait_s``: ride out storage outages that long (``storage.open_storage``)."""
+    url = storage_lib.locate(url)
     if storage_lib.storage_kind(url) == "journal" and not Path(url).is_file():
         raise ArchscaleError(f"no study storage at {url}: create a study first "
                              "(`archscale study create FILE`) or pass --storage")
-    storage = storage_lib.open_storage(url)
+    storage = storage_lib.open_storage(url, wait_s=wait_s)
     return _handle(storage, url, name)
 
 
@@ -154,7 +156,7 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
     if not isinstance(sweep, SweepFile):
         sweep = load_sweep(sweep)
     data, runs = _validate(sweep)
-    url = storage_lib.resolve_url(url)
+    url = storage_lib.locate(url)
     storage = storage_lib.open_storage(url)
     with storage_lib.creation_lock(storage, url, sweep.name):
         handle = _create_or_check(sweep, data, storage, url)

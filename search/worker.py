@@ -35,6 +35,7 @@ from archscale.arch.errors import ArchscaleError
 from archscale.search import designed
 from archscale.search import storage as storage_lib
 from archscale.search.attrs import (
+    CONFIG_KEY_ATTR,
     DECODE_ATTR,
     MESSAGE_ATTR,
     N_ATTR,
@@ -42,16 +43,33 @@ from archscale.search.attrs import (
     STATUS_ATTR,
     VAL_LOSS_ATTR,
 )
-from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_RETRIES
+from archscale.search.defaults import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STORAGE_WAIT_S,
+)
 from archscale.search.devices import (
     assign_devices,
     local_devices,
     pin_to_cores,
     worker_environ,
 )
-from archscale.search.objective import TrialRunner
-from archscale.search.recovery import ConfigTries, default_grace, given_up, recover_stale
+from archscale.search.outages import StorageUnavailable
+from archscale.search.recovery import (
+    ConfigTries,
+    Recovered,
+    default_grace,
+    given_up,
+    mark_stale,
+    owner_info,
+    recover_stale,
+    retry,
+    tries_of,
+)
+from archscale.search.spool import Spool
 from archscale.search.study import StudyHandle, enqueue_missing, open_study
+from archscale.search.trial_process import TrialProcess, TrialProcessDied
+from archscale.search.worker_process import STORAGE_LOST
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,8 @@ class WorkerOptions:
     """Seconds between heartbeats of a running trial."""
     max_retries: int = DEFAULT_MAX_RETRIES
     """Times a config whose worker died is re-queued before the run gives up on it."""
+    storage_wait_s: float = DEFAULT_STORAGE_WAIT_S
+    """Seconds to ride out an unreachable database storage before stopping."""
     grace_s: int | None = None
     """Silence after which another host's trial counts as dead (default 2 x heartbeat + 10)."""
     artifacts: str | None = None
@@ -84,7 +104,7 @@ class WorkerOptions:
     def process_args(self) -> list[str]:
         """The arguments of a local worker process (search/worker_process.py)."""
         args = ["--heartbeat", str(self.heartbeat_s), "--grace", str(self.grace),
-                "--max-retries", str(self.max_retries)]
+                "--max-retries", str(self.max_retries), "--storage-wait", str(self.storage_wait_s)]
         if self.artifacts is not None:
             args += ["--artifacts", self.artifacts]
         if self.proposer is not None:
@@ -97,11 +117,14 @@ def _counted(trial: FrozenTrial) -> bool:
     return trial.state != TrialState.FAIL or STATUS_ATTR in trial.user_attrs
 
 
-def claim(handle: StudyHandle) -> optuna.Trial | None:
-    """Move one trial of the study to RUNNING for this worker, or None if there is none to run."""
+def claim(handle: StudyHandle, config_key: str | None = None) -> optuna.Trial | None:
+    """Move one trial of the study (of ``config_key`` only, if given) to RUNNING for this worker,
+    or None if there is none to run."""
     study, storage = handle.study, handle.storage
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if handle.is_grid:
+    if config_key is not None:
+        waiting = [t for t in waiting if t.user_attrs.get(CONFIG_KEY_ATTR) == config_key]
+    if handle.is_grid or config_key is not None:
         for trial in waiting:
             try:
                 if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
@@ -138,35 +161,87 @@ def describe(trial: FrozenTrial) -> str:
 def run_worker(name: str, url: str | None = None, options: WorkerOptions = WorkerOptions(),
                *, echo: Callable[[str], None] | None = None,
                cores: list[int] | None = None) -> list[int]:
-    """Run trials of a study until it is done (or ``options.max_trials``); their numbers."""
+    """Run trials of a study, each in this worker's trial process, until the study is done (or
+    ``options.max_trials``); their numbers. A storage outage longer than
+    ``options.storage_wait_s`` stops it with ``StorageUnavailable`` saying how to resume."""
     if cores:
         pin_to_cores(cores)
-    handle = open_study(name, url)
-    runner = TrialRunner(handle, handle.load_data(),
-                         storage_lib.artifact_store(handle.url, options.artifacts),
-                         storage_lib.artifact_dir(handle.url, options.artifacts),
-                         heartbeat_s=options.heartbeat_s, progress=options.progress)
+    handle = open_study(name, url, wait_s=options.storage_wait_s)
+    spool = Spool(storage_lib.artifact_dir(handle.url, options.artifacts) / "spool" / name)
+    say = echo or (lambda line: None)
     proposer = _proposer(handle, options)
     ran: list[int] = []
-    while options.max_trials is None or len(ran) < options.max_trials:
-        for recovered in recover_stale(handle.study, handle.storage, options.grace,
-                                       options.max_retries):
-            if echo:
-                echo(recovered.describe(options.max_retries))
-        trial = claim(handle)
-        if trial is None:
-            if handle.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                time.sleep(options.poll_s)  # others still run; one may die and need a retry
-                continue
-            break
-        if designed.is_step(trial):
-            designed.run_step(handle, trial, proposer, options.heartbeat_s)
-            continue
-        runner.run(trial)
-        ran.append(trial.number)
-        if echo:
-            echo(describe(handle.storage.get_trial(trial._trial_id)))
+    try:
+        with TrialProcess(name, handle.url, options, owner_info()) as child:
+            while options.max_trials is None or len(ran) < options.max_trials:
+                for recovered in recover_stale(handle.study, handle.storage, options.grace,
+                                               options.max_retries):
+                    say(recovered.describe(options.max_retries))
+                _record_spooled(handle, spool, child, say)
+                trial = claim(handle)
+                if trial is None:
+                    if handle.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                        time.sleep(options.poll_s)  # others still run; one may die: its retry
+                        continue
+                    break
+                if designed.is_step(trial):
+                    designed.run_step(handle, trial, proposer, options.heartbeat_s)
+                    continue
+                try:
+                    child.run(trial._trial_id)
+                except TrialProcessDied as died:
+                    _stopped(handle, trial._trial_id, died.reason, options, say)
+                    continue
+                ran.append(trial.number)
+                say(describe(handle.storage.get_trial(trial._trial_id)))
+    except StorageUnavailable as err:
+        kept = f"; finished results are kept in {spool.folder}" if spool.pending() else ""
+        raise StorageUnavailable(f"{err.what}{kept}: resume with `{handle.resume_command}` once "
+                                 "it is back", err.driver) from None
     return ran
+
+
+def _stopped(handle: StudyHandle, trial_id: int, reason: str, options: WorkerOptions,
+             say: Callable[[str], None]) -> None:
+    """Fail and re-queue (under the retry limit) a trial whose trial process died."""
+    if not mark_stale(handle.storage, trial_id, reason):
+        return  # another worker judged it first
+    failed = handle.storage.get_trial(trial_id)
+    retried = retry(handle.study, failed, options.max_retries)
+    say(Recovered(failed.number, reason, len(tries_of(failed)), retried)
+        .describe(options.max_retries))
+
+
+def _record_spooled(handle: StudyHandle, spool: Spool, child: TrialProcess,
+                    say: Callable[[str], None]) -> None:
+    """Record the results kept while the storage was down, each on a waiting try of its config
+    (once the stopped trial is recovered); drop those whose config completed anyway."""
+    for kept in spool.pending():
+        done = handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if any(t.user_attrs.get(CONFIG_KEY_ATTR) == kept.config_key for t in done):
+            kept.path.unlink(missing_ok=True)
+            continue
+        trial = claim(handle, kept.config_key)
+        if trial is None:
+            continue  # its trial still counts as running: once recovered, its retry waits
+        child.record(trial._trial_id, kept.result)
+        kept.path.unlink(missing_ok=True)
+        say(f"trial {trial.number}: recorded the result trial {kept.trial} finished while the "
+            f"storage was down ({kept.path.name})")
+
+
+def _storage_lost(handle: StudyHandle, options: WorkerOptions) -> None:
+    """Raise what the workers stopped for: the storage, unreachable past their wait."""
+    try:
+        storage_lib.open_storage(handle.url)
+        driver = "(it answers again now)"
+    except ArchscaleError as err:
+        driver = str(err).splitlines()[-1]
+    spool = storage_lib.artifact_dir(handle.url, options.artifacts) / "spool" / handle.name
+    kept = f"; finished results are kept in {spool}" if any(spool.glob("*.json")) else ""
+    raise StorageUnavailable(
+        f"storage {handle.shown_url} stayed unreachable for {options.storage_wait_s:.0f} s"
+        f"{kept}: resume with `{handle.resume_command}` once it is back", driver)
 
 
 def _proposer(handle: StudyHandle, options: WorkerOptions) -> designed.Proposer | None:
@@ -188,7 +263,7 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
               options: WorkerOptions = WorkerOptions(),
               echo: Callable[[str], None] | None = None) -> None:
     """Continue a study to its end with ``workers`` local processes (1: in this process)."""
-    handle = open_study(name, url)
+    handle = open_study(name, url, wait_s=options.storage_wait_s)
     with storage_lib.creation_lock(handle.storage, handle.url, name):
         enqueue_missing(handle, handle.planned_runs())  # an interrupted `study create`
         if handle.sweep.design is not None:
@@ -249,6 +324,8 @@ def _run_processes(handle: StudyHandle, options: WorkerOptions, workers: int,
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
+    if any(codes) and all(code in (0, STORAGE_LOST) for code in codes):
+        _storage_lost(handle, options)
     failed = [f"worker {i} (pid {p.pid}) exited with {code}"
               for i, (p, code) in enumerate(zip(procs, codes, strict=True)) if code]
     if failed:

@@ -7,6 +7,7 @@ from optuna.trial import TrialState
 
 from archscale.search import objective
 from archscale.search.objective import TrialRunner
+from archscale.search.spool import Spool
 from archscale.search.storage import artifact_dir, artifact_store
 from archscale.search.study import create_study
 from archscale.search.sweepfile import parse_sweep
@@ -51,7 +52,8 @@ def test_outcomes_map_to_states_attrs_artifacts_and_table_rows(tmp_path, monkeyp
     url = str(tmp_path / "s.journal")
     handle = create_study(parse_sweep(GRID), url)
     runner = TrialRunner(handle, data=None, artifacts=artifact_store(url),
-                         artifact_dir=artifact_dir(url), heartbeat_s=1, progress=False)
+                         artifact_dir=artifact_dir(url), heartbeat_s=1,
+                         spool=Spool(tmp_path / "spool"))
     finished = {}
     for status in ("complete", "diverged", "pruned", "oom"):
         trial = claim(handle)
