@@ -49,7 +49,7 @@ TextField = Annotated[str, _opt(
 TokenizerOpt = Annotated[str, _opt("--tokenizer", "'byte' (default) or 'bpe:N'.")]
 Seed = Annotated[int, _opt("--seed", "Seed of initialisation and data order (default 0).")]
 RecipeFile = Annotated[Path | None, _opt(
-    "--recipe", "Recipe JSON (fields of archscale.sweeps.recipe.Recipe); flags override it.")]
+    "--recipe", "Recipe JSON (the fields of Recipe in sweeps/recipe.py); flags override it.")]
 LR = Annotated[float | None, _opt("--lr", "Peak learning rate (default 3e-3).")]
 BatchSize = Annotated[int | None, _opt("--batch-size", "Sequences per step (default 16).")]
 Schedule = Annotated[str | None, _opt("--schedule", "'cosine' (default) or 'wsd'.")]
