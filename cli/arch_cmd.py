@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale.arch import load_spec
 from archscale.arch.errors import ArchscaleError
@@ -19,6 +17,7 @@ from archscale.arch.frameworks import (
     write_shape,
 )
 from archscale.cli.outputs import check_writable
+from archscale.cli.tables import print_table
 
 app = typer.Typer(help="Inspect and export architecture shapes.", no_args_is_help=True)
 
@@ -36,12 +35,8 @@ def show(
     if as_json:
         typer.echo(json.dumps({"spec": arch.to_dict(), **summary}, indent=2))
         return
-    table = Table(title=spec, show_header=False)
-    for key, value in {**arch.to_dict(), **summary}.items():
-        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else (
-            f"{value:.4g}" if isinstance(value, float) else str(value))
-        table.add_row(key, shown)
-    Console().print(table)
+    print_table(list({**arch.to_dict(), **summary}.items()), ["", ""], title=spec,
+                show_header=False)
 
 
 @app.command("export")

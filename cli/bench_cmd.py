@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
-from archscale.cli.outputs import check_writable
+from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.cli.shape_options import (
     DFF,
     DModel,
@@ -26,6 +24,7 @@ from archscale.cli.shape_options import (
     Vocab,
     spec_from_options,
 )
+from archscale.cli.tables import print_table
 from archscale.sweeps.timing import TIMING
 
 app = typer.Typer(help="Measure inference throughput on this device, or replay the design engine "
@@ -49,10 +48,13 @@ Out = Annotated[Path | None, typer.Option("--out", help="Write the result as JSO
 
 
 def _write(out: Path | None, data: dict) -> None:
+    def write(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=2) + "\n")
-        typer.echo(f"wrote {out}")
+        typer.echo(f"wrote {save_or_fallback(write, out, 'the measurement')}")
 
 
 @app.command()
@@ -87,19 +89,17 @@ def throughput(
     configure_jax()
     result = measure_throughput(arch, batch=batch, context=context, decode_tokens=decode_tokens,
                                 repeats=repeats, min_seconds=min_seconds, dtype=dtype, seed=seed)
-    table = Table(title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
-                        f"{result.batch}, context {result.context}",
-                  caption=f"tokens/s of the fastest of {result.prefill_calls} prefill and "
-                          f"{result.decode_calls} decode calls")
-    for column in ("", "tokens/s", "median call", "roofline tokens/s", "fraction"):
-        table.add_column(column, justify="right")
-    table.add_row("prefill", f"{result.prefill_tokens_per_s:,.0f}",
-                  f"{result.prefill_tokens_per_s_median:,.0f}",
-                  f"{result.prefill_roofline_tokens_per_s:,.0f}", f"{result.prefill_fraction:.1%}")
-    table.add_row(f"decode ({result.decode_bound}-bound)", f"{result.decode_tokens_per_s:,.0f}",
-                  f"{result.decode_tokens_per_s_median:,.0f}",
-                  f"{result.decode_roofline_tokens_per_s:,.0f}", f"{result.decode_fraction:.1%}")
-    Console().print(table)
+    rows = [("prefill", f"{result.prefill_tokens_per_s:,.0f}",
+             f"{result.prefill_tokens_per_s_median:,.0f}",
+             f"{result.prefill_roofline_tokens_per_s:,.0f}", f"{result.prefill_fraction:.1%}"),
+            (f"decode ({result.decode_bound}-bound)", f"{result.decode_tokens_per_s:,.0f}",
+             f"{result.decode_tokens_per_s_median:,.0f}",
+             f"{result.decode_roofline_tokens_per_s:,.0f}", f"{result.decode_fraction:.1%}")]
+    print_table(rows, ["", "tokens/s", "median call", "roofline tokens/s", "fraction"],
+                title=f"{spec or 'shape'} on {result.device_kind} ({result.dtype}), batch "
+                      f"{result.batch}, context {result.context}",
+                caption=f"tokens/s of the fastest of {result.prefill_calls} prefill and "
+                        f"{result.decode_calls} decode calls")
     typer.echo(f"decode backend: {result.backend}")
     _write(out, result.to_dict())
 
@@ -137,21 +137,20 @@ def compare(
                                     decode_tokens=decode_tokens, repeats=repeats,
                                     min_seconds=min_seconds, dtype=dtype, seed=seed)
     first = comparison.results[0]
-    table = Table(title=f"{len(archs)} shapes on {first.device_kind} ({first.dtype}), batch "
-                        f"{first.batch}, context {first.context}, calls interleaved",
-                  caption=f"relative: median of per-round ratios to {Path(specs[0]).name} over "
-                          f"{first.decode_calls} decode rounds")
-    for column in ("shape", "params", "prefill tok/s", "relative", "decode tok/s", "relative",
-                   "decode / roofline"):
-        table.add_column(column, justify="right")
+    rows = []
     for name, arch, result, prefill_ratio, decode_ratio in zip(
             specs, archs, comparison.results, comparison.prefill_ratios, comparison.decode_ratios,
             strict=True):
-        table.add_row(Path(name).name, f"{arch.params_total / 1e6:,.2f}M",
-                      f"{result.prefill_tokens_per_s:,.0f}", f"{prefill_ratio:.3f}",
-                      f"{result.decode_tokens_per_s:,.0f}", f"{decode_ratio:.3f}",
-                      f"{result.decode_fraction:.1%}")
-    Console().print(table)
+        rows.append((Path(name).name, f"{arch.params_total / 1e6:,.2f}M",
+                     f"{result.prefill_tokens_per_s:,.0f}", f"{prefill_ratio:.3f}",
+                     f"{result.decode_tokens_per_s:,.0f}", f"{decode_ratio:.3f}",
+                     f"{result.decode_fraction:.1%}"))
+    print_table(rows, ["shape", "params", "prefill tok/s", "relative", "decode tok/s",
+                       "relative", "decode / roofline"],
+                title=f"{len(archs)} shapes on {first.device_kind} ({first.dtype}), batch "
+                      f"{first.batch}, context {first.context}, calls interleaved",
+                caption=f"relative: median of per-round ratios to {Path(specs[0]).name} over "
+                        f"{first.decode_calls} decode rounds")
     typer.echo(f"decode backend: {first.backend}")
     _write(out, comparison.to_dict())
 
@@ -210,14 +209,11 @@ def design(
     fractions = [float(b) for b in budgets.split(",")]
     result = run_replay(spec, [m.strip() for m in methods.split(",")], fractions, repeats,
                         on_repeat=lambda i: typer.echo(f"repeat {i + 1}/{repeats} done"))
-    table_out = Table(title=f"{law} law, {len(pool)} pool runs -> {len(target_rows)} target rows, "
-                            f"{repeats} repeats", caption="target R^2 (mean +- sd)")
-    table_out.add_column("method")
-    for b in [*fractions, 1.0]:
-        table_out.add_column(f"{b:g}", justify="right")
-    for method, per_budget in result["methods"].items():
-        cells = [f"{per_budget[f'{b:g}']['r2_mean']:.3f} +- {per_budget[f'{b:g}']['r2_sd']:.3f}"
-                 if f"{b:g}" in per_budget else "" for b in [*fractions, 1.0]]
-        table_out.add_row(method, *cells)
-    Console().print(table_out)
+    columns = ["method", *(f"{b:g}" for b in [*fractions, 1.0])]
+    rows = [[method, *(f"{per_budget[f'{b:g}']['r2_mean']:.3f} +- "
+                       f"{per_budget[f'{b:g}']['r2_sd']:.3f}"
+                       if f"{b:g}" in per_budget else "" for b in [*fractions, 1.0])]
+            for method, per_budget in result["methods"].items()]
+    print_table(rows, columns, title=f"{law} law, {len(pool)} pool runs -> {len(target_rows)} "
+                f"target rows, {repeats} repeats", caption="target R^2 (mean +- sd)")
     _write(out, result)

@@ -2,7 +2,8 @@
 
 Typer turns a KeyboardInterrupt into a silent exit 130 inside its own ``main``, before any
 ``try`` around ``app()`` sees it, and lets other exceptions print tracebacks; so the handling
-sits one level deeper, in the command group's ``invoke``, which every command runs inside:
+sits one level deeper, in the command group's ``invoke`` (``cli.group``), which every command
+runs inside:
 
 * Ctrl-C: ``interrupted: <command>; kept: <what is kept>; resume: <command>``, exit 130.
   What is kept and how to resume is the command's to say (raise ``Interrupted``); otherwise it
@@ -14,14 +15,6 @@ sits one level deeper, in the command group's ``invoke``, which every command ru
 from __future__ import annotations
 
 import shlex
-from typing import Any
-
-import click
-import typer
-from typer.core import TyperGroup
-
-from archscale.arch.errors import ArchscaleError
-from archscale.cli.help import readable_types
 
 EXIT_INTERRUPTED = 130
 
@@ -74,34 +67,8 @@ def interrupted_line(argv: list[str], err: KeyboardInterrupt) -> str:
             f"{'resume' if resumes else 'start over'}: {again}{note}")
 
 
-def _os_error_text(err: OSError) -> str:
+def os_error_text(err: OSError) -> str:
+    """An OSError as one line naming its path(s) (what ``cli.group`` raises it as)."""
     paths = " -> ".join(str(name) for name in (err.filename, err.filename2) if name)
     return f"{err.strerror or err}{f' ({paths})' if paths else ''}: check the path and its " \
            "permissions, then rerun"
-
-
-class GuardedGroup(TyperGroup):
-    """The top command group: every command's failures become one line (module docstring),
-    and its options show readable types in --help (cli/help.py)."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        readable_types(self)
-
-    def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
-                     **extra: Any) -> click.Context:
-        ctx = super().make_context(info_name, list(args), parent, **extra)
-        ctx.meta["argv"] = list(args)  # as typed: the command line an interrupt repeats
-        return ctx
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt as err:
-            typer.secho(interrupted_line(ctx.meta.get("argv", []), err), err=True,
-                        fg=typer.colors.YELLOW)
-            raise typer.Exit(EXIT_INTERRUPTED) from err
-        except BrokenPipeError:
-            raise  # `archscale ... | head`: Typer exits quietly
-        except OSError as err:
-            raise ArchscaleError(_os_error_text(err)) from None

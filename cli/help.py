@@ -2,21 +2,22 @@
 
 Typer prints each option's annotation as its type (``<bool>`` beside every on/off flag,
 ``<list[str]>``, a dotted class path cut to the column's width). ``readable_types`` sets each
-option's metavar once, when the command tree is built: flags show no type, and the rest a word.
+option's metavar (an argument's shown type) once, when the command tree is built: flags show no
+type, and the rest a word.
 """
 
 from __future__ import annotations
 
 import click
-from typer.core import TyperOption
+from typer.core import TyperArgument, TyperOption
 
 LABELS = {"int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
           "str": "TEXT", "path": "PATH", "file": "FILE", "directory": "FOLDER", "bool": "BOOLEAN"}
 """Typer's type label -> the word shown."""
 
 
-def _label(option: TyperOption) -> str | None:
-    if option.is_flag:
+def _label(option: TyperOption | TyperArgument) -> str | None:
+    if getattr(option, "is_flag", False):
         return ""  # --x/--no-x says it all
     if option.type_descriptor.is_choice:
         return None  # typer lists the choices themselves
@@ -32,6 +33,11 @@ def readable_types(command: click.Command) -> None:
     for param in command.params:
         if isinstance(param, TyperOption) and param.metavar is None:
             param.metavar = _label(param)
+        elif isinstance(param, TyperArgument) and param.metavar is None:
+            # an argument's metavar would also rename it in the usage line: only its help
+            # record's type changes
+            label = _label(param)
+            param.display_type_rich = lambda ctx=None, label=label: label
     help_option = command.get_help_option(click.Context(command))  # click caches this object
     if help_option is not None:
         help_option.metavar = ""

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
 from archscale.cli.outputs import check_writable, save_or_fallback
+from archscale.cli.tables import print_table
 from archscale.laws.levels import LEVELS
 from archscale.laws.registry import BUILTIN_KINDS
 
@@ -83,14 +82,11 @@ def _drop_highest(table: pd.DataFrame, count: int) -> pd.DataFrame:
 
 
 def _print_law(law: Law) -> None:
-    table = Table(title=f"{law.kind} law ({law.target})")
-    for column in ("coefficient", "value", "95% interval"):
-        table.add_column(column)
     intervals = law.coef_intervals(0.95)
-    for name, value in law.coefficients.items():
-        lo, hi = intervals.get(name, (float("nan"), float("nan")))
-        table.add_row(name, f"{value:.6g}", f"({lo:.4g}, {hi:.4g})" if name in intervals else "")
-    Console().print(table)
+    rows = [(name, f"{value:.6g}", "({:.4g}, {:.4g})".format(*intervals[name])
+             if name in intervals else "") for name, value in law.coefficients.items()]
+    print_table(rows, ["coefficient", "value", "95% interval"],
+                title=f"{law.kind} law ({law.target})")
     fitted = law.validation.get("in_sample", {})
     typer.echo(f"in-sample: MSE {fitted.get('mse', float('nan')):.4g}, mean relative error "
                f"{fitted.get('mean_relative_error', float('nan')):.3%}")

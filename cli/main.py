@@ -11,7 +11,7 @@ from archscale.cli import (
     arch_cmd,
     bench_cmd,
     demo_cmd,
-    failures,
+    group,
     laws_cmd,
     recommend_cmd,
     study_cmd,
@@ -31,26 +31,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    cls=failures.GuardedGroup,
+    cls=group.ArchscaleGroup,
+    # click's plain help wraps long option names and words; rich's tables cut them at 80 columns
+    rich_markup_mode=None,
 )
-# The order --help lists them: the first-time user's path first.
-app.command("demo")(demo_cmd.demo)
-app.add_typer(study_cmd.app, name="study")
-app.command("recommend")(recommend_cmd.recommend)
+app.add_typer(arch_cmd.app, name="arch", cls=group.ArchscaleGroup)
+app.add_typer(bench_cmd.app, name="bench", cls=group.ArchscaleGroup)
+app.add_typer(study_cmd.app, name="study", cls=group.ArchscaleGroup)
 app.command("train")(train_cmd.train)
 app.command("fit")(laws_cmd.fit)
 app.command("predict")(laws_cmd.predict)
+app.command("demo")(demo_cmd.demo)
+app.command("recommend")(recommend_cmd.recommend)
 app.command("export")(recommend_cmd.export)
 app.command("substitute")(substitute_cmd.substitute)
-app.add_typer(arch_cmd.app, name="arch")
-app.add_typer(bench_cmd.app, name="bench")
 
 
 def main() -> None:
     """Entry point: user errors become one message on stderr and exit status 2, no traceback.
 
     Typer's standalone mode already reports usage errors cleanly and exits; Ctrl-C and OSErrors
-    are handled inside the command group (cli/failures.py); what reaches here is an
+    are handled inside the command group (cli/group.py); what reaches here is an
     ArchscaleError raised by a package or made from an OSError.
     """
     try:

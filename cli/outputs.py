@@ -41,7 +41,7 @@ def check_writable(path: Path | None, flag: str = "--out", *, folder: bool = Fal
         if folder and not path.is_dir():
             raise ArchscaleError(f"{flag} {path} is a file: give a folder to write into")
         if not folder and path.is_dir():
-            raise ArchscaleError(f"{flag} {path} is a folder: give the path of a file to write")
+            raise ArchscaleError(f"{flag} {path} is a directory: give the path of a file to write")
         if not folder and not os.access(path, os.W_OK):
             raise ArchscaleError(f"{flag} {path} is not writable: fix its permissions or give "
                                  "another path")

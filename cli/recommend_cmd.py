@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
 from archscale.cli.outputs import check_writable, save_or_fallback
+from archscale.cli.tables import print_table
 from archscale.laws.levels import LEVELS
 
 if TYPE_CHECKING:
@@ -62,17 +61,11 @@ def throughput_model(throughput_law: Path | None, device: str) -> ThroughputMode
 
 
 def print_recommendation(rec: Recommendation) -> None:
-    table = Table(title=f"recommended shapes: target loss {rec.target_loss:.4f}, decode at batch "
-                        f"{rec.batch}, context {rec.context}")
     rows = rec.display_rows()
-    table.add_column("shape", justify="right")
-    for column in rows[0][1]:
-        table.add_column(column, justify="right")
-    for index, (label, cells) in enumerate(rows):
-        if index == len(rec.recommended):
-            table.add_section()  # the loss-optimal shape and the baseline, for comparison
-        table.add_row(label, *cells.values())
-    Console(width=200).print(table)
+    # a rule above the loss-optimal shape and the baseline, shown for comparison
+    print_table([[label, *cells.values()] for label, cells in rows], ["shape", *rows[0][1]],
+                title=f"recommended shapes: target loss {rec.target_loss:.4f}, decode at batch "
+                      f"{rec.batch}, context {rec.context}", sections=[len(rec.recommended)])
     for note in rec.notes:
         typer.echo(f"note: {note}")
 

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
@@ -18,6 +16,7 @@ from archscale.cli.recommend_cmd import (
     parse_range,
     throughput_model,
 )
+from archscale.cli.tables import print_table
 
 if TYPE_CHECKING:
     from archscale.laws.law import Law
@@ -53,23 +52,22 @@ def _passk_law(passk_law: Path | None, study: str | None, storage: str | None, o
 
 
 def _print(sub) -> None:
-    table = Table(title=f"pass@k >= {sub.target_pass:.3g} at {sub.demand.requests:.3g} requests")
-    for column in ("N", "shape", "k (90% range)", "pass@k [90% prediction interval]",
-                   "train FLOPs", "inference FLOPs", "total FLOPs", "generation device-s"):
-        table.add_column(column, justify="right")
+    rows = []
     for point in sub.points:
         d = sub.point_dict(point)
         spec = sub.specs[point.shape]
         low, high = point.k_range
-        table.add_row(f"{d['params']:,}" + (" *" if d["cheapest"] else ""),
+        rows.append((f"{d['params']:,}" + (" *" if d["cheapest"] else ""),
                       f"d{spec.d_model} L{spec.n_layers} h{spec.n_heads}/{spec.n_kv_heads} "
                       f"ff{spec.d_ff}",
                       f"{point.k} ({low or '-'}..{high or f'>{sub.ks[-1]}'})",
                       f"{point.pass_at_k:.3f} [{point.interval_90[0]:.3f}, "
                       f"{point.interval_90[1]:.3f}]",
                       f"{point.train_flops:.3g}", f"{point.inference_flops:.3g}",
-                      f"{point.total_flops:.3g}", f"{point.inference_seconds:.3g}")
-    Console(width=200).print(table)
+                      f"{point.total_flops:.3g}", f"{point.inference_seconds:.3g}"))
+    print_table(rows, ["N", "shape", "k (90% range)", "pass@k [90% prediction interval]",
+                       "train FLOPs", "inference FLOPs", "total FLOPs", "generation device-s"],
+                title=f"pass@k >= {sub.target_pass:.3g} at {sub.demand.requests:.3g} requests")
     typer.echo("* cheapest" if sub.points else "no candidate reaches the target")
     typer.echo(f"floor: {sub.floor['reason']}")
     for note in sub.notes:

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.failures import Interrupted
@@ -27,6 +25,7 @@ from archscale.cli.shape_options import (
     Vocab,
     spec_from_options,
 )
+from archscale.cli.tables import print_table
 
 
 def _opt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
@@ -49,7 +48,7 @@ TextField = Annotated[str, _opt(
 TokenizerOpt = Annotated[str, _opt("--tokenizer", "'byte' (default) or 'bpe:N'.")]
 Seed = Annotated[int, _opt("--seed", "Seed of initialisation and data order (default 0).")]
 RecipeFile = Annotated[Path | None, _opt(
-    "--recipe", "Recipe JSON (fields of archscale.sweeps.recipe.Recipe); flags override it.")]
+    "--recipe", "Recipe JSON (the fields of Recipe in sweeps/recipe.py); flags override it.")]
 LR = Annotated[float | None, _opt("--lr", "Peak learning rate (default 3e-3).")]
 BatchSize = Annotated[int | None, _opt("--batch-size", "Sequences per step (default 16).")]
 Schedule = Annotated[str | None, _opt("--schedule", "'cosine' (default) or 'wsd'.")]
@@ -176,8 +175,6 @@ def _print_summary(result, name: str) -> None:
         return "-" if value is None else format(value, fmt)
 
     state = result.state_bytes_per_device
-    table = Table(title=f"{name}: {result.status} on {result.device_kind} x{result.n_devices}",
-                  show_header=False)
     rows = [
         ("val_loss", show(result.val_loss, ".4f")),
         ("val_accuracy", show(result.val_accuracy, ".2%")),
@@ -194,6 +191,5 @@ def _print_summary(result, name: str) -> None:
                  ("decode tokens/s", f"{result.throughput['decode_tokens_per_s']:,.0f}")]
     if result.message:
         rows.append(("message", result.message))
-    for key, value in rows:
-        table.add_row(key, value)
-    Console().print(table)
+    print_table(rows, ["", ""], show_header=False,
+                title=f"{name}: {result.status} on {result.device_kind} x{result.n_devices}")
