@@ -10,8 +10,8 @@ pass@k is the request's pass rate.
 
 Cost (Sardana et al. 2024): total = training FLOPs + R x (the prompt's prefill + k x one sample's
 generation). FLOPs follow arch/spec.py: D x ``train_flops_per_token`` to train,
-``inference_flops_per_token`` at each position to serve (with the output projection where a token
-is generated). The prompt is prefilled once per request (a server forks its KV cache for the k
+``prefill_cost`` for the prompt and ``inference_flops_per_token`` (with the output projection)
+for each further decode step of a sample (``Demand.flops``). The prompt is prefilled once per request (a server forks its KV cache for the k
 samples). Beside it: the generation's device-seconds, R k G / decode tokens/s, from the
 throughput that ``recommend`` reports (measured at the target size where it was timed, else the
 throughput law or the roofline).
@@ -108,11 +108,16 @@ class Demand:
                                  "must be positive")
 
     def flops(self, spec: ArchSpec) -> tuple[float, float]:
-        """(prefill FLOPs of one prompt, FLOPs of generating one sample after it)."""
-        prefill = sum(spec.inference_flops_per_token(t) for t in range(1, self.prompt_tokens + 1))
+        """(prefill FLOPs of one prompt, FLOPs of generating one sample after it).
+
+        The prefill is ``ArchSpec.prefill_cost``'s, the one rule measurement and rooflines use:
+        it ends in the output projection whose logits every sample draws its first token from.
+        A sample of G tokens then takes G - 1 decode steps, the step at cached context t
+        costing ``inference_flops_per_token(t)`` with the output projection."""
+        prefill = spec.prefill_cost(1, self.prompt_tokens)[0]
         end = self.prompt_tokens + max(1, round(self.sample_tokens))
         generate = sum(spec.inference_flops_per_token(t, include_lm_head=True)
-                       for t in range(self.prompt_tokens + 1, end + 1))
+                       for t in range(self.prompt_tokens + 1, end))
         return float(prefill), float(generate)
 
     def cost(self, spec: ArchSpec, tokens: float, k: int) -> tuple[float, float]:
