@@ -55,7 +55,8 @@ def demo(
     """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
     import optuna
 
-    from archscale.decide.demo import DemoOptions, run_demo, verify
+    from archscale.decide.demo import run_demo, verify
+    from archscale.decide.options import DemoOptions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),

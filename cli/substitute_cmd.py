@@ -128,11 +128,11 @@ def substitute(
     """The cheapest (shape, samples per request k) whose predicted pass@k reaches the target:
     training FLOPs + R x (prefill + k x one sample), each size's shape from the loss law."""
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
+    from archscale.decide.options import MeasureSettings
     from archscale.decide.recommend import SearchSpace
     from archscale.decide.substitute import Demand, candidate_shapes
     from archscale.decide.substitute import substitute as run_substitute
     from archscale.decide.substitution_report import write
-    from archscale.decide.throughput_models import MeasureSettings
     from archscale.laws.io import load_law
     from archscale.laws.table import file_sha256
 

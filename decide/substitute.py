@@ -38,8 +38,9 @@ from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.options import MeasureSettings
 from archscale.decide.recommend import Recommendation, Scored, SearchSpace, recommend
-from archscale.decide.throughput_models import MeasureSettings, ThroughputModel
+from archscale.decide.throughput_models import ThroughputModel
 from archscale.laws import Law, spec_table
 from archscale.laws.intervals import DEFAULT_LEVEL, SPACES, to_space
 from archscale.laws.passk import COVARIATES
