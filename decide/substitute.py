@@ -36,7 +36,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import SettingError
 from archscale.arch.spec import ArchSpec
 from archscale.decide.options import MeasureSettings
 from archscale.decide.recommend import Recommendation, Scored, SearchSpace, recommend
@@ -104,9 +104,9 @@ class Demand:
 
     def __post_init__(self) -> None:
         if not (self.requests > 0 and self.prompt_tokens >= 1 and self.sample_tokens > 0):
-            raise ArchscaleError(f"--requests {self.requests:g}, prompt tokens "
-                                 f"{self.prompt_tokens} and sample tokens {self.sample_tokens:g} "
-                                 "must be positive")
+            raise SettingError(f"{{requests}} {self.requests:g}, {{prompt_tokens}} "
+                               f"{self.prompt_tokens} and {{sample_tokens}} "
+                               f"{self.sample_tokens:g} must be positive")
 
     def flops(self, spec: ArchSpec) -> tuple[float, float]:
         """(prefill FLOPs of one prompt, FLOPs of generating one sample after it).
@@ -305,8 +305,8 @@ def candidate_shapes(loss_law: Law, throughput: ThroughputModel, space: SearchSp
     """``recommend``'s answer at each candidate N, smallest first (its first shape is the
     candidate); ``space`` is the shape family, its params and tokens replaced by each N's."""
     if not params or min(params) <= 0 or tokens_per_param <= 0:
-        raise ArchscaleError(f"--params {list(params)} must list one positive size or more and "
-                             f"--tokens-per-param {tokens_per_param:g} be positive")
+        raise SettingError(f"{{params}} {list(params)} must list one positive size or more and "
+                           f"{{tokens_per_param}} {tokens_per_param:g} be positive")
     return [recommend(loss_law, dataclasses.replace(space, params=float(n),
                                                     tokens=tokens_per_param * float(n)),
                       throughput, max_loss_increase=max_loss_increase, top=1, batch=batch,
@@ -320,11 +320,11 @@ def substitute(recommendations: Sequence[Recommendation], passk_law: Law, *, tar
     docstring); the candidates come from ``candidate_shapes``; ``provenance`` is added to the
     answer's."""
     if passk_law.kind != "passk":
-        raise ArchscaleError(f"--passk-law holds a {passk_law.kind} law: fit one with "
-                             "`archscale fit --law passk` or `archscale substitute --study`")
+        raise SettingError(f"{{passk_law}} holds a {passk_law.kind} law: fit one with "
+                           "`archscale fit --law passk` or `archscale substitute --study`")
     if not 0 < target_pass < 1 or max_k < 1:
-        raise ArchscaleError(f"--target-pass {target_pass} must lie in (0, 1) and --max-k {max_k} "
-                             "be >= 1")
+        raise SettingError(f"{{target_pass}} {target_pass} must lie in (0, 1) and {{max_k}} "
+                           f"{max_k} be >= 1")
     ks = tuple(range(1, max_k + 1))
     recs = list(recommendations)
     scored = [rec.recommended[0] for rec in recs]
