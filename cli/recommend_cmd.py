@@ -14,7 +14,7 @@ from rich.table import Table
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
 from archscale.cli.defaults import field_defaults, range_text
-from archscale.decide.options import MeasureSettings
+from archscale.decide.options import SERVING, MeasureSettings
 from archscale.decide.space import SearchSpace
 from archscale.laws.levels import LEVELS
 
@@ -119,8 +119,10 @@ def recommend(
     d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")
                                 ] = SPACE["d_model_multiple"],
     d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = SPACE["d_ff_multiple"],
-    batch: Annotated[int, typer.Option(help="Decode batch of the throughput predictions.")] = 64,
-    context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")] = 2048,
+    batch: Annotated[int, typer.Option(help="Decode batch of the throughput predictions.")
+                     ] = SERVING.batch,
+    context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")
+                       ] = SERVING.context,
     level: Annotated[float, typer.Option(
         help="Level of the interval of the law's mean (the table prints the 90% prediction "
              "interval).")] = LEVELS.mean,

@@ -19,6 +19,7 @@ from archscale.cli.recommend_cmd import (
     parse_range,
     throughput_model,
 )
+from archscale.decide.options import SERVING
 
 if TYPE_CHECKING:
     from archscale.laws.law import Law
@@ -123,8 +124,9 @@ def substitute(
     d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")
                                 ] = SPACE["d_model_multiple"],
     d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = SPACE["d_ff_multiple"],
-    batch: Annotated[int, typer.Option(help="Decode batch of the throughput.")] = 64,
-    context: Annotated[int, typer.Option(help="Cached context of the throughput.")] = 2048,
+    batch: Annotated[int, typer.Option(help="Decode batch of the throughput.")] = SERVING.batch,
+    context: Annotated[int, typer.Option(help="Cached context of the throughput.")
+                       ] = SERVING.context,
     n_boot: Annotated[int, typer.Option(help="Bootstrap refits when fitting from --study.")] = 100,
     covariate: Annotated[str, typer.Option(
         help="Form of the law fitted from --study: loss, nd or compute (laws/passk.py).")

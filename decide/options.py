@@ -1,5 +1,6 @@
-"""The deciding commands' settings and their defaults, as frozen dataclasses: how recommend
-times its finalists (``MeasureSettings``) and what the demo runs (``DemoOptions``). Light (no
+"""The deciding commands' settings and their defaults, as frozen dataclasses: the decode
+setting throughput is predicted at (``Serving``), how recommend times its finalists
+(``MeasureSettings``) and what the demo runs (``DemoOptions``). Light (no
 numpy, no JAX), so the command line reads its option defaults from here."""
 
 from __future__ import annotations
@@ -11,6 +12,20 @@ from typing import Any
 from archscale.arch.errors import ArchscaleError
 from archscale.search.defaults import DEMO_SWEEP
 from archscale.sweeps.timing import TIMING
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The decode setting recommendations and substitutions predict throughput at."""
+
+    batch: int = 64
+    """Sequences decoded together."""
+    context: int = 2048
+    """Cached context of each."""
+
+
+SERVING = Serving()
+"""The setting in force where the caller gives none."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ import pandas as pd
 import archscale
 from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.options import SERVING
 from archscale.decide.recommendation import (
     PREDICTION_LEVEL,
     Recommendation,
@@ -255,7 +256,8 @@ def _methods(law: Law, throughput: ThroughputModel, tokens: float, batch: int, c
 
 def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
               target_loss: float | None = None, max_loss_increase: float | None = None,
-              top: int = 5, batch: int = 64, context: int = 2048, level: float = LEVELS.mean,
+              top: int = 5, batch: int = SERVING.batch, context: int = SERVING.context,
+              level: float = LEVELS.mean,
               baseline: ArchSpec | None = None, min_kv_heads: int = 1, min_gain: float = 0.01,
               accuracy_law: Law | None = None, measure: MeasureSettings | bool | None = None,
               provenance: Mapping[str, Any] | None = None) -> Recommendation:

@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 
 from archscale.arch.errors import SettingError
 from archscale.arch.spec import ArchSpec
-from archscale.decide.options import MeasureSettings
+from archscale.decide.options import SERVING, MeasureSettings
 from archscale.decide.recommend import Recommendation, Scored, SearchSpace, recommend
 from archscale.decide.throughput_models import ThroughputModel
 from archscale.laws import Law, spec_table
@@ -300,7 +300,8 @@ def _floor(law: Law, rows: pd.DataFrame, reach: Sequence[int | None], ks: Sequen
 
 def candidate_shapes(loss_law: Law, throughput: ThroughputModel, space: SearchSpace,
                      params: Sequence[float], *, tokens_per_param: float,
-                     max_loss_increase: float = 0.01, batch: int = 64, context: int = 2048,
+                     max_loss_increase: float = 0.01, batch: int = SERVING.batch,
+                     context: int = SERVING.context,
                      measure: MeasureSettings | None = None) -> list[Recommendation]:
     """``recommend``'s answer at each candidate N, smallest first (its first shape is the
     candidate); ``space`` is the shape family, its params and tokens replaced by each N's."""
