@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,27 @@ class ArchscaleError(ValueError):
     Every package raises this (or a subclass) for anything the user can correct; the CLI prints
     the message and exits with status 2.
     """
+
+
+class SettingError(ArchscaleError):
+    """A setting out of range, named as the library knows it (a config field or keyword).
+
+    ``template`` writes each setting's name as ``{name}``: ``str()`` shows the names, and the
+    command line shows its own flags instead (``shown_as``; cli/main.py maps them).
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.shown_as({}))
+
+    @property
+    def names(self) -> list[str]:
+        """The settings the message names."""
+        return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
+
+    def shown_as(self, labels: Mapping[str, str]) -> str:
+        """The message with each setting shown by its label (its own name where none is given)."""
+        return self.template.format_map({name: labels.get(name, name) for name in self.names})
 
 
 def reject_unknown_keys(cls: type, data: Mapping[str, Any], *, error: type[ArchscaleError] = ArchscaleError,

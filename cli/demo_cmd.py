@@ -9,9 +9,13 @@ from typing import Annotated
 import typer
 
 from archscale import environment
+from archscale.cli.defaults import field_defaults
 from archscale.cli.outputs import check_writable
 from archscale.cli.recommend_cmd import parse_fraction
-from archscale.search.defaults import DEMO_SWEEP
+from archscale.decide.options import DemoOptions
+
+DEMO = field_defaults(DemoOptions)
+"""The demo's defaults (decide/options.py), which its options take."""
 
 
 def _percent(text: str) -> float:
@@ -23,22 +27,25 @@ def _percent(text: str) -> float:
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
+    out: Annotated[Path, typer.Option(help="Report folder.")] = DEMO["out"],
     storage: Annotated[str | None, typer.Option(
         help="Study storage (default ./archscale.journal: rerun to continue).",
         envvar=environment.STORAGE)] = None,
     sweep: Annotated[Path, typer.Option(
         help="Grid sweep file (default: the packaged demo grid).", exists=True,
-        dir_okay=False)] = DEMO_SWEEP,
+        dir_okay=False)] = DEMO["sweep"],
     workers: Annotated[int, typer.Option(
-        help="Local worker processes, each pinned to its own cores.")] = min(2, os.cpu_count() or 1),
+        help="Local worker processes, each pinned to its own cores.")
+    ] = min(DEMO["workers"], os.cpu_count() or 1),
     scale_factor: Annotated[float, typer.Option(
-        help="Recommend at this multiple of the largest trained N.")] = 10.0,
+        help="Recommend at this multiple of the largest trained N.")] = DEMO["scale_factor"],
     max_loss_increase: Annotated[str, typer.Option(
-        help="Loss target over the loss-optimal shape's prediction (1% or 0.01).")] = "1%",
-    top: Annotated[int, typer.Option(help="Recommended shapes to keep.")] = 3,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap refits per law.")] = 200,
-    progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
+        help="Loss target over the loss-optimal shape's prediction (1% or 0.01).")
+    ] = f"{DEMO['max_loss_increase']:.0%}",
+    top: Annotated[int, typer.Option(help="Recommended shapes to keep.")] = DEMO["top"],
+    n_boot: Annotated[int, typer.Option(help="Bootstrap refits per law.")] = DEMO["n_boot"],
+    progress: Annotated[bool, typer.Option(help="Show training progress bars.")
+                        ] = DEMO["progress"],
     verify_run: Annotated[bool, typer.Option(
         "--verify", help="Train one recommended shape at an affordable scale and compare it with "
         "the laws' predictions (run the demo first).")] = False,
@@ -46,18 +53,19 @@ def demo(
         help="--verify trains at this multiple of the largest trained N.")] = 2.0,
     measure: Annotated[bool, typer.Option(
         help="Time the finalists at the target size (random weights, interleaved) beside the "
-             "throughput law.")] = True,
+             "throughput law.")] = DEMO["measure"],
     target_k: Annotated[int, typer.Option(
         min=1, help="Where the sweep samples pass@k: the substitution's target is the pass rate "
-             "the largest trained scale reaches with this many samples.")] = 8,
+             "the largest trained scale reaches with this many samples.")] = DEMO["target_k"],
     allow_degenerate: Annotated[bool, typer.Option(
-        help="Exit 0 even if the runs do not identify a law (the report says which).")] = False,
+        help="Exit 0 even if the runs do not identify a law (the report says which).")
+    ] = DEMO["allow_degenerate"],
 ) -> None:
     """Grid study on the embedded plays, laws, recommendation at 10x, report/ with figures."""
     check_writable(out, folder=True)
     import optuna
 
-    from archscale.decide.demo import DemoOptions, run_demo, verify
+    from archscale.decide.demo import run_demo, verify
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.cli import (
     arch_cmd,
     bench_cmd,
@@ -18,6 +21,28 @@ from archscale.cli import (
     substitute_cmd,
     train_cmd,
 )
+
+FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "passk_law": "--passk-law"}
+"""Settings whose flag is not ``--`` + the name with dashes (``flag``)."""
+
+
+def flag(name: str) -> str:
+    """The command line's flag of the library setting ``name``."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def with_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with a SettingError's settings shown as this command line's flags."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SettingError as err:
+            raise ArchscaleError(err.shown_as({n: flag(n) for n in err.names})) from None
+
+    return run
+
 
 app = typer.Typer(
     name="archscale",
@@ -38,13 +63,11 @@ app = typer.Typer(
 app.add_typer(arch_cmd.app, name="arch", cls=group.ArchscaleGroup)
 app.add_typer(bench_cmd.app, name="bench", cls=group.ArchscaleGroup)
 app.add_typer(study_cmd.app, name="study", cls=group.ArchscaleGroup)
-app.command("train")(train_cmd.train)
-app.command("fit")(laws_cmd.fit)
-app.command("predict")(laws_cmd.predict)
-app.command("demo")(demo_cmd.demo)
-app.command("recommend")(recommend_cmd.recommend)
-app.command("export")(recommend_cmd.export)
-app.command("substitute")(substitute_cmd.substitute)
+for name, command in (("train", train_cmd.train), ("fit", laws_cmd.fit),
+                      ("predict", laws_cmd.predict), ("demo", demo_cmd.demo),
+                      ("recommend", recommend_cmd.recommend), ("export", recommend_cmd.export),
+                      ("substitute", substitute_cmd.substitute)):
+    app.command(name)(with_flags(command))
 
 
 def main() -> None:

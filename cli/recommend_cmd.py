@@ -11,8 +11,11 @@ import typer
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.frameworks import load_spec
+from archscale.cli.defaults import field_defaults, range_text
 from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.cli.tables import print_table
+from archscale.decide.options import SERVING, MeasureSettings
+from archscale.decide.space import SearchSpace
 from archscale.laws.levels import LEVELS
 
 if TYPE_CHECKING:
@@ -20,6 +23,10 @@ if TYPE_CHECKING:
     from archscale.decide.throughput_models import ThroughputModel
 
 DEFAULT_DEVICE = "h100"
+SPACE = field_defaults(SearchSpace)
+"""The search space's defaults (decide/space.py), which the shape options take."""
+MEASURE = field_defaults(MeasureSettings)
+"""--measure's defaults (decide/options.py)."""
 
 
 def parse_fraction(text: str) -> float:
@@ -86,22 +93,30 @@ def recommend(
     baseline: Annotated[str | None, typer.Option(
         help="Preset or spec JSON to compare with, e.g. llama-3.2-1b.")] = None,
     top: Annotated[int, typer.Option(help="Recommended shapes to keep.")] = 5,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the target model.")] = 128256,
-    seq_len: Annotated[int, typer.Option(help="Training context of the target model.")] = 8192,
-    head_dim: Annotated[int, typer.Option(help="Head width.")] = 64,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the target model.")
+                          ] = SPACE["vocab_size"],
+    seq_len: Annotated[int, typer.Option(help="Training context of the target model.")
+                       ] = SPACE["seq_len"],
+    head_dim: Annotated[int, typer.Option(help="Head width.")] = SPACE["head_dim"],
     layers: Annotated[int | None, typer.Option(
         help="Fixed depth (default: what the budget affords at n_heads near d / head_dim).")] = None,
-    gqa: Annotated[int, typer.Option(help="GQA group of the grid; the GQA search starts here.")] = 4,
+    gqa: Annotated[int, typer.Option(help="GQA group of the grid; the GQA search starts here.")
+                   ] = SPACE["gqa_group"],
     min_kv_heads: Annotated[int, typer.Option(help="Fewest KV heads the GQA search goes to.")] = 1,
-    d_over_sqrt_n: Annotated[str, typer.Option(help="Width range MIN:MAX as d/sqrt(N).")] = "0.03:0.3",
-    r: Annotated[str, typer.Option(help="MLP/attention ratio range MIN:MAX.")] = "0.5:8",
+    d_over_sqrt_n: Annotated[str, typer.Option(help="Width range MIN:MAX as d/sqrt(N).")
+                             ] = range_text(SPACE["d_over_sqrt_n"]),
+    r: Annotated[str, typer.Option(help="MLP/attention ratio range MIN:MAX.")
+                 ] = range_text(SPACE["r"]),
     any_heads: Annotated[bool, typer.Option(
         "--any-heads", help="Allow d_model not divisible by n_heads (transformers 5.x refuses "
-                            "such configs).")] = False,
-    d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")] = 128,
-    d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = 128,
-    batch: Annotated[int, typer.Option(help="Decode batch of the throughput predictions.")] = 64,
-    context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")] = 2048,
+                            "such configs).")] = not SPACE["heads_divide_d_model"],
+    d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")
+                                ] = SPACE["d_model_multiple"],
+    d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = SPACE["d_ff_multiple"],
+    batch: Annotated[int, typer.Option(help="Decode batch of the throughput predictions.")
+                     ] = SERVING.batch,
+    context: Annotated[int, typer.Option(help="Cached context of the throughput predictions.")
+                       ] = SERVING.context,
     level: Annotated[float, typer.Option(
         help="Level of the interval of the law's mean (the table prints the 90% prediction "
              "interval).")] = LEVELS.mean,
@@ -115,18 +130,17 @@ def recommend(
                                        "in memory; rank by the measurement.")] = False,
     measure_seconds: Annotated[float, typer.Option(
         help="With --measure: seconds each shape's prefill and decode are timed for, at least.")
-    ] = 1.0,
+    ] = MEASURE["min_seconds"],
     measure_repeats: Annotated[int, typer.Option(
-        help="With --measure: timed calls per shape, at least.")] = 3,
+        help="With --measure: timed calls per shape, at least.")] = MEASURE["repeats"],
 ) -> None:
     """Recommend shapes: highest decode throughput (predicted, or measured with --measure) under
     a loss target at N, D."""
     check_writable(out, folder=True)
     # every option as parsed, for the provenance of the output
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
-    from archscale.decide.recommend import SearchSpace, save_recommendation
     from archscale.decide.recommend import recommend as run_recommend
-    from archscale.decide.throughput_models import MeasureSettings
+    from archscale.decide.recommend import save_recommendation
     from archscale.laws.io import load_law
     from archscale.laws.table import file_sha256
 

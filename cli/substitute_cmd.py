@@ -9,14 +9,17 @@ import typer
 
 from archscale import environment
 from archscale.arch.errors import ArchscaleError
+from archscale.cli.defaults import range_text
 from archscale.cli.outputs import check_writable, save_or_fallback
 from archscale.cli.recommend_cmd import (
     DEFAULT_DEVICE,
+    SPACE,
     parse_fraction,
     parse_range,
     throughput_model,
 )
 from archscale.cli.tables import print_table
+from archscale.decide.options import SERVING
 
 if TYPE_CHECKING:
     from archscale.laws.law import Law
@@ -107,16 +110,22 @@ def substitute(
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help=(
         "Time each candidate's decode at its size on this machine (random weights).")
     )] = False,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the models.")] = 128256,
-    seq_len: Annotated[int, typer.Option(help="Training context.")] = 8192,
-    head_dim: Annotated[int, typer.Option(help="Head width.")] = 64,
-    gqa: Annotated[int, typer.Option(help="GQA group the shape search starts from.")] = 4,
-    d_over_sqrt_n: Annotated[str, typer.Option(help="Width range MIN:MAX.")] = "0.03:0.3",
-    r: Annotated[str, typer.Option(help="MLP/attention ratio range MIN:MAX.")] = "0.5:8",
-    d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")] = 128,
-    d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = 128,
-    batch: Annotated[int, typer.Option(help="Decode batch of the throughput.")] = 64,
-    context: Annotated[int, typer.Option(help="Cached context of the throughput.")] = 2048,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the models.")
+                          ] = SPACE["vocab_size"],
+    seq_len: Annotated[int, typer.Option(help="Training context.")] = SPACE["seq_len"],
+    head_dim: Annotated[int, typer.Option(help="Head width.")] = SPACE["head_dim"],
+    gqa: Annotated[int, typer.Option(help="GQA group the shape search starts from.")
+                   ] = SPACE["gqa_group"],
+    d_over_sqrt_n: Annotated[str, typer.Option(help="Width range MIN:MAX.")
+                             ] = range_text(SPACE["d_over_sqrt_n"]),
+    r: Annotated[str, typer.Option(help="MLP/attention ratio range MIN:MAX.")
+                 ] = range_text(SPACE["r"]),
+    d_model_multiple: Annotated[int, typer.Option(help="d_model rounding.")
+                                ] = SPACE["d_model_multiple"],
+    d_ff_multiple: Annotated[int, typer.Option(help="d_ff rounding.")] = SPACE["d_ff_multiple"],
+    batch: Annotated[int, typer.Option(help="Decode batch of the throughput.")] = SERVING.batch,
+    context: Annotated[int, typer.Option(help="Cached context of the throughput.")
+                       ] = SERVING.context,
     n_boot: Annotated[int, typer.Option(help="Bootstrap refits when fitting from --study.")] = 100,
     covariate: Annotated[str, typer.Option(
         help="Form of the law fitted from --study: loss, nd or compute (laws/passk.py).")
@@ -128,11 +137,11 @@ def substitute(
     training FLOPs + R x (prefill + k x one sample), each size's shape from the loss law."""
     check_writable(out, folder=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}
-    from archscale.decide.recommend import SearchSpace
+    from archscale.decide.options import MeasureSettings
+    from archscale.decide.space import SearchSpace
     from archscale.decide.substitute import Demand, candidate_shapes
     from archscale.decide.substitute import substitute as run_substitute
     from archscale.decide.substitution_report import write
-    from archscale.decide.throughput_models import MeasureSettings
     from archscale.laws.io import load_law
     from archscale.laws.table import file_sha256
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import pandas as pd
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
+from archscale.decide.options import DemoOptions, MeasureSettings
 from archscale.decide.recommend import Recommendation, SearchSpace, recommend
 from archscale.decide.report import (
     LAW_FILES,
@@ -40,10 +40,9 @@ from archscale.decide.report import (
 )
 from archscale.decide.substitute import Substitution
 from archscale.decide.substitution_report import substitution_section
-from archscale.decide.throughput_models import MeasureSettings, throughput_from_law
+from archscale.decide.throughput_models import throughput_from_law
 from archscale.laws import fit_law, load_law, load_table
 from archscale.laws.law import Law
-from archscale.search.defaults import DEMO_SWEEP
 from archscale.search.noise import noise_floor
 from archscale.search.plan import budget_for
 from archscale.search.study import StudyHandle, create_study, open_study
@@ -57,40 +56,6 @@ LLAMA_PROPORTIONS = {"r": 4.8, "d_over_sqrt_n": 0.066, "gqa": 4}
 """LLaMA-3.2-1B's shape ratios (arch/presets/llama-3.2-1b.json), the baseline's at any N."""
 
 Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What the demo runs and where it writes."""
-
-    sweep: Path = DEMO_SWEEP
-    """Grid sweep file; the default is the packaged demo grid."""
-    storage: str | None = None
-    """Study storage URL (default: ./archscale.journal, a file in the working directory)."""
-    out: Path = Path("report")
-    """Report folder."""
-    workers: int = 2
-    """Local worker processes, each pinned to its own cores (tiny models use one core well)."""
-    scale_factor: float = 10.0
-    """Recommend at this multiple of the largest trained N (tokens scale with the budget rule)."""
-    max_loss_increase: float = 0.01
-    """Loss target: the loss-optimal shape's prediction plus this fraction."""
-    top: int = 3
-    """Recommended shapes to keep."""
-    n_boot: int = 200
-    """Bootstrap refits per law (intervals)."""
-    seed: int = 0
-    """Bootstrap seed."""
-    progress: bool = True
-    """Show the trainer's progress bars."""
-    allow_degenerate: bool = False
-    """Finish without an error even if the runs do not identify a law (the report says so)."""
-    measure: bool = True
-    """Time the finalists at the target size (random weights, interleaved) beside the law."""
-    target_k: int = 8
-    """Where the sweep samples pass@k, the substitution's target is what the largest trained
-    scale reaches with this many samples: can a larger model reach it with fewer, or a smaller
-    one with more, for less?"""
 
 
 def _require_grid(sweep: SweepFile) -> None:

@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 import archscale
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.options import SERVING
 from archscale.decide.recommendation import (
     PREDICTION_LEVEL,
     Recommendation,
@@ -255,7 +256,8 @@ def _methods(law: Law, throughput: ThroughputModel, tokens: float, batch: int, c
 
 def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
               target_loss: float | None = None, max_loss_increase: float | None = None,
-              top: int = 5, batch: int = 64, context: int = 2048, level: float = LEVELS.mean,
+              top: int = 5, batch: int = SERVING.batch, context: int = SERVING.context,
+              level: float = LEVELS.mean,
               baseline: ArchSpec | None = None, min_kv_heads: int = 1, min_gain: float = 0.01,
               accuracy_law: Law | None = None, measure: MeasureSettings | bool | None = None,
               provenance: Mapping[str, Any] | None = None) -> Recommendation:
@@ -270,14 +272,14 @@ def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
                              "law (`archscale fit --law accuracy`)")
     settings = MeasureSettings() if measure is True else (measure or None)
     if (target_loss is None) == (max_loss_increase is None):
-        raise ArchscaleError("give exactly one of --target-loss or --max-loss-increase")
+        raise SettingError("give exactly one of {target_loss} or {max_loss_increase}")
     if max_loss_increase is not None and not 0 <= max_loss_increase < 1:
-        raise ArchscaleError(f"--max-loss-increase {max_loss_increase} must be a fraction in [0, 1), "
-                             "e.g. 0.005 or 0.5%")
+        raise SettingError(f"{{max_loss_increase}} {max_loss_increase} must be a fraction in "
+                           "[0, 1), e.g. 0.005 or 0.5%")
     if top < 1 or batch < 1 or context < 1 or min_kv_heads < 1 or not 0 < level < 1:
-        raise ArchscaleError(f"--top {top}, --batch {batch}, --context {context} and "
-                             f"--min-kv-heads {min_kv_heads} must be >= 1 and --level {level} in "
-                             "(0, 1)")
+        raise SettingError(f"{{top}} {top}, {{batch}} {batch}, {{context}} {context} and "
+                           f"{{min_kv_heads}} {min_kv_heads} must be >= 1 and {{level}} {level} "
+                           "in (0, 1)")
     candidates = space.candidates()
     scored = score(candidates, law, throughput, space.tokens, batch, context, level)
     at_budget = law.predict(spec_table(candidates, space.tokens).assign(N=space.params))

@@ -30,6 +30,7 @@ from archscale.decide.export import export_hf
 from archscale.decide.recommend import Recommendation, Scored, save_recommendation
 from archscale.laws import save_law
 from archscale.laws.law import Law
+from archscale.laws.levels import LEVELS
 from archscale.laws.plots import save_plots
 from archscale.laws.table import scale_labels, scale_order, spec_table
 from archscale.search.table import pareto_front
@@ -180,8 +181,8 @@ def add_verify_to_summary(out: Path, verify: dict[str, Any]) -> Path:
 
 
 def _coefficients(law: Law) -> list[str]:
-    intervals = law.coef_intervals(0.95)
-    lines = ["| coefficient | value | 95% interval |", "|---|---|---|"]
+    intervals = law.coef_intervals(LEVELS.mean)
+    lines = [f"| coefficient | value | {LEVELS.mean:.0%} interval |", "|---|---|---|"]
     for name, value in law.coefficients.items():
         low, high = intervals.get(name, (None, None))
         shown = "" if low is None else f"({low:.4g}, {high:.4g})"

@@ -13,8 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
@@ -114,6 +112,8 @@ class SearchSpace:
 
     def candidates(self) -> list[ArchSpec]:
         """Every distinct valid shape of step 1 (base GQA group)."""
+        import numpy as np  # here: the command line reads this module's defaults at start
+
         lo, hi = _range(self.r, "--r")
         specs: dict[ArchSpec, None] = {}
         for d_model in self.widths():

@@ -10,8 +10,8 @@ pass@k is the request's pass rate.
 
 Cost (Sardana et al. 2024): total = training FLOPs + R x (the prompt's prefill + k x one sample's
 generation). FLOPs follow arch/spec.py: D x ``train_flops_per_token`` to train,
-``inference_flops_per_token`` at each position to serve (with the output projection where a token
-is generated). The prompt is prefilled once per request (a server forks its KV cache for the k
+``prefill_cost`` for the prompt and ``inference_flops_per_token`` (with the output projection)
+for each further decode step of a sample (``Demand.flops``). The prompt is prefilled once per request (a server forks its KV cache for the k
 samples). Beside it: the generation's device-seconds, R k G / decode tokens/s, from the
 throughput that ``recommend`` reports (measured at the target size where it was timed, else the
 throughput law or the roofline).
@@ -36,10 +36,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import SettingError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.options import SERVING, MeasureSettings
 from archscale.decide.recommend import Recommendation, Scored, SearchSpace, recommend
-from archscale.decide.throughput_models import MeasureSettings, ThroughputModel
+from archscale.decide.throughput_models import ThroughputModel
 from archscale.laws import Law, spec_table
 from archscale.laws.intervals import DEFAULT_LEVEL, SPACES, to_space
 from archscale.laws.passk import COVARIATES
@@ -103,16 +104,21 @@ class Demand:
 
     def __post_init__(self) -> None:
         if not (self.requests > 0 and self.prompt_tokens >= 1 and self.sample_tokens > 0):
-            raise ArchscaleError(f"--requests {self.requests:g}, prompt tokens "
-                                 f"{self.prompt_tokens} and sample tokens {self.sample_tokens:g} "
-                                 "must be positive")
+            raise SettingError(f"{{requests}} {self.requests:g}, {{prompt_tokens}} "
+                               f"{self.prompt_tokens} and {{sample_tokens}} "
+                               f"{self.sample_tokens:g} must be positive")
 
     def flops(self, spec: ArchSpec) -> tuple[float, float]:
-        """(prefill FLOPs of one prompt, FLOPs of generating one sample after it)."""
-        prefill = sum(spec.inference_flops_per_token(t) for t in range(1, self.prompt_tokens + 1))
+        """(prefill FLOPs of one prompt, FLOPs of generating one sample after it).
+
+        The prefill is ``ArchSpec.prefill_cost``'s, the one rule measurement and rooflines use:
+        it ends in the output projection whose logits every sample draws its first token from.
+        A sample of G tokens then takes G - 1 decode steps, the step at cached context t
+        costing ``inference_flops_per_token(t)`` with the output projection."""
+        prefill = spec.prefill_cost(1, self.prompt_tokens)[0]
         end = self.prompt_tokens + max(1, round(self.sample_tokens))
         generate = sum(spec.inference_flops_per_token(t, include_lm_head=True)
-                       for t in range(self.prompt_tokens + 1, end + 1))
+                       for t in range(self.prompt_tokens + 1, end))
         return float(prefill), float(generate)
 
     def cost(self, spec: ArchSpec, tokens: float, k: int) -> tuple[float, float]:
@@ -294,13 +300,14 @@ def _floor(law: Law, rows: pd.DataFrame, reach: Sequence[int | None], ks: Sequen
 
 def candidate_shapes(loss_law: Law, throughput: ThroughputModel, space: SearchSpace,
                      params: Sequence[float], *, tokens_per_param: float,
-                     max_loss_increase: float = 0.01, batch: int = 64, context: int = 2048,
+                     max_loss_increase: float = 0.01, batch: int = SERVING.batch,
+                     context: int = SERVING.context,
                      measure: MeasureSettings | None = None) -> list[Recommendation]:
     """``recommend``'s answer at each candidate N, smallest first (its first shape is the
     candidate); ``space`` is the shape family, its params and tokens replaced by each N's."""
     if not params or min(params) <= 0 or tokens_per_param <= 0:
-        raise ArchscaleError(f"--params {list(params)} must list one positive size or more and "
-                             f"--tokens-per-param {tokens_per_param:g} be positive")
+        raise SettingError(f"{{params}} {list(params)} must list one positive size or more and "
+                           f"{{tokens_per_param}} {tokens_per_param:g} be positive")
     return [recommend(loss_law, dataclasses.replace(space, params=float(n),
                                                     tokens=tokens_per_param * float(n)),
                       throughput, max_loss_increase=max_loss_increase, top=1, batch=batch,
@@ -314,11 +321,11 @@ def substitute(recommendations: Sequence[Recommendation], passk_law: Law, *, tar
     docstring); the candidates come from ``candidate_shapes``; ``provenance`` is added to the
     answer's."""
     if passk_law.kind != "passk":
-        raise ArchscaleError(f"--passk-law holds a {passk_law.kind} law: fit one with "
-                             "`archscale fit --law passk` or `archscale substitute --study`")
+        raise SettingError(f"{{passk_law}} holds a {passk_law.kind} law: fit one with "
+                           "`archscale fit --law passk` or `archscale substitute --study`")
     if not 0 < target_pass < 1 or max_k < 1:
-        raise ArchscaleError(f"--target-pass {target_pass} must lie in (0, 1) and --max-k {max_k} "
-                             "be >= 1")
+        raise SettingError(f"{{target_pass}} {target_pass} must lie in (0, 1) and {{max_k}} "
+                           f"{max_k} be >= 1")
     ks = tuple(range(1, max_k + 1))
     recs = list(recommendations)
     scored = [rec.recommended[0] for rec in recs]

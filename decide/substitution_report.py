@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from archscale.arch.errors import ArchscaleError
+from archscale.decide.options import MeasureSettings
 from archscale.decide.recommend import SearchSpace, save_recommendation
 from archscale.decide.substitute import (
     Demand,
@@ -33,7 +34,7 @@ from archscale.decide.substitute import (
     predict_pass,
     substitute,
 )
-from archscale.decide.throughput_models import MeasureSettings, ThroughputModel
+from archscale.decide.throughput_models import ThroughputModel
 from archscale.laws import Law, fit_law, save_law
 from archscale.laws import intervals as interval_lib
 from archscale.laws.passk import TARGET, fit_beta, fit_power

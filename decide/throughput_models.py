@@ -21,9 +21,9 @@ import numpy as np
 
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.spec import ArchSpec
+from archscale.decide.options import MeasureSettings
 from archscale.laws import Law, spec_table
 from archscale.sweeps.throughput import roofline
-from archscale.sweeps.timing import TIMING
 
 
 class ThroughputModel(Protocol):
@@ -104,41 +104,6 @@ def throughput_from_law(law: Law) -> ThroughputModel:
 
 
 # ---- measurement at the target size -----------------------------------------------------------
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How ``recommend`` times its finalists at the target size (``compare_throughput``)."""
-
-    min_seconds: float = 1.0
-    """Prefill and decode of each shape are each timed for at least this long."""
-    repeats: int = 3
-    """Timed calls of each at least; the fastest counts."""
-    decode_tokens: int = TIMING.decode_tokens
-    """Greedy steps per timed decode call."""
-    dtype: str | None = None
-    """Compute, weight and cache dtype; None: the default compute dtype (fp32 on CPU, bf16 on
-    accelerators), which is what sweeps measure in and so what a fitted throughput law saw."""
-    memory_bytes: float | None = None
-    """Device memory to plan with; None: detected (``device_memory_bytes``)."""
-    memory_fraction: float = 0.5
-    """Share of that memory the measured shapes' weights + KV caches may fill together: the
-    rest is for the per-layer weight slices a server holds beside the stacks, compilation
-    temporaries and everything else on the device."""
-    seed: int = 0
-    """Seed of the random weights and prompts."""
-
-    def __post_init__(self) -> None:
-        if self.min_seconds < 0 or self.repeats < 1 or self.decode_tokens < 1:
-            raise ArchscaleError(f"throughput measurement: min_seconds {self.min_seconds} must be "
-                                 f">= 0, repeats {self.repeats} and decode_tokens "
-                                 f"{self.decode_tokens} >= 1")
-        if not 0 < self.memory_fraction <= 1:
-            raise ArchscaleError(f"throughput measurement: memory_fraction {self.memory_fraction} "
-                                 "must be in (0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
 def device_memory_bytes() -> tuple[float | None, str]:
     """(bytes, where the figure comes from) of the first JAX device's memory: an accelerator's
     ``memory_stats()['bytes_limit']`` less what is in use, the host's physical memory on CPU;

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.spec import ArchSpec
 from archscale.decide.recommend import SearchSpace
 from archscale.decide.substitute import Demand, candidate_shapes, cost_curves, substitute
@@ -64,11 +64,21 @@ def test_demand_flops_follow_the_counting_rules():
     spec = ArchSpec(vocab_size=256, seq_len=32, n_layers=2, d_model=16, n_heads=4, n_kv_heads=2,
                     head_dim=4, d_ff=32)
     prefill, generate = Demand(1, prompt_tokens=10, sample_tokens=3.4).flops(spec)
-    # position t attends to t keys: attention FLOPs t x those of one key; 2N per token
+    # position t attends to t keys: attention FLOPs t x those of one key; 2N per token; the
+    # prompt's last position's logits give every sample its first token, so a sample of 3
+    # tokens takes 2 decode steps (at cached contexts 11 and 12), each with the output layer
     per_key = spec.attention_flops_per_token(1)
-    assert prefill == 10 * 2 * spec.params_nonembed + per_key * 55
-    assert generate == (3 * (2 * spec.params_nonembed + spec.lm_head_flops_per_token())
-                        + per_key * (11 + 12 + 13))
+    head = 2 * spec.d_model * spec.vocab_size
+    assert prefill == 10 * 2 * spec.params_nonembed + per_key * 55 + head
+    assert generate == 2 * (2 * spec.params_nonembed + head) + per_key * (11 + 12)
+
+
+def test_a_bad_setting_is_named_as_python_knows_it():
+    """The library names its keywords; the command line names its flags (test_cli_answers...)."""
+    with pytest.raises(SettingError) as caught:
+        Demand(0, prompt_tokens=10, sample_tokens=3)
+    assert str(caught.value) == "requests 0, prompt_tokens 10 and sample_tokens 3 must be positive"
+    assert caught.value.shown_as({"requests": "--requests"}).startswith("--requests 0,")
 
 
 def test_each_shape_needs_the_least_k_its_predicted_pass_at_k_reaches(laws, answer):
