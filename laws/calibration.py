@@ -158,7 +158,7 @@ def half_width(model: ErrorModel, distance: np.ndarray, level: float = DEFAULT_L
     if model.source is None:
         return np.full(distance.shape, np.nan)
     public = prior(model.law, level) if model.law in LOSS_LAWS else None
-    if public is None:  # the normal model calibrated on these runs
+    if public is None:  # the normal model calibrated on these runs (laws/intervals.py)
         return float(norm.ppf(0.5 + level / 2)) * model.sigma(distance)
     coef = public[0]
     k = 1.0

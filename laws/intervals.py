@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
+
+from archscale.laws.bootstrap import check_level
 
 from archscale.laws.levels import DEFAULT_LEVEL as DEFAULT_LEVEL  # its home: laws/levels.py
 
@@ -68,6 +71,11 @@ class ErrorModel:
     """``these runs`` or ``public sweeps``: what calibrates the intervals; None: nothing does."""
     reason: str | None = None
     """Why no interval is given (``source`` None)."""
+
+    def __post_init__(self) -> None:
+        # a model built with its own growth and no word on its source is calibrated on its runs
+        if self.source is None and self.reason is None and self.growth is not None:
+            object.__setattr__(self, "source", "these runs")
 
     def sigma(self, distance: np.ndarray) -> np.ndarray:
         growth = self.growth or 0.0
@@ -180,6 +188,16 @@ def calibrate(space: str, sigma_run: float, ranges: dict[str, list[float]],
     return ErrorModel(space=space, sigma_run=sigma_run, growth=growth, ranges=ranges,
                       n_fit=n_fit, n_heldout=n_heldout, noise_floor=noise_floor,
                       method=METHOD if growth is not None else UNCALIBRATED)
+
+
+def interval(model: ErrorModel, predicted: np.ndarray, distance_n: np.ndarray,
+             level: float = DEFAULT_LEVEL, mean_interval: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The normal model's (lower, upper) interval of each row at ``level``, given its distance:
+    half-width z sigma(distance), z the normal quantile of the level."""
+    check_level(level)
+    half = float(norm.ppf(0.5 + level / 2)) * model.sigma(distance_n)
+    return around(model.space, predicted, half, mean_interval)
 
 
 def around(space: str, predicted: np.ndarray, half: np.ndarray,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
@@ -47,6 +48,9 @@ class Sweep:
     """Law options (terms, ...)."""
     constant_d: float | None = None
     """Tokens of every run where the file has no token column (all runs trained alike)."""
+    tuned: bool = False
+    """Keep the best run of each (N, D) only: the file sweeps hyperparameters (learning rate,
+    batch) the law does not model, and a loss law in N and D is the tuned envelope."""
 
 
 SWEEPS: tuple[Sweep, ...] = (
@@ -62,7 +66,7 @@ SWEEPS: tuple[Sweep, ...] = (
     Sweep("data-constrained", "data_constrained.csv", "N=params,D=tokens",
           "chinchilla", "flops", (3e18, 1e19, 3e19, 1e20)),
     Sweep("lr-bsz", "lr_bsz.csv", "N=non_embedding_param_size,D=data_size,loss=lm_loss",
-          "chinchilla", "flops", (3e19, 6e19, 1.2e20, 2.4e20)),
+          "chinchilla", "flops", (3e19, 6e19, 1.2e20, 2.4e20), tuned=True),
     Sweep("moe", "moe.csv", "N=dense_parameter_count,loss=loss_validation",
           "chinchilla", "N", (5e7, 1e8, 3e8), constant_d=1.0),
 )
@@ -88,6 +92,9 @@ def load(item: Sweep) -> pd.DataFrame:
         table["loss"] = raw["loss"].to_numpy()
     if "D" not in table.columns and "flops" in table.columns:
         table["D"] = table["flops"] / (6.0 * table["N"])
+    if item.tuned:
+        best = table.groupby(["N", "D"])["loss"].idxmin()
+        table = table.loc[np.sort(best.to_numpy())].reset_index(drop=True)
     return table
 
 
@@ -122,7 +129,11 @@ def split_records(item: Sweep) -> pd.DataFrame:
 
 def build_records(path: Path = RECORDS) -> pd.DataFrame:
     """Refit every sweep's splits and write the records the package ships."""
-    records = pd.concat([split_records(item) for item in SWEEPS], ignore_index=True)
+    frames = []
+    for item in SWEEPS:
+        frames.append(split_records(item))
+        print(f"{item.name}: {len(frames[-1])} records", flush=True)
+    records = pd.concat(frames, ignore_index=True)
     records.to_csv(path, index=False, float_format="%.6g")
     return records
 
