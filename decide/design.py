@@ -220,7 +220,10 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
             break
         done, cand = _embed([done_rows, pool], columns)
         for problem in [*problems, Problem("spread", "")]:
-            preference, what = _preference(problem, done_rows, pool, done, cand)
+            # a collinear or flat-E design stays refused until refitted: every pick of the batch
+            # answers it against the runs the refusal saw
+            seen = finished if problem.code in ("E_zero", "collinear") else done_rows
+            preference, what = _preference(problem, seen, pool, done, cand)
             score = np.where(open_ & (preference > 1e-9), preference / weight, -1.0)
             if score.max() > 0:
                 break
