@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
+from archscale.decide.design import COST_POWER, choose
 from archscale.decide.design import METHODS as ENGINE_METHODS
-from archscale.decide.design import choose
 from archscale.decide.design_law import DesignLaw
 from archscale.laws.law import holdout_mask
 
@@ -75,6 +75,8 @@ class Replay:
     """Target column naming shapes: regret of the shape each fit recommends."""
     within: tuple[str, ...] = field(default=())
     """Target columns whose equal values make one decision among shapes (e.g. the scale)."""
+    cost_power: float = COST_POWER
+    """The engine divides gain by cost to this power (decide/design.py)."""
 
 
 def split_target(table: pd.DataFrame, query: str | None, holdout_above: float | None,
@@ -116,7 +118,8 @@ def _fill(order: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
 
 
 def _engine_picks(method: str, pool: pd.DataFrame, costs: np.ndarray, law: DesignLaw,
-                  target: pd.DataFrame, budget: float, seed: int) -> np.ndarray:
+                  target: pd.DataFrame, budget: float, seed: int,
+                  cost_power: float = COST_POWER) -> np.ndarray:
     """The engine's picks in order up to ``budget``, in batches of BATCH_GROWTH times the runs
     finished so far (at least one), each batch chosen on the last batch's fit."""
     chosen: list[int] = []
@@ -126,7 +129,8 @@ def _engine_picks(method: str, pool: pd.DataFrame, costs: np.ndarray, law: Desig
         remaining = np.setdiff1d(np.arange(len(pool)), chosen)
         choice = choose(pool.iloc[chosen], pool.iloc[remaining], law, target,
                         costs=costs[remaining], k=max(1, int(BATCH_GROWTH * len(chosen))),
-                        budget=budget - spent, method=method, warm=warm, seed=seed)
+                        budget=budget - spent, method=method, warm=warm, seed=seed,
+                        cost_power=cost_power)
         if not choice.picks:
             return np.array(chosen, dtype=int)
         warm = choice.fitted if choice.fitted is not None else warm
@@ -167,7 +171,7 @@ def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float], s
             method_budgets = [1.0] if method == "all" else list(budgets)
             if method in ENGINE_METHODS:
                 picks = _engine_picks(method, pool, costs, spec.law, target,
-                                      max(method_budgets) * total, seed)
+                                      max(method_budgets) * total, seed, spec.cost_power)
                 spent = np.cumsum(costs[picks]) if len(picks) else np.array([])
             for budget in method_budgets:
                 if method == "all":
