@@ -31,7 +31,6 @@ import pandas as pd
 from scipy.stats import norm
 
 from archscale.laws.bootstrap import check_level
-
 from archscale.laws.levels import DEFAULT_LEVEL as DEFAULT_LEVEL  # its home: laws/levels.py
 
 METHOD = "extrapolation-calibrated"
