@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from archscale.search import designed
-from archscale.search.recovery import RetryStaleTrial
+from archscale.search.recovery import retry
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
 from archscale.search.worker import WorkerOptions, run_study, run_worker
@@ -100,7 +100,7 @@ def test_a_lost_step_is_restored_and_a_retried_step_keeps_its_number(tmp_path):
     handle = design_study(tmp_path, "lost")
     step = handle.study.get_trials()[0]
     handle.storage.set_trial_state_values(step._trial_id, TrialState.FAIL)  # its worker died
-    RetryStaleTrial()(handle.study, handle.storage.get_trial(step._trial_id))
+    retry(handle.study, handle.storage.get_trial(step._trial_id), max_retries=None)
     retried = handle.study.get_trials()[-1]
     assert retried.state == TrialState.WAITING and retried.user_attrs == {"design_step": 0}
     handle.storage.set_trial_state_values(retried._trial_id, TrialState.FAIL)  # and no retry left
