@@ -112,7 +112,10 @@ def _patient(method: Callable[..., T]) -> Callable[..., T]:
     return call
 
 
+_CACHE_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param")
+"""RDBStorage's private operations that Optuna's cache in front of it (_CachedStorage) calls."""
 # Every storage operation RDBStorage implements (BaseStorage's others are built on these).
 for _name, _method in list(vars(RDBStorage).items()):
-    if not _name.startswith("_") and callable(getattr(BaseStorage, _name, None)):
+    if _name in _CACHE_CALLS or (not _name.startswith("_")
+                                 and callable(getattr(BaseStorage, _name, None))):
         setattr(PatientRDBStorage, _name, _patient(_method))

@@ -143,6 +143,7 @@ def serve(conn: Connection, name: str, url: str, options: WorkerOptions,
                              heartbeat_s=options.heartbeat_s, spool=Spool(folder / "spool" / name),
                              progress=options.progress, owner=owner)
         while (message := conn.recv()) is not None:
+            handle.study.get_trials(deepcopy=False)  # Optuna's cache of a database learns it
             trial = optuna.Trial(handle.study, message[1])
             state = (runner.run(trial) if message[0] == "run" else
                      runner.record(trial, RunResult.from_dict(message[2])))

@@ -1,11 +1,15 @@
 """Workers: claim trials, run them, recover the trials of dead workers; K local workers on cores.
 
-A worker loops: recover stale trials (``search.recovery``), claim one, run it. A grid worker only
-claims enqueued (WAITING) trials, by atomically moving one to RUNNING, so no trial without a
-planned run is ever created; a search worker asks the sampler while the study has fewer than
-``n_trials`` trials (retries of crashed trials first). With nothing left to claim, a worker waits
-while other workers' trials still run (one of them may die and need a retry) and stops when none
-is RUNNING: every planned run has then finished, whichever worker was killed.
+A worker loops: recover stale trials (``search.recovery``), record results kept while the storage
+was down (``search.spool``), claim one trial, and have its trial process run it
+(``search.trial_process``: a crash there fails and re-queues the trial, the worker lives on). A
+grid worker only claims enqueued (WAITING) trials, by atomically moving one to RUNNING, so no
+trial without a planned run is ever created; a search worker asks the sampler while the study has
+fewer than ``n_trials`` trials (retries of crashed trials first). With nothing left to claim, a
+worker waits while other workers' trials still run (one of them may die and need a retry) and
+stops when none is RUNNING: every planned run has then finished or was given up on after
+``max_retries`` retries, which ``run_study`` then reports (``GaveUpError``). A database storage
+rides out outages of up to ``storage_wait_s`` (``search.outages``).
 
 ``run_study(..., workers=K)`` starts K ``archscale study worker`` processes, each owning its own
 devices (``search.devices``): a disjoint share of the host's GPUs or TPU chips, or of its cores

@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 from test_study_runs import GRID, assert_exactly_once
 
+from archscale.search.attrs import HEARTBEAT_ATTR
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
 
@@ -59,13 +60,15 @@ def server():
 
 def start_run(name: str, url: str, wait_s: int, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "study", "run", name, "--storage", url, "--no-progress",
-                             "--storage-wait", str(wait_s)], cwd=cwd, text=True,
+                             "--storage-wait", str(wait_s), "--heartbeat", "1"], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def stop_mid_trial(server: Server, handle, run: subprocess.Popen) -> None:
+    """Stop the server once a trial trains (its trial process has beat)."""
     deadline = time.time() + 600
-    while not handle.study.get_trials(states=(TrialState.RUNNING,)):
+    while not any(HEARTBEAT_ATTR in t.system_attrs
+                  for t in handle.study.get_trials(states=(TrialState.RUNNING,))):
         assert time.time() < deadline and run.poll() is None, run.stdout.read()
         time.sleep(0.2)
     server.stop()
