@@ -75,6 +75,7 @@ def run(
     progress: bool = ProgressOpt,
 ) -> None:
     """Run (or continue) a study to its end; finished trials are never retrained."""
+    check_writable(Path(artifacts) if artifacts else None, "--artifacts", folder=True)
     from archscale.search.study import create_study
     from archscale.search.worker import WorkerOptions, run_study
 
@@ -99,6 +100,7 @@ def worker(
     progress: bool = ProgressOpt,
 ) -> None:
     """One worker (per accelerator or machine): runs trials until the study is done."""
+    check_writable(Path(artifacts) if artifacts else None, "--artifacts", folder=True)
     from archscale.search.worker import WorkerOptions, run_worker
 
     _quiet_optuna()
