@@ -49,15 +49,8 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(["archscale", *argv])
 
 
-def _command_words(argv: list[str]) -> str:
-    words = [a for a in argv[:2] if not a.startswith("-")]
-    two = " ".join(words[:2])
-    return two if two in KEPT or two in RESUMES else (words[0] if words else "")
-
-
-def interrupted_line(argv: list[str], err: KeyboardInterrupt) -> str:
-    """The one line printed on Ctrl-C."""
-    words = _command_words(argv)
+def interrupted_line(words: str, argv: list[str], err: KeyboardInterrupt) -> str:
+    """The one line printed on Ctrl-C in command ``words`` (e.g. "study run") run as ``argv``."""
     again = command_line(argv)
     if isinstance(err, Interrupted):
         kept, resumes, note = err.kept, err.resumes, err.note

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,6 +23,17 @@ FIRST_STEPS = ("demo", "study", "recommend")
 """Listed first in --help: what a first-time user runs, in order."""
 
 
+def _command_words(ctx: typer.Context, argv: list[str]) -> str:
+    """The command names at the start of ``argv`` ("study run"), walked from the root group."""
+    command, words = ctx.find_root().command, []
+    for arg in argv:
+        if not isinstance(command, TyperGroup) or arg not in command.commands:
+            break
+        words.append(arg)
+        command = command.commands[arg]
+    return " ".join(words)
+
+
 class ArchscaleGroup(TyperGroup):
     """The top command group (module docstring)."""
 
@@ -31,11 +41,11 @@ class ArchscaleGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         readable_types(self)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         names = super().list_commands(ctx)
         return [n for n in FIRST_STEPS if n in names] + [n for n in names if n not in FIRST_STEPS]
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:
         rows = []
         for name in self.list_commands(ctx):
             command = self.get_command(ctx, name)
@@ -47,17 +57,18 @@ class ArchscaleGroup(TyperGroup):
                 formatter.write_dl(rows)
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
-                     **extra: Any) -> click.Context:
+                     **extra: Any) -> typer.Context:
         ctx = super().make_context(info_name, list(args), parent, **extra)
         # as typed, at the top group: the command line an interrupt repeats
         ctx.meta.setdefault("argv", list(args))
         return ctx
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as err:
-            typer.secho(interrupted_line(ctx.meta.get("argv", []), err), err=True,
+            argv = ctx.meta.get("argv", [])
+            typer.secho(interrupted_line(_command_words(ctx, argv), argv, err), err=True,
                         fg=typer.colors.YELLOW)
             raise typer.Exit(EXIT_INTERRUPTED) from err
         except BrokenPipeError:

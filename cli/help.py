@@ -8,7 +8,7 @@ type, and the rest a word.
 
 from __future__ import annotations
 
-import click
+import typer
 from typer.core import TyperArgument, TyperOption
 
 LABELS = {"int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
@@ -16,29 +16,30 @@ LABELS = {"int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float ra
 """Typer's type label -> the word shown."""
 
 
-def _label(option: TyperOption | TyperArgument) -> str | None:
+def _label(option: TyperOption | TyperArgument, ctx: typer.Context) -> str | None:
     if getattr(option, "is_flag", False):
         return ""  # --x/--no-x says it all
     if option.type_descriptor.is_choice:
         return None  # typer lists the choices themselves
-    raw = option.display_type(click.Context(click.Command("help"))).strip("<>")
+    raw = option.display_type(ctx).strip("<>")
     repeated = raw.startswith("list[")
     inner = raw.removeprefix("list[").removesuffix("]") if repeated else raw
     word = LABELS.get(inner, inner.rsplit(".", 1)[-1].upper())
     return f"{word} ..." if repeated else word
 
 
-def readable_types(command: click.Command) -> None:
+def readable_types(command: typer.core.TyperCommand | typer.core.TyperGroup) -> None:
     """Set a readable metavar on every option of ``command`` and its subcommands."""
+    ctx = typer.Context(command)
     for param in command.params:
         if isinstance(param, TyperOption) and param.metavar is None:
-            param.metavar = _label(param)
+            param.metavar = _label(param, ctx)
         elif isinstance(param, TyperArgument) and param.metavar is None:
             # an argument's metavar would also rename it in the usage line: only its help
             # record's type changes
-            label = _label(param)
+            label = _label(param, ctx)
             param.display_type_rich = lambda ctx=None, label=label: label
-    help_option = command.get_help_option(click.Context(command))  # click caches this object
+    help_option = command.get_help_option(ctx)  # click caches this object
     if help_option is not None:
         help_option.metavar = ""
     for sub in getattr(command, "commands", {}).values():

@@ -89,6 +89,7 @@ def run(
     storage_wait: float = StorageWaitOpt,
 ) -> None:
     """Run (or continue) a study to its end; finished trials are never retrained."""
+    check_writable(Path(artifacts) if artifacts else None, "--artifacts", folder=True)
     from archscale.search.study import create_study
     from archscale.search.worker import GaveUpError, WorkerOptions, run_study
 
@@ -120,6 +121,7 @@ def worker(
     storage_wait: float = StorageWaitOpt,
 ) -> None:
     """One worker (per accelerator or machine): runs trials until the study is done."""
+    check_writable(Path(artifacts) if artifacts else None, "--artifacts", folder=True)
     from archscale.search.worker import WorkerOptions, run_worker
 
     _quiet_optuna()

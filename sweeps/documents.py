@@ -54,7 +54,13 @@ def _inner_suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def _raw_bytes(path: Path) -> bytes:
+_SNIFF = 8192
+"""Leading bytes checked for a NUL, which no UTF-8 text holds: a binary file is skipped unread."""
+
+
+def _raw_bytes(path: Path, sniff: bool) -> bytes:
+    """The file's bytes, decompressed; with ``sniff``, _NotText as soon as the first bytes of an
+    uncompressed file hold a NUL (a large binary file is not read whole)."""
     if path.suffix == ".gz":
         try:
             return gzip.decompress(path.read_bytes())
@@ -71,11 +77,15 @@ def _raw_bytes(path: Path) -> bytes:
                 return reader.read()
         except zstandard.ZstdError as err:
             raise ArchscaleError(f"{path} is not a readable zstd file ({err})") from None
-    return path.read_bytes()
+    with path.open("rb") as fh:
+        head = fh.read(_SNIFF)
+        if sniff and b"\x00" in head:
+            raise _NotText
+        return head + fh.read()
 
 
 def _decode(raw: bytes) -> str:
-    if b"\x00" in raw[:8192]:
+    if b"\x00" in raw[:_SNIFF]:
         raise _NotText
     try:
         return raw.decode("utf-8")
@@ -130,8 +140,8 @@ def _parquet_texts(path: Path, raw: bytes, field: str) -> list[str]:
 
 def read_document(path: Path, text_field: str = DEFAULT_TEXT_FIELD) -> str:
     """One file's text (see the module docstring); raises _NotText for binary content."""
-    raw = _raw_bytes(path)
     kind = _inner_suffix(path)
+    raw = _raw_bytes(path, sniff=kind != ".parquet")
     if kind == ".parquet":
         texts = _parquet_texts(path, raw, text_field)
     elif kind == ".jsonl":

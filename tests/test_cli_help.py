@@ -3,18 +3,18 @@ beside on/off flags, no Python annotations), and nothing is cut in 80 columns.""
 
 import re
 
-import click
 import pytest
 import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from archscale.cli.main import app
 
 
-def _commands(group: click.Group, prefix=()):
+def _commands(group: TyperGroup, prefix=()):
     for name, command in group.commands.items():
         yield (*prefix, name)
-        if isinstance(command, click.Group):
+        if isinstance(command, TyperGroup):
             yield from _commands(command, (*prefix, name))
 
 

@@ -26,6 +26,8 @@ COMMANDS = {
     "study export": ["study", "export", "missing", "--csv", "{out}/runs.csv",
                      "--storage", "missing.journal"],
     "demo": ["demo", "--out", "{out}/report", "--storage", "missing.journal"],
+    "study run": ["study", "run", "missing", "--artifacts", "{out}/art", "--storage", "m.journal"],
+    "study worker": ["study", "worker", "missing", "--artifacts", "{out}/art"],
     "arch export": ["arch", "export", "tiny", "--format", "hf", "--out", "{out}/cfg"],
     "arch export-hf": ["arch", "export-hf", "tiny", "--out", "{out}/cfg"],
     "substitute": ["substitute", "--loss-law", "missing.json", "--passk-law", "missing.json",
