@@ -21,7 +21,7 @@ from archscale.cli import (
     train_cmd,
 )
 
-FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "passk_law": "--passk-law"}
+FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "fmt": "--format", "out_dir": "--out"}
 """Settings whose flag is not ``--`` + the name with dashes (``flag``)."""
 
 
@@ -50,9 +50,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(arch_cmd.app, name="arch")
-app.add_typer(bench_cmd.app, name="bench")
-app.add_typer(study_cmd.app, name="study")
+for name, group in (("arch", arch_cmd.app), ("bench", bench_cmd.app), ("study", study_cmd.app)):
+    for info in group.registered_commands:
+        info.callback = with_flags(info.callback)
+    app.add_typer(group, name=name)
 for name, command in (("train", train_cmd.train), ("fit", laws_cmd.fit),
                       ("predict", laws_cmd.predict), ("demo", demo_cmd.demo),
                       ("recommend", recommend_cmd.recommend), ("export", recommend_cmd.export),
