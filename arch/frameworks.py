@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.framework_files import parse, render
 from archscale.arch.spec import ArchSpec, SpecError, get_preset, preset_names
 
@@ -292,7 +292,7 @@ def get_format(fmt: Format | str) -> Format:
     if isinstance(fmt, Format):
         return fmt
     if fmt not in FRAMEWORKS:
-        raise ArchscaleError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
+        raise SettingError(f"{{fmt}} {fmt!r}: choose one of {list(FORMATS)}")
     return FRAMEWORKS[fmt]
 
 

@@ -22,7 +22,7 @@ from archscale.cli import (
     train_cmd,
 )
 
-FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "passk_law": "--passk-law"}
+FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "fmt": "--format", "out_dir": "--out"}
 """Settings whose flag is not ``--`` + the name with dashes (``flag``)."""
 
 
@@ -60,9 +60,10 @@ app = typer.Typer(
     # click's plain help wraps long option names and words; rich's tables cut them at 80 columns
     rich_markup_mode=None,
 )
-app.add_typer(arch_cmd.app, name="arch", cls=group.ArchscaleGroup)
-app.add_typer(bench_cmd.app, name="bench", cls=group.ArchscaleGroup)
-app.add_typer(study_cmd.app, name="study", cls=group.ArchscaleGroup)
+for name, commands in (("arch", arch_cmd.app), ("bench", bench_cmd.app), ("study", study_cmd.app)):
+    for info in commands.registered_commands:
+        info.callback = with_flags(info.callback)
+    app.add_typer(commands, name=name, cls=group.ArchscaleGroup)
 for name, command in (("train", train_cmd.train), ("fit", laws_cmd.fit),
                       ("predict", laws_cmd.predict), ("demo", demo_cmd.demo),
                       ("recommend", recommend_cmd.recommend), ("export", recommend_cmd.export),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.spec import ArchSpec
 from archscale.laws.levels import LEVELS
 from archscale.search.passwords import hide_passwords
@@ -269,7 +269,8 @@ def save_recommendation(rec: Recommendation, out_dir: str | Path) -> Path:
     """Write ``out_dir/recommendations.json``; returns its path."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ArchscaleError(f"--out {out} is a file: give a directory for recommendations.json")
+        raise SettingError(f"{{out_dir}} {out} is a file: give a directory for "
+                           "recommendations.json")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "recommendations.json"
     data, _ = hide_passwords(rec.to_dict())  # a law fitted before URLs were saved without them
