@@ -66,10 +66,11 @@ class Coefficient:
         if any(not lo <= s <= hi for s in self.starts):
             raise ArchscaleError(f"coefficient {self.name}: starts {list(self.starts)} leave its "
                                  f"bounds {list(self.bounds)}")
-        if not self.starts and not (math.isfinite(lo) and math.isfinite(hi)) and not (
-                self.log and lo > 0 and math.isfinite(hi)):
-            raise ArchscaleError(f"coefficient {self.name} has no starts and unbounded range "
-                                 f"{list(self.bounds)}: declare starts or finite bounds")
+        drawable = math.isfinite(hi) and (lo > 0 if self.log else math.isfinite(lo))
+        if not self.starts and not drawable:
+            raise ArchscaleError(f"coefficient {self.name} has no starts and its range "
+                                 f"{list(self.bounds)} cannot be sampled: declare starts, or "
+                                 "finite bounds (above 0 for a log coefficient)")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bounds": [_finite_or_none(b) for b in self.bounds]}

@@ -95,8 +95,7 @@ def _padded(inputs: dict[str, np.ndarray], target: np.ndarray, rows: np.ndarray 
 
 def compiled(form: DeclaredForm) -> Compiled:
     return _compiled(form.expression, tuple(form.definitions.items()), form.inputs,
-                     form.coef_names,
-                     tuple(c.log for c in form.coefficients), form.space)
+                     form.coef_names, tuple(c.log for c in form.coefficients), form.space)
 
 
 def _to_z(form: DeclaredForm, coef: np.ndarray) -> np.ndarray:

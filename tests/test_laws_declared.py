@@ -66,7 +66,7 @@ def test_jax_jacobian_matches_the_hand_derivative():
                             -terms[0] * np.log(n) / pred, -terms[1] * np.log(d) / pred])
     z = np.array([np.log(a), np.log(b), np.log(e), alpha, beta])
     with jax.enable_x64(True):
-        jac = np.asarray(compiled(form).jacobian(z, {"N": n, "D": d}, np.log(loss)))
+        jac = np.asarray(compiled(form).jacobian(z, {"N": n, "D": d}, np.log(loss), np.ones(2)))
     np.testing.assert_allclose(jac, hand, rtol=1e-10)
 
 
