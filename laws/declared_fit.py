@@ -186,13 +186,17 @@ def _local(form: DeclaredForm, fns: Compiled, arrays: tuple[dict[str, Any], Any,
     return result.x, cost, bool(result.status > 0 and np.isfinite(cost))
 
 
-def fit_form(form: DeclaredForm, table: pd.DataFrame) -> Estimate:
-    """The best local fit from the form's start grid (see the module docstring)."""
+def fit_form(form: DeclaredForm, table: pd.DataFrame,
+             warm: np.ndarray | None = None) -> Estimate:
+    """The best local fit from the form's start grid (see the module docstring); ``warm``
+    (coefficient rows, natural units: e.g. a fit on fewer runs) joins the grid's starts."""
     inputs, target = columns(form, table)
     fns, bounds = compiled(form), z_bounds(form)
     with jax.enable_x64(True):
         arrays = _padded(inputs, target)
         grid = start_grid(form)
+        if warm is not None:
+            grid = np.vstack([_to_z(form, np.atleast_2d(warm)), grid])
         screened = _loss(form, np.asarray(fns.residuals_batch(jnp.asarray(grid), *arrays)))
         order = np.argsort(screened, kind="stable")[:form.local_starts]
         ends = [_local(form, fns, arrays, grid[i], bounds)
