@@ -259,15 +259,16 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def run_replay(spec: Replay, methods: Sequence[str], budgets: Sequence[float], repeats: int,
-               on_repeat: Callable[[int], None] | None = None) -> dict:
-    """``repeats`` seeded repeats of every method; the summary table under "methods"."""
+               on_repeat: Callable[[int, dict], None] | None = None) -> dict:
+    """``repeats`` seeded repeats of every method; the summary table under "methods".
+    ``on_repeat(i, table so far)`` after each repeat (a long replay's partial results)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ArchscaleError(f"unknown replay method(s) {unknown}: choose from {METHODS}")
     if not budgets or not all(0 < b <= 1 for b in budgets):
         raise ArchscaleError(f"budgets {list(budgets)} must be fractions in (0, 1], e.g. "
                              "0.01,0.05,0.1,0.2")
-    results = []
+    results: list[dict[str, dict[float, Outcome]]] = []
     for seed in range(repeats):
         # the whole pool is the same fit in every repeat: fitted once
         result = replay_one(spec, [m for m in methods if m != "all" or seed == 0], budgets, seed)
@@ -275,7 +276,10 @@ def run_replay(spec: Replay, methods: Sequence[str], budgets: Sequence[float], r
             result["all"] = results[0]["all"] if results else result["all"]
         results.append(result)
         if on_repeat is not None:
-            on_repeat(seed)
-    return {"methods": summarize(spec, results),
-            "pool_runs": len(spec.pool), "target_rows": len(spec.target),
-            "law": spec.law.name, "repeats": repeats}
+            on_repeat(seed, _table(spec, results))
+    return _table(spec, results)
+
+
+def _table(spec: Replay, results: list[dict[str, dict[float, Outcome]]]) -> dict:
+    return {"methods": summarize(spec, results), "pool_runs": len(spec.pool),
+            "target_rows": len(spec.target), "law": spec.law.name, "repeats": len(results)}
