@@ -8,9 +8,10 @@ intervals and, where the target rows name shapes, the regret of the shape the fi
 
 Methods: ``design`` and ``vopt`` (the engine, decide/design.py, in growing batches, each fit
 warm-started from the last); ``random``; ``cheapest`` (cheapest first); ``cost-random`` (random,
-weighted by inverse cost); ``all`` (the whole pool, budget 1). A sequential method is run once up
-to the largest budget and scored on the prefix of its picks within each budget (as the paper
-does); the others fill each budget in their own order, skipping runs that no longer fit.
+weighted by inverse cost); ``all`` (the whole pool, budget 1). Every method fills each budget in
+its own order, skipping runs that no longer fit; the engine is run once, up to the largest
+budget, and its order of picks is that order (the paper scores the plain prefix instead, which
+a batch ending in one expensive run cuts short).
 With ``by``, each group (e.g. a corpus) gets its own law and its share of the budget, and the
 target rows of every group are scored together.
 """
@@ -172,13 +173,11 @@ def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float], s
             if method in ENGINE_METHODS:
                 picks = _engine_picks(method, pool, costs, spec.law, target,
                                       max(method_budgets) * total, seed, spec.cost_power)
-                spent = np.cumsum(costs[picks]) if len(picks) else np.array([])
             for budget in method_budgets:
                 if method == "all":
                     chosen = np.arange(len(pool))
                 elif method in ENGINE_METHODS:
-                    chosen = picks[: int(np.searchsorted(spent, budget * total * (1 + 1e-12),
-                                                         side="right"))]
+                    chosen = _fill(picks, costs, budget * total)
                 else:
                     chosen = _fill(_order(method, costs, rng), costs, budget * total)
                 outcome = _outcome(spec.law, pool.iloc[chosen], target, float(costs[chosen].sum()))
