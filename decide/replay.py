@@ -31,8 +31,6 @@ from archscale.decide.design import METHODS as ENGINE_METHODS
 from archscale.decide.design_law import DesignLaw
 from archscale.laws.law import holdout_mask
 
-BASELINES = ("random", "cheapest", "cost-random")
-"""Methods that ignore the law."""
 METHODS = ("design", "random", "cheapest", "cost-random", "vopt", "all")
 """Every method a replay runs, in report order."""
 BATCH_GROWTH = 0.25
@@ -155,8 +153,8 @@ def _outcome(law: DesignLaw, runs: pd.DataFrame, target: pd.DataFrame, cost: flo
     return Outcome(predicted, lower, upper, len(runs), cost)
 
 
-def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float], seed: int,
-               on_pick: Callable[[str], None] | None = None) -> dict[str, dict[float, Outcome]]:
+def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float],
+               seed: int) -> dict[str, dict[float, Outcome]]:
     """One repeat: every method at every budget (fractions of the pool's cost)."""
     groups = ([(None, np.ones(len(spec.pool), bool), np.ones(len(spec.target), bool))]
               if spec.by is None else
@@ -181,19 +179,16 @@ def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float], s
                 else:
                     chosen = _fill(_order(method, costs, rng), costs, budget * total)
                 outcome = _outcome(spec.law, pool.iloc[chosen], target, float(costs[chosen].sum()))
-                out[method].setdefault(budget, []).append((outcome, in_target, total))
-            if on_pick is not None:
-                on_pick(method)
+                out[method].setdefault(budget, []).append((outcome, in_target))
     return {m: {b: _merge(parts, len(spec.target)) for b, parts in per.items()}
             for m, per in out.items()}
 
 
-def _merge(parts: list, n_target: int) -> Outcome:
-    """Groups' outcomes as one: target rows in their places, runs and cost summed, the cost as a
-    fraction of the pools' total is kept by summing the totals alongside."""
+def _merge(parts: list[tuple[Outcome, np.ndarray]], n_target: int) -> Outcome:
+    """Groups' outcomes as one: target rows in their places, runs and cost summed."""
     predicted, lower, upper = (np.full(n_target, np.nan) for _ in range(3))
     runs, cost = 0, 0.0
-    for outcome, in_target, _ in parts:
+    for outcome, in_target in parts:
         predicted[in_target], lower[in_target] = outcome.predicted, outcome.lower
         upper[in_target] = outcome.upper
         runs += outcome.runs
