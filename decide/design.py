@@ -6,8 +6,8 @@ the next batch of K picks, each with the reason it was picked. It goes through t
 * **seed**: fewer finished runs than the law has coefficients (times SEED_PER_COEF): a
   space-filling design. scikit-learn's KMeans splits the candidates (in standardized log inputs)
   into that many strata, and the cheapest run of each stratum not yet covered is proposed.
-* **identify**: the law cannot be fitted, or its fit is refused as not identified: the refusal's
-  advice becomes runs (laws/diagnostics.py says what is missing: "train some runs longer", "add
+* **identify**: the law cannot be fitted, or its fit is refused for a reason runs can fix
+  (RUNS_FIX): the refusal's advice becomes runs (laws/diagnostics.py says what is missing: "train some runs longer", "add
   runs at more values of r", "N and D are collinear", or, for the rest, runs that spread the
   inputs).
 * **reduce**: the law is identified. The target's uncertainty is a Gaussian over the predictions
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,11 @@ dozens of the cheapest runs, far from the target). Chosen on replays of ScaleBen
 PRIOR_SD = 3.0
 """Prior sd of each coefficient's relative change (a weak prior that keeps the Fisher matrix
 invertible while the runs identify some directions barely)."""
+RUNS_FIX = ("fit_failed", "collinear", "few_values", "E_zero")
+"""Refusals that runs can answer (laws/diagnostics.py says which runs). Others (a flat direction
+of an over-parametrised form, an exponent or term at its bound) may never lift whatever is
+trained; the engine then goes on reducing the variance of the fit it has (the weak prior holds
+the flat directions) and reports the problems with its choice."""
 N_ENSEMBLE = 16
 """Bootstrap refits behind ``design``'s disagreement term."""
 SIGMA_FLOOR = 1e-4
@@ -93,7 +98,7 @@ class Choice:
     fitted: Fitted | None
     """The fit the choice rests on; pass it back as ``warm`` with the next call."""
     problems: tuple[Problem, ...] = ()
-    """Why the law is refused, in the identify stage."""
+    """Why the law is refused (in the reduce stage: refusals no run is known to fix)."""
 
 
 def seed_size(law: DesignLaw) -> int:
@@ -141,12 +146,14 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
         problems = fitted.problems
     except ArchscaleError as err:
         fitted, problems = None, (Problem("fit_failed", str(err)),)
-    if problems:
-        picks = _identify(problems, finished, pool, costs ** cost_power, affordable, columns, k,
+    blocking = [p for p in problems if p.code in RUNS_FIX or fitted is None]
+    if blocking:
+        picks = _identify(blocking, finished, pool, costs ** cost_power, affordable, columns, k,
                           budget, costs)
         return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
-    return _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
-                   cost_power)
+    choice = _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
+                     cost_power)
+    return replace(choice, problems=problems)
 
 
 # ---- seed --------------------------------------------------------------------------------------

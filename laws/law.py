@@ -256,7 +256,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
             n_boot: int | None = None, seed: int = 0, holdout_above: float | None = None,
             holdout_by: str = "N", progressive: bool = True,
             provenance: Mapping[str, Any] | None = None, noise_floor: float | None = None,
-            n_definition: str = "non_embedding") -> Law:
+            n_definition: str = "non_embedding", report_heldout: bool = True) -> Law:
     """Fit, bootstrap (``n_boot`` resamples of the runs, seeded), validate and calibrate one law.
 
     ``kind_name`` is a kind's name (laws/registry.py), a declared form (laws/declared.py: a
@@ -265,7 +265,9 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
     fitting: the law is fitted on the rest, and its validation holds the held-out rows with
     their prediction intervals. ``noise_floor`` is the measured seed-to-seed scatter (relative),
-    the least scatter a prediction interval assumes.
+    the least scatter a prediction interval assumes. ``report_heldout=False`` skips the refit
+    that scores the largest scale held out for the report (the design engine refits hundreds of
+    times and reads no report).
     """
     kind = get_kind(kind_name)
     if n_definition not in N_DEFINITIONS:
@@ -345,7 +347,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         checks["heldout"] = _heldout_rows(law, heldout_table, heldout_index,
                                           f"runs with {holdout_by} >= {holdout_above:.4g} held out "
                                           "(not fitted)")
-    elif len(set(scale_labels(table))) >= 2:
+    elif report_heldout and len(set(scale_labels(table))) >= 2:
         # scored even where the refit is degenerate: its error is part of what the user is told
         task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
                                   kind.axes, space, count_runs)
