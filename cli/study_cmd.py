@@ -56,11 +56,18 @@ def create(
     """Validate a sweep file and create its study (enqueueing every grid run once)."""
     from archscale.search import storage as storage_lib
     from archscale.search.study import create_study, progress_counts
+    from archscale.search.sweepfile import load_sweep
 
     _quiet_optuna()
-    handle = create_study(file, storage)
+    sweep = load_sweep(file)
+    if sweep.design is not None:
+        from archscale.decide.design_study import design_law
+
+        design_law(sweep)  # an unknown law or form fails before the study exists
+    handle = create_study(sweep, storage)
     counts = progress_counts(handle)
-    planned = (f"{counts['planned']} planned runs" if handle.is_grid
+    planned = ("a design over the grid (runs picked as it goes)" if sweep.design is not None
+               else f"{counts['planned']} planned runs" if handle.is_grid
                else f"a search of {counts['n_trials']} trials")
     shown = handle.shown_url
     typer.echo(f"study {handle.name!r} in {shown}: {planned}, {counts['COMPLETE']} complete, "
@@ -92,7 +99,7 @@ def run(
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         name = create_study(name, storage).name
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
-                            progress=progress and workers == 1)
+                            progress=progress and workers == 1, proposer=_proposer())
     run_study(name, storage, workers=workers, options=options, echo=typer.echo)
     _print_status(name, storage)
 
@@ -113,12 +120,41 @@ def worker(
 
     _quiet_optuna()
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
-                            max_trials=max_trials, progress=progress)
+                            max_trials=max_trials, progress=progress, proposer=_proposer())
     pinned = [int(c) for c in cores.split(",")] if cores else None
     run_worker(name, storage, options, echo=typer.echo, cores=pinned)
 
 
+def _proposer() -> str:
+    """The design engine, as workers of a designed study load it."""
+    from archscale.decide.design_study import PROPOSER
+
+    return PROPOSER
+
+
+def _print_design(console: Console, status: dict) -> None:
+    """A designed study's spend, target interval and top shapes (``designed.latest_status``)."""
+    spent, budget = status["spent_flops"], status["budget_flops"]
+    console.print(f"design: {spent:.3g} of {budget:.3g} FLOPs spent ({spent / budget:.0%} of the "
+                  f"budget, {spent / status['grid_flops']:.0%} of the grid's), step "
+                  f"{status['step']}, stage {status.get('stage')}", highlight=False)
+    if status.get("target_interval_90"):
+        low, high = status["target_interval_90"]
+        console.print(f"target: loss {status['target_loss']:.4f}, 90% interval of the law's mean "
+                      f"{low:.4f}-{high:.4f}", highlight=False)
+    for shape in status.get("top_shapes", []):
+        best = ("" if shape.get("p_best") is None
+                else f", best with probability {shape['p_best']:.2f}")
+        console.print(f"  d/sqrt(N) {shape.get('d_over_sqrt_n')}, r {shape.get('r')}, GQA "
+                      f"{shape.get('gqa_group')}: loss {shape['loss']:.4f}{best}", highlight=False)
+    for problem in status.get("problems", []):
+        console.print(f"  not identified yet: {problem}", markup=False, highlight=False)
+    if status.get("stopped_because"):
+        console.print(f"stopped: {status['stopped_because']}", markup=False, highlight=False)
+
+
 def _print_status(name: str, storage: str | None) -> None:
+    from archscale.search.designed import STEP_STATUS, latest_status
     from archscale.search.study import open_study, progress_counts
     from archscale.search.table import pareto_front, status_table, trials_table
 
@@ -135,13 +171,16 @@ def _print_status(name: str, storage: str | None) -> None:
     for row in table.to_dict("records"):
         row["status"] = row["status"] or row["state"].lower()
         shown.add_row(*(_fmt(row[c]) for c in columns))
-        if row["message"] and row["status"] != "complete":
+        if row["message"] and row["status"] not in ("complete", STEP_STATUS):
             notes.append(f"trial {row['trial']} {row['status']}: {row['message']}")
     console.print(shown)
     for note in notes:
         console.print(note, markup=False, highlight=False)
     counts = progress_counts(handle)
     console.print(", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v))
+    design = latest_status(handle.study)
+    if design is not None:
+        _print_design(console, design)
     front = pareto_front(trials_table(handle.study))
     if len(front):
         pareto = Table(title="Pareto front: lower loss vs higher decode throughput")
