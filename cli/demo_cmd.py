@@ -57,6 +57,9 @@ def demo(
     target_k: Annotated[int, typer.Option(
         min=1, help="Where the sweep samples pass@k: the substitution's target is the pass rate "
              "the largest trained scale reaches with this many samples.")] = DEMO["target_k"],
+    full_grid: Annotated[bool, typer.Option(
+        "--full-grid", help="Train every grid point, not only the runs the sweep's design: "
+        "picks.")] = DEMO["full_grid"],
     allow_degenerate: Annotated[bool, typer.Option(
         help="Exit 0 even if the runs do not identify a law (the report says which).")
     ] = DEMO["allow_degenerate"],
@@ -71,7 +74,8 @@ def demo(
     options = DemoOptions(sweep=sweep, storage=storage, out=out, workers=max(1, workers),
                           scale_factor=scale_factor, max_loss_increase=_percent(max_loss_increase),
                           top=top, n_boot=n_boot, progress=progress, measure=measure,
-                          target_k=target_k, allow_degenerate=allow_degenerate)
+                          target_k=target_k, allow_degenerate=allow_degenerate,
+                          full_grid=full_grid)
     if verify_run:
         result = verify(options, verify_scale, echo=typer.echo)
         low, high = result["loss_interval_90"]

@@ -58,11 +58,18 @@ def create(
     """Validate a sweep file and create its study (enqueueing every grid run once)."""
     from archscale.search import storage as storage_lib
     from archscale.search.study import create_study, progress_counts
+    from archscale.search.sweepfile import load_sweep
 
     _quiet_optuna()
-    handle = create_study(file, storage)
+    sweep = load_sweep(file)
+    if sweep.design is not None:
+        from archscale.decide.design_study import design_law
+
+        design_law(sweep)  # an unknown law or form fails before the study exists
+    handle = create_study(sweep, storage)
     counts = progress_counts(handle)
-    planned = (f"{counts['planned']} planned runs" if handle.is_grid
+    planned = ("a design over the grid (runs picked as it goes)" if sweep.design is not None
+               else f"{counts['planned']} planned runs" if handle.is_grid
                else f"a search of {counts['n_trials']} trials")
     shown = handle.shown_url
     typer.echo(f"study {handle.name!r} in {shown}: {planned}, {counts['COMPLETE']} complete, "
@@ -98,7 +105,7 @@ def run(
         name = create_study(name, storage).name
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
                             progress=progress and workers == 1, max_retries=max_retries,
-                            storage_wait_s=storage_wait)
+                            storage_wait_s=storage_wait, proposer=_proposer())
     try:
         run_study(name, storage, workers=workers, options=options, echo=typer.echo)
     except GaveUpError:
@@ -127,7 +134,7 @@ def worker(
     _quiet_optuna()
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
                             max_trials=max_trials, progress=progress, max_retries=max_retries,
-                            storage_wait_s=storage_wait)
+                            storage_wait_s=storage_wait, proposer=_proposer())
     pinned = [int(c) for c in cores.split(",")] if cores else None
     run_worker(name, storage, options, echo=typer.echo, cores=pinned)
 
@@ -144,7 +151,36 @@ def _records(table) -> list[dict]:
     return json.loads(table.to_json(orient="records"))
 
 
+def _proposer() -> str:
+    """The design engine, as workers of a designed study load it."""
+    from archscale.decide.design_study import PROPOSER
+
+    return PROPOSER
+
+
+def _print_design(status: dict) -> None:
+    """A designed study's spend, target interval and top shapes (``designed.latest_status``)."""
+    spent, budget = status["spent_flops"], status["budget_flops"]
+    typer.echo(f"design: {spent:.3g} of {budget:.3g} FLOPs spent ({spent / budget:.0%} of the "
+               f"budget, {spent / status['grid_flops']:.0%} of the grid's), step "
+               f"{status['step']}, stage {status.get('stage')}")
+    if status.get("target_interval_90"):
+        low, high = status["target_interval_90"]
+        typer.echo(f"target: loss {status['target_loss']:.4f}, 90% interval of the law's mean "
+                   f"{low:.4f}-{high:.4f}")
+    for shape in status.get("top_shapes", []):
+        best = ("" if shape.get("p_best") is None
+                else f", best with probability {shape['p_best']:.2f}")
+        typer.echo(f"  d/sqrt(N) {shape.get('d_over_sqrt_n')}, r {shape.get('r')}, GQA "
+                   f"{shape.get('gqa_group')}: loss {shape['loss']:.4f}{best}")
+    for problem in status.get("problems", []):
+        typer.echo(f"  not identified yet: {problem}")
+    if status.get("stopped_because"):
+        typer.echo(f"stopped: {status['stopped_because']}")
+
+
 def _print_status(name: str, storage: str | None, as_json: bool = False) -> None:
+    from archscale.search.designed import STEP_STATUS, latest_status
     from archscale.search.study import open_study, progress_counts
     from archscale.search.table import pareto_front, status_counts, status_table, trials_table
 
@@ -154,19 +190,23 @@ def _print_status(name: str, storage: str | None, as_json: bool = False) -> None
     planned = {k: v for k, v in progress_counts(handle).items() if k in ("planned", "n_trials")}
     front = pareto_front(trials_table(handle.study))
     retries = _retry_lines(handle.study)
+    design = latest_status(handle.study)
     if as_json:
         typer.echo(json.dumps({"study": name, "storage": handle.shown_url, "counts": counts,
-                               **planned, "retries": retries, "trials": _records(table),
+                               **planned, "retries": retries, "design": design,
+                               "trials": _records(table),
                                "pareto": _records(front[list(PARETO_COLUMNS)])}, indent=1))
         return
     print_table(table.to_dict("records"), STATUS_COLUMNS,
                 title=f"study {name} ({handle.shown_url})")
     for row in table.to_dict("records"):
-        if row["message"] and row["status"] != "complete":
+        if row["message"] and row["status"] not in ("complete", STEP_STATUS):
             typer.echo(f"trial {row['trial']} {row['status']}: {row['message']}")
     for line in retries:
         typer.echo(line)
     typer.echo(", ".join(f"{k}: {v}" for k, v in {**counts, **planned}.items()))
+    if design is not None:
+        _print_design(design)
     if len(front):
         print_table(front.to_dict("records"), PARETO_COLUMNS,
                     title="Pareto front: lower loss vs higher decode throughput")

@@ -29,6 +29,8 @@ import pandas as pd
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
+from archscale.decide.design_report import GRID_TABLE, design_summary, full_grid, matches_grid
+from archscale.decide.design_study import PROPOSER
 from archscale.decide.options import DemoOptions, MeasureSettings
 from archscale.decide.recommend import Recommendation, SearchSpace, recommend
 from archscale.decide.report import (
@@ -67,17 +69,24 @@ def _require_grid(sweep: SweepFile) -> None:
                              f"the largest; {sweep.grid and len(sweep.grid.scales)} given")
 
 
-def run_trials(options: DemoOptions, echo: Echo) -> StudyHandle:
-    """Create or continue the study and run every missing trial."""
+def demo_sweep(options: DemoOptions) -> SweepFile:
+    """The sweep the demo trains: the file's, or with ``full_grid`` its every grid point."""
     sweep = load_sweep(options.sweep)
+    return full_grid(sweep) if options.full_grid and sweep.design is not None else sweep
+
+
+def run_trials(options: DemoOptions, echo: Echo) -> StudyHandle:
+    """Create or continue the study and run every missing trial (or the design's picks)."""
+    sweep = demo_sweep(options)
     _require_grid(sweep)
     handle = create_study(sweep, options.storage)
     done = len(trials_table(handle.study))
-    planned = len(handle.planned_runs())
-    echo(f"[1/4] study {handle.name!r} in {handle.shown_url}: {done}/{planned} runs complete; "
-         f"running the rest on {options.workers} worker(s)")
+    todo = ("the design engine picks the runs" if sweep.design is not None
+            else f"{len(handle.planned_runs())} planned")
+    echo(f"[1/4] study {handle.name!r} in {handle.shown_url}: {done} runs complete, {todo}; "
+         f"running on {options.workers} worker(s)")
     run_study(handle.name, handle.url, workers=options.workers,
-              options=WorkerOptions(progress=options.progress), echo=echo)
+              options=WorkerOptions(progress=options.progress, proposer=PROPOSER), echo=echo)
     return open_study(handle.name, handle.url)
 
 
@@ -102,20 +111,24 @@ def accuracy_target(table: pd.DataFrame) -> str:
     return "task_accuracy" if task is not None and task.notna().all() else "val_accuracy"
 
 
+def law_settings(sweep: SweepFile, table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The options of the four laws the demo fits."""
+    return {
+        "chinchilla": {},
+        # soft_l1: the seed scatter (about 2% of the loss) otherwise pulls E to zero
+        "conditional": {"terms": conditional_terms(sweep), "robust": "soft_l1"},
+        "accuracy": {"target": accuracy_target(table)},
+        "throughput": {"target": "decode"},
+    }
+
+
 def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
              noise: float, echo: Echo) -> dict[str, Law]:
     """Fit and validate the four laws (held out: the largest grid scale, by the table's
     ``scale`` column); ``noise`` is the measured seed-to-seed floor the intervals respect."""
     provenance = {"source": "study", "study": handle.name, "storage": handle.shown_url}
-    settings = {
-        "chinchilla": {},
-        # soft_l1: the seed scatter (about 2% of the loss) otherwise pulls E to zero
-        "conditional": {"terms": conditional_terms(handle.sweep), "robust": "soft_l1"},
-        "accuracy": {"target": accuracy_target(table)},
-        "throughput": {"target": "decode"},
-    }
     laws = {}
-    for kind, law_options in settings.items():
+    for kind, law_options in law_settings(handle.sweep, table).items():
         echo(f"[2/4] fitting the {kind} law on {len(table)} runs ({options.n_boot} bootstrap refits)")
         laws[kind] = fit_law(kind, table, law_options, n_boot=options.n_boot, seed=options.seed,
                              provenance=provenance,
@@ -239,13 +252,38 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoOutcome:
     start = time.perf_counter()
     substitution = answer_substitution(handle, table, laws, options, echo)
     seconds["substitution"] = time.perf_counter() - start
+    design = (None if handle.sweep.design is None else
+              design_summary(handle, table, noise, tokens, rec, grid_answer(handle, options)))
     outcome = DemoOutcome(handle, table, laws, rec, target, tokens, note, noise, seconds,
-                          substitution)
+                          substitution, design)
     echo(f"[4/4] writing {options.out}/")
     write_report(outcome, options.out)
     if not options.allow_degenerate:
         refuse_unidentified(laws, options.out)
     return outcome
+
+
+def grid_answer(handle: StudyHandle, options: DemoOptions
+                ) -> Callable[[], tuple[Law, Recommendation]] | None:
+    """The full grid's conditional law and recommendation, from ``options.grid_table`` where it
+    matches the study's grid (else None): what a designed demo's regret is measured against."""
+    path = GRID_TABLE if options.grid_table is None else options.grid_table
+    if path is None or not path.is_file():
+        return None
+    grid = load_table(path)
+    if not matches_grid(grid, handle.sweep, handle.vocab_size):
+        return None
+
+    def answer() -> tuple[Law, Recommendation]:
+        settings = law_settings(handle.sweep, grid)
+        laws = {kind: fit_law(kind, grid, settings[kind], n_boot=0, progressive=False,
+                              noise_floor=noise_floor(grid) if kind == "conditional" else None)
+                for kind in ("conditional", "throughput")}
+        target = options.scale_factor * float(handle.sweep.grid.scales[-1])
+        return laws["conditional"], recommend_at(handle, grid, laws, target, options,
+                                                 measure=False)[0]
+
+    return answer
 
 
 def load_report_laws(out: Path) -> dict[str, Law]:
@@ -265,7 +303,7 @@ def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) 
     laws = load_report_laws(options.out)
     if not options.allow_degenerate:
         refuse_unidentified(laws, options.out)
-    handle = open_study(load_sweep(options.sweep).name, options.storage)
+    handle = open_study(demo_sweep(options).name, options.storage)
     table = load_table(trials_table(handle.study))
     n_params = scale_factor * float(handle.sweep.grid.scales[-1])
     rec, tokens, _ = recommend_at(handle, table, laws, n_params, options, measure=False)

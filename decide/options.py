@@ -95,3 +95,9 @@ class DemoOptions:
     """Where the sweep samples pass@k, the substitution's target is what the largest trained
     scale reaches with this many samples: can a larger model reach it with fewer, or a smaller
     one with more, for less?"""
+    full_grid: bool = False
+    """Train every grid point, not only the runs the sweep's ``design:`` picks."""
+    grid_table: Path | None = None
+    """A full-grid run table of the sweep (default: the one shipped for the packaged demo grid,
+    decide/design_report.GRID_TABLE): a designed demo's recommendation is compared with the full
+    grid's (``regret_vs_grid``); used only where it matches the sweep's grid."""

@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import archscale
-from archscale.decide import substitution_report
+from archscale.decide import design_report, substitution_report
 from archscale.decide.decision import decision_markdown, decision_summary
 from archscale.decide.export import export_hf
 from archscale.decide.recommend import Recommendation, Scored, save_recommendation
@@ -60,6 +60,8 @@ class DemoOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     substitution: tuple[Substitution, dict[str, Any]] | None = None
     """The answer of ``answer_substitution`` and its held-out checks (None: no pass@k)."""
+    design: dict[str, Any] | None = None
+    """What a designed study trained and gave up (decide/design_report.py; None: a full grid)."""
 
 
 def _budgets(sweep: Any) -> str:
@@ -157,6 +159,7 @@ def summary(outcome: DemoOutcome) -> dict[str, Any]:
         **({} if outcome.substitution is None else {
             "substitution": outcome.substitution[0].summary(),
             "substitution_check": substitution_report.check_summary(outcome.substitution[1])}),
+        **({} if outcome.design is None else {"design": outcome.design}),
     }
 
 
@@ -277,6 +280,8 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
     lines += ["", "![Pareto fronts](figures/pareto.png)", ""]
     lines += decision_markdown(_decision(outcome),
                                [f"#{i}" for i in range(1, len(rec.recommended) + 1)])
+    if outcome.design is not None:
+        lines += design_report.markdown(outcome.design, "figures/design.png")
     if outcome.substitution is not None:
         lines += substitution_report.markdown(  # the section exists because passk: is set
             *outcome.substitution, outcome.handle.sweep.passk_settings.task,
@@ -302,6 +307,8 @@ def write_report(outcome: DemoOutcome, out: Path) -> Path:
         save_law(law, out / "laws" / LAW_FILES[kind])
         figures[kind] = save_plots(law, outcome.table, figures_dir, prefix=f"{kind}_")
     plot_pareto(outcome.table, outcome.recommendation, figures_dir / "pareto.png")
+    if outcome.design is not None:
+        design_report.plot_design(outcome.handle, figures_dir / "design.png")
     source = save_recommendation(outcome.recommendation, out)
     configs = export_hf(source, out / "hf")
     write_json(summary(outcome), out / "summary.json")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -117,6 +118,9 @@ class Proposal:
     status: dict[str, Any] = field(default_factory=dict)
     """Where the design stands, JSON-able (e.g. the target interval and the top shapes with
     their probability of being best): stored on the step and shown by ``study status``."""
+    wait: bool = False
+    """Ask again once a pending run has finished (e.g. the seed design is queued but no law can
+    be fitted yet): the step waits, at most as long as one run."""
 
 
 Proposer = Callable[[SweepFile, DesignState], Proposal]
@@ -237,15 +241,13 @@ def run_step(handle: StudyHandle, trial: optuna.Trial, proposer: Proposer,
     the first picks) and the next step, and close this one; the runs enqueued."""
     step = int(trial.user_attrs[DESIGN_STEP_ATTR])
     with Heartbeat(handle.storage, trial._trial_id, heartbeat_s):
-        state, by_key = design_state(handle, step)
-        try:
-            proposal = proposer(handle.sweep, state)
-        except Exception as err:
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("message", f"{type(err).__name__}: {err}")
-            handle.study.tell(trial, state=TrialState.FAIL)
-            raise ArchscaleError(f"design step {step} failed: {err}. Fix it and run the study "
-                                 "again: it continues from the runs it has") from err
+        state, by_key, proposal = _propose(handle, trial, step, proposer)
+        while proposal.wait:
+            if state.pending.empty:
+                raise ArchscaleError(f"design step {step}: the proposer waits for runs, but none "
+                                     "is queued or running")
+            time.sleep(min(5.0, max(0.5, heartbeat_s / 2)))
+            state, by_key, proposal = _propose(handle, trial, step, proposer)
         unknown = [p.key for p in proposal.picks if p.key not in state.candidates.index]
         if unknown:
             raise ArchscaleError(f"the proposer picked {unknown}, which are not open candidates")
@@ -269,6 +271,21 @@ def run_step(handle: StudyHandle, trial: optuna.Trial, proposer: Proposer,
         handle.study.tell(trial, state=TrialState.PRUNED)
     _log.info("design step %d: %d picks%s", step, len(picked), f"; stopped: {stop}" if stop else "")
     return picked + repeats
+
+
+def _propose(handle: StudyHandle, trial: optuna.Trial, step: int, proposer: Proposer
+             ) -> tuple[DesignState, dict[str, PlannedRun], Proposal]:
+    """The state and the proposer's answer; a proposer's error fails the step and stops the
+    worker, naming the fix."""
+    state, by_key = design_state(handle, step)
+    try:
+        return state, by_key, proposer(handle.sweep, state)
+    except Exception as err:
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("message", f"{type(err).__name__}: {err}")
+        handle.study.tell(trial, state=TrialState.FAIL)
+        raise ArchscaleError(f"design step {step} failed: {err}. Fix it and run the study "
+                             "again: it continues from the runs it has") from err
 
 
 def noise_repeats_of(sweep: SweepFile, picked: list[PlannedRun]) -> list[PlannedRun]:

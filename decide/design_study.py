@@ -1,0 +1,166 @@
+"""The design engine behind designed studies: ``search.designed``'s proposer, on ``decide.design``.
+
+At each step of a study with ``design:`` (search/designed.py), ``propose`` hands the engine the
+finished runs, the open grid points (their training FLOPs as costs), the FLOPs left and the
+target rows (the sweep's target scale x its target shapes), and turns the engine's choice into
+picks with reasons. It also says where the decision stands:
+
+* the target interval: the 90% interval of the law's mean loss at the top shape (mean of law,
+  not where one run lands), from the fit's linearised coefficient covariance with the law's
+  calibrated run scatter (decide/design_law.py); each pick carries it before and after that pick,
+  as the engine's rank-one updates shrink the target's variance;
+* each target shape's probability of being best: the share of draws from that covariance in
+  which its predicted loss is the lowest. The study stops when the top shape's passes
+  ``design.stop_probability``, or when no open grid point fits in the budget left.
+
+While the seed design (decide/design.py) is queued but not finished, a step waits for its runs
+(at most one run: every seed run is already running) rather than guess without a fit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from archscale.arch.errors import ArchscaleError
+from archscale.decide.design import PRIOR_SD, SIGMA_FLOOR, Choice, choose, seed_size
+from archscale.decide.design_law import DesignLaw, KindLaw, sensitivity, to_space
+from archscale.search.designed import DesignState, Pick, Proposal
+from archscale.search.sweepfile import SweepFile
+
+Z90 = 1.6448536269514722
+"""The standard normal's 95% quantile: a two-sided 90% interval is mean +- Z90 sd."""
+DRAWS = 4000
+"""Draws of the target predictions behind each shape's probability of being best."""
+TOP = 3
+"""Target shapes shown in a status."""
+PROPOSER = "archscale.decide.design_study:propose"
+"""This module's proposer, as workers load it (``WorkerOptions.proposer``)."""
+
+
+def design_law(sweep: SweepFile) -> DesignLaw:
+    """The sweep's law and form; the conditional law's default form is the demo's: the terms the
+    grid's values identify, fitted robustly (decide/demo.py)."""
+    from archscale.decide.demo import conditional_terms
+
+    design = sweep.design
+    form = design.form
+    if form is None and design.law == "conditional":
+        form = {"terms": conditional_terms(sweep), "robust": "soft_l1"}
+    return KindLaw(design.law, form or {})
+
+
+def target_rows(sweep: SweepFile) -> pd.DataFrame:
+    """The target: N and D of the target scale, crossed with the target shapes (default: the
+    grid's widths, ratios and GQA groups)."""
+    grid, target = sweep.grid, sweep.design.target
+    n_params = (target.n_params if target.n_params is not None
+                else target.scale_factor * max(grid.scales))
+    ratio = target.tokens_per_param or sweep.budget.tokens_per_param
+    shapes = itertools.product(target.d_over_sqrt_n or grid.d_over_sqrt_n, target.r or grid.r,
+                               target.gqa or grid.gqa)
+    return pd.DataFrame([{"N": n_params, "D": ratio * n_params, "d_over_sqrt_n": w, "r": r,
+                          "gqa_group": g} for w, r, g in shapes])
+
+
+def propose(sweep: SweepFile, state: DesignState) -> Proposal:
+    """The next batch of a designed study (module docstring)."""
+    law = design_law(sweep)
+    finished = state.finished
+    finished = finished[np.isfinite(finished[law.target].astype(float))]
+    pool = state.candidates
+    if pool.empty:
+        return Proposal((), "every grid point is trained", {"stage": "done"})
+    seed = seed_size(law)
+    k = state.batch
+    if len(finished) < seed:
+        if len(finished) + len(state.pending) >= seed:  # the seed is queued: wait for it
+            return Proposal((), None, {"stage": "seed"}, wait=True)
+        k = max(k, seed - len(finished) - len(state.pending)) if state.step == 0 else k
+    target = target_rows(sweep)
+    choice = choose(finished, pool, law, target, costs=pool["flops"].to_numpy(dtype=float), k=k,
+                    budget=state.left_flops, seed=sweep.seed)
+    status, sd_top = decision_status(law, choice, finished, target)
+    p_best = status.get("top_shapes", [{}])[0].get("p_best")
+    if choice.stage == "reduce" and p_best is not None and p_best >= sweep.design.stop_probability:
+        # NaN (a law blind to shape) never settles: such a design ends on its budget
+        return Proposal((), f"settled: the top shape is best with probability {p_best:.2f} >= "
+                        f"{sweep.design.stop_probability:g}", status)
+    if not choice.picks:
+        return Proposal((), f"budget spent: no open grid point fits in the {state.left_flops:.3g} "
+                        f"FLOPs left of {state.budget_flops:.3g}", status)
+    return Proposal(_picks(choice, pool, status.get("target_loss"), sd_top), None, status)
+
+
+def _picks(choice: Choice, pool: pd.DataFrame, loss: float | None, sd_top: float
+           ) -> tuple[Pick, ...]:
+    """The engine's picks with their reasons and, once the law is fitted, the top shape's
+    interval before and after each (its sd shrinks as the target's mean variance does)."""
+    picks, variance = [], choice.target_sd**2
+    for pick in choice.picks:
+        after = max(variance - pick.gain, 0.0)
+        before_after = [None, None]
+        if loss is not None and math.isfinite(variance) and variance > 0:
+            before_after = [_interval(loss, sd_top * math.sqrt(v / choice.target_sd**2))
+                            for v in (variance, after)]
+        picks.append(Pick(str(pick.index), pick.reason, pick.gain / pick.cost, *before_after))
+        variance = after
+    return tuple(picks)
+
+
+def _interval(loss: float, sd: float) -> tuple[float, float]:
+    """A 90% interval of a loss whose log has standard deviation ``sd``."""
+    return (loss * math.exp(-Z90 * sd), loss * math.exp(Z90 * sd))
+
+
+def decision_status(law: DesignLaw, choice: Choice, finished: pd.DataFrame,
+                    target: pd.DataFrame) -> tuple[dict[str, Any], float]:
+    """Where the decision stands (JSON-able), and the top shape's log-loss sd."""
+    status: dict[str, Any] = {"stage": choice.stage, "law": law.name,
+                              "problems": [p.message for p in choice.problems]}
+    fitted = choice.fitted
+    if fitted is None or not fitted.identified:
+        return status, math.nan
+    mean = to_space(law.predict(fitted, fitted.coef[None, :], target)[0], law.space)
+    cov = _target_covariance(law, fitted, finished, target)
+    if np.ptp(mean) == 0 and len(mean) > 1:  # a law blind to shape: no shape is best
+        status["problems"].append(f"the {law.name} law predicts every target shape alike")
+    draws = np.random.default_rng(0).multivariate_normal(mean, cov, DRAWS, method="eigh")
+    p_best = np.bincount(np.argmin(draws, axis=1), minlength=len(target)) / DRAWS
+    if status["problems"]:
+        p_best = np.full(len(target), np.nan)
+    order = np.lexsort((mean, -p_best))[:TOP]
+    top = order[0]
+    loss = float(np.exp(mean[top])) if law.space == "log" else float(mean[top])
+    sd_top = math.sqrt(max(cov[top, top], 0.0))
+    status.update(
+        target_loss=loss, target_interval_90=list(_interval(loss, sd_top)),
+        target_sd=choice.target_sd, target_sd_after=choice.target_sd_after,
+        top_shapes=[{**{c: _plain(target.iloc[i][c]) for c in ("d_over_sqrt_n", "r", "gqa_group")
+                        if c in target.columns},
+                     "loss": float(np.exp(mean[i])) if law.space == "log" else float(mean[i]),
+                     "p_best": float(p_best[i])} for i in order])
+    return status, sd_top
+
+
+def _target_covariance(law: DesignLaw, fitted: Any, finished: pd.DataFrame,
+                       target: pd.DataFrame) -> np.ndarray:
+    """Cov of the law's mean (its residual space) at the target rows: J Sigma J^T, with Sigma
+    the inverse Fisher information of the finished runs at the calibrated run scatter and the
+    engine's weak prior (decide/design.py's linearisation)."""
+    sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
+    jac_f = sensitivity(law, fitted, finished)
+    jac_t = sensitivity(law, fitted, target)
+    fisher = jac_f.T @ jac_f / sigma2 + np.eye(jac_t.shape[1]) / PRIOR_SD**2
+    try:
+        return jac_t @ np.linalg.solve(fisher, jac_t.T)
+    except np.linalg.LinAlgError as err:
+        raise ArchscaleError(f"the {law.name} fit's information matrix is singular: {err}") from None
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,90 @@
+"""Studies through the design engine: the packaged design example end to end (create, run,
+status), and the demo's full-grid table against the demo grid it stands for."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from archscale.cli.main import app
+from archscale.decide.design_report import GRID_TABLE, matches_grid
+from archscale.decide.design_study import propose
+from archscale.search import designed
+from archscale.search.defaults import DEMO_SWEEP
+from archscale.search.plan import plan_grid
+from archscale.search.study import open_study
+from archscale.search.sweepfile import load_sweep
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "search" / "examples" / "design_grid.yaml"
+
+
+@pytest.mark.slow
+def test_the_design_example_runs_end_to_end(tmp_path):
+    url = str(tmp_path / "design.journal")
+    runner = CliRunner()
+    created = runner.invoke(app, ["study", "create", str(EXAMPLE), "--storage", url])
+    assert created.exit_code == 0, created.output
+    assert "a design over the grid" in created.output
+    ran = runner.invoke(app, ["study", "run", "design-grid", "--storage", url, "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    handle = open_study("design-grid", url)
+    runs = handle.study.get_trials(states=(TrialState.COMPLETE,))
+    picked = [t for t in runs if designed.DESIGN_PICK_ATTR in t.user_attrs]
+    keys = [t.user_attrs["config_key"] for t in picked]
+    assert len(keys) == len(set(keys)) and len(runs) == len(picked) + 2  # + 2 noise repeats
+    for trial in picked:  # why it was picked, for optuna-dashboard
+        assert trial.user_attrs[designed.DESIGN_PICK_ATTR]["reason"]
+    # the budget by the FLOPs rule of arch/spec.py: 40% of every grid point's training
+    sweep = load_sweep(EXAMPLE)
+    grid = [r for r in plan_grid(sweep, handle.vocab_size) if r.seed is None]
+    grid_flops = sum(r.budget.tokens_for(r.spec) * r.spec.train_flops_per_token() for r in grid)
+    spent = sum(t.user_attrs["result"]["flops"] for t in runs)
+    assert spent <= 0.4 * grid_flops * 1.01  # tokens round to whole batches
+    stop = designed.stopped_because(handle.study)
+    assert stop.startswith(("settled", "budget spent"))
+    status = runner.invoke(app, ["study", "status", "design-grid", "--storage", url])
+    assert "stopped: " + stop[:20] in status.output
+    assert "FLOPs spent" in status.output
+
+
+def test_the_shipped_full_grid_table_is_the_demo_grid():
+    """Refresh tests/data/demo_full_grid.csv (its header says how) when the demo grid changes."""
+    if not GRID_TABLE.is_file():
+        pytest.skip("no full-grid table shipped yet")
+    table = pd.read_csv(GRID_TABLE)
+    assert matches_grid(table, load_sweep(DEMO_SWEEP), int(table["vocab_size"].iloc[0]))
+
+
+def synthetic_state(sweep, ratio_done: float):
+    """The demo grid's candidates; the runs at ``ratio_done`` tokens per parameter finished,
+    with losses of a Chinchilla-like law times a U in d/sqrt(N) and r (1% scatter)."""
+    runs = [r for r in plan_grid(sweep, 256) if r.seed is None]
+    pool = designed.candidate_rows(runs)
+    ratio = pool["D"] / pool["N"]
+    done = pool[np.isclose(ratio, ratio_done, rtol=0.1)].copy()
+    rng = np.random.default_rng(0)
+    done["loss"] = ((1.6 + 40 / done["N"] ** 0.35 + 60 / done["D"] ** 0.3)
+                    * (1 + 0.05 * np.log(done["d_over_sqrt_n"] / 0.16) ** 2
+                       + 0.03 * np.log(done["r"] / 2.5) ** 2)
+                    * np.exp(rng.normal(0, 0.01, len(done))))
+    open_ = pool.drop(done.index)
+    return designed.DesignState(
+        finished=done, candidates=open_, pending=open_.iloc[:0],
+        grid_flops=float(pool["flops"].sum()), spent_flops=float(done["flops"].sum()),
+        budget_flops=float(pool["flops"].sum()), batch=2, step=5)
+
+
+@pytest.mark.slow
+def test_where_the_runs_do_not_identify_the_law_the_engine_asks_for_the_runs_that_would():
+    """Every finished run at 16 tokens per parameter: N and D are collinear, the law is refused,
+    and the picks are the runs off that line (48 per parameter) that the refusal asks for."""
+    state = synthetic_state(load_sweep(DEMO_SWEEP), 16)
+    proposal = propose(load_sweep(DEMO_SWEEP), state)
+    assert proposal.stop is None and proposal.status["stage"] == "identify"
+    assert proposal.status["problems"]
+    first = state.candidates.loc[proposal.picks[0].key]
+    assert first["D"] / first["N"] > 40  # off the line: the run the refusal asks for
+    assert all(p.reason.startswith("identify") for p in proposal.picks)
