@@ -49,7 +49,7 @@ from archscale.search.attrs import (
 )
 from archscale.search.outages import StorageUnavailable
 from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
-from archscale.search.recovery import Heartbeat, mark_stale, owner_info, retry
+from archscale.search.recovery import Heartbeat, fail_and_retry, owner_info
 from archscale.search.spool import Spool
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
@@ -96,7 +96,8 @@ class TrialRunner:
                              "its result is discarded, the retry counts", trial.number)
                 return storage.get_trial(trial._trial_id).state
             except KeyboardInterrupt:
-                self._requeue(trial, "interrupted")
+                # abandoned: re-queued as for a dead worker (interrupts are not limited)
+                fail_and_retry(self.handle.study, storage, trial._trial_id, "interrupted", None)
                 raise
             except StorageUnavailable:
                 raise  # the worker stops; the trial is recovered (its result spooled) on resume
@@ -257,10 +258,4 @@ class TrialRunner:
             artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(path),
                                           study_or_trial=trial, mimetype="application/json")
         trial.set_user_attr(LOSS_CURVE_ATTR, artifact_id)
-
-    def _requeue(self, trial: optuna.Trial, reason: str) -> None:
-        """Fail a trial this worker abandons and enqueue its retry (as for a dead worker)."""
-        storage = self.handle.storage
-        if mark_stale(storage, trial._trial_id, reason):
-            retry(self.handle.study, storage.get_trial(trial._trial_id), None)
 

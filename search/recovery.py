@@ -188,6 +188,17 @@ class Recovered:
         return f"trial {self.number}: {self.reason}; {then}"
 
 
+def fail_and_retry(study: optuna.Study, storage: BaseStorage, trial_id: int, reason: str,
+                   max_retries: int | None) -> Recovered | None:
+    """Fail a RUNNING trial that stopped for ``reason`` and re-queue it (up to ``max_retries``
+    retries); None when another worker did so first (or it just finished)."""
+    if not mark_stale(storage, trial_id, reason):
+        return None
+    failed = storage.get_trial(trial_id)
+    retried = retry(study, failed, max_retries)
+    return Recovered(failed.number, reason, len(tries_of(failed)), retried)
+
+
 def recover_stale(study: optuna.Study, storage: BaseStorage, grace_s: float,
                   max_retries: int | None) -> list[Recovered]:
     """Fail the study's trials whose worker died and re-queue them (up to ``max_retries``
@@ -195,11 +206,9 @@ def recover_stale(study: optuna.Study, storage: BaseStorage, grace_s: float,
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = stale_reason(trial, grace_s)
-        if reason is None or not mark_stale(storage, trial._trial_id, reason):
-            continue
-        failed = storage.get_trial(trial._trial_id)
-        retried = retry(study, failed, max_retries)
-        recovered.append(Recovered(trial.number, reason, len(tries_of(failed)), retried))
+        if reason is not None:
+            done = fail_and_retry(study, storage, trial._trial_id, reason, max_retries)
+            recovered += [done] if done else []
     return recovered
 
 

@@ -61,14 +61,11 @@ from archscale.search.devices import (
 from archscale.search.outages import StorageUnavailable
 from archscale.search.recovery import (
     ConfigTries,
-    Recovered,
     default_grace,
+    fail_and_retry,
     given_up,
-    mark_stale,
     owner_info,
     recover_stale,
-    retry,
-    tries_of,
 )
 from archscale.search.spool import Spool
 from archscale.search.study import StudyHandle, enqueue_missing, open_study
@@ -194,7 +191,10 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
                 try:
                     child.run(trial._trial_id)
                 except TrialProcessDied as died:
-                    _stopped(handle, trial._trial_id, died.reason, options, say)
+                    recovered = fail_and_retry(handle.study, handle.storage, trial._trial_id,
+                                               died.reason, options.max_retries)
+                    if recovered:  # else another worker judged it first
+                        say(recovered.describe(options.max_retries))
                     continue
                 ran.append(trial.number)
                 say(describe(handle.storage.get_trial(trial._trial_id)))
@@ -203,17 +203,6 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
         raise StorageUnavailable(f"{err.what}{kept}: resume with `{handle.resume_command}` once "
                                  "it is back", err.driver) from None
     return ran
-
-
-def _stopped(handle: StudyHandle, trial_id: int, reason: str, options: WorkerOptions,
-             say: Callable[[str], None]) -> None:
-    """Fail and re-queue (under the retry limit) a trial whose trial process died."""
-    if not mark_stale(handle.storage, trial_id, reason):
-        return  # another worker judged it first
-    failed = handle.storage.get_trial(trial_id)
-    retried = retry(handle.study, failed, options.max_retries)
-    say(Recovered(failed.number, reason, len(tries_of(failed)), retried)
-        .describe(options.max_retries))
 
 
 def _record_spooled(handle: StudyHandle, spool: Spool, child: TrialProcess,

@@ -91,6 +91,7 @@ def run_with_chaos(name: str, url: str, rng: random.Random, disturb) -> list[str
                 p.wait()
     final = start_workers(name, url)
     assert [p.wait(timeout=1800) for p in final] == [0] * WORKERS
+    print(f"chaos: {done}; trials {len(handle.study.trials)}")  # shown with -s or -rP
     return done
 
 
