@@ -257,12 +257,13 @@ def load_report_laws(out: Path) -> dict[str, Law]:
     return {kind: load_law(path) for kind, path in paths.items()}
 
 
-def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) -> dict[str, Any]:
-    """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare."""
+def verify(options: DemoOptions, echo: Echo = print) -> dict[str, Any]:
+    """Train the top recommended shape at ``options.verify_scale`` x the largest trained N;
+    compare."""
     laws = load_report_laws(options.out)
     handle = open_study(load_sweep(options.sweep).name, options.storage)
     table = load_table(trials_table(handle.study))
-    n_params = scale_factor * float(handle.sweep.grid.scales[-1])
+    n_params = options.verify_scale * float(handle.sweep.grid.scales[-1])
     rec, tokens, _ = recommend_at(handle, table, laws, n_params, options, measure=False)
     top = rec.recommended[0]
     spec = top.spec
