@@ -50,7 +50,8 @@ def demo(
         "--verify", help="Train one recommended shape at an affordable scale and compare it with "
         "the laws' predictions (run the demo first).")] = False,
     verify_scale: Annotated[float, typer.Option(
-        help="--verify trains at this multiple of the largest trained N.")] = 2.0,
+        help="--verify trains at this multiple of the largest trained N.")
+    ] = DEMO["verify_scale"],
     measure: Annotated[bool, typer.Option(
         help="Time the finalists at the target size (random weights, interleaved) beside the "
              "throughput law.")] = DEMO["measure"],
@@ -75,9 +76,9 @@ def demo(
                           scale_factor=scale_factor, max_loss_increase=_percent(max_loss_increase),
                           top=top, n_boot=n_boot, progress=progress, measure=measure,
                           target_k=target_k, allow_degenerate=allow_degenerate,
-                          full_grid=full_grid)
+                          full_grid=full_grid, verify_scale=verify_scale)
     if verify_run:
-        result = verify(options, verify_scale, echo=typer.echo)
+        result = verify(options, echo=typer.echo)
         low, high = result["loss_interval_90"]
         typer.echo(
             f"loss: predicted {result['predicted_loss']:.4f} (90% prediction interval "

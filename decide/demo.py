@@ -296,16 +296,17 @@ def load_report_laws(out: Path) -> dict[str, Law]:
     return {kind: load_law(path) for kind, path in paths.items()}
 
 
-def verify(options: DemoOptions, scale_factor: float = 2.0, echo: Echo = print) -> dict[str, Any]:
-    """Train the top recommended shape at ``scale_factor`` x the largest trained N; compare.
-    Laws the demo refused are refused here too, before any training; a recommendation without a
-    prediction interval is verified against its point prediction, and the report says so."""
+def verify(options: DemoOptions, echo: Echo = print) -> dict[str, Any]:
+    """Train the top recommended shape at ``options.verify_scale`` x the largest trained N;
+    compare. Laws the demo refused are refused here too, before any training; a recommendation
+    without a prediction interval is verified against its point prediction, and the report says
+    so."""
     laws = load_report_laws(options.out)
     if not options.allow_degenerate:
         refuse_unidentified(laws, options.out)
     handle = open_study(demo_sweep(options).name, options.storage)
     table = load_table(trials_table(handle.study))
-    n_params = scale_factor * float(handle.sweep.grid.scales[-1])
+    n_params = options.verify_scale * float(handle.sweep.grid.scales[-1])
     rec, tokens, _ = recommend_at(handle, table, laws, n_params, options, measure=False)
     top = rec.recommended[0]
     spec = top.spec

@@ -77,6 +77,8 @@ class DemoOptions:
     """Local worker processes, each pinned to its own cores (tiny models use one core well)."""
     scale_factor: float = 10.0
     """Recommend at this multiple of the largest trained N (tokens scale with the budget rule)."""
+    verify_scale: float = 2.0
+    """``verify`` trains the top recommended shape at this multiple of the largest trained N."""
     max_loss_increase: float = 0.01
     """Loss target: the loss-optimal shape's prediction plus this fraction."""
     top: int = 3
