@@ -308,7 +308,9 @@ def kind_for(form: DeclaredForm) -> LawKind:
         axes=form.extrapolation_axes, space=form.space,
         problems=lambda config, coef, table: bound_problems(
             ungrouped(form, _levels(form, config, table)), coef),
-        default_n_boot=form.n_boot,
+        default_n_boot=form.n_boot, scales=lambda config: tuple(
+            c.name for c in ungrouped(form, config.get("levels", [])).coefficients
+            if c.bounds[0] >= 0),
         columns=lambda config: (*form.inputs, *([form.group] if form.group else []), form.target),
         default_columns=dict(form.columns))
 

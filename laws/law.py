@@ -204,7 +204,8 @@ def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
         problems += kind.problems(estimate.config, coef, table)
     problems += diagnostics.flat_directions(
         lambda c: kind.predict(estimate.config, c[None, :], table)[0], estimate.coef,
-        estimate.names)
+        estimate.names, diagnostics.LOG_SCALED if kind.scales is None else kind.scales(
+            estimate.config))
     problems += diagnostics.refit_problems(boot_info.get("converged_fraction"), boot_info["n"])
     return problems
 
