@@ -24,7 +24,7 @@ import pandas as pd
 
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import conditional, diagnostics, intervals, validation
+from archscale.laws import diagnostics, intervals, validation
 from archscale.laws.bootstrap import percentile_interval, resample_counts
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
@@ -197,7 +197,8 @@ def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
         problems += kind.problems(estimate.config, coef, table)
     problems += diagnostics.flat_directions(
         lambda c: kind.predict(estimate.config, c[None, :], table)[0], estimate.coef,
-        estimate.names)
+        estimate.names, diagnostics.LOG_SCALED if kind.scales is None else kind.scales(
+            estimate.config))
     problems += diagnostics.refit_problems(boot_info.get("converged_fraction"), boot_info["n"])
     return problems
 
@@ -298,8 +299,8 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
                         + _fit_problems(kind, part, train, {"n": 0})) if strict else []
         if unidentified:
             raise ArchscaleError(f"refit not identified: {unidentified[0].message}")
-        if config.get("lopt") == "measured":  # the paper's protocol: a reference run per group
-            rows = rows.assign(L_opt=conditional.group_best(rows))
+        if kind.heldout_rows is not None:
+            rows = kind.heldout_rows(config, rows)
         return kind.predict(part.config, part.coef[None, :], rows)[0]
 
     target = kind.target(config)
