@@ -133,11 +133,12 @@ def _proposer() -> str:
 
 
 def _print_design(console: Console, status: dict) -> None:
-    """A designed study's spend, target interval and top shapes (``designed.latest_status``)."""
+    """A designed study's spend, target interval and top shapes (``designed.live_status``)."""
     spent, budget = status["spent_flops"], status["budget_flops"]
-    console.print(f"design: {spent:.3g} of {budget:.3g} FLOPs spent ({spent / budget:.0%} of the "
-                  f"budget, {spent / status['grid_flops']:.0%} of the grid's), step "
-                  f"{status['step']}, stage {status.get('stage')}", highlight=False)
+    console.print(f"design: {spent:.3g} of {budget:.3g} FLOPs spent or committed "
+                  f"({spent / budget:.0%} of the budget, {spent / status['grid_flops']:.0%} of the "
+                  f"grid's), {status['runs']} runs finished; at step {status['step']} the law "
+                  f"was in stage {status.get('stage')}", highlight=False)
     if status.get("target_interval_90"):
         low, high = status["target_interval_90"]
         console.print(f"target: loss {status['target_loss']:.4f}, 90% interval of the law's mean "
@@ -154,7 +155,7 @@ def _print_design(console: Console, status: dict) -> None:
 
 
 def _print_status(name: str, storage: str | None) -> None:
-    from archscale.search.designed import STEP_STATUS, latest_status
+    from archscale.search.designed import STEP_STATUS, live_status
     from archscale.search.study import open_study, progress_counts
     from archscale.search.table import pareto_front, status_table, trials_table
 
@@ -178,7 +179,7 @@ def _print_status(name: str, storage: str | None) -> None:
         console.print(note, markup=False, highlight=False)
     counts = progress_counts(handle)
     console.print(", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v))
-    design = latest_status(handle.study)
+    design = live_status(handle)
     if design is not None:
         _print_design(console, design)
     front = pareto_front(trials_table(handle.study))
