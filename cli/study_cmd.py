@@ -159,11 +159,12 @@ def _proposer() -> str:
 
 
 def _print_design(status: dict) -> None:
-    """A designed study's spend, target interval and top shapes (``designed.latest_status``)."""
+    """A designed study's spend, target interval and top shapes (``designed.live_status``)."""
     spent, budget = status["spent_flops"], status["budget_flops"]
-    typer.echo(f"design: {spent:.3g} of {budget:.3g} FLOPs spent ({spent / budget:.0%} of the "
-               f"budget, {spent / status['grid_flops']:.0%} of the grid's), step "
-               f"{status['step']}, stage {status.get('stage')}")
+    typer.echo(f"design: {spent:.3g} of {budget:.3g} FLOPs spent or committed "
+               f"({spent / budget:.0%} of the budget, {spent / status['grid_flops']:.0%} of the "
+               f"grid's), {status['runs']} runs finished; at step {status['step']} the law "
+               f"was in stage {status.get('stage')}")
     if status.get("target_interval_90"):
         low, high = status["target_interval_90"]
         typer.echo(f"target: loss {status['target_loss']:.4f}, 90% interval of the law's mean "
@@ -180,7 +181,7 @@ def _print_design(status: dict) -> None:
 
 
 def _print_status(name: str, storage: str | None, as_json: bool = False) -> None:
-    from archscale.search.designed import STEP_STATUS, latest_status
+    from archscale.search.designed import STEP_STATUS, live_status
     from archscale.search.study import open_study, progress_counts
     from archscale.search.table import pareto_front, status_counts, status_table, trials_table
 
@@ -190,7 +191,7 @@ def _print_status(name: str, storage: str | None, as_json: bool = False) -> None
     planned = {k: v for k, v in progress_counts(handle).items() if k in ("planned", "n_trials")}
     front = pareto_front(trials_table(handle.study))
     retries = _retry_lines(handle.study)
-    design = latest_status(handle.study)
+    design = live_status(handle)
     if as_json:
         typer.echo(json.dumps({"study": name, "storage": handle.shown_url, "counts": counts,
                                **planned, "retries": retries, "design": design,

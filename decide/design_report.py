@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -62,10 +61,15 @@ def picked_runs(handle: StudyHandle) -> pd.DataFrame:
             continue
         row = designed.candidate_rows([planned_from_attrs(trial)]).iloc[0]
         rows.append({"trial": trial.number, "step": pick["step"], "reason": pick["reason"],
-                     **{c: row[c] for c in ("N", "D", "d_over_sqrt_n", "r", "gqa_group")}})
-    table = pd.DataFrame(rows, columns=["trial", "step", "reason", "N", "D", "d_over_sqrt_n", "r",
-                                        "gqa_group"])
+                     "N": row["N"], "D": row["D"], "shape": _shape(row["params"])})
+    table = pd.DataFrame(rows, columns=["trial", "step", "reason", "N", "D", "shape"])
     return table.sort_values(["step", "trial"]).reset_index(drop=True)
+
+
+def _shape(params: dict[str, Any]) -> tuple:
+    """A grid point's shape as the grid names it (width, r, GQA; realized values differ a bit)."""
+    width = params.get("d_over_sqrt_n", params.get("d_model"))
+    return (width, params["r"], params["gqa"])
 
 
 def grid_rows(sweep: SweepFile, vocab_size: int) -> pd.DataFrame:
@@ -100,21 +104,19 @@ def plot_design(handle: StudyHandle, path: Path) -> Path:
     """The (N, D, shape) plane: grid points faded, the design's runs numbered in pick order,
     one marker per shape (d/sqrt(N), r, GQA)."""
     grid = grid_rows(handle.sweep, handle.vocab_size)
+    grid["shape"] = grid["params"].map(_shape)
     picks = picked_runs(handle)
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
-    shapes = sorted({(w, r, g) for w, r, g in grid[["d_over_sqrt_n", "r", "gqa_group"]]
-                     .itertuples(index=False, name=None)})
-    markers = dict(zip(shapes, itertools.cycle("os^vD<>ph*"), strict=False))
+    width = "d/sqrt(N)" if handle.sweep.grid.d_over_sqrt_n is not None else "d_model"
+    markers = dict(zip(sorted(set(grid["shape"])), itertools.cycle("os^vD<>ph*"), strict=False))
     for shape, marker in markers.items():
-        mine = (grid[["d_over_sqrt_n", "r", "gqa_group"]].to_numpy() == np.array(shape)).all(axis=1)
-        # shapes at one N differ a little in realized N: jitter nothing, the marker tells them apart
-        ax.scatter(grid["N"][mine], grid["D"][mine], marker=marker, s=40, color="0.8", zorder=1)
-        chosen = picks[(picks[["d_over_sqrt_n", "r", "gqa_group"]].to_numpy()
-                        == np.array(shape)).all(axis=1)] if len(picks) else picks
+        mine = grid[grid["shape"] == shape]
+        ax.scatter(mine["N"], mine["D"], marker=marker, s=40, color="0.85", zorder=1)
+        chosen = picks[picks["shape"] == shape]
         if len(chosen):
             ax.scatter(chosen["N"], chosen["D"], marker=marker, s=60, zorder=2,
-                       label=f"d/sqrt(N) {shape[0]:.3g}, r {shape[1]:.3g}, GQA {shape[2]}")
+                       label=f"{width} {shape[0]:g}, r {shape[1]:g}, GQA {shape[2]}")
     for order, row in enumerate(picks.itertuples(), start=1):
         ax.annotate(str(order), (row.N, row.D), textcoords="offset points", xytext=(4, 4),
                     fontsize=7)

@@ -235,6 +235,16 @@ def latest_status(study: optuna.Study) -> dict[str, Any] | None:
     return max(closed, key=lambda t: t.user_attrs[DESIGN_STEP_ATTR]).user_attrs[DESIGN_STATUS_ATTR]
 
 
+def live_status(handle: StudyHandle) -> dict[str, Any] | None:
+    """The last step's status with the FLOPs and finished runs as they stand now (runs queued
+    or running count as spent); None before the first step closes."""
+    status = latest_status(handle.study)
+    if status is None:
+        return None
+    state, _ = design_state(handle, int(status["step"]))
+    return {**status, "spent_flops": state.spent_flops, "runs": len(state.finished)}
+
+
 def run_step(handle: StudyHandle, trial: optuna.Trial, proposer: Proposer,
              heartbeat_s: float) -> list[PlannedRun]:
     """Run a claimed step: propose, enqueue the picks (and, at step 0, the ``noise:`` repeats of
