@@ -103,7 +103,10 @@ class JournalFile(JournalFileBackend):
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         super().__init__(str(self._path), lock_obj=TailCheckingLock(self._path))
-        self._lock.acquire()
+        try:
+            self._lock.acquire()
+        except (OSError, RuntimeError):  # a folder we may not write in: read only (as Optuna
+            return                       # does, skipping a torn tail); a write would fail anyway
         self._lock.release()
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
