@@ -39,6 +39,7 @@ distinct D as counts, so list three or more for the exponent of D to be identifi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -72,7 +73,12 @@ class SweepFileError(ArchscaleError):
 
 def _corpus_mapping(value: Any) -> Any:
     """A corpus path alone is short for {path: PATH}."""
-    return {"path": value} if isinstance(value, str) else value
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        return {"path": value}
+    raise ValueError(f"got {value!r}: give a path, or {{path: P, include: [globs], exclude: "
+                     "[globs], text_field: F}")
 
 
 class _Section(BaseModel):
@@ -488,6 +494,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         first: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # a complex key: SafeLoader refuses it with its own message
             if key in first:
                 raise _DuplicateKey(problem=f"key {key!r} is given twice (first on line "
                                     f"{first[key]}): keep one",
