@@ -203,7 +203,9 @@ def _validation(law: Law) -> str:
     return (f"held out ({held['rule']}, {held['n_test']} runs): MSE {held['mse']:.3g}, mean "
             f"relative error {held['mean_relative_error']:.2%}, lowest Spearman per group "
             f"{'n/a' if spearman is None else f'{spearman:.2f}'}"
-            + ("" if coverage is None else f", 90% prediction intervals cover {coverage:.0%}"))
+            + ("" if coverage is None or coverage != coverage
+               else f", 90% prediction intervals cover {coverage:.0%}")
+            + ("" if law.error_model is None else f"; prediction intervals {law.error_model.label}"))
 
 
 def _throughput_sentence(rec: Recommendation) -> str:
@@ -256,8 +258,8 @@ def _markdown(outcome: DemoOutcome, figures: dict[str, list[Path]], configs: lis
         "## Fitted laws", "",
         "Coefficient intervals are 95% bootstrap percentile intervals over runs (the uncertainty "
         "of the law's mean). Prediction intervals (where a run lands) add the scatter of runs and "
-        "the error of extrapolating the form, calibrated on progressive held-out refits "
-        "(laws/intervals.py). The held-out check refits on the smaller scales and predicts the "
+        "the error of extrapolating the form, calibrated on these runs' progressive held-out "
+        "refits or on public sweeps, as each law says (laws/calibration.py). The held-out check refits on the smaller scales and predicts the "
         "largest trained one.", "",
     ]
     for kind, law in outcome.laws.items():

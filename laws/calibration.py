@@ -10,9 +10,15 @@ A loss law's interval half-width at level p, for a row at extrapolation distance
   runs of many fit-small/predict-large splits of the public sweeps shipped in laws/public/
   (laws/public_sweeps.py), each sweep weighted equally;
 * ``k``, *split-conformal* on these runs: where the law's own progressive refits predicted at
-  least ``min_scores(p)`` held-out runs over MIN_SCALES or more (refit, scale) pairs, k is the conformal
-  p-quantile (rank ceil((n + 1) p)) of their scores |r| / q_p(s, delta), and the interval is
-  "calibrated on these runs"; otherwise k = 1 and it is "calibrated on public sweeps".
+  least ``min_scores(p)`` held-out runs over MIN_SCALES or more (refit, scale) pairs, k is the
+  conformal p-quantile (rank ceil((n + 1) p)) of their scores |r| / q_p(s, delta), s the law's
+  own scatter (a refit on a few small scales understates it), and the interval is "calibrated on
+  these runs"; otherwise k = 1 and it is "calibrated on public sweeps".
+
+Chosen by measurement (notes/intervals.md, tests/bench/bench_calibration.py, leave-one-data-set-
+out over the shipped sweeps): against the normal model of laws/intervals.py, own quantile
+regression, distance-local conformal and scores scaled by each refit's scatter, this gave the
+fewest held-out runs outside the 80-98% band.
 
 Kinds without shipped public sweeps (throughput, accuracy, pass@k) keep the normal model of
 laws/intervals.py calibrated on their own refits, or give no interval. A law whose bootstrap
@@ -28,7 +34,7 @@ import contextvars
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -106,15 +112,15 @@ def _prior_quantile(coef: np.ndarray, scatter: np.ndarray, distance: np.ndarray)
 
 
 def calibrate(kind: str, space: str, sigma_run: float, ranges: dict[str, list[float]],
-              heldout: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+              heldout: Sequence[tuple[np.ndarray, np.ndarray]] = (),
               noise_floor: float | None = None, n_fit: int = 0,
               withheld: str | None = None) -> ErrorModel:
-    """The error model of a law: ``heldout`` holds (distance, residual, training scatter) of
-    these runs' refits; ``withheld`` says why no interval may be given whatever calibrates."""
-    base = intervals.calibrate(space, sigma_run, ranges,
-                               [(d, r) for d, r, _ in heldout], noise_floor, n_fit)
+    """The error model of a law: ``heldout`` holds (distance, residual) of these runs' refits,
+    one pair per (refit, predicted scale); ``withheld`` says why no interval may be given
+    whatever calibrates."""
+    base = intervals.calibrate(space, sigma_run, ranges, heldout, noise_floor, n_fit)
     scores = _heldout_scores(heldout)
-    scales = sum(1 for distance, _, _ in heldout if len(distance))
+    scales = sum(1 for distance, _ in heldout if len(distance))
     common = {"law": kind, "heldout": scores, "n_heldout": len(scores)}
     if withheld is not None:
         return _model(base, **common, source=None, reason=withheld, method="none")
@@ -133,19 +139,14 @@ def calibrate(kind: str, space: str, sigma_run: float, ranges: dict[str, list[fl
                   method=PRIOR_METHOD.format(n=public[1]))
 
 
-def _heldout_scores(heldout: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
-                    ) -> tuple[tuple[float, float, float], ...]:
-    rows = []
-    for distance, residual, scatter in heldout:
-        for d, r, s in zip(*np.broadcast_arrays(distance, residual, scatter), strict=True):
-            if np.isfinite(d) and np.isfinite(r) and np.isfinite(s):
-                rows.append((float(d), float(r), float(s)))
-    return tuple(rows)
+def _heldout_scores(heldout: Sequence[tuple[np.ndarray, np.ndarray]]
+                    ) -> tuple[tuple[float, float], ...]:
+    return tuple((float(d), float(r)) for distance, residual in heldout
+                 for d, r in zip(distance, residual, strict=True)
+                 if np.isfinite(d) and np.isfinite(r))
 
 
 def _model(base: ErrorModel, **fields: object) -> ErrorModel:
-    from dataclasses import replace
-
     return replace(base, **fields)
 
 
@@ -163,8 +164,8 @@ def half_width(model: ErrorModel, distance: np.ndarray, level: float = DEFAULT_L
     coef = public[0]
     k = 1.0
     if model.source == OWN:
-        d, r, s = (np.array(c) for c in zip(*model.heldout, strict=True))
-        scores = np.abs(r) / np.maximum(_prior_quantile(coef, s, d), 1e-12)
+        d, r = (np.array(c) for c in zip(*model.heldout, strict=True))
+        scores = np.abs(r) / np.maximum(_prior_quantile(coef, model.sigma_run, d), 1e-12)
         n = len(scores)
         rank = min(math.ceil((n + 1) * level), n)
         k = float(np.sort(scores)[rank - 1])

@@ -63,9 +63,9 @@ class ErrorModel:
     """Name of the method (module docstring; laws/calibration.py)."""
     law: str = ""
     """The law kind, which picks the public sweeps' records (laws/calibration.py)."""
-    heldout: tuple[tuple[float, float, float], ...] = ()
-    """(distance, residual, training scatter) of every held-out prediction of these runs'
-    refits: the scores of the split-conformal calibration."""
+    heldout: tuple[tuple[float, float], ...] = ()
+    """(distance, residual) of every held-out prediction of these runs' refits: the scores of
+    the split-conformal calibration (laws/calibration.py)."""
     source: str | None = None
     """``these runs`` or ``public sweeps``: what calibrates the intervals; None: nothing does."""
     reason: str | None = None

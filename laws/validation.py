@@ -103,30 +103,25 @@ def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
 
 
 def records(tasks: Sequence[dict[str, Any]], space: str, exclude_scales: Sequence[str] = ()
-            ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(distance, residual, training scatter) of every row the tasks predicted, one triple per
-    task and predicted scale, but those at ``exclude_scales`` (which a held-out check must not
-    calibrate on)."""
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(distance, residual) of every row the tasks predicted, one pair per task and predicted
+    scale, but those at ``exclude_scales`` (which a held-out check must not calibrate on)."""
     out = []
     for task in tasks:
         if "rows" not in task:
             continue
-        rows, scatter = task["rows"], task["train_scatter"]
+        rows = task["rows"]
         if task.get("test_scale") not in exclude_scales:
-            distance = np.asarray(rows["distance"], dtype=float)
-            out.append((distance,
-                        intervals.residuals(rows["predicted"], rows["measured"], space),
-                        np.full(distance.shape, scatter)))
+            out.append((np.asarray(rows["distance"], dtype=float),
+                        intervals.residuals(rows["predicted"], rows["measured"], space)))
         if "beyond" in task:
             far = task["beyond"]
             labels = np.asarray(far["scale"])
             for scale in dict.fromkeys(far["scale"]):
-                if scale in exclude_scales:
-                    continue
-                keep = labels == scale
-                out.append((np.asarray(far["distance"], dtype=float)[keep],
-                            np.asarray(far["residual"], dtype=float)[keep],
-                            np.full(int(keep.sum()), scatter)))
+                if scale not in exclude_scales:
+                    keep = labels == scale
+                    out.append((np.asarray(far["distance"], dtype=float)[keep],
+                                np.asarray(far["residual"], dtype=float)[keep]))
     return out
 
 

@@ -75,6 +75,7 @@ def test_a_shape_term_at_zero_is_a_problem():
 
 
 # 3 -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_failed_refits_follow_the_readme_and_leave_no_interval(monkeypatch):
     # the README: "at most 20% failed bootstrap refits"
     assert diagnostics.refit_problems(0.795, 200)[0].code == "refits_failed"
@@ -97,6 +98,7 @@ def test_failed_refits_follow_the_readme_and_leave_no_interval(monkeypatch):
 
 
 # 4, 6 ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_predict_csv_reuses_the_stored_mapping_and_fit_writes_heldout_only_when_asked(tmp_path):
     grid = np.repeat(np.geomspace(1e8, 2e9, 5), 3)
     table = chinchilla_runs(grid, grid * np.tile([10.0, 20.0, 40.0], 5))
@@ -162,6 +164,7 @@ def test_duplicated_rows_are_collapsed_and_said(tmp_path):
 
 
 # 9 -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_prediction_interval_holds_the_mean_interval_at_its_own_level():
     """A 90% interval for a new run can be narrower than the 95% interval of the mean (levels
     differ), never narrower than the mean's interval at 90%."""

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def _sweeps_module():
         path = Path(__file__).resolve().parents[2] / "laws" / "public_sweeps.py"
         spec = importlib.util.spec_from_file_location("public_sweeps", path)
         public_sweeps = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = public_sweeps  # dataclasses look their module up
         spec.loader.exec_module(public_sweeps)
         public_sweeps.PUBLIC_DIR = path.parent / "public"
     return public_sweeps
