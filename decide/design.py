@@ -139,7 +139,8 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
     columns = list(inputs) if inputs is not None else features(pool, [law.target])
     affordable = costs <= budget
     if len(finished) < seed_size(law):
-        picks = _seed(finished, pool, costs, affordable, columns, k, budget, seed_size(law), seed)
+        picks = _seed(finished, pool, costs, affordable, columns, k, budget, seed_size(law), seed,
+                      law.n_coef + 1)
         return Choice(picks, "seed", math.nan, math.nan, None)
     try:
         fitted = law.fit(finished, warm)
@@ -158,10 +159,12 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
 
 # ---- seed --------------------------------------------------------------------------------------
 def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, affordable: np.ndarray,
-          columns: Sequence[str], k: int, budget: float, size: int, seed: int
+          columns: Sequence[str], k: int, budget: float, size: int, seed: int, fittable: int
           ) -> tuple[Pick, ...]:
     """Cheapest candidate of each KMeans stratum (of finished and candidate runs together) that
-    no finished run covers, strata taken cheapest first, within the budget."""
+    no finished run covers, strata taken cheapest first, within the budget. Where the budget
+    cannot buy the strata's runs, the cheapest runs left make up the ``fittable`` count (a
+    law with P coefficients needs P + 1 runs before any fit)."""
     done, cand = _embed([finished, pool], columns)
     n_clusters = min(size, len(done) + len(cand))
     labels = KMeans(n_clusters, n_init=4, random_state=seed).fit_predict(np.vstack([done, cand]))
@@ -180,6 +183,15 @@ def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, afforda
         picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
                           f"seed: cheapest run of stratum {c + 1} of {n_clusters} (KMeans on "
                           f"{', '.join(columns)})"))
+    taken = {p.index for p in picks}
+    for i in np.argsort(costs, kind="stable"):
+        if len(picks) >= k or len(finished) + len(picks) >= fittable:
+            break
+        if affordable[i] and pool.index[i] not in taken and spent + costs[i] <= budget:
+            spent += costs[i]
+            picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
+                              f"seed: cheapest run left, so the {fittable - 1} coefficients can "
+                              "be fitted within the budget"))
     return tuple(picks)
 
 
