@@ -71,6 +71,7 @@ def test_compressed_text_equals_the_plain_file(tmp_path):
         assert bytes(packed.train) == bytes(plain.train) and bytes(packed.val) == bytes(plain.val)
 
 
+@pytest.mark.slow
 def test_train_on_a_mixed_folder_records_the_corpus(tmp_path):
     root = _mixed_folder(tmp_path / "corpus")
     out = tmp_path / "run.json"

@@ -35,9 +35,10 @@ def test_runs_behind_the_median_are_pruned_where_they_fall_behind(tmp_path):
         result = RunResult.from_dict(trial.user_attrs["result"])
         assert result.status == "pruned" and result.tokens < budget
         # Optuna's median rule, checked from the stored values: at the step where the run
-        # stopped, its loss was worse than the median of earlier runs that reached that step
+        # stopped, its loss was worse than the median of the earlier COMPLETE runs at that step
+        # (MedianPruner reads completed trials only; one worker finishes them in number order)
         step, loss = max(trial.intermediate_values.items())
-        earlier = [t.intermediate_values[step] for t in trials
+        earlier = [t.intermediate_values[step] for t in finished
                    if t.number < trial.number and step in t.intermediate_values]
         assert loss > np.median(earlier)
     for trial in finished:
