@@ -211,8 +211,12 @@ def design(
                   law=design_law, by=by, shapes=shapes,
                   within=tuple(c.strip() for c in (within or "").split(",") if c.strip()))
     fractions = [float(b) for b in budgets.split(",")]
+    def progress(i: int, partial: dict) -> None:
+        _write(out, partial)  # a long replay leaves its finished repeats behind
+        typer.echo(f"repeat {i + 1}/{repeats} done")
+
     result = run_replay(spec, [m.strip() for m in methods.split(",")], fractions, repeats,
-                        on_repeat=lambda i: typer.echo(f"repeat {i + 1}/{repeats} done"))
+                        on_repeat=progress)
     table_out = Table(title=f"{law} law, {len(pool)} pool runs -> {len(target_rows)} target rows, "
                             f"{repeats} repeats", caption="target R^2 (mean +- sd)")
     table_out.add_column("method")

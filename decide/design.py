@@ -6,8 +6,8 @@ the next batch of K picks, each with the reason it was picked. It goes through t
 * **seed**: fewer finished runs than the law has coefficients (times SEED_PER_COEF): a
   space-filling design. scikit-learn's KMeans splits the candidates (in standardized log inputs)
   into that many strata, and the cheapest run of each stratum not yet covered is proposed.
-* **identify**: the law cannot be fitted, or its fit is refused as not identified: the refusal's
-  advice becomes runs (laws/diagnostics.py says what is missing: "train some runs longer", "add
+* **identify**: the law cannot be fitted, or its fit is refused for a reason runs can fix
+  (RUNS_FIX): the refusal's advice becomes runs (laws/diagnostics.py says what is missing: "train some runs longer", "add
   runs at more values of r", "N and D are collinear", or, for the rest, runs that spread the
   inputs).
 * **reduce**: the law is identified. The target's uncertainty is a Gaussian over the predictions
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -49,13 +49,18 @@ METHODS = ("design", "vopt")
 SEED_PER_COEF = 1.5
 """Seed runs per law coefficient (the design needs a few more runs than coefficients before a
 fit is worth trusting; the cheapest per stratum keeps the seed a small part of the budget)."""
-COST_POWER = 0.4
-"""Gain is divided by cost to this power (1: gain per FLOP). Measured on replays (notes): per
-FLOP (1) spends a small budget on dozens of the cheapest runs, far from the target; 0.4 is the
-exponent Li et al. 2026 tuned for their criterion."""
+COST_POWER = 0.7
+"""Gain is divided by cost to this power (1: gain per FLOP, myopic: it spends a small budget on
+dozens of the cheapest runs, far from the target). Chosen on replays of ScaleBench moe among 0.2,
+0.4 and 0.7 (notes/design.md); Li et al. 2026 tuned 0.3-0.4 for their criteria."""
 PRIOR_SD = 3.0
 """Prior sd of each coefficient's relative change (a weak prior that keeps the Fisher matrix
 invertible while the runs identify some directions barely)."""
+RUNS_FIX = ("fit_failed", "collinear", "few_values", "E_zero")
+"""Refusals that runs can answer (laws/diagnostics.py says which runs). Others (a flat direction
+of an over-parametrised form, an exponent or term at its bound) may never lift whatever is
+trained; the engine then goes on reducing the variance of the fit it has (the weak prior holds
+the flat directions) and reports the problems with its choice."""
 N_ENSEMBLE = 16
 """Bootstrap refits behind ``design``'s disagreement term."""
 SIGMA_FLOOR = 1e-4
@@ -93,7 +98,7 @@ class Choice:
     fitted: Fitted | None
     """The fit the choice rests on; pass it back as ``warm`` with the next call."""
     problems: tuple[Problem, ...] = ()
-    """Why the law is refused, in the identify stage."""
+    """Why the law is refused (in the reduce stage: refusals no run is known to fix)."""
 
 
 def seed_size(law: DesignLaw) -> int:
@@ -134,27 +139,32 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
     columns = list(inputs) if inputs is not None else features(pool, [law.target])
     affordable = costs <= budget
     if len(finished) < seed_size(law):
-        picks = _seed(finished, pool, costs, affordable, columns, k, budget, seed_size(law), seed)
+        picks = _seed(finished, pool, costs, affordable, columns, k, budget, seed_size(law), seed,
+                      law.n_coef + 1)
         return Choice(picks, "seed", math.nan, math.nan, None)
     try:
         fitted = law.fit(finished, warm)
         problems = fitted.problems
     except ArchscaleError as err:
         fitted, problems = None, (Problem("fit_failed", str(err)),)
-    if problems:
-        picks = _identify(problems, finished, pool, costs ** cost_power, affordable, columns, k,
+    blocking = [p for p in problems if p.code in RUNS_FIX or fitted is None]
+    if blocking:
+        picks = _identify(blocking, finished, pool, costs ** cost_power, affordable, columns, k,
                           budget, costs)
         return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
-    return _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
-                   cost_power)
+    choice = _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
+                     cost_power)
+    return replace(choice, problems=problems)
 
 
 # ---- seed --------------------------------------------------------------------------------------
 def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, affordable: np.ndarray,
-          columns: Sequence[str], k: int, budget: float, size: int, seed: int
+          columns: Sequence[str], k: int, budget: float, size: int, seed: int, fittable: int
           ) -> tuple[Pick, ...]:
     """Cheapest candidate of each KMeans stratum (of finished and candidate runs together) that
-    no finished run covers, strata taken cheapest first, within the budget."""
+    no finished run covers, strata taken cheapest first, within the budget. Where the budget
+    cannot buy the strata's runs, the cheapest runs left make up the ``fittable`` count (a
+    law with P coefficients needs P + 1 runs before any fit)."""
     done, cand = _embed([finished, pool], columns)
     n_clusters = min(size, len(done) + len(cand))
     labels = KMeans(n_clusters, n_init=4, random_state=seed).fit_predict(np.vstack([done, cand]))
@@ -173,6 +183,15 @@ def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, afforda
         picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
                           f"seed: cheapest run of stratum {c + 1} of {n_clusters} (KMeans on "
                           f"{', '.join(columns)})"))
+    taken = {p.index for p in picks}
+    for i in np.argsort(costs, kind="stable"):
+        if len(picks) >= k or len(finished) + len(picks) >= fittable:
+            break
+        if affordable[i] and pool.index[i] not in taken and spent + costs[i] <= budget:
+            spent += costs[i]
+            picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
+                              f"seed: cheapest run left, so the {fittable - 1} coefficients can "
+                              "be fitted within the budget"))
     return tuple(picks)
 
 
@@ -220,7 +239,10 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
             break
         done, cand = _embed([done_rows, pool], columns)
         for problem in [*problems, Problem("spread", "")]:
-            preference, what = _preference(problem, done_rows, pool, done, cand)
+            # a collinear or flat-E design stays refused until refitted: every pick of the batch
+            # answers it against the runs the refusal saw
+            seen = finished if problem.code in ("E_zero", "collinear") else done_rows
+            preference, what = _preference(problem, seen, pool, done, cand)
             score = np.where(open_ & (preference > 1e-9), preference / weight, -1.0)
             if score.max() > 0:
                 break

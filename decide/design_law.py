@@ -162,7 +162,8 @@ class KindLaw:
                        law=replace(law, coef=coef, coef_samples=np.empty((0, len(coef)))))
 
     def _full_fit(self, table: pd.DataFrame) -> Fitted:
-        law = fit_law(self.law_kind, table, self.options, n_boot=0, progressive=False)
+        law = fit_law(self.law_kind, table, self.options, n_boot=0, progressive=False,
+                      report_heldout=False)
         return Fitted(coef=law.coef, sigma=float(law.error_model.sigma_run),
                       problems=law.problems, n_runs=len(table), law=law)
 

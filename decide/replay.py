@@ -8,9 +8,10 @@ intervals and, where the target rows name shapes, the regret of the shape the fi
 
 Methods: ``design`` and ``vopt`` (the engine, decide/design.py, in growing batches, each fit
 warm-started from the last); ``random``; ``cheapest`` (cheapest first); ``cost-random`` (random,
-weighted by inverse cost); ``all`` (the whole pool, budget 1). A sequential method is run once up
-to the largest budget and scored on the prefix of its picks within each budget (as the paper
-does); the others fill each budget in their own order, skipping runs that no longer fit.
+weighted by inverse cost); ``all`` (the whole pool, budget 1). Every method fills each budget in
+its own order, skipping runs that no longer fit; the engine is run once, up to the largest
+budget, and its order of picks is that order (the paper scores the plain prefix instead, which
+a batch ending in one expensive run cuts short).
 With ``by``, each group (e.g. a corpus) gets its own law and its share of the budget, and the
 target rows of every group are scored together.
 """
@@ -25,13 +26,11 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
+from archscale.decide.design import COST_POWER, choose
 from archscale.decide.design import METHODS as ENGINE_METHODS
-from archscale.decide.design import choose
 from archscale.decide.design_law import DesignLaw
 from archscale.laws.law import holdout_mask
 
-BASELINES = ("random", "cheapest", "cost-random")
-"""Methods that ignore the law."""
 METHODS = ("design", "random", "cheapest", "cost-random", "vopt", "all")
 """Every method a replay runs, in report order."""
 BATCH_GROWTH = 0.25
@@ -75,6 +74,8 @@ class Replay:
     """Target column naming shapes: regret of the shape each fit recommends."""
     within: tuple[str, ...] = field(default=())
     """Target columns whose equal values make one decision among shapes (e.g. the scale)."""
+    cost_power: float = COST_POWER
+    """The engine divides gain by cost to this power (decide/design.py)."""
 
 
 def split_target(table: pd.DataFrame, query: str | None, holdout_above: float | None,
@@ -116,7 +117,8 @@ def _fill(order: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
 
 
 def _engine_picks(method: str, pool: pd.DataFrame, costs: np.ndarray, law: DesignLaw,
-                  target: pd.DataFrame, budget: float, seed: int) -> np.ndarray:
+                  target: pd.DataFrame, budget: float, seed: int,
+                  cost_power: float = COST_POWER) -> np.ndarray:
     """The engine's picks in order up to ``budget``, in batches of BATCH_GROWTH times the runs
     finished so far (at least one), each batch chosen on the last batch's fit."""
     chosen: list[int] = []
@@ -126,7 +128,8 @@ def _engine_picks(method: str, pool: pd.DataFrame, costs: np.ndarray, law: Desig
         remaining = np.setdiff1d(np.arange(len(pool)), chosen)
         choice = choose(pool.iloc[chosen], pool.iloc[remaining], law, target,
                         costs=costs[remaining], k=max(1, int(BATCH_GROWTH * len(chosen))),
-                        budget=budget - spent, method=method, warm=warm, seed=seed)
+                        budget=budget - spent, method=method, warm=warm, seed=seed,
+                        cost_power=cost_power)
         if not choice.picks:
             return np.array(chosen, dtype=int)
         warm = choice.fitted if choice.fitted is not None else warm
@@ -150,8 +153,8 @@ def _outcome(law: DesignLaw, runs: pd.DataFrame, target: pd.DataFrame, cost: flo
     return Outcome(predicted, lower, upper, len(runs), cost)
 
 
-def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float], seed: int,
-               on_pick: Callable[[str], None] | None = None) -> dict[str, dict[float, Outcome]]:
+def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float],
+               seed: int) -> dict[str, dict[float, Outcome]]:
     """One repeat: every method at every budget (fractions of the pool's cost)."""
     groups = ([(None, np.ones(len(spec.pool), bool), np.ones(len(spec.target), bool))]
               if spec.by is None else
@@ -167,30 +170,25 @@ def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float], s
             method_budgets = [1.0] if method == "all" else list(budgets)
             if method in ENGINE_METHODS:
                 picks = _engine_picks(method, pool, costs, spec.law, target,
-                                      max(method_budgets) * total, seed)
-                spent = np.cumsum(costs[picks]) if len(picks) else np.array([])
+                                      max(method_budgets) * total, seed, spec.cost_power)
             for budget in method_budgets:
                 if method == "all":
                     chosen = np.arange(len(pool))
                 elif method in ENGINE_METHODS:
-                    chosen = picks[: int(np.searchsorted(spent, budget * total * (1 + 1e-12),
-                                                         side="right"))]
+                    chosen = _fill(picks, costs, budget * total)
                 else:
                     chosen = _fill(_order(method, costs, rng), costs, budget * total)
                 outcome = _outcome(spec.law, pool.iloc[chosen], target, float(costs[chosen].sum()))
-                out[method].setdefault(budget, []).append((outcome, in_target, total))
-            if on_pick is not None:
-                on_pick(method)
+                out[method].setdefault(budget, []).append((outcome, in_target))
     return {m: {b: _merge(parts, len(spec.target)) for b, parts in per.items()}
             for m, per in out.items()}
 
 
-def _merge(parts: list, n_target: int) -> Outcome:
-    """Groups' outcomes as one: target rows in their places, runs and cost summed, the cost as a
-    fraction of the pools' total is kept by summing the totals alongside."""
+def _merge(parts: list[tuple[Outcome, np.ndarray]], n_target: int) -> Outcome:
+    """Groups' outcomes as one: target rows in their places, runs and cost summed."""
     predicted, lower, upper = (np.full(n_target, np.nan) for _ in range(3))
     runs, cost = 0, 0.0
-    for outcome, in_target, _ in parts:
+    for outcome, in_target in parts:
         predicted[in_target], lower[in_target] = outcome.predicted, outcome.lower
         upper[in_target] = outcome.upper
         runs += outcome.runs
@@ -255,15 +253,16 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def run_replay(spec: Replay, methods: Sequence[str], budgets: Sequence[float], repeats: int,
-               on_repeat: Callable[[int], None] | None = None) -> dict:
-    """``repeats`` seeded repeats of every method; the summary table under "methods"."""
+               on_repeat: Callable[[int, dict], None] | None = None) -> dict:
+    """``repeats`` seeded repeats of every method; the summary table under "methods".
+    ``on_repeat(i, table so far)`` after each repeat (a long replay's partial results)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ArchscaleError(f"unknown replay method(s) {unknown}: choose from {METHODS}")
     if not budgets or not all(0 < b <= 1 for b in budgets):
         raise ArchscaleError(f"budgets {list(budgets)} must be fractions in (0, 1], e.g. "
                              "0.01,0.05,0.1,0.2")
-    results = []
+    results: list[dict[str, dict[float, Outcome]]] = []
     for seed in range(repeats):
         # the whole pool is the same fit in every repeat: fitted once
         result = replay_one(spec, [m for m in methods if m != "all" or seed == 0], budgets, seed)
@@ -271,7 +270,10 @@ def run_replay(spec: Replay, methods: Sequence[str], budgets: Sequence[float], r
             result["all"] = results[0]["all"] if results else result["all"]
         results.append(result)
         if on_repeat is not None:
-            on_repeat(seed)
-    return {"methods": summarize(spec, results),
-            "pool_runs": len(spec.pool), "target_rows": len(spec.target),
-            "law": spec.law.name, "repeats": repeats}
+            on_repeat(seed, _table(spec, results))
+    return _table(spec, results)
+
+
+def _table(spec: Replay, results: list[dict[str, dict[float, Outcome]]]) -> dict:
+    return {"methods": summarize(spec, results), "pool_runs": len(spec.pool),
+            "target_rows": len(spec.target), "law": spec.law.name, "repeats": len(results)}

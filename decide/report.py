@@ -29,6 +29,7 @@ from archscale.decide.recommend import Recommendation, Scored, save_recommendati
 from archscale.laws import save_law
 from archscale.laws.law import Law
 from archscale.laws.plots import save_plots
+from archscale.laws.registry import get_kind
 from archscale.laws.table import scale_labels, scale_order
 from archscale.search.table import pareto_front
 
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
     from archscale.decide.substitute import Substitution
     from archscale.search.study import StudyHandle
 
-LAW_FILES = {"chinchilla": "chinchilla.json", "conditional": "conditional.json",
-             "accuracy": "accuracy.json", "throughput": "throughput.json"}
-"""Where each fitted law is saved, under ``<out>/laws/``."""
+LAW_FILES = {kind: get_kind(kind).file
+             for kind in ("chinchilla", "conditional", "accuracy", "throughput")}
+"""Where each law the demo fits is saved (its kind's file), under ``<out>/laws/``."""
 
 
 @dataclass

@@ -306,6 +306,11 @@ def bootstrap(table: pd.DataFrame, config: dict[str, Any], estimate: Estimate,
     return np.array(samples).reshape(len(counts_SxN), -1), np.array(converged, dtype=bool)
 
 
+def heldout_rows(config: dict[str, Any], rows: pd.DataFrame) -> pd.DataFrame:
+    """The paper's protocol for a measured L_opt: held-out runs bring a reference run per group."""
+    return rows.assign(L_opt=group_best(rows)) if config["lopt"] == "measured" else rows
+
+
 def design_problems(config: dict[str, Any], table: pd.DataFrame) -> list[diagnostics.Problem]:
     """N and D apart where the law fits its own L_opt(N, D), and enough values of each term's
     feature."""
@@ -322,4 +327,4 @@ KIND = LawKind(name="conditional", configure=configure, target=lambda config: "l
                    coef, table, product_form=True),
                design_problems=design_problems, needs=lambda config: ("shape", "tokens"),
                options=("terms", "combine", "lopt", "robust", "f_scale", "chinchilla"),
-               law_options={"chinchilla": "chinchilla"})
+               law_options={"chinchilla": "chinchilla"}, heldout_rows=heldout_rows)

@@ -14,8 +14,10 @@ in laws/declared_fit.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +66,11 @@ class Coefficient:
         if any(not lo <= s <= hi for s in self.starts):
             raise ArchscaleError(f"coefficient {self.name}: starts {list(self.starts)} leave its "
                                  f"bounds {list(self.bounds)}")
-        if not self.starts and not (math.isfinite(lo) and math.isfinite(hi)) and not (
-                self.log and lo > 0 and math.isfinite(hi)):
-            raise ArchscaleError(f"coefficient {self.name} has no starts and unbounded range "
-                                 f"{list(self.bounds)}: declare starts or finite bounds")
+        drawable = math.isfinite(hi) and (lo > 0 if self.log else math.isfinite(lo))
+        if not self.starts and not drawable:
+            raise ArchscaleError(f"coefficient {self.name} has no starts and its range "
+                                 f"{list(self.bounds)} cannot be sampled: declare starts, or "
+                                 "finite bounds (above 0 for a log coefficient)")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bounds": [_finite_or_none(b) for b in self.bounds]}
@@ -112,6 +115,11 @@ class DeclaredForm:
     default: every input."""
     min_scales: int = 1
     """Distinct model sizes (scales of N) the form needs."""
+    group: str | None = None
+    """A column of categories (e.g. the corpus) whose every value gets its own copy of the
+    ``per_group`` coefficients; the rest are shared."""
+    per_group: tuple[str, ...] = ()
+    """Coefficients fitted once per value of ``group``."""
     columns: Mapping[str, str] = field(default_factory=dict)
     """Default column mapping (input or target name -> source column of a known table), used
     when the caller gives none, e.g. for a ScaleBench CSV."""
@@ -135,6 +143,9 @@ class DeclaredForm:
         if unused:
             raise ArchscaleError(f"form {self.name}: {sorted(unused)} declared but not used in "
                                  f"the expression {self.expression!r}")
+        if set(self.per_group) - set(self.coef_names) or bool(self.per_group) != bool(self.group):
+            raise ArchscaleError(f"form {self.name}: per_group {list(self.per_group)} must name "
+                                 "coefficients, and goes with a group column (and vice versa)")
         if not set(self.axes) <= set(self.inputs):
             raise ArchscaleError(f"form {self.name}: axes {list(self.axes)} must be inputs "
                                  f"{list(self.inputs)}")
@@ -160,8 +171,39 @@ class DeclaredForm:
                 "definitions": dict(self.definitions), "space": self.space, "loss": self.loss, "huber_delta": self.huber_delta,
                 "n_starts": self.n_starts, "local_starts": self.local_starts,
                 "n_boot": self.n_boot, "axes": list(self.axes), "min_scales": self.min_scales,
+                "group": self.group, "per_group": list(self.per_group),
                 "columns": dict(self.columns), "description": self.description,
                 "source": self.source}
+
+
+def _identifier(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def indicator(form: DeclaredForm, level: str) -> str:
+    """The 0/1 input column that marks rows of ``level`` of the form's group."""
+    return _identifier(f"{form.group}_is_{level}")
+
+
+def ungrouped(form: DeclaredForm, levels: Sequence[str]) -> DeclaredForm:
+    """The same law without groups: each per-group coefficient c becomes c_<level> for every
+    level, and c a definition sum_level c_<level> * <group>_is_<level> over 0/1 indicator inputs
+    (``indicator``), so fitting, derivatives and prediction need nothing group-aware."""
+    if not form.group:
+        return form
+    coefficients, mixes = [], {}
+    for c in form.coefficients:
+        if c.name not in form.per_group:
+            coefficients.append(c)
+            continue
+        names = [_identifier(f"{c.name}_{level}") for level in levels]
+        coefficients += [dataclasses.replace(c, name=n) for n in names]
+        mixes[c.name] = " + ".join(f"{n} * {indicator(form, level)}"
+                                   for n, level in zip(names, levels, strict=True))
+    return dataclasses.replace(
+        form, coefficients=tuple(coefficients), definitions={**mixes, **form.definitions},
+        inputs=(*form.inputs, *(indicator(form, level) for level in levels)),
+        axes=form.extrapolation_axes, group=None, per_group=())
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -187,8 +229,8 @@ def _coefficient(name: str, spec: Any) -> Coefficient:
 
 
 FIELDS = ("name", "expression", "inputs", "target", "coefficients", "definitions", "space", "loss",
-          "huber_delta", "n_starts", "local_starts", "n_boot", "axes", "min_scales", "columns",
-          "description", "source")
+          "huber_delta", "n_starts", "local_starts", "n_boot", "axes", "min_scales", "group",
+          "per_group", "columns", "description", "source")
 """Keys a declaration may hold."""
 
 
@@ -203,8 +245,9 @@ def declare(name: str, expression: str, inputs: Sequence[str], target: str,
                              f"{', '.join(FIELDS)}")
     coefs = (tuple(coefficients) if not isinstance(coefficients, Mapping)
              else tuple(_coefficient(str(k), v) for k, v in coefficients.items()))
-    if "axes" in options:
-        options["axes"] = tuple(options["axes"] or ())
+    for key in ("axes", "per_group"):
+        if key in options:
+            options[key] = tuple(options[key] or ())
     return DeclaredForm(name=str(name), expression=str(expression),
                         inputs=tuple(str(i) for i in inputs), target=str(target),
                         coefficients=coefs, **options)

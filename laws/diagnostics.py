@@ -153,12 +153,13 @@ def vanished_problems(coef: dict[str, float], n_params: np.ndarray, tokens: np.n
 
 
 def flat_directions(predict: Callable[[np.ndarray], np.ndarray], coef: np.ndarray,
-                    names: Sequence[str]) -> list[Problem]:
-    """Directions in coefficient space (scale coefficients in log) along which the predictions on
-    the fitted runs do not move: the coefficients with weight on them are not identified."""
+                    names: Sequence[str], scales: Sequence[str] = LOG_SCALED) -> list[Problem]:
+    """Directions in coefficient space (the ``scales`` coefficients in log) along which the
+    predictions on the fitted runs do not move: the coefficients with weight on them are not
+    identified."""
     coef = np.asarray(coef, dtype=float)
-    log_scaled = np.array([n in LOG_SCALED and c > 0 for n, c in zip(names, coef, strict=True)])
-    free = np.isfinite(coef) & ((coef != 0) | ~np.isin(list(names), LOG_SCALED))
+    log_scaled = np.array([n in scales and c > 0 for n, c in zip(names, coef, strict=True)])
+    free = np.isfinite(coef) & ((coef != 0) | ~np.isin(list(names), list(scales)))
     if not free.any():
         return []
     theta = np.where(log_scaled, np.log(np.where(log_scaled, coef, 1.0)), coef)

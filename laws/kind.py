@@ -97,6 +97,12 @@ class LawKind:
     """Options whose value is a fitted law file, and the kind that law must be: the caller
     loads it and passes its coefficients (e.g. the conditional law's given L_opt)."""
 
+    scales: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    """Coefficients that are positive scales, which the flat-direction check perturbs in log
+    (a relative step); None: the names of diagnostics.LOG_SCALED (A, B, E, scale)."""
+    heldout_rows: Callable[[dict[str, Any], pd.DataFrame], pd.DataFrame] | None = None
+    """What a held-out row carries besides its inputs when a refit predicts it (the conditional
+    law's measured L_opt: the best run of its group); None: nothing."""
     default_columns: dict[str, str] = field(default_factory=dict)
     """Column mapping (name -> source column) used when the caller gives none: a declared form
     names the columns of the public table it was written for."""

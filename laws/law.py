@@ -24,7 +24,7 @@ import pandas as pd
 
 import archscale
 from archscale.arch.errors import ArchscaleError
-from archscale.laws import conditional, diagnostics, intervals, validation
+from archscale.laws import diagnostics, intervals, validation
 from archscale.laws.bootstrap import percentile_interval, resample_counts
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
@@ -197,7 +197,8 @@ def _fit_problems(kind: LawKind, estimate: Estimate, table: pd.DataFrame,
         problems += kind.problems(estimate.config, coef, table)
     problems += diagnostics.flat_directions(
         lambda c: kind.predict(estimate.config, c[None, :], table)[0], estimate.coef,
-        estimate.names)
+        estimate.names, diagnostics.LOG_SCALED if kind.scales is None else kind.scales(
+            estimate.config))
     problems += diagnostics.refit_problems(boot_info.get("converged_fraction"), boot_info["n"])
     return problems
 
@@ -249,7 +250,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
             n_boot: int | None = None, seed: int = 0, holdout_above: float | None = None,
             holdout_by: str = "N", progressive: bool = True,
             provenance: Mapping[str, Any] | None = None, noise_floor: float | None = None,
-            n_definition: str = "non_embedding") -> Law:
+            n_definition: str = "non_embedding", report_heldout: bool = True) -> Law:
     """Fit, bootstrap (``n_boot`` resamples of the runs, seeded), validate and calibrate one law.
 
     ``kind_name`` is a kind's name (laws/registry.py), a declared form (laws/declared.py: a
@@ -258,7 +259,9 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
     fitting: the law is fitted on the rest, and its validation holds the held-out rows with
     their prediction intervals. ``noise_floor`` is the measured seed-to-seed scatter (relative),
-    the least scatter a prediction interval assumes.
+    the least scatter a prediction interval assumes. ``report_heldout=False`` skips the refit
+    that scores the largest scale held out for the report (the design engine refits hundreds of
+    times and reads no report).
     """
     kind = get_kind(kind_name)
     if n_definition not in N_DEFINITIONS:
@@ -296,8 +299,8 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
                         + _fit_problems(kind, part, train, {"n": 0})) if strict else []
         if unidentified:
             raise ArchscaleError(f"refit not identified: {unidentified[0].message}")
-        if config.get("lopt") == "measured":  # the paper's protocol: a reference run per group
-            rows = rows.assign(L_opt=conditional.group_best(rows))
+        if kind.heldout_rows is not None:
+            rows = kind.heldout_rows(config, rows)
         return kind.predict(part.config, part.coef[None, :], rows)[0]
 
     target = kind.target(config)
@@ -334,7 +337,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         checks["heldout"] = _heldout_rows(law, heldout_table, heldout_index,
                                           f"runs with {holdout_by} >= {holdout_above:.4g} held out "
                                           "(not fitted)")
-    elif len(set(scale_labels(table))) >= 2:
+    elif report_heldout and len(set(scale_labels(table))) >= 2:
         # scored even where the refit is degenerate: its error is part of what the user is told
         task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
                                   kind.axes, space, count_runs)

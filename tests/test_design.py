@@ -14,7 +14,7 @@ from archscale.arch.errors import ArchscaleError
 from archscale.decide import design
 from archscale.decide.costs import parse_cost
 from archscale.decide.design import choose, seed_size
-from archscale.decide.design_law import Fitted
+from archscale.decide.design_law import Fitted, KindLaw
 from archscale.laws.diagnostics import Problem
 
 SIGMA = 0.05
@@ -157,3 +157,22 @@ def test_cost_expressions_are_arithmetic_only():
     for bad in ("__import__('os').system('true')", "N.__class__", "[N]", "Q * 2", "'a'"):
         with pytest.raises(ArchscaleError):
             parse_cost(bad, list(table))(table)
+
+
+def test_chinchilla_refused_as_collinear_gets_runs_off_its_line():
+    # every finished run at D = 20 N: laws/diagnostics.py refuses the Chinchilla law as
+    # collinear and asks for "runs at a second tokens-per-parameter ratio"
+    A, B, E, alpha, beta = 482.0, 2085.4, 1.82, 0.3478, 0.3658  # Epoch's replication
+    sizes = np.geomspace(1e7, 1e9, 12)
+    finished = pd.DataFrame({"N": sizes, "D": 20 * sizes})
+    finished["loss"] = E + A / finished.N**alpha + B / finished.D**beta
+    pool = pd.DataFrame([(n, n * r) for n in np.geomspace(1e7, 1e9, 8) for r in (5, 20, 80)],
+                        columns=["N", "D"])
+    costs = parse_cost(None, list(pool))(pool)
+    choice = choose(finished, pool, KindLaw("chinchilla"), pd.DataFrame({"N": [1e10],
+                                                                        "D": [2e11]}),
+                    costs=costs, k=3, budget=costs.sum())
+    assert choice.stage == "identify"
+    assert [p.code for p in choice.problems] == ["collinear"]
+    ratios = (pool["D"] / pool["N"]).loc[[p.index for p in choice.picks]]
+    assert len(ratios) == 3 and not np.isclose(ratios, 20).any()

@@ -55,7 +55,7 @@ def study_table(study: tuple[str, str]):
 def test_committed_notebooks_have_no_outputs():
     paths = sorted(NOTEBOOKS.glob("*.ipynb"))
     assert [p.name for p in paths] == ["01_study_and_laws.ipynb", "02_pareto_and_recommend.ipynb",
-                                       "03_test_time_compute.ipynb"]
+                                       "03_test_time_compute.ipynb", "04_design_replay.ipynb"]
     for path in paths:
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)

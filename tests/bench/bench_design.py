@@ -8,7 +8,8 @@ with the Epoch replication's coefficients (A 482.0, B 2085.4, E 1.82, alpha 0.34
 and 0.5% Gaussian noise, seeded. The target is 8 runs at N = 1e10 (10x the largest candidate), 10-40
 tokens per parameter. Timed, for each method (design, vopt) and K (1 and 8):
 
-* ``cold``: ``choose`` with no previous fit (one full multi-start Chinchilla fit included);
+* ``cold``: ``choose`` with no previous fit (one full ``fit_law`` included: the 4,500-start
+  Chinchilla grid fit and its held-out refit, none remembered);
 * ``warm``: ``choose`` given the previous choice's fit, after one more finished run (what every
   pick but the first costs in a study or a replay).
 
@@ -50,6 +51,7 @@ def time_choice(method: str, k: int, repeats: int) -> dict[str, float]:
     from archscale.decide.costs import parse_cost
     from archscale.decide.design import choose
     from archscale.decide.design_law import KindLaw
+    from archscale.laws import chinchilla
 
     pool, finished, target = pool_and_runs()
     law = KindLaw("chinchilla")
@@ -63,6 +65,7 @@ def time_choice(method: str, k: int, repeats: int) -> dict[str, float]:
                 warm = choose(runs, pool, law, target, costs=parse_cost(None, list(pool))(pool),
                               k=1, method=method).fitted
                 runs = finished
+            chinchilla._FIT_CACHE.clear()  # a cold choice fits afresh, as a new process would
             start = time.perf_counter()
             choose(runs, pool, law, target, costs=parse_cost(None, list(pool))(pool), k=k,
                    method=method, warm=warm)
