@@ -11,7 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale import environment
-from archscale.search.defaults import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
+from archscale.search.defaults import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STORAGE,
+    DEFAULT_STORAGE_WAIT_S,
+)
 
 # Optuna, JAX and the search modules load inside the commands: `--help` stays fast
 
@@ -30,6 +35,13 @@ GraceOpt = typer.Option(None, "--grace", help="Seconds of silence after which a 
 ArtifactsOpt = typer.Option(None, "--artifacts", help="Artifact folder (loss curves, checkpoints); "
                             "default beside the storage file, or ./archscale.artifacts.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show training progress bars.")
+MaxRetriesOpt = typer.Option(DEFAULT_MAX_RETRIES, "--max-retries", min=0,
+                             help="Times a config whose worker died is re-queued before the run "
+                                  "gives up on it (and exits non-zero, naming it).")
+StorageWaitOpt = typer.Option(DEFAULT_STORAGE_WAIT_S, "--storage-wait", min=0,
+                              help="Seconds a worker rides out an unreachable database storage "
+                                   "before it stops (finished results are kept locally and "
+                                   "recorded on resume).")
 
 
 def _quiet_optuna() -> None:
@@ -90,17 +102,24 @@ def run(
     grace: int | None = GraceOpt,
     artifacts: str | None = ArtifactsOpt,
     progress: bool = ProgressOpt,
+    max_retries: int = MaxRetriesOpt,
+    storage_wait: float = StorageWaitOpt,
 ) -> None:
     """Run (or continue) a study to its end; finished trials are never retrained."""
     from archscale.search.study import create_study
-    from archscale.search.worker import WorkerOptions, run_study
+    from archscale.search.worker import GaveUpError, WorkerOptions, run_study
 
     _quiet_optuna()
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         name = create_study(name, storage).name
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
-                            progress=progress and workers == 1, proposer=_proposer())
-    run_study(name, storage, workers=workers, options=options, echo=typer.echo)
+                            progress=progress and workers == 1, max_retries=max_retries,
+                            storage_wait_s=storage_wait, proposer=_proposer())
+    try:
+        run_study(name, storage, workers=workers, options=options, echo=typer.echo)
+    except GaveUpError:
+        _print_status(name, storage)
+        raise
     _print_status(name, storage)
 
 
@@ -114,13 +133,16 @@ def worker(
     artifacts: str | None = ArtifactsOpt,
     max_trials: int | None = typer.Option(None, "--max-trials", help="Stop after this many."),
     progress: bool = ProgressOpt,
+    max_retries: int = MaxRetriesOpt,
+    storage_wait: float = StorageWaitOpt,
 ) -> None:
     """One worker (per accelerator or machine): runs trials until the study is done."""
     from archscale.search.worker import WorkerOptions, run_worker
 
     _quiet_optuna()
     options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, artifacts=artifacts,
-                            max_trials=max_trials, progress=progress, proposer=_proposer())
+                            max_trials=max_trials, progress=progress, max_retries=max_retries,
+                            storage_wait_s=storage_wait, proposer=_proposer())
     pinned = [int(c) for c in cores.split(",")] if cores else None
     run_worker(name, storage, options, echo=typer.echo, cores=pinned)
 
@@ -177,6 +199,8 @@ def _print_status(name: str, storage: str | None) -> None:
     console.print(shown)
     for note in notes:
         console.print(note, markup=False, highlight=False)
+    for line in _retry_lines(handle.study):
+        console.print(line, markup=False, highlight=False)
     counts = progress_counts(handle)
     console.print(", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v))
     design = live_status(handle)
@@ -192,6 +216,44 @@ def _print_status(name: str, storage: str | None) -> None:
             pareto.add_row(*(_fmt(row[c]) for c in ("trial_id", "N", "d_model", "n_layers", "r",
                                                     "gqa_group", "loss", "decode_tokens_per_s")))
         console.print(pareto)
+
+
+def _retry_lines(study) -> list[str]:
+    """Per config that was retried or given up on: its tries and why each stopped."""
+    from archscale.search.recovery import given_up, retried_configs
+
+    lines = []
+    for config in retried_configs(study):
+        now = config.latest.state.name.lower()
+        lines.append(f"config {config.config_key}: try {len(config.tries) + 1} is trial "
+                     f"{config.latest.number} ({now}); earlier: "
+                     + "; ".join(f"trial {t['trial']}: {t['reason']}" for t in config.tries))
+    for config in given_up(study):
+        lines.append(f"config {config.config_key}: given up after {len(config.tries)} tries ("
+                     + "; ".join(f"trial {t['trial']}: {t['reason']}" for t in config.tries)
+                     + "): re-queue it with `archscale study requeue`")
+    return lines
+
+
+@app.command()
+def requeue(
+    name: str = typer.Argument(..., help="Study name."),
+    configs: list[str] = typer.Argument(..., help="Config keys (or unique prefixes) that the run "
+                                        "gave up on."),
+    storage: str | None = StorageOpt,
+) -> None:
+    """Queue another try of configs a run gave up on (their retry count starts again)."""
+    from archscale.arch.errors import ArchscaleError
+    from archscale.search.recovery import requeue as requeue_configs
+    from archscale.search.study import open_study
+
+    _quiet_optuna()
+    handle = open_study(name, storage)
+    missing = requeue_configs(handle.study, configs)
+    if missing:
+        raise ArchscaleError(f"no given-up config of study {name!r} matches {', '.join(missing)}:"
+                             f" `archscale study status {name}` lists them")
+    typer.echo(f"re-queued {len(configs)} config(s): continue with {handle.resume_command}")
 
 
 @app.command()

@@ -33,14 +33,24 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from archscale.arch.errors import ArchscaleError
-from archscale.search.attrs import RESULT_ATTR, STALE_ATTR
-from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
-from archscale.search.recovery import (
+from archscale.search.attrs import (
+    CONFIG_KEY_ATTR,
+    D_ATTR,
+    DECODE_ATTR,
+    DUPLICATE_OF_ATTR,
+    LOSS_CURVE_ATTR,
+    MESSAGE_ATTR,
+    N_ATTR,
     OWNER_ATTR,
-    Heartbeat,
-    RetryStaleTrial,
-    owner_info,
+    RESULT_ATTR,
+    STATUS_ATTR,
+    THROUGHPUT_OF_ATTR,
+    VAL_LOSS_ATTR,
 )
+from archscale.search.outages import StorageUnavailable
+from archscale.search.plan import PlannedRun, planned_from_attrs, suggest_grid_params, suggest_run
+from archscale.search.recovery import Heartbeat, fail_and_retry, owner_info
+from archscale.search.spool import Spool
 from archscale.search.study import StudyHandle
 from archscale.sweeps.data import TokenData
 from archscale.sweeps.passk import PasskSettings, run_passk, weights_folder
@@ -66,13 +76,18 @@ class TrialRunner:
     """The artifact store's folder (checkpoints live under it)."""
     heartbeat_s: float
     """Seconds between heartbeats of a running trial."""
+    spool: Spool
+    """Where a finished result goes when the storage is down (recorded on resume)."""
     progress: bool = True
     """Show the trainer's progress bar."""
+    owner: dict[str, Any] | None = None
+    """Whom trials are recorded as run by: the worker that supervises this trial process
+    (``search.trial_process``), which outlives a crash of it; None: this process."""
 
     def run(self, trial: optuna.Trial) -> TrialState:
         """Run a trial this worker claimed (RUNNING) to its end; its final state."""
         storage = self.handle.storage
-        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_info())
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner or owner_info())
         with Heartbeat(storage, trial._trial_id, self.heartbeat_s) as beat:
             try:
                 return self._run(trial, beat)
@@ -81,11 +96,15 @@ class TrialRunner:
                              "its result is discarded, the retry counts", trial.number)
                 return storage.get_trial(trial._trial_id).state
             except KeyboardInterrupt:
-                self._requeue(trial, "interrupted")
+                # abandoned: re-queued as for a dead worker (interrupts are not limited)
+                fail_and_retry(self.handle.study, storage, trial._trial_id, "interrupted", None)
                 raise
+            except StorageUnavailable:
+                raise  # the worker stops; the trial is recovered (its result spooled) on resume
             except Exception as err:  # a bug in one run must not stop the worker: record it
                 _log.exception("trial %d failed", trial.number)
-                self._set_attrs(trial, status="failed", message=f"{type(err).__name__}: {err}")
+                self._set_attrs(trial, **{STATUS_ATTR: "failed",
+                                           MESSAGE_ATTR: f"{type(err).__name__}: {err}"})
                 self.handle.study.tell(trial, state=TrialState.FAIL)
                 return TrialState.FAIL
 
@@ -95,7 +114,7 @@ class TrialRunner:
         try:
             planned = self._plan(trial)
         except ArchscaleError as err:
-            self._set_attrs(trial, status="failed", message=str(err))
+            self._set_attrs(trial, **{STATUS_ATTR: "failed", MESSAGE_ATTR: str(err)})
             self.handle.study.tell(trial, state=TrialState.FAIL)
             return TrialState.FAIL
         twin = self._completed_twin(planned.key, trial.number)
@@ -116,7 +135,20 @@ class TrialRunner:
                 result = result.replace(passk=self._passk(trial, result, checkpoint_dir, passk))
         if result.status == "complete" and sweep.throughput.enabled:
             result = result.replace(throughput=self._throughput(trial, planned))
-        return self._finish(trial, planned, result)
+        try:
+            return self._finish(trial, planned, result)
+        except StorageUnavailable:
+            path = self.spool.keep(trial.number, planned.key, result.to_dict())
+            _log.warning("trial %d finished while the storage is down: its result is kept in %s "
+                         "and recorded when the study resumes", trial.number, path)
+            raise
+
+    def record(self, trial: optuna.Trial, result: RunResult) -> TrialState:
+        """Record a result kept in the spool on a trial this worker claimed (a try of the same
+        config), as if it had just been run there."""
+        self.handle.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                                  self.owner or owner_info())
+        return self._finish(trial, self._plan(trial), result)
 
     def _passk(self, trial: optuna.Trial, result: RunResult, checkpoint_dir: Path | None,
                settings: PasskSettings) -> dict[str, Any]:
@@ -138,8 +170,8 @@ class TrialRunner:
         for other in self.handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             earlier = other.user_attrs.get(RESULT_ATTR) or {}
             if earlier.get("spec") == spec and earlier.get("throughput"):
-                trial.set_user_attr("throughput_of_trial",
-                                    other.user_attrs.get("throughput_of_trial", other.number))
+                trial.set_user_attr(THROUGHPUT_OF_ATTR,
+                                    other.user_attrs.get(THROUGHPUT_OF_ATTR, other.number))
                 return earlier["throughput"]
         sweep = self.handle.sweep
         return measure_throughput(planned.spec, **sweep.throughput_options(),
@@ -161,19 +193,24 @@ class TrialRunner:
     def _completed_twin(self, key: str, number: int) -> int | None:
         """The number of a COMPLETE trial with this config key (other than ``number``)."""
         for other in self.handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.number != number and other.user_attrs.get("config_key") == key:
+            if other.number != number and other.user_attrs.get(CONFIG_KEY_ATTR) == key:
                 return other.number
         return None
 
     def _reporter(self, trial: optuna.Trial, beat: Heartbeat):
         single = len(self.handle.sweep.directions) == 1
+        storage_down = False
 
         def report(step: int, tokens: int, val_loss: float) -> bool:
+            nonlocal storage_down
             # Optuna's intermediate values and pruners are single-objective only.
-            if single:
-                trial.report(val_loss, step)
-                if trial.should_prune():
-                    return True
+            if single and not storage_down:
+                try:
+                    trial.report(val_loss, step)
+                    if trial.should_prune():
+                        return True
+                except StorageUnavailable:  # train on: the result is kept, and recorded later
+                    storage_down = True
             return beat.lost
 
         return report
@@ -184,18 +221,18 @@ class TrialRunner:
             trial.set_user_attr(key, value)
 
     def _finish_duplicate(self, trial: optuna.Trial, twin: int) -> TrialState:
-        self._set_attrs(trial, status="duplicate", duplicate_of=twin,
-                        message=f"same shape and budget as COMPLETE trial {twin}: not retrained")
+        self._set_attrs(trial, **{STATUS_ATTR: "duplicate", DUPLICATE_OF_ATTR: twin, MESSAGE_ATTR:
+                                   f"same shape and budget as COMPLETE trial {twin}: not retrained"})
         self.handle.study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
 
     def _finish(self, trial: optuna.Trial, planned: PlannedRun, result: RunResult) -> TrialState:
         study, sweep = self.handle.study, self.handle.sweep
         throughput = result.throughput or {}
-        self._set_attrs(trial, **{RESULT_ATTR: result.to_dict()}, status=result.status,
-                        message=result.message, N=planned.spec.params_nonembed, D=result.tokens,
-                        val_loss=result.val_loss,
-                        decode_tokens_per_s=throughput.get("decode_tokens_per_s"))
+        self._set_attrs(trial, **{RESULT_ATTR: result.to_dict(), STATUS_ATTR: result.status,
+                                   MESSAGE_ATTR: result.message, N_ATTR: planned.spec.params_nonembed,
+                                   D_ATTR: result.tokens, VAL_LOSS_ATTR: result.val_loss,
+                                   DECODE_ATTR: throughput.get("decode_tokens_per_s")})
         self._upload_curve(trial, result)
         target = sweep.search.target_loss if sweep.search is not None else None
         if target is not None and result.val_loss is not None:  # pruned runs: the last loss
@@ -220,15 +257,5 @@ class TrialRunner:
             path.write_text(json.dumps(result.loss_curve))
             artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(path),
                                           study_or_trial=trial, mimetype="application/json")
-        trial.set_user_attr("loss_curve_artifact", artifact_id)
-
-    def _requeue(self, trial: optuna.Trial, reason: str) -> None:
-        """Fail a trial this worker abandons and enqueue its retry (as for a dead worker)."""
-        storage = self.handle.storage
-        try:
-            storage.set_trial_system_attr(trial._trial_id, STALE_ATTR, reason)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            return
-        RetryStaleTrial()(self.handle.study, storage.get_trial(trial._trial_id))
+        trial.set_user_attr(LOSS_CURVE_ATTR, artifact_id)
 

@@ -19,7 +19,7 @@ import optuna
 from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec
-from archscale.search.attrs import DESIGN_PICK_ATTR, DESIGN_STEP_ATTR
+from archscale.search.attrs import BUDGET_ATTR, CONFIG_KEY_ATTR, PLAN_ATTRS, SEED_ATTR, SPEC_ATTR
 from archscale.search.sweepfile import SweepFile, SweepFileError
 from archscale.sweeps.recipe import Budget
 
@@ -43,17 +43,15 @@ class PlannedRun:
 
     def user_attrs(self) -> dict[str, Any]:
         """What a trial stores before training, so a retry needs nothing else."""
-        attrs = {"config_key": self.key, "spec": self.spec.to_dict(), "budget": self.budget.to_dict()}
-        return attrs if self.seed is None else {**attrs, "seed": self.seed}
+        attrs = {CONFIG_KEY_ATTR: self.key, SPEC_ATTR: self.spec.to_dict(),
+                 BUDGET_ATTR: self.budget.to_dict()}
+        return attrs if self.seed is None else {**attrs, SEED_ATTR: self.seed}
 
     def run_seed(self, study_seed: int) -> int:
         """The seed this run trains with."""
         return study_seed if self.seed is None else self.seed
 
 
-PLAN_ATTRS = ("config_key", "spec", "budget", "seed", DESIGN_PICK_ATTR, DESIGN_STEP_ATTR)
-"""User attrs that describe the planned run (kept when a crashed trial is retried); ``seed``
-only on the repeats of ``noise:``, the design's on a designed study's picks and steps."""
 _REQUIRED_ATTRS = PLAN_ATTRS[:3]
 
 
@@ -239,5 +237,5 @@ def planned_from_attrs(trial: optuna.Trial | optuna.trial.FrozenTrial) -> Planne
     attrs = trial.user_attrs
     if not all(name in attrs for name in _REQUIRED_ATTRS):
         return None
-    return PlannedRun(dict(trial.params), ArchSpec.from_dict(attrs["spec"]),
-                      Budget.from_dict(attrs["budget"]), attrs.get("seed"))
+    return PlannedRun(dict(trial.params), ArchSpec.from_dict(attrs[SPEC_ATTR]),
+                      Budget.from_dict(attrs[BUDGET_ATTR]), attrs.get(SEED_ATTR))

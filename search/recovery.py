@@ -1,47 +1,36 @@
-"""Crash recovery: heartbeats of running trials, finding trials whose worker died, retrying them.
-
-Every running trial records its owner (host, pid, process start time) and beats while it trains:
-
-* RDB storages (SQLite, PostgreSQL): Optuna's own heartbeat (``storage.record_heartbeat``); a
-  trial silent for the grace period is failed by ``optuna.storages.fail_stale_trials`` and
-  re-enqueued by ``RetryStaleTrial``, the storage's heartbeat-stale callback.
-* the journal file, where Optuna has no heartbeat: the beat is a system attr, and a RUNNING trial
-  is stale when its owner runs on this host and is gone (checked at once: pid, start time,
-  zombie), or when its last beat (or its start) is older than the grace period (other hosts).
-  The first worker to mark it FAIL wins (the journal rejects a second finish) and re-enqueues it.
-
-The retried copy keeps the trial's parameters and its planned run (``plan.PLAN_ATTRS``), never the
-dead worker's owner, heartbeat or partial results, so the retry starts clean. A planned run
-therefore is never lost while any worker lives; that none completes twice is the worker's check
-(no COMPLETE trial may share a config key) and the journal's refusal to finish a trial twice.
-"""
-
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
 import threading
 import time
-import warnings
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from archscale.search.attrs import STALE_ATTR
-from archscale.search.plan import PLAN_ATTRS
+from archscale.search.attrs import (
+    CONFIG_KEY_ATTR,
+    HEARTBEAT_ATTR,
+    OWNER_ATTR,
+    PLAN_ATTRS,
+    STALE_ATTR,
+    STATUS_ATTR,
+    TRIES_ATTR,
+)
 
-OWNER_ATTR = "archscale:owner"
-HEARTBEAT_ATTR = "archscale:heartbeat"
-MAX_RETRIES = 3
-"""A trial whose worker dies this many times is left failed instead of retried again."""
 _log = logging.getLogger(__name__)
+
+
+def default_grace(heartbeat_s: float) -> int:
+    """Silence after which a trial on another host counts as dead: two missed beats and 10 s."""
+    return int(2 * heartbeat_s + 10)
 
 
 @cache
@@ -89,11 +78,6 @@ def owner_alive(owner: dict[str, Any]) -> bool | None:
     return True
 
 
-def has_optuna_heartbeat(storage: BaseStorage) -> bool:
-    """Whether Optuna itself tracks heartbeats on this (unwrapped) storage."""
-    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
-
-
 class Heartbeat:
     """Beats for one running trial from a background thread until closed.
 
@@ -113,13 +97,8 @@ class Heartbeat:
 
     def _beat(self) -> None:
         try:
-            if has_optuna_heartbeat(self._storage):
-                self._storage.record_heartbeat(self._trial_id)
-            else:
-                self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+            self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
         except UpdateFinishedTrialError:
-            self.lost = True
-        if not self.lost and self._storage.get_trial(self._trial_id).state.is_finished():
             self.lost = True
 
     def _run(self) -> None:
@@ -140,24 +119,8 @@ class Heartbeat:
         self.close()
 
 
-class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
-    """Re-enqueue a trial whose worker died: same parameters and planned run, nothing else."""
-
-    def __init__(self, max_retry: int | None = None) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=max_retry)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        clean = copy.deepcopy(trial)
-        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in PLAN_ATTRS}
-        clean.system_attrs = {k: v for k, v in trial.system_attrs.items()
-                              if not k.startswith(("archscale:", "constraints"))}
-        super().__call__(study, clean)
-
-
 def stale_reason(trial: FrozenTrial, grace_s: float, now: float | None = None) -> str | None:
-    """Why a RUNNING journal trial is stale, or None while its worker may still be at work."""
+    """Why a RUNNING trial is stale, or None while its worker may still be at work."""
     owner = trial.system_attrs.get(OWNER_ATTR)
     if owner is not None:
         alive = owner_alive(owner)
@@ -170,31 +133,129 @@ def stale_reason(trial: FrozenTrial, grace_s: float, now: float | None = None) -
     return f"no heartbeat for {silent:.0f} s" if silent > grace_s else None
 
 
-def recover_stale(study: optuna.Study, storage: BaseStorage, grace_s: float) -> list[int]:
-    """Fail and re-enqueue the study's trials whose worker died; their numbers.
+def tries_of(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """Every try of a stopped trial's config so far, this one last: ``{"trial", "reason"}``."""
+    reason = trial.system_attrs.get(STALE_ATTR) or f"ended {trial.state.name}"
+    return [*trial.system_attrs.get(TRIES_ATTR, []), {"trial": trial.number, "reason": reason}]
 
-    RDB: Optuna's ``fail_stale_trials`` (which calls the storage's RetryStaleTrial). Journal: the
-    owner/heartbeat rule above, with the same retry.
-    """
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if has_optuna_heartbeat(storage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        return [t.number for t in running if storage.get_trial(t._trial_id).state == TrialState.FAIL]
+
+def retry(study: optuna.Study, trial: FrozenTrial, max_retries: int | None,
+          tries: list[dict[str, Any]] | None = None) -> bool:
+    """Enqueue a clean copy of a stopped trial: same parameters and planned run, no owner,
+    heartbeat or partial results, and ``tries`` (default: its config's tries so far). False, and
+    nothing enqueued, when those tries already exceed ``max_retries`` retries (None: no limit)."""
+    tries = tries_of(trial) if tries is None else tries
+    if max_retries is not None and len(tries) > max_retries:
+        return False
+    system_attrs = {k: v for k, v in trial.system_attrs.items()
+                    if not k.startswith(("archscale:", "constraints"))}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k in PLAN_ATTRS},
+        system_attrs={**system_attrs, TRIES_ATTR: tries}))
+    return True
+
+
+def mark_stale(storage: BaseStorage, trial_id: int, reason: str) -> bool:
+    """Fail a RUNNING trial whose worker stopped, recording why; False when another worker did it
+    first (or the trial just finished)."""
+    try:
+        storage.set_trial_system_attr(trial_id, STALE_ATTR, reason)
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A trial this worker found stale, failed and (within the limit) re-queued."""
+
+    number: int
+    """The stale trial's number."""
+    reason: str
+    """Why it was stale."""
+    tries: int
+    """Tries of its config so far, this one included."""
+    retried: bool
+    """Whether a retry was enqueued (False: the retry limit is reached)."""
+
+    def describe(self, max_retries: int | None) -> str:
+        """One line for the worker's output."""
+        limit = "" if max_retries is None else f" of {max_retries + 1}"
+        then = (f"it runs again (try {self.tries + 1}{limit})" if self.retried else
+                f"not retried: its config was tried {self.tries} times (--max-retries "
+                f"{max_retries})")
+        return f"trial {self.number}: {self.reason}; {then}"
+
+
+def fail_and_retry(study: optuna.Study, storage: BaseStorage, trial_id: int, reason: str,
+                   max_retries: int | None) -> Recovered | None:
+    """Fail a RUNNING trial that stopped for ``reason`` and re-queue it (up to ``max_retries``
+    retries); None when another worker did so first (or it just finished)."""
+    if not mark_stale(storage, trial_id, reason):
+        return None
+    failed = storage.get_trial(trial_id)
+    retried = retry(study, failed, max_retries)
+    return Recovered(failed.number, reason, len(tries_of(failed)), retried)
+
+
+def recover_stale(study: optuna.Study, storage: BaseStorage, grace_s: float,
+                  max_retries: int | None) -> list[Recovered]:
+    """Fail the study's trials whose worker died and re-queue them (up to ``max_retries``
+    retries); those this worker recovered (another worker's recoveries are not repeated)."""
     recovered = []
-    retry = RetryStaleTrial(MAX_RETRIES)
-    for trial in running:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = stale_reason(trial, grace_s)
-        if reason is None:
-            continue
-        try:
-            storage.set_trial_system_attr(trial._trial_id, STALE_ATTR, reason)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            continue  # another worker recovered it first (or it just finished)
-        retry(study, storage.get_trial(trial._trial_id))
-        recovered.append(trial.number)
+        if reason is not None:
+            done = fail_and_retry(study, storage, trial._trial_id, reason, max_retries)
+            recovered += [done] if done else []
     return recovered
 
 
+def _stopped(trial: FrozenTrial) -> bool:
+    """Whether a trial was stopped by its worker's death (FAIL without a run outcome)."""
+    return trial.state == TrialState.FAIL and STATUS_ATTR not in trial.user_attrs
+
+
+@dataclass(frozen=True)
+class ConfigTries:
+    """The tries of one config that was retried, or given up on."""
+
+    config_key: str
+    """The config."""
+    latest: FrozenTrial
+    """Its latest trial (a given-up config's last failed one)."""
+    tries: list[dict[str, Any]]
+    """Its earlier tries, oldest first (a given-up config's include the last)."""
+
+
+def retried_configs(study: optuna.Study) -> list[ConfigTries]:
+    """Configs tried more than once, by their latest trial (for ``study status``)."""
+    return [ConfigTries(t.user_attrs.get(CONFIG_KEY_ATTR, "?"), t, t.system_attrs[TRIES_ATTR])
+            for t in study.get_trials(deepcopy=False)
+            if t.system_attrs.get(TRIES_ATTR) and not _stopped(t)]
+
+
+def given_up(study: optuna.Study) -> list[ConfigTries]:
+    """Configs whose last try was stopped by a dead worker and not re-queued (the retry limit),
+    and that no trial completed or still runs or waits to run."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t["trial"] for trial in trials for t in trial.system_attrs.get(TRIES_ATTR, [])}
+    alive = {t.user_attrs.get(CONFIG_KEY_ATTR) for t in trials if not _stopped(t)}
+    return [ConfigTries(t.user_attrs.get(CONFIG_KEY_ATTR, "?"), t, tries_of(t)) for t in trials
+            if _stopped(t) and t.number not in retried
+            and t.user_attrs.get(CONFIG_KEY_ATTR) not in alive]
+
+
+def requeue(study: optuna.Study, config_keys: list[str]) -> list[str]:
+    """Enqueue a fresh try (its retry count starts again) of each given-up config named; the keys
+    (or unique prefixes) that matched none."""
+    gone = given_up(study)
+    missing = []
+    for key in config_keys:
+        matches = [c for c in gone if c.config_key.startswith(key)]
+        if len(matches) != 1:
+            missing.append(key)
+            continue
+        retry(study, matches[0].latest, None, tries=[])
+    return missing

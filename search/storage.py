@@ -1,8 +1,9 @@
 """Where a study lives: storage URLs, the default journal file, and the artifact store beside it.
 
 * default (no URL, or a file path): one Optuna journal file, ``./archscale.journal``
-  (JournalStorage + JournalFileBackend). Nothing to install; several worker processes on one
-  machine (or on machines sharing the file system) append to it safely.
+  (JournalStorage + ``journal.JournalFile``, Optuna's file backend with a torn last record set
+  aside). Nothing to install; several worker processes on one machine (or on machines sharing
+  the file system) append to it safely.
 * ``sqlite:///study.db``: Optuna's RDB storage on SQLite, for ONE worker (SQLite's locking does
   not suit parallel writers: Optuna's FAQ).
 * ``postgresql://user@host/db``: RDB storage on PostgreSQL, for workers on many machines.
@@ -13,9 +14,8 @@
 Credentials never leave this process: every URL that is shown, logged or saved (provenance,
 reports, recommendations, status, errors) goes through ``display_url``, which hides the password.
 
-On RDB storages Optuna's heartbeat marks a trial whose worker stopped beating as FAIL and
-``RetryStaleTrial`` re-enqueues it; the journal has no heartbeat in Optuna, so
-``archscale.search.recovery`` does the same there. optuna-dashboard opens all three::
+Trials whose worker died are found and retried by ``archscale.search.recovery``, alike on all
+three (its heartbeat is a trial system attr). optuna-dashboard opens all three::
 
     optuna-dashboard ./archscale.journal --artifact-dir ./archscale.artifacts
 
@@ -26,25 +26,30 @@ folder with ``--artifacts`` when workers run on several machines).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileSymlinkLock
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from archscale.arch.errors import ArchscaleError
-from archscale.search.defaults import (  # the light names, stated there
-    DEFAULT_HEARTBEAT_S,
-    DEFAULT_STORAGE,
+from archscale.search.defaults import DEFAULT_STORAGE  # the light names, stated there
+from archscale.search.journal import JournalFile
+from archscale.search.outages import (
+    Patience,
+    PatientRDBStorage,
+    StorageUnavailable,
+    driver_message,
 )
-from archscale.search.recovery import MAX_RETRIES, RetryStaleTrial
 
 DEFAULT_ARTIFACTS = "archscale.artifacts"
 """Artifact folder of server storages (in the working directory)."""
@@ -59,14 +64,17 @@ def storage_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:") else "rdb"
 
 
-def resolve_url(url: str | None) -> str:
-    """The storage URL to use: the default journal, an absolute journal path, or a database URL.
-
-    A journal path is made absolute, so workers started elsewhere open the same file.
-    """
+def locate(url: str | None) -> str:
+    """The storage as the user gave it, made independent of the working directory: the default
+    journal, an absolute journal path, or the database URL unchanged (what is shown, and what
+    worker processes get)."""
     url = url or DEFAULT_STORAGE
-    if storage_kind(url) == "journal":
-        return str(Path(url).expanduser().resolve())
+    return str(Path(url).expanduser().resolve()) if storage_kind(url) == "journal" else url
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to open: ``locate(url)``, with PostgreSQL's installed driver named."""
+    url = locate(url)
     scheme, sep, rest = url.partition("://")
     if scheme in ("postgresql", "postgres"):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; use what is installed.
@@ -150,15 +158,10 @@ def hide_passwords(data: Any, where: str = "") -> tuple[Any, dict[str, str]]:
     return data, found
 
 
-def open_storage(url: str | None = None, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S,
-                 grace_s: int | None = None) -> BaseStorage:
-    """Open (creating if needed) the storage at ``url``.
-
-    ``heartbeat_s``/``grace_s`` configure Optuna's heartbeat on RDB storages: a RUNNING trial
-    without a heartbeat for ``grace_s`` seconds (default 2 x heartbeat_s + 10) is failed and
-    retried. The journal records the same heartbeat in the trial (``recovery.Heartbeat``).
-    """
-    url = resolve_url(url)
+def open_storage(url: str | None = None, *, wait_s: float = 0) -> BaseStorage:
+    """Open (creating if needed) the storage at ``url``. With ``wait_s``, a database storage rides
+    out an outage of up to that many seconds in each call (``outages.PatientRDBStorage``)."""
+    given, url = locate(url), resolve_url(url)
     if storage_kind(url) == "journal":
         path = Path(url)
         if path.is_dir():
@@ -167,38 +170,71 @@ def open_storage(url: str | None = None, *, heartbeat_s: int = DEFAULT_HEARTBEAT
         if path.is_file() and path.read_bytes()[:16] == b"SQLite format 3\x00":
             raise ArchscaleError(f"{path} is a SQLite database: use --storage sqlite:///{path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return RDBStorage(url, heartbeat_interval=heartbeat_s,
-                              grace_period=grace_s or default_grace(heartbeat_s),
-                              heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRIES),
-                              engine_kwargs={"pool_pre_ping": True})
-        except ImportError as err:
-            raise ArchscaleError(hide_in_text(f"cannot open {display_url(url)}: {err} (install "
-                                              "the database driver)", url)) from None
-        except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, bad URL
-            first = str(err).splitlines()[0] if str(err) else ""
-            raise ArchscaleError(hide_in_text(f"cannot open storage {display_url(url)}: "
-                                              f"{type(err).__name__}: {first}", url)) from None
+        return JournalStorage(JournalFile(path))
+    shown = display_url(given)
+    options: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    try:
+        if wait_s > 0:
+            patience = Patience(shown, wait_s, lambda text: hide_in_text(text, given))
+            return PatientRDBStorage(url, patience, **options)
+        return RDBStorage(url, **options)
+    except StorageUnavailable as err:
+        raise ArchscaleError(f"cannot open storage {shown}\n{err.driver}") from None
+    except ImportError as err:
+        raise ArchscaleError(f"cannot open storage {shown}: install its database driver\n"
+                             + hide_in_text(str(err), given)) from None
+    except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, bad URL
+        raise ArchscaleError(f"cannot open storage {shown}\n"
+                             + hide_in_text(driver_message(err), given)) from None
 
 
-def default_grace(heartbeat_s: int) -> int:
-    return 2 * heartbeat_s + 10
+@contextmanager
+def creation_lock(storage: BaseStorage, url: str, name: str) -> Iterator[None]:
+    """Hold, across processes, the right to create study ``name`` and enqueue its runs, so two
+    ``study create`` (or ``study run``) at once give one study with each run once.
+
+    PostgreSQL: a session advisory lock, freed by the server if the holder dies. A journal or
+    SQLite file: Optuna's symlink lock on ``<file>.create`` (broken after its grace period if the
+    holder died). Other servers take no lock.
+    """
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"archscale study {name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    file = storage_file(url)
+    if file is None:
+        yield
+        return
+    lock = JournalFileSymlinkLock(f"{file}.create")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def artifact_dir(url: str | None, override: str | Path | None = None) -> Path:
     """The artifact folder of a storage: ``override``, else beside its file, else in the cwd."""
     if override is not None:
         return Path(override).expanduser().resolve()
+    file = storage_file(url)
+    return file.with_suffix(".artifacts") if file else Path(DEFAULT_ARTIFACTS).resolve()
+
+
+def storage_file(url: str | None) -> Path | None:
+    """The file a journal or SQLite storage lives in; None for a server or in-memory SQLite."""
     url = resolve_url(url)
     kind = storage_kind(url)
     if kind == "journal" or (kind == "sqlite" and url.startswith("sqlite:///")
                              and ":memory:" not in url):
-        path = Path(url if kind == "journal" else url.removeprefix("sqlite:///"))
-        return path.resolve().with_suffix(".artifacts")
-    return Path(DEFAULT_ARTIFACTS).resolve()
+        return Path(url if kind == "journal" else url.removeprefix("sqlite:///")).resolve()
+    return None
 
 
 def artifact_store(url: str | None, override: str | Path | None = None) -> FileSystemArtifactStore:

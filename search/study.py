@@ -31,17 +31,19 @@ from optuna.trial import TrialState
 from archscale.arch.errors import ArchscaleError
 from archscale.search import designed
 from archscale.search import storage as storage_lib
+from archscale.search.attrs import (
+    CONFIG_KEY_ATTR,
+    DATA_SOURCE_ATTR,
+    FINGERPRINT_ATTR,
+    KIND_ATTR,
+    SWEEP_ATTR,
+    VOCAB_ATTR,
+)
 from archscale.search.plan import PlannedRun, check_search, plan_grid
 from archscale.search.samplers import make_pruner, make_sampler
 from archscale.search.sweepfile import SweepFile, load_sweep, parse_sweep
 from archscale.sweeps.data import TokenData, load_data
 
-SWEEP_ATTR = "sweep"
-"""Study user attr: the validated sweep file (``SweepFile.to_dict()``)."""
-FINGERPRINT_ATTR = "data_fingerprint"
-"""Study user attr: the fingerprint of the data every run must see."""
-VOCAB_ATTR = "vocab_size"
-"""Study user attr: the tokenizer's vocabulary size (every spec's vocab_size)."""
 _log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,8 @@ class StudyHandle:
     storage: BaseStorage
     """The storage object itself (heartbeats and trial states go through it)."""
     url: str
-    """The resolved storage URL, password included: show or save ``shown_url`` instead."""
+    """The storage URL as the user gave it (``storage.locate``), password included: show or
+    save ``shown_url`` instead."""
     sweep: SweepFile
     """The validated sweep file the study was created from."""
 
@@ -66,6 +69,11 @@ class StudyHandle:
     def shown_url(self) -> str:
         """The storage URL as it may be shown, logged or saved: its password hidden."""
         return storage_lib.display_url(self.url)
+
+    @property
+    def resume_command(self) -> str:
+        """The command that continues this study, its storage included."""
+        return f"archscale study run {self.name} --storage {self.shown_url}"
 
     @property
     def vocab_size(self) -> int:
@@ -108,14 +116,14 @@ def _sweep_of(storage: BaseStorage, name: str, url: str) -> SweepFile:
     return parse_sweep(attrs[SWEEP_ATTR], source=f"the sweep stored in study {name!r}")
 
 
-def open_study(name: str, url: str | None = None, *, heartbeat_s: int = storage_lib.DEFAULT_HEARTBEAT_S,
-               grace_s: int | None = None) -> StudyHandle:
-    """Open an existing study by name (its sweep, sampler and pruner come from its user attrs)."""
-    url = storage_lib.resolve_url(url)
+def open_study(name: str, url: str | None = None, *, wait_s: float = 0) -> StudyHandle:
+    """Open an existing study by name (its sweep, sampler and pruner come from its user attrs);
+    ``wait_s``: ride out storage outages that long (``storage.open_storage``)."""
+    url = storage_lib.locate(url)
     if storage_lib.storage_kind(url) == "journal" and not Path(url).is_file():
         raise ArchscaleError(f"no study storage at {url}: create a study first "
                              "(`archscale study create FILE`) or pass --storage")
-    storage = storage_lib.open_storage(url, heartbeat_s=heartbeat_s, grace_s=grace_s)
+    storage = storage_lib.open_storage(url, wait_s=wait_s)
     return _handle(storage, url, name)
 
 
@@ -148,8 +156,19 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
     if not isinstance(sweep, SweepFile):
         sweep = load_sweep(sweep)
     data, runs = _validate(sweep)
-    url = storage_lib.resolve_url(url)
+    url = storage_lib.locate(url)
     storage = storage_lib.open_storage(url)
+    with storage_lib.creation_lock(storage, url, sweep.name):
+        handle = _create_or_check(sweep, data, storage, url)
+        enqueue_missing(handle, runs)
+        if sweep.design is not None:
+            designed.ensure_step(handle)
+    return handle
+
+
+def _create_or_check(sweep: SweepFile, data: TokenData, storage: BaseStorage, url: str
+                     ) -> StudyHandle:
+    """The study of ``sweep``: created, or found with the same sweep and data."""
     if sweep.name in study_names(storage):
         stored = _sweep_of(storage, sweep.name, url)
         if stored != sweep:
@@ -165,21 +184,19 @@ def create_study(sweep: SweepFile | str | Path, url: str | None = None) -> Study
                                     directions=sweep.directions, sampler=make_sampler(sweep),
                                     pruner=make_pruner(sweep))
         attrs: dict[str, Any] = {VOCAB_ATTR: data.vocab_size, FINGERPRINT_ATTR: data.fingerprint,
-                                 "data_source": data.source, "kind": "grid" if sweep.grid else "search",
+                                 DATA_SOURCE_ATTR: data.source, KIND_ATTR: "grid" if sweep.grid else "search",
                                  SWEEP_ATTR: sweep.to_dict()}
         # The sweep goes last: a study interrupted before it is visibly incomplete (open refuses).
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         handle = StudyHandle(study, storage, url, sweep)
-    enqueue_missing(handle, runs)
-    if sweep.design is not None:
-        designed.ensure_step(handle)
     return handle
 
 
 def enqueue_missing(handle: StudyHandle, runs: list[PlannedRun]) -> int:
-    """Enqueue each planned run that no trial of the study carries yet; how many were added."""
-    present = {t.user_attrs.get("config_key") for t in handle.study.get_trials(deepcopy=False)}
+    """Enqueue each planned run that no trial of the study carries yet; how many were added.
+    Call it holding ``storage.creation_lock``."""
+    present = {t.user_attrs.get(CONFIG_KEY_ATTR) for t in handle.study.get_trials(deepcopy=False)}
     added = 0
     for run in runs:
         if run.key not in present:

@@ -16,7 +16,15 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from archscale.arch.spec import ArchSpec
-from archscale.search.attrs import RESULT_ATTR, STALE_ATTR
+from archscale.search.attrs import (
+    DECODE_ATTR,
+    MESSAGE_ATTR,
+    RESULT_ATTR,
+    SPEC_ATTR,
+    STALE_ATTR,
+    STATUS_ATTR,
+    VAL_LOSS_ATTR,
+)
 from archscale.sweeps.results import RUN_COLUMNS, RunResult
 
 TRIAL_COLUMNS: dict[str, str] = {
@@ -39,7 +47,7 @@ def trial_row(trial: FrozenTrial, study_name: str) -> dict | None:
     result = RunResult.from_dict(trial.user_attrs[RESULT_ATTR])
     row = result.row()
     # The trial's status wins: a run that finished after its twin is a "duplicate".
-    status = trial.user_attrs.get("status", row["status"])
+    status = trial.user_attrs.get(STATUS_ATTR, row["status"])
     return {**row, "scale": trial.params.get("N"), "seed": result.seed, "study": study_name,
             "trial_id": trial.number, "status": status}
 
@@ -63,18 +71,19 @@ def status_table(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        spec = ArchSpec.from_dict(attrs["spec"]) if "spec" in attrs else None
+        spec = ArchSpec.from_dict(attrs[SPEC_ATTR]) if SPEC_ATTR in attrs else None
         seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
                    if trial.datetime_complete and trial.datetime_start else None)
         rows.append({
             "trial": trial.number, "state": trial.state.name,
-            "status": attrs.get("status", ""),
+            "status": attrs.get(STATUS_ATTR, ""),
             "N": spec.params_nonembed if spec else None,
             "d_model": spec.d_model if spec else None, "n_layers": spec.n_layers if spec else None,
             "heads": f"{spec.n_heads}/{spec.n_kv_heads}" if spec else "",
             "r": spec.r_mlp_attn if spec else None, "d_over_sqrt_n": spec.d_over_sqrt_n if spec else None,
-            "loss": attrs.get("val_loss"), "decode_tokens_per_s": attrs.get("decode_tokens_per_s"),
-            "seconds": seconds, "message": attrs.get("message", "") or trial.system_attrs.get(STALE_ATTR, ""),
+            "loss": attrs.get(VAL_LOSS_ATTR), "decode_tokens_per_s": attrs.get(DECODE_ATTR),
+            "seconds": seconds, "message": (attrs.get(MESSAGE_ATTR, "")
+                                               or trial.system_attrs.get(STALE_ATTR, "")),
         })
     return pd.DataFrame(rows)
 

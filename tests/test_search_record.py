@@ -7,6 +7,7 @@ from optuna.trial import TrialState
 
 from archscale.search.objective import TrialRunner
 from archscale.search.plan import planned_from_attrs
+from archscale.search.spool import Spool
 from archscale.search.storage import artifact_dir, artifact_store
 from archscale.search.study import create_study
 from archscale.search.sweepfile import parse_sweep
@@ -40,12 +41,13 @@ def test_outcomes_map_to_states_attrs_artifacts_and_table_rows(tmp_path):
     url = str(tmp_path / "s.journal")
     handle = create_study(parse_sweep(GRID), url)
     runner = TrialRunner(handle, data=None, artifacts=artifact_store(url),
-                         artifact_dir=artifact_dir(url), heartbeat_s=1)
+                         artifact_dir=artifact_dir(url), heartbeat_s=1,
+                         spool=Spool(tmp_path / "spool"))
     finished = {}
     for status, loss in (("complete", 4.2), ("diverged", None), ("pruned", 4.9), ("oom", None)):
         trial = claim(handle)
-        planned = runner._plan(trial)
-        finished[status] = (trial.number, runner._finish(trial, planned, result_for(planned, status, loss)))
+        planned = planned_from_attrs(trial)
+        finished[status] = (trial.number, runner.record(trial, result_for(planned, status, loss)))
     assert {s: state for s, (_, state) in finished.items()} == {
         "complete": TrialState.COMPLETE, "diverged": TrialState.FAIL,
         "pruned": TrialState.PRUNED, "oom": TrialState.FAIL}

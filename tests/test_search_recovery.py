@@ -5,20 +5,21 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 
 import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
 from archscale.arch.errors import ArchscaleError
+from archscale.cli.main import app
 from archscale.search import storage as storage_lib
+from archscale.search.attrs import HEARTBEAT_ATTR, OWNER_ATTR, STALE_ATTR, TRIES_ATTR
 from archscale.search.devices import split_cores
 from archscale.search.plan import suggest_run
 from archscale.search.recovery import (
-    HEARTBEAT_ATTR,
-    OWNER_ATTR,
-    STALE_ATTR,
     Heartbeat,
     owner_info,
     recover_stale,
@@ -42,6 +43,14 @@ SEARCH = {
                "gqa": [1, 2], "n_layers": 1, "objectives": ["loss", "decode_throughput"],
                "n_trials": 6, "n_startup_trials": 3},
 }
+
+
+@pytest.fixture
+def dead_owner():
+    """The owner record of a process on this host that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return {**owner_info(), "pid": child.pid, "start": None}
 
 
 @pytest.fixture
@@ -96,8 +105,9 @@ def test_journal_recovery_requeues_a_dead_workers_trial_exactly_once(tmp_path, z
     handle.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, zombie)
     trial.set_user_attr("status", "complete")  # a partial result the retry must not inherit
 
-    assert recover_stale(handle.study, handle.storage, grace_s=60) == [trial.number]
-    assert recover_stale(handle.study, handle.storage, grace_s=60) == []
+    recovered = recover_stale(handle.study, handle.storage, grace_s=60, max_retries=10)
+    assert [(r.number, r.tries, r.retried) for r in recovered] == [(trial.number, 1, True)]
+    assert recover_stale(handle.study, handle.storage, grace_s=60, max_retries=10) == []
     trials = handle.study.get_trials()
     dead = trials[trial.number]
     assert dead.state == TrialState.FAIL and "is gone" in dead.system_attrs[STALE_ATTR]
@@ -105,7 +115,9 @@ def test_journal_recovery_requeues_a_dead_workers_trial_exactly_once(tmp_path, z
     assert len(trials) == 5 and retry.state == TrialState.WAITING
     assert retry.user_attrs["config_key"] == key and "status" not in retry.user_attrs
     assert retry.system_attrs["fixed_params"] == dead.system_attrs["fixed_params"]
-    assert not any(k.startswith("archscale:") for k in retry.system_attrs)
+    assert retry.system_attrs[TRIES_ATTR] == [{"trial": trial.number,
+                                               "reason": dead.system_attrs[STALE_ATTR]}]
+    assert {k for k in retry.system_attrs if k.startswith("archscale:")} == {TRIES_ATTR}
 
     # A grid worker claims the four waiting trials, then nothing: no unplanned trial appears.
     claimed = [claim(handle) for _ in range(4)]
@@ -114,22 +126,91 @@ def test_journal_recovery_requeues_a_dead_workers_trial_exactly_once(tmp_path, z
     assert claim(handle) is None and len(handle.study.trials) == 5
 
 
-def test_sqlite_heartbeat_failure_is_retried_by_optuna(tmp_path):
+PG_URL = os.environ.get("ARCHSCALE_TEST_POSTGRES_URL")
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=[
+    pytest.mark.postgres,
+    pytest.mark.skipif(not PG_URL, reason="set ARCHSCALE_TEST_POSTGRES_URL (tests/postgres.sh)")])])
+def test_a_dead_workers_trial_is_recovered_at_once_with_its_reason_by_one_worker(
+        kind, tmp_path, dead_owner):
+    url = {"journal": str(tmp_path / "s.journal"), "sqlite": f"sqlite:///{tmp_path / 's.db'}",
+           "postgres": PG_URL}[kind]
+    name = f"recover-{uuid.uuid4().hex[:8]}"
+    handle = create_study(parse_sweep({**GRID, "name": name}), url)
+    try:
+        trial = claim(handle)
+        handle.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, dead_owner)
+        Heartbeat(handle.storage, trial._trial_id, interval_s=60).close()  # it beat just now
+        other = open_study(name, url)  # a second worker looking at the same time
+        found = [recover_stale(h.study, h.storage, grace_s=3600, max_retries=10)
+                 for h in (handle, other)]
+        assert [len(f) for f in found] == [1, 0]  # no grace wait, and reported once
+        reason = f"worker pid {dead_owner['pid']} on {dead_owner['host']} is gone"
+        assert found[0][0].reason == reason
+        assert other.study.trials[trial.number].system_attrs[STALE_ATTR] == reason
+        assert other.study.trials[-1].state == TrialState.WAITING
+    finally:
+        if kind == "postgres":
+            optuna.delete_study(study_name=name, storage=handle.storage)
+
+
+def test_an_rdb_trial_whose_heartbeat_stopped_is_retried_with_its_reason(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     create_study(parse_sweep(GRID), url)
-    handle = open_study("recovery-grid", url, heartbeat_s=1, grace_s=2)
+    handle = open_study("recovery-grid", url)
     trial = claim(handle)
     with Heartbeat(handle.storage, trial._trial_id, interval_s=1):
         time.sleep(1.5)
-    assert recover_stale(handle.study, handle.storage, grace_s=2) == []  # still within grace
+    assert recover_stale(handle.study, handle.storage, grace_s=2, max_retries=1) == []  # in grace
     time.sleep(2.5)
-    assert recover_stale(handle.study, handle.storage, grace_s=2) == [trial.number]
+    [recovered] = recover_stale(handle.study, handle.storage, grace_s=2, max_retries=1)
+    assert recovered.number == trial.number and recovered.retried
     trials = handle.study.get_trials()
     assert trials[trial.number].state == TrialState.FAIL
+    assert trials[trial.number].system_attrs[STALE_ATTR].startswith("no heartbeat for ")
     retry = trials[-1]
     assert retry.state == TrialState.WAITING
-    assert retry.system_attrs["failed_trial"] == trial.number
+    assert [t["trial"] for t in retry.system_attrs[TRIES_ATTR]] == [trial.number]
     assert retry.user_attrs["config_key"] == trial.user_attrs["config_key"]
+
+
+def test_a_dead_workers_config_is_retried_up_to_the_limit_then_named_with_every_reason(
+        tmp_path, dead_owner, monkeypatch):
+    url = str(tmp_path / "s.journal")
+    handle = create_study(parse_sweep(GRID), url)
+    for _ in range(3):  # the other configs finish
+        trial = claim(handle)
+        handle.study.tell(trial, [3.0])
+    numbers = []
+    for i in range(5):  # more deaths than the old fixed limit of 3: still retried
+        trial = claim(handle)
+        numbers.append(trial.number)
+        handle.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, dead_owner)
+        [recovered] = recover_stale(handle.study, handle.storage, grace_s=60, max_retries=4)
+        assert (recovered.tries, recovered.retried) == (i + 1, i < 4)
+    assert claim(handle) is None
+    key = trial.user_attrs["config_key"]
+
+    monkeypatch.chdir(tmp_path)
+    cli = CliRunner()
+    result = cli.invoke(app, ["study", "run", "recovery-grid", "--storage", url,
+                              "--max-retries", "4", "--no-progress"])
+    assert result.exit_code != 0 and isinstance(result.exception, ArchscaleError)
+    message = str(result.exception)
+    assert f"config {key}:" in message
+    for i, number in enumerate(numbers, 1):
+        assert f"try {i} (trial {number}): worker pid {dead_owner['pid']} on " in message
+    assert f"archscale study requeue recovery-grid {key} --storage {url}" in message
+    status = cli.invoke(app, ["study", "status", "recovery-grid", "--storage", url])
+    assert f"config {key}: given up after 5 tries" in status.output
+
+    requeued = cli.invoke(app, ["study", "requeue", "recovery-grid", key[:8], "--storage", url])
+    assert requeued.exit_code == 0, requeued.output
+    retry = claim(handle)
+    assert retry.user_attrs["config_key"] == key and retry.number == numbers[-1] + 1
+    status = cli.invoke(app, ["study", "status", "recovery-grid", "--storage", url])
+    assert "given up" not in status.output
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])

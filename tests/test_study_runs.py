@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from archscale.cli.main import app
-from archscale.search.recovery import OWNER_ATTR, STALE_ATTR
+from archscale.search.attrs import OWNER_ATTR, STALE_ATTR, TRIES_ATTR
 from archscale.search.storage import artifact_dir
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
@@ -138,7 +138,7 @@ def test_postgres_three_workers_one_killed_mid_trial_each_config_once(tmp_path, 
         dead = [t for t in handle.study.get_trials(states=(TrialState.FAIL,))
                 if "status" not in t.user_attrs]
         assert len(dead) >= 1  # failed by Optuna's heartbeat, then retried
-        retried = {t.system_attrs.get("failed_trial") for t in handle.study.trials}
+        retried = {t["trial"] for r in handle.study.trials for t in r.system_attrs.get(TRIES_ATTR, [])}
         assert all(t.number in retried for t in dead)
         assert (Path("archscale.artifacts")).is_dir()
     finally:
@@ -207,3 +207,44 @@ def test_budgets_and_seed_repeats_are_runs_of_their_own_each_shape_timed_once(tm
         assert source in (0, 1)
         assert (by_number[number].user_attrs["result"]["throughput"]
                 == by_number[source].user_attrs["result"]["throughput"])
+
+
+def trial_process_of(worker: subprocess.Popen) -> int | None:
+    """The pid of a worker's trial process (its child that is not the spawn helper), if any."""
+    import psutil
+
+    children = [c for c in psutil.Process(worker.pid).children()
+                if "resource_tracker" not in " ".join(c.cmdline())]
+    return children[0].pid if children else None
+
+
+def test_a_trial_process_killed_by_the_os_leaves_the_worker_alive_and_is_retried(tmp_path):
+    url = str(tmp_path / "study.journal")
+    handle = create_study(grid_sweep("crash-grid"), url)
+    worker = subprocess.Popen([*WORKER, "crash-grid", "--storage", url, "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = []
+    try:
+        for sig in (signal.SIGSEGV, signal.SIGKILL):  # a fault in a kernel, the OOM killer
+            deadline = time.time() + 600
+            while time.time() < deadline and worker.poll() is None:
+                running = handle.study.get_trials(states=(TrialState.RUNNING,))
+                child = trial_process_of(worker)
+                if running and child and running[0].number not in killed:
+                    os.kill(child, sig)
+                    killed.append(running[0].number)
+                    break
+                time.sleep(0.2)
+        output, _ = worker.communicate(timeout=900)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, output
+    assert "Traceback" not in output
+    assert_exactly_once(handle)
+    trials = handle.study.get_trials()
+    reasons = [trials[n].system_attrs[STALE_ATTR] for n in killed]
+    assert "crashed with SIGSEGV" in reasons[0] and "killed by SIGKILL" in reasons[1]
+    assert all(trials[n].state == TrialState.FAIL for n in killed)
+    for number, reason in zip(killed, reasons, strict=True):
+        assert f"trial {number}: {reason}; it runs again (try 2 of 11)" in output

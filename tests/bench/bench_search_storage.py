@@ -13,7 +13,8 @@ import uuid
 
 import optuna
 
-from archscale.search.recovery import OWNER_ATTR, Heartbeat, owner_info, recover_stale
+from archscale.search.attrs import OWNER_ATTR
+from archscale.search.recovery import Heartbeat, owner_info, recover_stale
 from archscale.search.study import create_study
 from archscale.search.sweepfile import parse_sweep
 from archscale.search.worker import claim
@@ -43,7 +44,7 @@ def bench(url: str, label: str, n_trials: int = 30) -> None:
             handle.study.tell(trial, [4.1])
     cycle_ms = (time.perf_counter() - start) / n_trials * 1e3
     start = time.perf_counter()
-    recover_stale(handle.study, handle.storage, grace_s=60)
+    recover_stale(handle.study, handle.storage, grace_s=60, max_retries=10)
     scan_ms = (time.perf_counter() - start) * 1e3
     print(f"{label:10s} enqueue {planned} planned runs: {enqueue_s:6.2f} s | per-trial bookkeeping: "
           f"{cycle_ms:6.1f} ms | stale scan over {planned} trials: {scan_ms:6.1f} ms")
