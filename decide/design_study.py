@@ -93,11 +93,10 @@ def propose(sweep: SweepFile, state: DesignState) -> Proposal:
     if not choice.picks:
         return Proposal((), f"budget spent: no open grid point fits in the {state.left_flops:.3g} "
                         f"FLOPs left of {state.budget_flops:.3g}", status)
-    return Proposal(_picks(choice, pool, status.get("target_loss"), sd_top), None, status)
+    return Proposal(_picks(choice, status.get("target_loss"), sd_top, law.space), None, status)
 
 
-def _picks(choice: Choice, pool: pd.DataFrame, loss: float | None, sd_top: float
-           ) -> tuple[Pick, ...]:
+def _picks(choice: Choice, loss: float | None, sd_top: float, space: str) -> tuple[Pick, ...]:
     """The engine's picks with their reasons and, once the law is fitted, the top shape's
     interval before and after each (its sd shrinks as the target's mean variance does)."""
     picks, variance = [], choice.target_sd**2
@@ -105,16 +104,19 @@ def _picks(choice: Choice, pool: pd.DataFrame, loss: float | None, sd_top: float
         after = max(variance - pick.gain, 0.0)
         before_after = [None, None]
         if loss is not None and math.isfinite(variance) and variance > 0:
-            before_after = [_interval(loss, sd_top * math.sqrt(v / choice.target_sd**2))
+            before_after = [_interval(loss, sd_top * math.sqrt(v / choice.target_sd**2), space)
                             for v in (variance, after)]
         picks.append(Pick(str(pick.index), pick.reason, pick.gain / pick.cost, *before_after))
         variance = after
     return tuple(picks)
 
 
-def _interval(loss: float, sd: float) -> tuple[float, float]:
-    """A 90% interval of a loss whose log has standard deviation ``sd``."""
-    return (loss * math.exp(-Z90 * sd), loss * math.exp(Z90 * sd))
+def _interval(loss: float, sd: float, space: str) -> tuple[float, float]:
+    """A 90% interval of a loss whose sd is ``sd`` in the law's residual space (log: of its
+    logarithm)."""
+    if space == "log":
+        return (loss * math.exp(-Z90 * sd), loss * math.exp(Z90 * sd))
+    return (loss - Z90 * sd, loss + Z90 * sd)
 
 
 def decision_status(law: DesignLaw, choice: Choice, finished: pd.DataFrame,
@@ -138,7 +140,7 @@ def decision_status(law: DesignLaw, choice: Choice, finished: pd.DataFrame,
     loss = float(np.exp(mean[top])) if law.space == "log" else float(mean[top])
     sd_top = math.sqrt(max(cov[top, top], 0.0))
     status.update(
-        target_loss=loss, target_interval_90=list(_interval(loss, sd_top)),
+        target_loss=loss, target_interval_90=list(_interval(loss, sd_top, law.space)),
         target_sd=choice.target_sd, target_sd_after=choice.target_sd_after,
         top_shapes=[{**{c: _plain(target.iloc[i][c]) for c in ("d_over_sqrt_n", "r", "gqa_group")
                         if c in target.columns},

@@ -15,13 +15,12 @@ BUDGET_ATTR = "budget"
 """The run's ``Budget.to_dict()``."""
 SEED_ATTR = "seed"
 """The run's own seed, only on the repeats of ``noise:``."""
-DESIGN_STEP_ATTR = "design_step"
-"""A designed study's step trial (search/designed.py): the step's number."""
 DESIGN_PICK_ATTR = "design"
-"""A run the design engine picked: its step, why it was picked and the target interval before and
-after it (``designed.Pick.attrs``); optuna-dashboard shows it."""
-PLAN_ATTRS = (CONFIG_KEY_ATTR, SPEC_ATTR, BUDGET_ATTR, SEED_ATTR, DESIGN_PICK_ATTR,
-              DESIGN_STEP_ATTR)
+"""On a run the design engine picked (search/designed.py): its step, why it was picked and the
+target interval before and after it (``designed.Pick.attrs``); optuna-dashboard shows it."""
+DESIGN_STEP_ATTR = "design_step"
+"""On a designed study's step trial (search/designed.py): the step's number."""
+PLAN_ATTRS = (CONFIG_KEY_ATTR, SPEC_ATTR, BUDGET_ATTR, SEED_ATTR, DESIGN_PICK_ATTR, DESIGN_STEP_ATTR)
 """User attrs that describe the planned run (kept when a crashed trial is retried); ``seed`` only
 on the repeats of ``noise:``, the design's on a designed study's picks and steps."""
 

@@ -185,7 +185,7 @@ def run_worker(name: str, url: str | None = None, options: WorkerOptions = Worke
                         time.sleep(options.poll_s)  # others still run; one may die: its retry
                         continue
                     break
-                if designed.is_step(trial):
+                if designed.is_step(trial):  # the engine refits in this process, not the child
                     designed.run_step(handle, trial, proposer, options.heartbeat_s)
                     continue
                 try:

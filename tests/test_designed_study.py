@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from archscale.search import designed
-from archscale.search.recovery import retry
+from archscale.search.recovery import fail_and_retry
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
 from archscale.search.worker import WorkerOptions, run_study, run_worker
@@ -99,11 +99,13 @@ def test_two_worker_processes_share_one_design(tmp_path, monkeypatch):
 def test_a_lost_step_is_restored_and_a_retried_step_keeps_its_number(tmp_path):
     handle = design_study(tmp_path, "lost")
     step = handle.study.get_trials()[0]
-    handle.storage.set_trial_state_values(step._trial_id, TrialState.FAIL)  # its worker died
-    retry(handle.study, handle.storage.get_trial(step._trial_id), max_retries=None)
+    handle.storage.set_trial_state_values(step._trial_id, TrialState.RUNNING)
+    fail_and_retry(handle.study, handle.storage, step._trial_id, "its worker died", 1)
     retried = handle.study.get_trials()[-1]
     assert retried.state == TrialState.WAITING and retried.user_attrs == {"design_step": 0}
-    handle.storage.set_trial_state_values(retried._trial_id, TrialState.FAIL)  # and no retry left
+    handle.storage.set_trial_state_values(retried._trial_id, TrialState.RUNNING)
+    fail_and_retry(handle.study, handle.storage, retried._trial_id, "died again", 1)  # no retry left
+    assert handle.study.get_trials()[-1].state == TrialState.FAIL
     designed.ensure_step(handle)
     assert handle.study.get_trials()[-1].state == TrialState.WAITING
     designed.ensure_step(handle)  # one waiting step is enough
