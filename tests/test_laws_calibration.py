@@ -38,15 +38,19 @@ def test_too_few_scales_fall_back_to_public_sweeps_and_say_so():
 def test_without_public_sweeps_or_own_refits_no_interval_is_printed(tmp_path):
     with calibration.leaving_out(*ALL_SWEEPS):
         law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)
-        assert law.error_model.source is None and "no public sweep" in law.error_model.reason
+        # only the in-sample scatter calibrates: inside the fitted range, not beyond it
+        assert law.error_model.method == calibration.IN_RANGE_METHOD
+        assert "no public sweep" in law.error_model.reason
         assert np.isnan(law.prediction_interval(pd.DataFrame({"N": [3e9], "D": [6e10]}))[0]).all()
+        inside = law.prediction_interval(pd.DataFrame({"N": [2e8], "D": [4e9]}))[0]
+        assert np.isfinite(inside).all()
         path = save_law(law, tmp_path / "law.json")
         csv = tmp_path / "rows.csv"
         pd.DataFrame({"N": [3e9], "D": [6e10]}).to_csv(csv, index=False)
         result = CliRunner().invoke(app, ["predict", str(path), "--csv", str(csv), "--out",
                                           str(tmp_path / "out.csv")])
     assert result.exit_code == 0, result.output
-    assert "no prediction intervals" in result.output
+    assert "no prediction interval for 1 row" in result.output
 
 
 def test_predict_csv_warns_when_only_public_sweeps_calibrate(tmp_path):
