@@ -247,7 +247,7 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
     scored = table.assign(**score(law, table, level))
     out = save_or_fallback(lambda path: scored.to_csv(path, index=False) or path, out,
                            "the predictions")
-    _warn_calibration(law)
+    _warn_calibration(law, scored["lower"])
     calibrated = law.error_model is not None and law.error_model.source is not None
     line = f"predicted {len(scored)} rows of {csv} -> {out} " + (
         f"({level:.0%} prediction intervals, {law.error_model.label})" if calibrated
@@ -260,9 +260,14 @@ def _predict_csv(law: Law, csv: Path, out: Path | None, columns: str | None,
     typer.echo(line)
 
 
-def _warn_calibration(law: Law) -> None:
-    """Say on stderr when no interval holds, or when only public sweeps calibrate it."""
+def _warn_calibration(law: Law, lower: Any = None) -> None:
+    """Say on stderr when no interval holds (for the law, or for some rows of ``lower``), or
+    when only public sweeps calibrate it."""
     model = law.error_model
+    missing = 0 if lower is None else int(sum(v != v for v in lower))
+    if model is not None and model.source is not None and missing:
+        typer.secho(f"warning: no prediction interval for {missing} row(s): {model.reason}",
+                    fg=typer.colors.YELLOW, err=True)
     if model is None or model.source is None:
         reason = "no calibration (fitted by an older archscale)" if model is None else model.reason
         typer.secho(f"warning: no prediction intervals: {reason}", fg=typer.colors.YELLOW,
@@ -384,7 +389,7 @@ def predict(
         rows = [{name: None if v != v else v for name, v in row.items()} for row in rows]
         typer.echo(json.dumps({**head, **rows[0]} if len(rows) == 1 else {**head, "rows": rows}))
         return
-    _warn_calibration(law)
+    _warn_calibration(law, [row["lower"] for row in rows])
     for row in rows:
         at_k = "" if "k" not in row else f" (k = {row['k']})"
         shown = (f"{law.target}{at_k}: {row['prediction']:.6g}  (" + (

@@ -21,7 +21,8 @@ regression, distance-local conformal and scores scaled by each refit's scatter, 
 fewest held-out runs outside the 80-98% band.
 
 Kinds without shipped public sweeps (throughput, accuracy, pass@k) keep the normal model of
-laws/intervals.py calibrated on their own refits, or give no interval. A law whose bootstrap
+laws/intervals.py calibrated on their own refits; without refits, the in-sample scatter alone
+gives intervals inside the fitted range and none beyond it. A law whose bootstrap
 refits mostly failed gives none either: its mean is not known well enough. Where no interval
 holds, ``interval`` returns NaN and ``ErrorModel.reason`` says why.
 
@@ -59,6 +60,7 @@ MIN_PRIOR_SWEEPS = 2
 """Sweeps of a kind needed for a kind-specific prior; else every loss law's records pool."""
 LOSS_LAWS = ("chinchilla", "conditional")
 """Kinds the shipped (loss) sweeps calibrate."""
+IN_RANGE_METHOD = "in-sample scatter, inside the fitted range only"
 PUBLIC = "public sweeps"
 OWN = "these runs"
 
@@ -128,10 +130,10 @@ def calibrate(kind: str, space: str, sigma_run: float, ranges: dict[str, list[fl
     if public is None:
         if base.growth is not None:
             return _model(base, **common, source=OWN, reason=None, method=base.method)
-        return _model(base, **common, source=None, method="none", reason=(
-            f"no held-out refits of these runs calibrate how its error grows with "
-            f"extrapolation (fit runs at 3+ scales), and no public sweep of a {kind} law is "
-            "shipped"))
+        # inside the fitted range the in-sample scatter calibrates; beyond it nothing does
+        return _model(base, **common, source=OWN, method=IN_RANGE_METHOD, reason=(
+            f"beyond the fitted range no held-out refits of these runs calibrate how its error "
+            f"grows (fit runs at 3+ scales), and no public sweep of a {kind} law is shipped"))
     if len(scores) >= min_scores(DEFAULT_LEVEL) and scales >= MIN_SCALES:
         return _model(base, **common, source=OWN, reason=None,
                       method=CONFORMAL_METHOD.format(n=len(scores)))
@@ -160,7 +162,8 @@ def half_width(model: ErrorModel, distance: np.ndarray, level: float = DEFAULT_L
         return np.full(distance.shape, np.nan)
     public = prior(model.law, level) if model.law in LOSS_LAWS else None
     if public is None:  # the normal model calibrated on these runs (laws/intervals.py)
-        return float(norm.ppf(0.5 + level / 2)) * model.sigma(distance)
+        half = float(norm.ppf(0.5 + level / 2)) * model.sigma(distance)
+        return half if model.growth is not None else np.where(distance > 0, np.nan, half)
     coef = public[0]
     k = 1.0
     if model.source == OWN:

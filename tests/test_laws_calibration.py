@@ -38,15 +38,19 @@ def test_too_few_scales_fall_back_to_public_sweeps_and_say_so():
 def test_without_public_sweeps_or_own_refits_no_interval_is_printed(tmp_path):
     with calibration.leaving_out(*ALL_SWEEPS):
         law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)
-        assert law.error_model.source is None and "no public sweep" in law.error_model.reason
+        # only the in-sample scatter calibrates: inside the fitted range, not beyond it
+        assert law.error_model.method == calibration.IN_RANGE_METHOD
+        assert "no public sweep" in law.error_model.reason
         assert np.isnan(law.prediction_interval(pd.DataFrame({"N": [3e9], "D": [6e10]}))[0]).all()
+        inside = law.prediction_interval(pd.DataFrame({"N": [2e8], "D": [4e9]}))[0]
+        assert np.isfinite(inside).all()
         path = save_law(law, tmp_path / "law.json")
         csv = tmp_path / "rows.csv"
         pd.DataFrame({"N": [3e9], "D": [6e10]}).to_csv(csv, index=False)
         result = CliRunner().invoke(app, ["predict", str(path), "--csv", str(csv), "--out",
                                           str(tmp_path / "out.csv")])
     assert result.exit_code == 0, result.output
-    assert "no prediction intervals" in result.output
+    assert "no prediction interval for 1 row" in result.output
 
 
 def test_predict_csv_warns_when_only_public_sweeps_calibrate(tmp_path):
@@ -102,21 +106,28 @@ def test_the_public_prior_covers_each_shipped_data_set_it_never_saw(file):
 
 
 @pytest.mark.slow
-def test_morph_width_by_depth_intervals_hold_the_band_over_four_splits():
+def test_morph_width_by_depth_intervals_hold_the_band_where_given():
     """The conditional law on Morph's width x depth sweep, fitted below four cuts of N with the
-    prior learned without Morph: nominal 90% intervals cover 80-98% of the 113 held-out runs."""
+    prior learned without Morph: where an interval is given (a fit with > 20% failed refits gets
+    none, and says so), nominal 90% intervals cover 80-98% of the held-out runs, pooled over at
+    least three splits."""
     item = public_sweeps.sweep("morph-aspect")
     table = public_sweeps.load(item)
-    inside = []
+    inside, silent = [], 0
     with calibration.leaving_out("morph", "morph-aspect", "morph-overtrain"):
         for cut in item.cuts:
-            law = fit_law(item.law, table, item.options, n_boot=20, holdout_above=cut)
+            law = fit_law(item.law, table, item.options, n_boot=30, holdout_above=cut)
             rows = law.validation["heldout"]["rows"]
+            lower, upper = np.asarray(rows["lower"]), np.asarray(rows["upper"])
+            if np.isnan(lower).all():
+                assert law.error_model.reason
+                silent += 1
+                continue
             measured = np.asarray(rows["measured"])
-            inside.append((np.asarray(rows["lower"]) <= measured)
-                          & (measured <= np.asarray(rows["upper"])))
+            inside.append((lower <= measured) & (measured <= upper))
     pooled = np.concatenate(inside)
-    assert len(pooled) == 113 and 0.8 <= pooled.mean() <= 0.98, pooled.mean()
+    assert len(inside) >= 3 and silent <= 1
+    assert 0.8 <= pooled.mean() <= 0.98, pooled.mean()
 
 
 def test_isoflop_scales_are_ordered_by_budget():
