@@ -25,6 +25,8 @@ from archscale.arch.errors import ArchscaleError
 from archscale.search.outages import StorageUnavailable
 
 if TYPE_CHECKING:
+    from archscale.search.objective import TrialRunner
+    from archscale.search.study import StudyHandle
     from archscale.search.worker import WorkerOptions
 
 _CAUSES = {
@@ -119,6 +121,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def make_runner(handle: StudyHandle, options: WorkerOptions,
+                owner: dict[str, Any] | None = None) -> TrialRunner:
+    """The TrialRunner a trial process runs the study's trials with (loads its data)."""
+    from archscale.search import storage as storage_lib
+    from archscale.search.objective import TrialRunner
+    from archscale.search.spool import Spool
+
+    folder = storage_lib.artifact_dir(handle.url, options.artifacts)
+    return TrialRunner(handle, handle.load_data(),
+                       storage_lib.artifact_store(handle.url, options.artifacts), folder,
+                       heartbeat_s=options.heartbeat_s,
+                       spool=Spool(folder / "spool" / handle.name), progress=options.progress,
+                       owner=owner)
+
+
 def serve(conn: Connection, name: str, url: str, options: WorkerOptions,
           owner: dict[str, Any]) -> None:
     """The child's loop: run (or record) each trial it is sent until told to stop."""
@@ -128,20 +145,13 @@ def serve(conn: Connection, name: str, url: str, options: WorkerOptions,
         return
     import optuna
 
-    from archscale.search import storage as storage_lib
-    from archscale.search.objective import TrialRunner
-    from archscale.search.spool import Spool
     from archscale.search.study import open_study
     from archscale.sweeps.results import RunResult
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         handle = open_study(name, url, wait_s=options.storage_wait_s)
-        folder = storage_lib.artifact_dir(handle.url, options.artifacts)
-        runner = TrialRunner(handle, handle.load_data(),
-                             storage_lib.artifact_store(handle.url, options.artifacts), folder,
-                             heartbeat_s=options.heartbeat_s, spool=Spool(folder / "spool" / name),
-                             progress=options.progress, owner=owner)
+        runner = make_runner(handle, options, owner)
         while (message := conn.recv()) is not None:
             handle.study.get_trials(deepcopy=False)  # Optuna's cache of a database learns it
             trial = optuna.Trial(handle.study, message[1])

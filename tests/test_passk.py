@@ -228,7 +228,8 @@ def test_a_run_whose_sampling_fails_after_training_is_kept(tmp_path, monkeypatch
     from archscale.decide.substitute import passk_results, passk_table
     from archscale.search.study import create_study
     from archscale.search.table import trials_table
-    from archscale.search.worker import WorkerOptions, run_study
+    from archscale.search.trial_process import make_runner
+    from archscale.search.worker import WorkerOptions, claim
 
     def fail(*args, **kwargs):
         raise ArchscaleError("pass@k: the newest checkpoint is of step 3, not the run's last")
@@ -241,7 +242,8 @@ def test_a_run_whose_sampling_fails_after_training_is_kept(tmp_path, monkeypatch
                          "passk": {"problems": 8, "samples": 2, "k_max": 2}})
     url = str(tmp_path / "study.journal")
     handle = create_study(sweep, url)
-    run_study("p", url, options=WorkerOptions(progress=False))
+    # the trial as its trial process runs it, but in this process, where run_passk is patched
+    make_runner(handle, WorkerOptions(progress=False)).run(claim(handle))
     table = trials_table(handle.study)
     assert len(table) == 1 and table["status"].tolist() == ["complete"]
     assert 2.0 < table["loss"].iloc[0] < 6.0

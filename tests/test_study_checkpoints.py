@@ -11,7 +11,8 @@ from archscale.search import objective
 from archscale.search.storage import artifact_dir
 from archscale.search.study import create_study
 from archscale.search.sweepfile import parse_sweep
-from archscale.search.worker import WorkerOptions, run_study
+from archscale.search.trial_process import make_runner
+from archscale.search.worker import WorkerOptions, claim, run_study
 from archscale.sweeps import data as data_lib
 from archscale.sweeps.train_step import token_losses
 from archscale.sweeps.trained import load_trained
@@ -34,6 +35,16 @@ def sweep(name: str) -> dict:
 def run(tmp_path, name: str):
     handle = create_study(parse_sweep(sweep(name)), str(tmp_path / "study.journal"))
     run_study(handle.name, handle.url, options=WorkerOptions(progress=False))
+    return handle
+
+
+def run_here(tmp_path, name: str):
+    """The study's trials run the way its trial process runs them, but in this process, so that
+    `train` can be spied on."""
+    handle = create_study(parse_sweep(sweep(name)), str(tmp_path / "study.journal"))
+    runner = make_runner(handle, WorkerOptions(progress=False))
+    while (trial := claim(handle)) is not None:
+        runner.run(trial)
     return handle
 
 
@@ -82,10 +93,10 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint(finished, tmp_path, mo
     first: list[int] = []
     spy_train(monkeypatch, first, stop_after_first=True)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "interrupted")
+        run_here(tmp_path, "interrupted")
     second: list[int] = []
     spy_train(monkeypatch, second)
-    handle = run(tmp_path, "interrupted")  # the requeued retry of the interrupted trial
+    handle = run_here(tmp_path, "interrupted")  # the requeued retry of the interrupted trial
     resumed = complete_trial(handle).user_attrs["result"]
     # the retry did not start over: its first evaluation is the one after the checkpointed one
     assert len(first) == 1 and second[0] > first[0]
