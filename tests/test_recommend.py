@@ -283,9 +283,10 @@ def test_a_law_without_error_model_shows_the_mean_interval_and_says_so(paper_law
 
 @pytest.fixture(scope="module")
 def accuracy_law():
-    """A sigmoid loss -> accuracy law over the losses the recommendations predict."""
+    """A sigmoid loss -> accuracy law over the losses the recommendations predict (and their
+    interval ends: beyond its fitted losses no refit calibrates an accuracy interval)."""
     rng = np.random.default_rng(1)
-    loss = np.linspace(2.0, 3.5, 30)
+    loss = np.linspace(1.5, 40.0, 60)
     acc = sigmoid(np.array([0.6, -3.0, 2.8, 0.1]), loss)[0] + 0.004 * rng.normal(size=loss.size)
     return fit_law("accuracy", pd.DataFrame({"loss": loss, "val_accuracy": acc}), n_boot=40)
 

@@ -119,11 +119,13 @@ def main() -> None:
           "(max) | MRE | calibration |")
     print("|---|---|---|---|---|---|---|")
     for name, group in frame.groupby("sweep", sort=False):
-        covered = group["inside"].sum() / group["n"].sum() if group["given"].all() else None
+        given = group[group["given"]]  # a law that gives no interval says why instead
+        covered = given["inside"].sum() / given["n"].sum() if len(given) else None
         ratios = ", ".join(f"{r:.2f}" for r in group["ratio"])
         calibrations = "; ".join(sorted(set(c.split(" (")[0] for c in group["calibration"])))
         print(f"| {name} ({group['law'].iloc[0]}) | {len(group)} | {group['n'].sum()} | "
-              f"{'none given' if covered is None else f'{covered:.0%}'} | {ratios} "
+              f"{'none given' if covered is None else f'{covered:.0%} of {given.n.sum()}'} | "
+              f"{ratios} "
               f"({group['ratio'].max():.2f}) | {np.average(group['mre'], weights=group['n']):.2%} "
               f"| {calibrations} |")
     if args.json:
