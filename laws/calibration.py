@@ -47,6 +47,7 @@ from archscale.laws import intervals
 from archscale.laws.bootstrap import check_level
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
 from archscale.laws.public_sweeps import load_records
+from archscale.laws.table import as_table
 
 PRIOR_FEATURES = ("scatter", "distance")
 """What the public prior's quantile is linear in (no intercept): run scatter and distance."""
@@ -210,7 +211,6 @@ class Spread:
 
 def predictive_spread(law: object, rows: pd.DataFrame | Mapping[str, object]) -> Spread:
     """The calibrated predictive spread of ``law`` (a laws.law.Law) at ``rows``."""
-    from archscale.laws.law import as_table
 
     model = getattr(law, "error_model", None)
     if model is None:

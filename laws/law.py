@@ -14,7 +14,7 @@ A law whose design cannot identify it, or whose fit came out degenerate, carries
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -31,8 +31,10 @@ from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
 from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.registry import get_kind
 from archscale.laws.table import (
+    Rows,
     TableError,
     add_features,
+    as_table,
     collapse_duplicates,
     group_labels,
     scale_labels,
@@ -42,20 +44,6 @@ from archscale.laws.table import (
 
 N_DEFINITIONS = ("non_embedding", "total")
 """What a table's N counts: non-embedding parameters (the convention, arch/spec.py) or all."""
-
-Rows = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
-
-
-def as_table(rows: Rows) -> pd.DataFrame:
-    """A DataFrame, one row (a mapping) or many rows, with the derived features added."""
-    if isinstance(rows, pd.DataFrame):
-        table = rows
-    elif isinstance(rows, Mapping):
-        table = pd.DataFrame([dict(rows)])
-    else:
-        table = pd.DataFrame(list(rows))
-    return add_features(table)
-
 
 @dataclass(frozen=True)
 class Law:

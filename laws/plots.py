@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation
 
-from archscale.laws.law import Law, as_table
-from archscale.laws.table import scale_labels, scale_order
+from archscale.laws.law import Law
+from archscale.laws.table import as_table, scale_labels, scale_order
 
 U_FEATURES = ("d_over_sqrt_n", "r", "aspect")
 """Shape features drawn as U-curves when the table has them (plus every declared term's)."""

@@ -6,8 +6,8 @@ mapping, the law fitted and how it is split: by compute budget for isoFLOP desig
 per parameter for over-training designs, by model size otherwise. A split fits the runs below a
 cut and predicts the runs at or above it; ``split_records`` keeps, for every predicted run, its
 extrapolation distance (laws/intervals.py), its residual in log space and the in-sample scatter
-of the fit that predicted it. ``build_records`` writes them all to laws/public/records.csv, which
-the package ships, so a fit never refits the sweeps.
+of the fit that predicted it (laws/public_records.py makes them and writes laws/public/records.csv,
+which the package ships, so a fit never refits the sweeps).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from archscale.laws.table import load_table, training_flops
 
 PUBLIC_DIR = Path(__file__).resolve().parent / "public"
 RECORDS = PUBLIC_DIR / "records.csv"
-"""Where ``build_records`` writes the shipped calibration records."""
+"""The shipped calibration records (``public_records.build_records`` writes them)."""
 RECORD_COLUMNS = ("sweep", "law", "split", "distance", "residual", "scatter")
 
 
@@ -107,45 +107,8 @@ def split_values(item: Sweep, table: pd.DataFrame) -> pd.Series:
     return table[item.split_by]
 
 
-def split_records(item: Sweep) -> pd.DataFrame:
-    """(distance, residual, scatter) of every run predicted by a fit on the runs below a cut."""
-    from archscale.laws import intervals
-    from archscale.laws.law import fit_law
-
-    table = load(item)
-    values = split_values(item, table).to_numpy(dtype=float)
-    frames = []
-    for cut in item.cuts:
-        train, test = table[values < cut], table[values >= cut]
-        law = fit_law(item.law, train, item.options, n_boot=0, progressive=False)
-        predicted = law.predict(test)
-        frames.append(pd.DataFrame({
-            "sweep": item.name, "law": item.law, "split": f"{item.split_by} >= {cut:.3g}",
-            "distance": intervals.distance(test, law.error_model.ranges),
-            "residual": intervals.residuals(predicted, test["loss"].to_numpy(float), "log"),
-            "scatter": law.error_model.sigma_run}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def build_records(path: Path = RECORDS) -> pd.DataFrame:
-    """Refit every sweep's splits and write the records the package ships."""
-    frames = []
-    for item in SWEEPS:
-        frames.append(split_records(item))
-        print(f"{item.name}: {len(frames[-1])} records", flush=True)
-    records = pd.concat(frames, ignore_index=True)
-    records.to_csv(path, index=False, float_format="%.6g")
-    return records
-
-
 def load_records(path: Path = RECORDS) -> pd.DataFrame:
     """The shipped records (empty if absent: nothing public calibrates then)."""
     if not path.is_file():
         return pd.DataFrame(columns=list(RECORD_COLUMNS))
     return pd.read_csv(path)
-
-
-if __name__ == "__main__":
-    built = build_records()
-    print(built.groupby(["sweep", "split"]).size().to_string())
-    print(f"wrote {len(built)} records to {RECORDS}")

@@ -17,8 +17,8 @@ from archscale.arch.spec import ArchSpec
 from archscale.laws.bootstrap import percentile_interval
 from archscale.laws.chinchilla import compute_optimal
 from archscale.laws.intervals import DEFAULT_LEVEL
-from archscale.laws.law import Law, as_table
-from archscale.laws.table import spec_features
+from archscale.laws.law import Law
+from archscale.laws.table import as_table, spec_features
 
 
 def query_row(law: Law, spec: ArchSpec | None = None, tokens: float | None = None,

@@ -252,3 +252,17 @@ def spec_table(specs: Sequence[ArchSpec], tokens: float | Sequence[float],
         raise TableError(f"got {len(specs)} specs but {len(tokens_list)} token counts")
     rows = [spec_features(s, t, **setting) for s, t in zip(specs, tokens_list, strict=True)]
     return pd.DataFrame(rows)
+
+
+Rows = pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def as_table(rows: Rows) -> pd.DataFrame:
+    """A DataFrame, one row (a mapping) or many rows, with the derived features added."""
+    if isinstance(rows, pd.DataFrame):
+        table = rows
+    elif isinstance(rows, Mapping):
+        table = pd.DataFrame([dict(rows)])
+    else:
+        table = pd.DataFrame(list(rows))
+    return add_features(table)
