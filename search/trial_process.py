@@ -27,7 +27,7 @@ from archscale.search.outages import StorageUnavailable
 if TYPE_CHECKING:
     from archscale.search.objective import TrialRunner
     from archscale.search.study import StudyHandle
-    from archscale.search.worker import WorkerOptions
+    from archscale.search.worker_options import WorkerOptions
 
 _CAUSES = {
     signal.SIGKILL: "killed by SIGKILL (the kernel's out-of-memory killer, or kill -9)",

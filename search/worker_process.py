@@ -12,9 +12,6 @@ import argparse
 import os
 import sys
 
-STORAGE_LOST = 75
-"""Exit status of a worker that stopped because the storage stayed unreachable (EX_TEMPFAIL)."""
-
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m archscale.search.worker_process")
@@ -36,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     from archscale import environment
     from archscale.arch.errors import ArchscaleError
     from archscale.search.outages import StorageUnavailable
-    from archscale.search.worker import WorkerOptions, run_worker
+    from archscale.search.worker import run_worker
+    from archscale.search.worker_options import STORAGE_LOST, WorkerOptions
 
     args = parse(sys.argv[1:] if argv is None else argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
