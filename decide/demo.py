@@ -30,7 +30,7 @@ from archscale.arch.errors import ArchscaleError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
 from archscale.decide.design_report import GRID_TABLE, design_summary, full_grid, matches_grid
-from archscale.decide.design_study import PROPOSER
+from archscale.decide.design_study import PROPOSER, conditional_terms
 from archscale.decide.options import DemoOptions, MeasureSettings
 from archscale.decide.recommend import Recommendation, SearchSpace, recommend
 from archscale.decide.report import (
@@ -88,20 +88,6 @@ def run_trials(options: DemoOptions, echo: Echo) -> StudyHandle:
     run_study(handle.name, handle.url, workers=options.workers,
               options=WorkerOptions(progress=options.progress, proposer=PROPOSER), echo=echo)
     return open_study(handle.name, handle.url)
-
-
-def conditional_terms(sweep: SweepFile) -> list[dict[str, str]]:
-    """Bian et al.'s U-shaped terms in d/sqrt(N) and r where the grid has 3+ values of them (a
-    U needs three), ln of the feature where it has two, plus ln(GQA group) when GQA varies."""
-    grid = sweep.grid
-    terms = []
-    for feature, values in (("d_over_sqrt_n", grid.d_over_sqrt_n), ("r", grid.r),
-                            ("gqa_group", grid.gqa)):
-        if len(set(values)) >= 3 and feature != "gqa_group":
-            terms.append({"feature": feature, "form": "u_log_inv"})
-        elif len(set(values)) >= 2:
-            terms.append({"feature": feature, "form": "log"})
-    return terms
 
 
 def accuracy_target(table: pd.DataFrame) -> str:

@@ -42,11 +42,23 @@ PROPOSER = "archscale.decide.design_study:propose"
 """This module's proposer, as workers load it (``WorkerOptions.proposer``)."""
 
 
+def conditional_terms(sweep: SweepFile) -> list[dict[str, str]]:
+    """Bian et al.'s U-shaped terms in d/sqrt(N) and r where the grid has 3+ values of them (a
+    U needs three), ln of the feature where it has two, plus ln(GQA group) when GQA varies."""
+    grid = sweep.grid
+    terms = []
+    for feature, values in (("d_over_sqrt_n", grid.d_over_sqrt_n), ("r", grid.r),
+                            ("gqa_group", grid.gqa)):
+        if len(set(values)) >= 3 and feature != "gqa_group":
+            terms.append({"feature": feature, "form": "u_log_inv"})
+        elif len(set(values)) >= 2:
+            terms.append({"feature": feature, "form": "log"})
+    return terms
+
+
 def design_law(sweep: SweepFile) -> DesignLaw:
     """The sweep's law and form; the conditional law's default form is the demo's: the terms the
-    grid's values identify, fitted robustly (decide/demo.py)."""
-    from archscale.decide.demo import conditional_terms
-
+    grid's values identify, fitted robustly (as the demo fits it)."""
     design = sweep.design
     form = design.form
     if form is None and design.law == "conditional":

@@ -33,10 +33,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import optuna
 import pandas as pd
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from archscale.arch.errors import ArchscaleError
@@ -46,8 +47,17 @@ from archscale.search.recovery import Heartbeat
 from archscale.search.sweepfile import SweepFile
 from archscale.search.table import trials_table
 
-if TYPE_CHECKING:
-    from archscale.search.study import StudyHandle
+
+class StudyHandle(Protocol):
+    """What a design step reads of ``study.StudyHandle`` (search/study.py enqueues the first step,
+    so this module cannot import it back)."""
+
+    study: optuna.Study
+    storage: BaseStorage
+    sweep: SweepFile
+
+    @property
+    def vocab_size(self) -> int: ...
 
 DESIGN_STATUS_ATTR = "design_status"
 """User attr of a finished step: where the design stood (``Proposal.status``), the FLOPs spent and
