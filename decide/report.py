@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -77,9 +78,21 @@ def _percent(value: float | None) -> str:
     return "not measured" if value is None or value != value else f"{value:.2%}"
 
 
+def json_ready(data: Any) -> Any:
+    """``data`` with every number that is not finite (an interval nothing calibrates, a figure
+    that could not be measured) as None: JSON's null, which every reader parses, not NaN."""
+    if isinstance(data, dict):
+        return {key: json_ready(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_ready(value) for value in data]
+    if isinstance(data, float | np.floating):
+        return float(data) if np.isfinite(data) else None
+    return data
+
+
 def write_json(data: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, allow_nan=False, default=float) + "\n")
+    path.write_text(json.dumps(json_ready(data), indent=1, allow_nan=False, default=float) + "\n")
     return path
 
 
