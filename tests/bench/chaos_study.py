@@ -2,7 +2,9 @@
 process), the journal torn mid-record, the PostgreSQL server restarted under them. Every planned
 config ends COMPLETE exactly once, with the same loss as an undisturbed run's, to the bit.
 
-Slow (minutes): CI runs it with the other slow tests. Seeded; the seed is in the test's id."""
+A benchmark, not part of `pytest -q`: each variant takes 5-20 minutes on 2 CPU cores, which the
+30-minute CI cannot spare. Run it with `python -m pytest tests/bench/chaos_study.py` (the
+PostgreSQL variant with ARCHSCALE_TEST_POSTGRES_URL set). Seeded; the seed is in the test's id."""
 
 import os
 import random
