@@ -27,6 +27,15 @@ def runs(sizes: np.ndarray, ratios: tuple[float, ...] = (10.0, 20.0, 40.0), nois
     return pd.DataFrame({"N": n_params, "D": tokens, "loss": loss})
 
 
+def predict_far_row(law, tmp_path):
+    """``archscale predict --csv`` of the saved law at N = 3e9, D = 6e10 (beyond its runs)."""
+    path = save_law(law, tmp_path / "law.json")
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame({"N": [3e9], "D": [6e10]}).to_csv(csv, index=False)
+    return CliRunner().invoke(app, ["predict", str(path), "--csv", str(csv), "--out",
+                                    str(tmp_path / "out.csv")])
+
+
 def test_too_few_scales_fall_back_to_public_sweeps_and_say_so():
     law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)  # no progressive refit
     assert law.error_model.source == "public sweeps"
@@ -44,22 +53,14 @@ def test_without_public_sweeps_or_own_refits_no_interval_is_printed(tmp_path):
         assert np.isnan(law.prediction_interval(pd.DataFrame({"N": [3e9], "D": [6e10]}))[0]).all()
         inside = law.prediction_interval(pd.DataFrame({"N": [2e8], "D": [4e9]}))[0]
         assert np.isfinite(inside).all()
-        path = save_law(law, tmp_path / "law.json")
-        csv = tmp_path / "rows.csv"
-        pd.DataFrame({"N": [3e9], "D": [6e10]}).to_csv(csv, index=False)
-        result = CliRunner().invoke(app, ["predict", str(path), "--csv", str(csv), "--out",
-                                          str(tmp_path / "out.csv")])
+        result = predict_far_row(law, tmp_path)
     assert result.exit_code == 0, result.output
     assert "no prediction interval for 1 row" in result.output
 
 
 def test_predict_csv_warns_when_only_public_sweeps_calibrate(tmp_path):
     law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)
-    path = save_law(law, tmp_path / "law.json")
-    csv = tmp_path / "rows.csv"
-    pd.DataFrame({"N": [3e9], "D": [6e10]}).to_csv(csv, index=False)
-    result = CliRunner().invoke(app, ["predict", str(path), "--csv", str(csv), "--out",
-                                      str(tmp_path / "out.csv")])
+    result = predict_far_row(law, tmp_path)
     assert result.exit_code == 0, result.output
     assert "warning: these runs cannot calibrate" in result.output
 
