@@ -5,11 +5,11 @@ import json
 import math
 
 import pytest
+from conftest import VALIDATION_DIR
 from typer.testing import CliRunner
 
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.main import app
-from tests.conftest import VALIDATION_DIR
 
 
 def _fit(tmp_path, *args):

@@ -2,12 +2,12 @@
 after the work saves the result to a fallback path the error names; no OSError traceback."""
 
 import pytest
+from conftest import VALIDATION_DIR
 from typer.testing import CliRunner
 
 from archscale.arch.errors import ArchscaleError
 from archscale.cli.main import app
 from archscale.laws import load_law
-from tests.conftest import VALIDATION_DIR
 
 EPOCH_CSV = VALIDATION_DIR / "chinchilla_epoch.csv"
 EPOCH_COLUMNS = "N=Model Size,flops=Training FLOP,loss=loss"

@@ -4,10 +4,10 @@ transformers loads and builds a model from."""
 import re
 
 import pytest
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from archscale.cli.main import app
-from tests.conftest import REPO_ROOT
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
