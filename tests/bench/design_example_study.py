@@ -1,0 +1,48 @@
+"""The packaged design example (search/examples/design_grid.yaml) end to end through the CLI:
+create, run, status. A benchmark, not part of `pytest -q`: it trains until the engine settles or
+spends 20% of the grid's FLOPs, which took longer than the 30-minute CI can spare on the loaded
+2-core machine it was written on (and has not yet been seen finishing there). Run it with
+`python -m pytest tests/bench/design_example_study.py`."""
+
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from archscale.cli.main import app
+from archscale.search import designed
+from archscale.search.plan import plan_grid
+from archscale.search.study import open_study
+from archscale.search.sweepfile import load_sweep
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "search" / "examples" / "design_grid.yaml"
+
+
+@pytest.mark.slow
+def test_the_design_example_runs_end_to_end(tmp_path):
+    url = str(tmp_path / "design.journal")
+    runner = CliRunner()
+    created = runner.invoke(app, ["study", "create", str(EXAMPLE), "--storage", url])
+    assert created.exit_code == 0, created.output
+    assert "a design over the grid" in created.output
+    ran = runner.invoke(app, ["study", "run", "design-grid", "--storage", url, "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    handle = open_study("design-grid", url)
+    runs = handle.study.get_trials(states=(TrialState.COMPLETE,))
+    picked = [t for t in runs if designed.DESIGN_PICK_ATTR in t.user_attrs]
+    keys = [t.user_attrs["config_key"] for t in picked]
+    assert len(keys) == len(set(keys)) and len(runs) == len(picked) + 2  # + 2 noise repeats
+    for trial in picked:  # why it was picked, for optuna-dashboard
+        assert trial.user_attrs[designed.DESIGN_PICK_ATTR]["reason"]
+    # the budget by the FLOPs rule of arch/spec.py: 20% of every grid point's training
+    sweep = load_sweep(EXAMPLE)
+    grid = [r for r in plan_grid(sweep, handle.vocab_size) if r.seed is None]
+    grid_flops = sum(r.budget.tokens_for(r.spec) * r.spec.train_flops_per_token() for r in grid)
+    spent = sum(t.user_attrs["result"]["flops"] for t in runs)
+    assert spent <= 0.2 * grid_flops * 1.01  # tokens round to whole batches
+    stop = designed.stopped_because(handle.study)
+    assert stop.startswith(("settled", "budget spent"))
+    status = runner.invoke(app, ["study", "status", "design-grid", "--storage", url])
+    assert "stopped: " + stop[:20] in status.output
+    assert "FLOPs spent" in status.output
