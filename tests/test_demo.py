@@ -99,7 +99,7 @@ def test_summary_json_holds_the_figures_a_program_checks(demo_report):
 def test_a_finished_study_is_continued_not_retrained(demo_report):
     _, output, url, name, before = demo_report
     assert len(open_study(name, url).study.trials) == before
-    assert "24/24 runs complete" in output
+    assert "24 runs complete, 24 planned" in output
 
 
 def test_report_shows_the_saved_figures(demo_report):
