@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from archscale.arch.errors import ArchscaleError
+from archscale.interrupts import ctrl_c_after
 from archscale.search.outages import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class TrialProcess:
             self._conn, child_end = context.Pipe()
             self._proc = context.Process(target=serve, args=(child_end, *self._args),
                                          name="archscale-trial")
-            self._proc.start()
+            with ctrl_c_after():  # a start cut by Ctrl-C printed a traceback, not one line
+                self._proc.start()
             child_end.close()  # the child's death then reads as EOF here
         assert self._conn is not None
         try:

@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from archscale.arch.errors import ArchscaleError
+from archscale.interrupts import ctrl_c_after
 
 
 class Checkpointer:
@@ -37,11 +38,14 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
-        """Write ``state`` (any pytree of arrays) and the JSON ``progress`` as checkpoint ``step``."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({"identity": self.identity, "progress": progress})),
-            force=True)
+        """Write ``state`` (any pytree of arrays) and the JSON ``progress`` as checkpoint ``step``;
+        a Ctrl-C meanwhile stops the run once the step is whole (orbax runs the save's asyncio
+        loop in this thread: cut inside it, its threads print tracebacks at exit)."""
+        with ctrl_c_after():
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave({"identity": self.identity, "progress": progress})),
+                force=True)
 
     def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
         """The newest checkpoint as a pytree named, shaped and sharded like ``like`` (arrays or
@@ -71,8 +75,9 @@ class Checkpointer:
         return restored["state"], meta["meta"]["progress"]
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with ctrl_c_after():
+            self._manager.wait_until_finished()
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
