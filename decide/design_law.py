@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch.errors import ArchscaleError
+from archscale.laws import diagnostics
 from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL
 from archscale.laws.kind import LawKind
@@ -164,8 +165,13 @@ class KindLaw:
     def _full_fit(self, table: pd.DataFrame) -> Fitted:
         law = fit_law(self.law_kind, table, self.options, n_boot=0, progressive=False,
                       report_heldout=False)
+        problems = tuple(law.problems)
+        if "d_line" in law.config:  # a reduced fit along one D(N) line answers only there: the
+            # design must still leave the line, as for a refused collinear law
+            collinear = diagnostics.collinear_problem(table, law.kind)
+            problems += (collinear,) if collinear is not None else ()
         return Fitted(coef=law.coef, sigma=float(law.error_model.sigma_run),
-                      problems=law.problems, n_runs=len(table), law=law)
+                      problems=problems, n_runs=len(table), law=law)
 
     def _residuals(self, fitted: Fitted, table: pd.DataFrame, coef_SxP: np.ndarray) -> np.ndarray:
         """Residuals in the law's space of every coefficient row (S x n), non-finite -> 1e3."""
