@@ -231,7 +231,9 @@ def test_demo_answers_whether_sampling_substitutes_for_parameters(passk_demo):
     assert 0 < forecast["power_median_relative_error"] < 1
     for name_ in ("passk_law", "end_to_end"):
         assert check[name_]["n"] == 4 * 16
-        assert 0 <= check[name_]["coverage_90"] <= 1 and check[name_]["mean_relative_error"] > 0
+        coverage = check[name_]["coverage_90"]  # None where nothing calibrates intervals
+        assert coverage is None or 0 <= coverage <= 1
+        assert check[name_]["mean_relative_error"] > 0
         by_k = check[name_]["by_k"]
         assert [row["k"] for row in by_k] == list(range(1, 17))
         assert np.mean([row["mean_relative_error"] for row in by_k]) == pytest.approx(
