@@ -104,7 +104,9 @@ def add_features(table: pd.DataFrame) -> pd.DataFrame:
 def collapse_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The table without rows that repeat an earlier row in every column, and how many went: a
     run entered twice is one measurement, and counting it twice narrows every interval."""
-    repeated = table.duplicated()
+    # cells that are containers (a study's spec or pick records) compare by their text
+    comparable = table.map(lambda v: repr(v) if isinstance(v, dict | list) else v)
+    repeated = comparable.duplicated()
     return table[~repeated].reset_index(drop=True), int(repeated.sum())
 
 
