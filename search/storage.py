@@ -36,7 +36,9 @@ from typing import Any
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileSymlinkLock
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
 
 from archscale.arch.errors import ArchscaleError
 from archscale.search.defaults import DEFAULT_STORAGE  # the light names, stated there
@@ -102,10 +104,14 @@ def open_storage(url: str | None = None, *, wait_s: float = 0) -> BaseStorage:
     shown = display_url(given)
     options: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     try:
-        if wait_s > 0:
-            patience = Patience(shown, wait_s, lambda text: hide_in_text(text, given))
-            return PatientRDBStorage(url, patience, **options)
-        return RDBStorage(url, **options)
+        # RDBStorage creates Optuna's tables on a new database; two workers or `study create`s
+        # starting at once on it would both issue CREATE TABLE and one would fail
+        patience = (Patience(shown, wait_s, lambda text: hide_in_text(text, given))
+                    if wait_s > 0 else None)
+        with schema_lock(url, patience):
+            if patience is not None:
+                return PatientRDBStorage(url, patience, **options)
+            return RDBStorage(url, **options)
     except StorageUnavailable as err:
         raise ArchscaleError(f"cannot open storage {shown}\n{err.driver}") from None
     except ImportError as err:
@@ -126,14 +132,8 @@ def creation_lock(storage: BaseStorage, url: str, name: str) -> Iterator[None]:
     holder died). Other servers take no lock.
     """
     if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
-        digest = hashlib.sha256(f"archscale study {name}".encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        with storage.engine.connect() as conn, advisory_lock(conn, f"archscale study {name}"):
+            yield
         return
     file = storage_file(url)
     if file is None:
@@ -145,6 +145,35 @@ def creation_lock(storage: BaseStorage, url: str, name: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def schema_lock(url: str, patience: Patience | None = None) -> Iterator[None]:
+    """On PostgreSQL, hold the right to create Optuna's tables (one holder at a time across
+    processes and machines); elsewhere nothing: a file storage is created under its own lock.
+    With ``patience``, connecting rides out an outage as the storage's own calls do."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        conn = engine.connect() if patience is None else patience.call(engine.connect)
+        with conn, advisory_lock(conn, "archscale optuna schema"):
+            yield
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def advisory_lock(conn: Connection, name: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock named ``name`` on ``conn``, freed by the server if the
+    holder dies."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+    try:
+        yield
+    finally:
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
 def artifact_dir(url: str | None, override: str | Path | None = None) -> Path:
