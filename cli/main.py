@@ -26,6 +26,10 @@ FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "fmt": "--format", "out_d
          "url": "--storage", "chinchilla": "--lopt-law"}
 """Settings whose flag is not ``--`` + the name with dashes (``flag``)."""
 
+RENAMES = {"substitute": {"law": "--loss-law"}}
+"""Per command ("study run" for a subcommand), settings whose flag there differs from ``flag``'s: substitute's loss law,
+recommend's ``law``, is its --loss-law (beside its --passk-law)."""
+
 
 def flag(name: str) -> str:
     """The command line's flag of the library setting ``name``."""
@@ -77,14 +81,14 @@ app = typer.Typer(
 )
 for name, commands in (("arch", arch_cmd.app), ("bench", bench_cmd.app), ("study", study_cmd.app)):
     for info in commands.registered_commands:
-        info.callback = with_flags(info.callback)
+        words = f"{name} {info.name or typer.main.get_command_name(info.callback.__name__)}"
+        info.callback = with_flags(info.callback, RENAMES.get(words))
     app.add_typer(commands, name=name, cls=group.ArchscaleGroup)
 for name, command in (("train", train_cmd.train), ("fit", laws_cmd.fit),
                       ("predict", laws_cmd.predict), ("demo", demo_cmd.demo),
-                      ("recommend", recommend_cmd.recommend), ("export", recommend_cmd.export)):
-    app.command(name)(with_flags(command))
-# substitute's loss law, recommend's `law`, is its --loss-law (beside its --passk-law)
-app.command("substitute")(with_flags(substitute_cmd.substitute, {"law": "--loss-law"}))
+                      ("recommend", recommend_cmd.recommend), ("export", recommend_cmd.export),
+                      ("substitute", substitute_cmd.substitute)):
+    app.command(name)(with_flags(command, RENAMES.get(name)))
 
 
 def main() -> None:
