@@ -25,7 +25,8 @@ class SettingError(ArchscaleError):
 
     ``template`` writes each setting's name as ``{name}`` (an identifier in braces; other
     braces, as in a dict or a YAML example, are text): ``str()`` shows the names, and the command
-    line shows its own flags instead (``shown_as``; cli/main.py maps them).
+    line shows its own flags instead (``shown_as``; cli/main.py maps them). A value written into
+    the template is text too, unless it holds an identifier in braces itself.
     """
 
     def __init__(self, template: str) -> None:

@@ -27,8 +27,8 @@ FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "fmt": "--format", "out_d
 """Settings whose flag is not ``--`` + the name with dashes (``flag``)."""
 
 RENAMES = {"substitute": {"law": "--loss-law"}}
-"""Per command ("study run" for a subcommand), settings whose flag there differs from ``flag``'s: substitute's loss law,
-recommend's ``law``, is its --loss-law (beside its --passk-law)."""
+"""Per command ("study run" for a subcommand), settings whose flag there differs from
+``flag``'s: substitute's loss law, recommend's ``law``, is its --loss-law (beside --passk-law)."""
 
 
 def flag(name: str) -> str:
