@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import string
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,11 +16,17 @@ class ArchscaleError(ValueError):
     """
 
 
+SETTING = re.compile(r"\{([A-Za-z_]\w*)\}")
+"""A setting's name in a SettingError template."""
+
+
 class SettingError(ArchscaleError):
     """A setting out of range, named as the library knows it (a config field or keyword).
 
-    ``template`` writes each setting's name as ``{name}``: ``str()`` shows the names, and the
-    command line shows its own flags instead (``shown_as``; cli/main.py maps them).
+    ``template`` writes each setting's name as ``{name}`` (an identifier in braces; other
+    braces, as in a dict or a YAML example, are text): ``str()`` shows the names, and the command
+    line shows its own flags instead (``shown_as``; cli/main.py maps them). A value written into
+    the template is text too, unless it holds an identifier in braces itself.
     """
 
     def __init__(self, template: str) -> None:
@@ -29,12 +35,13 @@ class SettingError(ArchscaleError):
 
     @property
     def names(self) -> list[str]:
-        """The settings the message names."""
-        return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
+        """The settings the message names, each once."""
+        return list(dict.fromkeys(SETTING.findall(self.template)))
 
     def shown_as(self, labels: Mapping[str, str]) -> str:
         """The message with each setting shown by its label (its own name where none is given)."""
-        return self.template.format_map({name: labels.get(name, name) for name in self.names})
+        return SETTING.sub(lambda found: labels.get(found[1], found[1]), self.template)
+
 
 
 def reject_unknown_keys(cls: type, data: Mapping[str, Any], *, error: type[ArchscaleError] = ArchscaleError,

@@ -396,7 +396,7 @@ def write_config(spec: ArchSpec, fmt: Format | str, out_dir: str | Path, label: 
     flat = config_fields(spec, fmt, dtype)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise SpecError(f"--out {out} is a file: give a directory to hold {fmt.filename}")
+        raise SettingError(f"{{out_dir}} {out} is a file: give a directory to hold {fmt.filename}")
     out.mkdir(parents=True, exist_ok=True)
     path = out / fmt.filename
     path.write_text(render(fmt.filename, flat, header=_header(spec, fmt, label)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import typer
@@ -22,8 +22,13 @@ from archscale.cli import (
     train_cmd,
 )
 
-FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "fmt": "--format", "out_dir": "--out"}
+FLAGS = {"gqa_group": "--gqa", "n_layers": "--layers", "fmt": "--format", "out_dir": "--out",
+         "url": "--storage", "chinchilla": "--lopt-law"}
 """Settings whose flag is not ``--`` + the name with dashes (``flag``)."""
+
+RENAMES = {"substitute": {"law": "--loss-law"}}
+"""Per command ("study run" for a subcommand), settings whose flag there differs from
+``flag``'s: substitute's loss law, recommend's ``law``, is its --loss-law (beside --passk-law)."""
 
 
 def flag(name: str) -> str:
@@ -31,15 +36,29 @@ def flag(name: str) -> str:
     return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
-def with_flags(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command`` with a SettingError's settings shown as this command line's flags."""
+def command_flags(command: Callable[..., Any]) -> set[str]:
+    """The long flags Typer makes of ``command``'s parameters."""
+    alone = typer.Typer(add_completion=False)
+    alone.command()(command)
+    params = typer.main.get_command(alone).params
+    return {name for param in params for name in param.opts if name.startswith("--")}
+
+
+def with_flags(command: Callable[..., Any], renames: Mapping[str, str] | None = None
+               ) -> Callable[..., Any]:
+    """``command`` with a SettingError's settings shown as this command's flags: ``renames``
+    (setting -> flag, where this command's flag differs from ``flag``'s), else ``flag``. A
+    setting the command has no flag for (one read from a sweep file, say) keeps its name."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except SettingError as err:
-            raise ArchscaleError(err.shown_as({n: flag(n) for n in err.names})) from None
+            own = command_flags(command)
+            shown = {n: (renames or {}).get(n, flag(n)) for n in err.names}
+            raise ArchscaleError(err.shown_as({n: f for n, f in shown.items() if f in own})
+                                 ) from None
 
     return run
 
@@ -62,13 +81,14 @@ app = typer.Typer(
 )
 for name, commands in (("arch", arch_cmd.app), ("bench", bench_cmd.app), ("study", study_cmd.app)):
     for info in commands.registered_commands:
-        info.callback = with_flags(info.callback)
+        words = f"{name} {info.name or typer.main.get_command_name(info.callback.__name__)}"
+        info.callback = with_flags(info.callback, RENAMES.get(words))
     app.add_typer(commands, name=name, cls=group.ArchscaleGroup)
 for name, command in (("train", train_cmd.train), ("fit", laws_cmd.fit),
                       ("predict", laws_cmd.predict), ("demo", demo_cmd.demo),
                       ("recommend", recommend_cmd.recommend), ("export", recommend_cmd.export),
                       ("substitute", substitute_cmd.substitute)):
-    app.command(name)(with_flags(command))
+    app.command(name)(with_flags(command, RENAMES.get(name)))
 
 
 def main() -> None:

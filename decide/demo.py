@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
 from archscale.decide.design_report import GRID_TABLE, design_summary, full_grid, matches_grid
@@ -128,10 +128,10 @@ def refuse_unidentified(laws: dict[str, Law], out: Path) -> None:
     """One error naming every law the runs do not identify (the report is already written)."""
     bad = {kind: law for kind, law in laws.items() if not law.identified}
     if bad:
-        raise ArchscaleError(
+        raise SettingError(
             f"the runs do not identify the {', '.join(bad)} law(s): "
             + "; ".join(f"{kind}: {law.problems[0].message}" for kind, law in bad.items())
-            + f". The report in {out}/ says so; fix the grid, or pass --allow-degenerate")
+            + f". The report in {out}/ says so; fix the grid, or pass {{allow_degenerate}}")
 
 
 def baseline_shape(sweep: SweepFile, n_params: float, vocab_size: int) -> tuple[ArchSpec, str]:
@@ -148,8 +148,7 @@ def baseline_shape(sweep: SweepFile, n_params: float, vocab_size: int) -> tuple[
         return shape.spec, (f"LLaMA-3.2-1B proportions at N={shape.spec.params_nonembed:,} "
                             f"(r {LLAMA_PROPORTIONS['r']}, d/sqrt(N) "
                             f"{LLAMA_PROPORTIONS['d_over_sqrt_n']}, GQA {gqa})")
-    raise ArchscaleError(f"no LLaMA-proportioned shape at N={n_params:,.0f}: "
-                         "raise --scale-factor")
+    raise SettingError(f"no LLaMA-proportioned shape at N={n_params:,.0f}: raise {{scale_factor}}")
 
 
 def search_space(sweep: SweepFile, table: pd.DataFrame, n_params: float, tokens: float,
@@ -277,8 +276,8 @@ def load_report_laws(out: Path) -> dict[str, Law]:
     paths = {kind: out / "laws" / name for kind, name in LAW_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise ArchscaleError(f"no fitted laws in {out}/laws ({', '.join(missing)} missing): run "
-                             "`archscale demo` first (same --out and --storage)")
+        raise SettingError(f"no fitted laws in {out}/laws ({', '.join(missing)} missing): run "
+                           "the demo first (same {out} and {storage})")
     return {kind: load_law(path) for kind, path in paths.items()}
 
 

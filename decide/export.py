@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 import archscale
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.frameworks import (
     FORMATS,
     check_expressible,
@@ -75,11 +75,11 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())  # YAML reads JSON too
     except (OSError, yaml.YAMLError) as err:
-        raise ArchscaleError(f"--recipe {path}: cannot read it ({err})") from None
+        raise SettingError(f"{{recipe}} {path}: cannot read it ({err})") from None
     if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
         data = data["recipe"]
     if not isinstance(data, dict):
-        raise ArchscaleError(f"--recipe {path}: give a sweep YAML, a run JSON or Recipe fields")
+        raise SettingError(f"{{recipe}} {path}: give a sweep YAML, a run JSON or Recipe fields")
     return Recipe.from_dict(data)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 import archscale
-from archscale.arch.errors import ArchscaleError, SettingError
+from archscale.arch.errors import SettingError
 from archscale.arch.spec import ArchSpec
 from archscale.decide.options import SERVING
 from archscale.decide.recommendation import (
@@ -168,8 +168,8 @@ def _extrapolation(provenance: Mapping[str, Any], targets: Mapping[str, float]) 
 
 def _law_features(law: Law) -> set[str]:
     if law.kind != "conditional":
-        raise ArchscaleError(f"--law holds a {law.kind} law, which cannot tell shapes apart: "
-                             "recommend needs a conditional law (`archscale fit --law conditional`)")
+        raise SettingError(f"{{law}} holds a {law.kind} law, which cannot tell shapes apart: "
+                           "recommend needs a conditional law (`archscale fit --law conditional`)")
     return {t["feature"] for t in law.config["terms"]}
 
 
@@ -268,8 +268,8 @@ def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
     """
     _law_features(law)
     if accuracy_law is not None and accuracy_law.kind != "accuracy":
-        raise ArchscaleError(f"--accuracy-law holds a {accuracy_law.kind} law: give an accuracy "
-                             "law (`archscale fit --law accuracy`)")
+        raise SettingError(f"{{accuracy_law}} holds a {accuracy_law.kind} law: give an accuracy "
+                           "law (`archscale fit --law accuracy`)")
     settings = MeasureSettings() if measure is True else (measure or None)
     if (target_loss is None) == (max_loss_increase is None):
         raise SettingError("give exactly one of {target_loss} or {max_loss_increase}")
@@ -293,8 +293,8 @@ def recommend(law: Law, space: SearchSpace, throughput: ThroughputModel, *,
                       key=lambda s: -s.decode_tokens_per_s)
     if not feasible:
         best = min(s.loss for s in scored)
-        raise ArchscaleError(f"no shape reaches the target loss {target_loss:.4f}: the best "
-                             f"predicted is {best:.4f}; raise --target-loss or --tokens")
+        raise SettingError(f"no shape reaches the target loss {target_loss:.4f}: the best "
+                           f"predicted is {best:.4f}; raise {{target_loss}} or {{tokens}}")
     if loss_optimal.loss <= target_loss:
         # A shape slower than the loss-optimal one is dominated by it: never recommend it.
         feasible = [s for s in feasible

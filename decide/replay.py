@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.decide.design import COST_POWER, choose
 from archscale.decide.design import METHODS as ENGINE_METHODS
 from archscale.decide.design_law import DesignLaw
@@ -78,19 +78,20 @@ class Replay:
     """The engine divides gain by cost to this power (decide/design.py)."""
 
 
-def split_target(table: pd.DataFrame, query: str | None, holdout_above: float | None,
+def split_target(table: pd.DataFrame, target: str | None, holdout_above: float | None,
                  holdout_by: str = "N") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pool, target): the target rows by a pandas ``query`` or by ``holdout_by >= holdout_above``."""
-    if query is not None:
+    """(pool, target): the target rows by ``target`` (a pandas query) or by ``holdout_by >=
+    holdout_above``."""
+    if target is not None:
         try:
-            mask = table.eval(query)
+            mask = table.eval(target)
         except Exception as err:  # pandas raises many types for a bad expression
-            raise ArchscaleError(f"--target {query!r} is not a query on this table ({err}); its "
-                                 f"columns are {list(table.columns)}") from None
+            raise SettingError(f"{{target}} {target!r} is not a query on this table ({err}); "
+                               f"its columns are {list(table.columns)}") from None
         mask = np.asarray(mask, dtype=bool)
         if not mask.any() or mask.all():
-            raise ArchscaleError(f"--target {query!r} selects {int(mask.sum())} of {len(table)} "
-                                 "rows: it must leave both target rows and a pool")
+            raise SettingError(f"{{target}} {target!r} selects {int(mask.sum())} of {len(table)} "
+                               "rows: it must leave both target rows and a pool")
     else:
         mask = holdout_mask(table, holdout_above, holdout_by)
     return table[~mask].reset_index(drop=True), table[mask].reset_index(drop=True)
@@ -258,10 +259,11 @@ def run_replay(spec: Replay, methods: Sequence[str], budgets: Sequence[float], r
     ``on_repeat(i, table so far)`` after each repeat (a long replay's partial results)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ArchscaleError(f"unknown replay method(s) {unknown}: choose from {METHODS}")
+        raise SettingError(f"unknown replay method(s) {unknown} in {{methods}}: choose from "
+                           f"{METHODS}")
     if not budgets or not all(0 < b <= 1 for b in budgets):
-        raise ArchscaleError(f"budgets {list(budgets)} must be fractions in (0, 1], e.g. "
-                             "0.01,0.05,0.1,0.2")
+        raise SettingError(f"{{budgets}} {list(budgets)} must be fractions in (0, 1], e.g. "
+                           "0.01,0.05,0.1,0.2")
     results: list[dict[str, dict[float, Outcome]]] = []
     for seed in range(repeats):
         # the whole pool is the same fit in every repeat: fitted once

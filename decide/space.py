@@ -13,15 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import SettingError
 from archscale.arch.shapes import shape_from_budget
 from archscale.arch.spec import ArchSpec, SpecError
 
 
-def _range(values: tuple[float, ...], name: str) -> tuple[float, float]:
-    if not values or not all(0 < v < math.inf for v in values):
-        raise ArchscaleError(f"{name} range {values} must hold positive values, e.g. 0.03:0.3")
-    return min(values), max(values)
+def _positive(values: tuple[float, ...]) -> bool:
+    return bool(values) and all(0 < v < math.inf for v in values)
 
 
 @dataclass(frozen=True)
@@ -60,14 +58,17 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if not (0 < self.params < math.inf and 0 < self.tokens < math.inf):
-            raise ArchscaleError(f"--params {self.params:g} and --tokens {self.tokens:g} must be "
-                                 "finite and positive, e.g. --params 1e9 --tokens 1e11")
-        _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
-        _range(self.r, "--r")
+            raise SettingError(f"{{params}} {self.params:g} and {{tokens}} {self.tokens:g} must "
+                               "be finite and positive, e.g. 1e9 and 1e11")
+        if not _positive(self.d_over_sqrt_n):
+            raise SettingError(f"{{d_over_sqrt_n}} range {self.d_over_sqrt_n} must hold positive "
+                               "values, e.g. 0.03:0.3")
+        if not _positive(self.r):
+            raise SettingError(f"{{r}} range {self.r} must hold positive values, e.g. 0.5:8")
         if min(self.r_points, self.gqa_group, self.d_model_multiple, self.d_ff_multiple) < 1:
-            raise ArchscaleError(f"r_points={self.r_points}, --gqa {self.gqa_group}, "
-                                 f"--d-model-multiple {self.d_model_multiple} and --d-ff-multiple "
-                                 f"{self.d_ff_multiple} must be >= 1")
+            raise SettingError(f"r_points {self.r_points}, {{gqa_group}} {self.gqa_group}, "
+                               f"{{d_model_multiple}} {self.d_model_multiple} and "
+                               f"{{d_ff_multiple}} {self.d_ff_multiple} must be >= 1")
 
     def shape(self, d_model: int, r: float, gqa_group: int) -> ArchSpec | None:
         """The valid integer shape at (d_model, r, GQA group) and the target N, or None."""
@@ -87,8 +88,8 @@ class SearchSpace:
 
     def inside(self, spec: ArchSpec) -> bool:
         """Whether a shape's realized d/sqrt(N) and r lie in the ranges the user gave."""
-        d_lo, d_hi = _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
-        r_lo, r_hi = _range(self.r, "--r")
+        d_lo, d_hi = min(self.d_over_sqrt_n), max(self.d_over_sqrt_n)
+        r_lo, r_hi = min(self.r), max(self.r)
         return d_lo <= spec.d_over_sqrt_n <= d_hi and r_lo <= spec.r_mlp_attn <= r_hi
 
     def regroup(self, spec: ArchSpec, n_kv_heads: int) -> ArchSpec | None:
@@ -105,7 +106,7 @@ class SearchSpace:
         return regrouped if self.inside(regrouped) else None
 
     def widths(self) -> range:
-        lo, hi = _range(self.d_over_sqrt_n, "--d-over-sqrt-n")
+        lo, hi = min(self.d_over_sqrt_n), max(self.d_over_sqrt_n)
         step = self.d_model_multiple
         root = math.sqrt(self.params)
         return range(max(step, math.ceil(lo * root / step) * step), math.floor(hi * root) + 1, step)
@@ -114,7 +115,7 @@ class SearchSpace:
         """Every distinct valid shape of step 1 (base GQA group)."""
         import numpy as np  # here: the command line reads this module's defaults at start
 
-        lo, hi = _range(self.r, "--r")
+        lo, hi = min(self.r), max(self.r)
         specs: dict[ArchSpec, None] = {}
         for d_model in self.widths():
             for r in np.geomspace(lo, hi, self.r_points):
@@ -122,10 +123,10 @@ class SearchSpace:
                 if spec is not None:
                     specs[spec] = None
         if not specs:
-            raise ArchscaleError(
+            raise SettingError(
                 f"no valid shape within {self.max_params_error:.0%} of N={self.params:.3g} with "
                 f"its realized d/sqrt(N) in {self.d_over_sqrt_n} and r in {self.r}: widen "
-                "--d-over-sqrt-n / --r, change --layers or --head-dim")
+                "{d_over_sqrt_n} / {r}, change {n_layers} or {head_dim}")
         return list(specs)
 
     def to_dict(self) -> dict[str, Any]:

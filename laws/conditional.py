@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import SettingError
 from archscale.laws import chinchilla, diagnostics
 from archscale.laws.diagnostics import VANISHED_TERM, Problem
 from archscale.laws.forms import Term, parse_terms
@@ -56,17 +56,17 @@ def configure(options: dict[str, Any]) -> dict[str, Any]:
         "f_scale": float(options.get("f_scale") or 0.01),
     }
     if config["combine"] not in COMBINE:
-        raise ArchscaleError(f"combine={config['combine']!r}: choose one of {COMBINE}")
+        raise SettingError(f"{{combine}} {config['combine']!r}: choose one of {COMBINE}")
     if config["lopt"] not in LOPT_MODES:
-        raise ArchscaleError(f"lopt={config['lopt']!r}: choose one of {LOPT_MODES}")
+        raise SettingError(f"{{lopt}} {config['lopt']!r}: choose one of {LOPT_MODES}")
     if config["robust"] is not None and config["robust"] not in ROBUST_LOSSES:
-        raise ArchscaleError(f"robust={config['robust']!r}: choose one of {ROBUST_LOSSES} "
-                             "(or none for plain least squares)")
+        raise SettingError(f"{{robust}} {config['robust']!r}: choose one of {ROBUST_LOSSES} "
+                           "(or none for plain least squares)")
     if config["lopt"] == "given":
         coef = np.asarray(options.get("chinchilla", []), dtype=np.float64)
         if coef.shape != (5,) or not np.all(np.isfinite(coef)) or np.any(coef[:3] <= 0):
-            raise ArchscaleError("lopt=given needs the Chinchilla coefficients (A, B, E, alpha, "
-                                 "beta): pass a fitted chinchilla law.json (--lopt-law)")
+            raise SettingError("{lopt}=given needs a fitted Chinchilla law's coefficients (A, B, "
+                               "E, alpha, beta): give its law.json as {chinchilla}")
         config["chinchilla"] = coef.tolist()
     return config
 
@@ -117,10 +117,10 @@ def _measured_lopt(config: dict[str, Any], table: pd.DataFrame,
         out[match], distance[match] = group["loss"], gap[match]
     if np.isnan(out).any():
         row = int(np.flatnonzero(np.isnan(out))[0])
-        raise ArchscaleError(
+        raise SettingError(
             f"no measured L_opt for N={values['N'][row]:.4g}, D={values['D'][row]:.4g}: a law "
             "with lopt=measured predicts only the (scale, tokens) groups it was fitted on; add an "
-            "L_opt column, or fit with --lopt joint or chinchilla to predict new scales")
+            "L_opt column, or fit with {lopt} joint or chinchilla to predict new scales")
     return out
 
 

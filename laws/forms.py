@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ def parse_terms(spec: str | Sequence[Any] | None) -> tuple[Term, ...]:
             raise ArchscaleError(f"bad term {item!r}: declare terms as feature:form (e.g. "
                                  "aspect:u_log_sq) or {\"feature\": ..., \"form\": ...}")
     if not terms:
-        raise ArchscaleError("no terms declared: give at least one, e.g. --terms aspect:u_log_sq")
+        raise SettingError("no terms declared: give at least one in {terms}, e.g. "
+                           "aspect:u_log_sq")
     features = [t.feature for t in terms]
     if len(set(features)) != len(features):
         raise ArchscaleError(f"terms repeat a feature ({features}): declare each feature once")

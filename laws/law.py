@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 import archscale
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.laws import calibration, diagnostics, intervals, validation
 from archscale.laws.bootstrap import percentile_interval, resample_counts
 from archscale.laws.diagnostics import Problem
@@ -107,8 +107,8 @@ class Law:
     def predict_samples(self, rows: Rows) -> np.ndarray:
         """Predictions of every bootstrap refit (S x n)."""
         if len(self.coef_samples) == 0:
-            raise ArchscaleError("this law has no bootstrap samples: refit with n_boot > 0 "
-                                 "(--n-boot) to get intervals")
+            raise SettingError("this law has no bootstrap samples: refit with {n_boot} > 0 to "
+                               "get intervals")
         return self.law_kind.predict(self.config, self.coef_samples, as_table(rows))
 
     def mean_interval(self, rows: Rows, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -159,21 +159,23 @@ def _provenance(table: pd.DataFrame, n_runs: int | None) -> dict[str, Any]:
     return out
 
 
-def holdout_mask(table: pd.DataFrame, above: float, by: str = "N") -> np.ndarray:
-    """Rows held out: ``by`` (N, D, flops or any numeric column) at or above ``above``; flops
-    without a column are derived from N and D by the trainer's rule (``training_flops``)."""
+def holdout_mask(table: pd.DataFrame, holdout_above: float, holdout_by: str = "N") -> np.ndarray:
+    """Rows held out: ``holdout_by`` (N, D, flops or any numeric column) at or above
+    ``holdout_above``; flops without a column are derived from N and D by the trainer's rule
+    (``training_flops``)."""
+    by = holdout_by
     if by == "flops" and by not in table.columns and {"N", "D"} <= set(table.columns):
         table = table.assign(flops=training_flops(table))
     if by not in table.columns:
-        raise TableError(f"--holdout-by {by}: the table has no column {by!r} (it has "
+        raise TableError(f"{{holdout_by}} {by}: the table has no column {by!r} (it has "
                          f"{list(table.columns)}); choose N, D, flops or another numeric column")
     values = pd.to_numeric(table[by], errors="coerce").to_numpy(dtype=float)
-    test = values >= above
+    test = values >= holdout_above
     if not test.any() or test.all():
-        raise ArchscaleError(
-            f"--holdout-above {above:.4g} (by {by}) leaves {'no' if not test.any() else 'only'} "
-            f"held-out runs: choose a value between {np.nanmin(values):.4g} and "
-            f"{np.nanmax(values):.4g}")
+        raise SettingError(
+            f"{{holdout_above}} {holdout_above:.4g} (by {by}) leaves "
+            f"{'no' if not test.any() else 'only'} held-out runs: choose a value between "
+            f"{np.nanmin(values):.4g} and {np.nanmax(values):.4g}")
     return test
 
 
@@ -260,7 +262,7 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     """
     kind = get_kind(kind_name)
     if n_definition not in N_DEFINITIONS:
-        raise ArchscaleError(f"N counts {n_definition!r}: choose one of {N_DEFINITIONS}")
+        raise SettingError(f"{{n_definition}} {n_definition!r}: choose one of {N_DEFINITIONS}")
     config = kind.configure(dict(options or {}))
     table, duplicates = collapse_duplicates(add_features(table).reset_index(drop=True))
     if duplicates:

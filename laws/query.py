@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.arch.spec import ArchSpec
 from archscale.laws.bootstrap import percentile_interval
 from archscale.laws.chinchilla import compute_optimal
@@ -30,17 +30,17 @@ def query_row(law: Law, spec: ArchSpec | None = None, tokens: float | None = Non
     needs = kind.needs(law.config)
     if not needs:
         read = "" if kind.columns is None else f" (columns {', '.join(kind.columns(law.config))})"
-        raise ArchscaleError(f"the {law.kind} law reads a run table{read}, not a shape: predict "
-                             "a CSV with --csv FILE --out OUT")
+        raise SettingError(f"the {law.kind} law reads a run table{read}, not a shape: score a "
+                           "table of runs ({csv})")
     if "shape" in needs and spec is None:
-        raise ArchscaleError(f"a {law.kind} law needs a shape (--spec: a preset or spec JSON), "
-                             "or a table of runs (--csv)")
+        raise SettingError(f"a {law.kind} law needs a shape ({{spec}}) or a table of runs "
+                           "({csv})")
     if "tokens" in needs and not (tokens and tokens > 0):
-        raise ArchscaleError(f"a {law.kind} law needs the training tokens (--tokens, e.g. 1e11)")
+        raise SettingError(f"a {law.kind} law needs the training tokens ({{tokens}}, e.g. 1e11)")
     if "loss" in needs and loss is None:
-        raise ArchscaleError(f"a {law.kind} law needs a validation loss (--loss)")
+        raise SettingError(f"a {law.kind} law needs a validation loss ({{loss}})")
     if "k" in needs and not k:
-        raise ArchscaleError(f"a {law.kind} law needs the samples per request (--k, e.g. 1,8,32)")
+        raise SettingError(f"a {law.kind} law needs the samples per request ({{k}}, e.g. 1,8,32)")
     row: dict[str, Any] = {}
     notes = []
     if spec is not None:
@@ -71,7 +71,7 @@ def compute_optimal_allocation(law: Law, compute: float) -> dict[str, Any]:
         raise ArchscaleError("compute-optimal N and D need a Chinchilla law fitted on runs that "
                              "identify both N and D terms (`archscale fit --law chinchilla`)")
     if not compute > 0:
-        raise ArchscaleError(f"compute {compute:g} must be positive training FLOPs, e.g. 1e21")
+        raise SettingError(f"{{compute}} {compute:g} must be positive training FLOPs, e.g. 1e21")
     n_opt, d_opt = (float(v[0]) for v in compute_optimal(law.coef, compute))
     result: dict[str, Any] = {"compute": compute, "N": n_opt, "D": d_opt,
                               "tokens_per_param": d_opt / n_opt}

@@ -91,5 +91,5 @@ def get_kind(source: Any, config: Mapping[str, Any] | None = None) -> LawKind:
         return as_kind(library[source])
     if Path(source).suffix in (".yaml", ".yml", ".json") and Path(source).is_file():
         return as_kind(Path(source))
-    raise ArchscaleError(f"unknown law {source!r}: choose one of {kind_names()}, or declare a "
-                         "form in a YAML file (--form FILE)")
+    raise ArchscaleError(f"unknown law {source!r}: choose one of {kind_names()}, or give the "
+                         "path of a YAML (or JSON) file that declares a form")

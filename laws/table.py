@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import SettingError
 from archscale.arch.spec import SHAPE_COLUMNS, ArchSpec  # the columns that rebuild a run's shape
 
 SCALE_GAP = 0.10
 """Neighbouring N values more than this relative gap apart start a new scale."""
 
 
-class TableError(ArchscaleError):
-    """A run table that cannot be fitted; the message names the column or rows and the fix."""
+class TableError(SettingError):
+    """A run table that cannot be fitted; the message names the column or rows and the fix (the
+    settings it names, such as ``{columns}``, as a SettingError does)."""
 
 
 def parse_columns(mapping: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -41,7 +42,7 @@ def parse_columns(mapping: str | Mapping[str, str] | None) -> dict[str, str]:
     for item in mapping.split(","):
         name, sep, source = item.partition("=")
         if not sep or not name.strip() or not source.strip():
-            raise TableError(f"bad --columns entry {item!r}: write CANONICAL=SOURCE pairs "
+            raise TableError(f"bad {{columns}} entry {item!r}: write CANONICAL=SOURCE pairs "
                              "separated by commas, e.g. N=n_params,D=train_tokens,loss=final_loss")
         out[name.strip()] = source.strip()
     return out
@@ -64,7 +65,7 @@ def load_table(source: pd.DataFrame | str | Path,
     else:
         path = Path(source)
         if not path.is_file():
-            raise TableError(f"no CSV file at {path}: pass an existing run table (--csv FILE)")
+            raise TableError(f"no CSV file at {path}: give the path of an existing run table")
         try:
             raw = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -72,7 +73,7 @@ def load_table(source: pd.DataFrame | str | Path,
     mapping = parse_columns(columns)
     missing = sorted(src for src in mapping.values() if src not in raw.columns)
     if missing:
-        raise TableError(f"--columns names {missing}, which the table lacks; its columns are "
+        raise TableError(f"{{columns}} names {missing}, which the table lacks; its columns are "
                          f"{list(raw.columns)}")
     # copied, not renamed: a source column stays addressable by its own name (--holdout-by
     # budget after scale=budget)
@@ -144,7 +145,8 @@ def require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> N
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise TableError(f"{what} needs columns {missing}, which the table lacks (it has "
-                         f"{list(table.columns)}): map them with --columns CANONICAL=SOURCE")
+                         f"{list(table.columns)}): map them with {{columns}} (CANONICAL=SOURCE "
+                         "pairs)")
 
 
 def positive_values(table: pd.DataFrame, columns: Sequence[str], what: str,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 
 MEMORY_HEADROOM = 0.9
 """Fraction of a GPU's memory its workers' pools may fill together (the rest: CUDA contexts,
@@ -85,11 +85,11 @@ class DevicePlan:
 def assign_devices(devices: LocalDevices, workers: int) -> DevicePlan:
     """Give each of ``workers`` local workers its own devices (see the module docstring)."""
     if workers < 1:
-        raise ArchscaleError(f"--workers {workers}: need at least 1")
+        raise SettingError(f"{{workers}} {workers}: need at least 1")
     assign = {"gpu": _assign_gpus, "tpu": _assign_tpus, "cpu": _assign_cores}.get(devices.platform)
     if assign is None:
-        raise ArchscaleError(f"--workers {workers} on platform {devices.platform!r}: archscale "
-                             "divides only GPUs, TPUs and CPU cores; run one worker")
+        raise SettingError(f"{{workers}} {workers} on platform {devices.platform!r}: archscale "
+                           "divides only GPUs, TPUs and CPU cores; run one worker")
     return assign(devices, workers)
 
 
@@ -121,9 +121,9 @@ def _assign_tpus(devices: LocalDevices, workers: int) -> DevicePlan:
     per_worker = chips // workers if chips % workers == 0 else 0
     if per_worker not in _TPU_CHIP_BOUNDS:
         sizes = sorted({chips // n for n in _TPU_CHIP_BOUNDS if chips % n == 0}, reverse=True)
-        raise ArchscaleError(f"--workers {workers}: a TPU chip serves one process, and this host's "
-                             f"{chips} chip(s) divide into workers of 1, 2 or 4 chips: use "
-                             f"--workers {' or '.join(map(str, sizes))}")
+        raise SettingError(f"{{workers}} {workers}: a TPU chip serves one process, and this "
+                           f"host's {chips} chip(s) divide into workers of 1, 2 or 4 chips: use "
+                           f"{{workers}} {' or '.join(map(str, sizes))}")
     plan = []
     for i in range(workers):
         share = ",".join(devices.ids[i * per_worker:(i + 1) * per_worker])
@@ -155,8 +155,8 @@ def split_cores(workers: int, cores: list[int] | None = None) -> list[list[int]]
     """``cores`` (default: this process's) in ``workers`` contiguous, near-equal shares."""
     cores = available_cores() if cores is None else cores
     if not 1 <= workers <= len(cores):
-        raise ArchscaleError(f"--workers {workers}: this machine gives {len(cores)} cores, so "
-                             f"use 1 to {len(cores)} workers")
+        raise SettingError(f"{{workers}} {workers}: this machine gives {len(cores)} cores, so "
+                           f"use 1 to {len(cores)} workers")
     return [[int(c) for c in share] for share in np.array_split(np.array(cores), workers)]
 
 

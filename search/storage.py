@@ -40,7 +40,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.search.defaults import DEFAULT_STORAGE  # the light names, stated there
 from archscale.search.journal import JournalFile
 from archscale.search.outages import (
@@ -95,10 +95,10 @@ def open_storage(url: str | None = None, *, wait_s: float = 0) -> BaseStorage:
     if storage_kind(url) == "journal":
         path = Path(url)
         if path.is_dir():
-            raise ArchscaleError(f"storage {path} is a folder: give a file such as "
-                                 f"{path / DEFAULT_STORAGE}")
+            raise SettingError(f"{{url}} {path} is a folder: give a file such as "
+                               f"{path / DEFAULT_STORAGE}")
         if path.is_file() and path.read_bytes()[:16] == b"SQLite format 3\x00":
-            raise ArchscaleError(f"{path} is a SQLite database: use --storage sqlite:///{path}")
+            raise SettingError(f"{path} is a SQLite database: give {{url}} as sqlite:///{path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFile(path))
     shown = display_url(given)

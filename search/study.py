@@ -28,7 +28,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.search import designed
 from archscale.search import storage as storage_lib
 from archscale.search.attrs import (
@@ -108,8 +108,9 @@ def _sweep_of(storage: BaseStorage, name: str, url: str) -> SweepFile:
         attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
     except KeyError:
         known = ", ".join(study_names(storage)) or "none"
-        raise ArchscaleError(f"no study {name!r} in {storage_lib.display_url(url)} (studies there: {known}): create it with "
-                             "`archscale study create FILE`, or pass the right --storage") from None
+        raise SettingError(f"no study {name!r} in {storage_lib.display_url(url)} (studies there: "
+                           f"{known}): create it with `archscale study create FILE`, or point "
+                           "{url} at the storage that holds it") from None
     if SWEEP_ATTR not in attrs:
         raise ArchscaleError(f"study {name!r} in {storage_lib.display_url(url)} was not created by archscale (no sweep in "
                              "its user attrs)")
@@ -121,8 +122,8 @@ def open_study(name: str, url: str | None = None, *, wait_s: float = 0) -> Study
     ``wait_s``: ride out storage outages that long (``storage.open_storage``)."""
     url = storage_lib.locate(url)
     if storage_lib.storage_kind(url) == "journal" and not Path(url).is_file():
-        raise ArchscaleError(f"no study storage at {url}: create a study first "
-                             "(`archscale study create FILE`) or pass --storage")
+        raise SettingError(f"no study storage at {url}: create a study first "
+                           "(`archscale study create FILE`) or point {url} at one")
     storage = storage_lib.open_storage(url, wait_s=wait_s)
     return _handle(storage, url, name)
 
@@ -172,9 +173,9 @@ def _create_or_check(sweep: SweepFile, data: TokenData, storage: BaseStorage, ur
     if sweep.name in study_names(storage):
         stored = _sweep_of(storage, sweep.name, url)
         if stored != sweep:
-            raise ArchscaleError(
-                f"study {sweep.name!r} already exists in {storage_lib.display_url(url)} with a different sweep file: "
-                "give the new sweep another name:, or use another --storage")
+            raise SettingError(
+                f"study {sweep.name!r} already exists in {storage_lib.display_url(url)} with a "
+                "different sweep file: give the new sweep another name:, or use another {url}")
         handle = _handle(storage, url, sweep.name)
         if handle.study.user_attrs[FINGERPRINT_ATTR] != data.fingerprint:
             raise ArchscaleError(f"study {sweep.name!r} was created on different data: restore "

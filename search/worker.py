@@ -34,7 +34,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from archscale import environment
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.search import designed
 from archscale.search import storage as storage_lib
 from archscale.search.attrs import (
@@ -216,8 +216,8 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
         if handle.sweep.design is not None:
             designed.ensure_step(handle)
     if workers > 1 and storage_lib.storage_kind(handle.url) == "sqlite":
-        raise ArchscaleError("SQLite storage takes one worker: use the default journal file "
-                             "(--storage archscale.journal) or PostgreSQL for --workers > 1")
+        raise SettingError("SQLite storage takes one worker: use the default journal file "
+                           "({url} archscale.journal) or PostgreSQL for {workers} > 1")
     if workers == 1:
         run_worker(name, handle.url, options, echo=echo)
     else:
@@ -227,13 +227,13 @@ def run_study(name: str, url: str | None = None, *, workers: int = 1,
         raise GaveUpError(_gave_up_message(handle, gone, options.max_retries))
 
 
-class GaveUpError(ArchscaleError):
+class GaveUpError(SettingError):
     """Configs of a study were tried ``1 + max_retries`` times, their worker dying each time."""
 
 
 def _gave_up_message(handle: StudyHandle, gone: list[ConfigTries], max_retries: int) -> str:
     lines = [f"{len(gone)} planned run(s) of study {handle.name!r} never finished: the worker "
-             f"died on every try (--max-retries {max_retries})"]
+             f"died on every try ({{max_retries}} {max_retries})"]
     for config in gone:
         lines.append(f"config {config.config_key}:")
         lines += [f"  try {i} (trial {t['trial']}): {t['reason']}"

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.interrupts import ctrl_c_after
 
 
@@ -58,10 +58,10 @@ class Checkpointer:
         if saved != self.identity:
             differing = sorted(k for k in set(saved) | set(self.identity)
                                if saved.get(k) != self.identity.get(k))
-            raise ArchscaleError(
+            raise SettingError(
                 f"{self.directory} holds checkpoints of a different run (differs in "
-                f"{', '.join(differing)}): pass another --checkpoint-dir, or delete this one to "
-                "start over")
+                f"{', '.join(differing)}): give another {{checkpoint_dir}}, or delete this one "
+                "to start over")
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                sharding=x.sharding), like)
         try:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 from archscale.sweeps.documents import DEFAULT_TEXT_FIELD, read_documents
 from archscale.sweeps.tokenizer import text_hash
 
@@ -230,9 +230,9 @@ def read_hf_dataset(path: Path, val_fraction: float, text_field: str = DEFAULT_T
     else:
         train_ds, val_ds = loaded, None
     if text_field not in train_ds.column_names:
-        raise ArchscaleError(f"{path} has no column {text_field!r} (columns: {train_ds.column_names}): "
-                             "name the text column with --text-field (sweep file: corpus: "
-                             "{path: ..., text_field: ...})")
+        raise SettingError(f"{path} has no column {text_field!r} (columns: "
+                           f"{train_ds.column_names}): name the text column with {{text_field}} "
+                           "(in a sweep file: corpus: {path: ..., text_field: ...})")
     train = [str(t) for t in train_ds[text_field]]
     if val_ds is None:
         n_val = max(1, math.ceil(len(train) * val_fraction))

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from archscale.arch.errors import ArchscaleError
+from archscale.arch.errors import ArchscaleError, SettingError
 
 COMPRESSED = (".gz", ".zst")
 RECORD_SUFFIXES = (".jsonl", ".parquet")
@@ -110,13 +110,13 @@ def _jsonl_texts(path: Path, text: str, field: str) -> list[str]:
 def _field(record: object, field: str, where: str) -> str:
     if not isinstance(record, dict) or field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ArchscaleError(f"{where} has no text field {field!r} (fields: {keys}): name the "
-                             "field with --text-field (sweep file: corpus: {path: ..., "
-                             "text_field: ...})")
+        raise SettingError(f"{where} has no text field {field!r} (fields: {keys}): name the "
+                           "field with {text_field} (in a sweep file: corpus: {path: ..., "
+                           "text_field: ...})")
     value = record[field]
     if not isinstance(value, str):
-        raise ArchscaleError(f"{where}: field {field!r} holds a {type(value).__name__}, not text: "
-                             "name a text field with --text-field")
+        raise SettingError(f"{where}: field {field!r} holds a {type(value).__name__}, not text: "
+                           "name a text field with {text_field}")
     return value
 
 
@@ -131,8 +131,8 @@ def _parquet_texts(path: Path, raw: bytes, field: str) -> list[str]:
     except Exception as err:  # pyarrow raises its own error types for a damaged file
         raise ArchscaleError(f"{path} is not a readable Parquet file ({err})") from None
     if field not in table.column_names:
-        raise ArchscaleError(f"{path} has no text column {field!r} (columns: "
-                             f"{table.column_names}): name it with --text-field")
+        raise SettingError(f"{path} has no text column {field!r} (columns: "
+                           f"{table.column_names}): name it with {{text_field}}")
     values = table.column(field).to_pylist()
     return [_field({field: v}, field, f"{path} row {i}") for i, v in enumerate(values)
             if v is not None]

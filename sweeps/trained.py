@@ -27,12 +27,13 @@ def run_identity(directory: str | Path) -> dict[str, Any]:
     """The identity (spec, recipe, budget, seed, data fingerprint) saved with a run's checkpoints."""
     path = Path(directory).resolve()
     if not path.is_dir():
-        raise ArchscaleError(f"{directory} is not a folder: give a run's --checkpoint-dir")
+        raise ArchscaleError(f"{directory} is not a folder: give the folder a run saved its "
+                             "checkpoints in")
     with ocp.CheckpointManager(path) as manager:
         step = manager.latest_step()
         if step is None:
-            raise ArchscaleError(f"no checkpoint in {directory}: give the folder a run was trained "
-                                 "with --checkpoint-dir")
+            raise ArchscaleError(f"no checkpoint in {directory}: give the folder a run saved its "
+                                 "checkpoints in")
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return meta["meta"]["identity"]
 

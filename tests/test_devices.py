@@ -98,7 +98,7 @@ def test_tpu_chips_are_split_in_boxes_one_process_each():
 
 @pytest.mark.parametrize(("chips", "workers", "hint"), [(8, 3, "8 or 4 or 2"), (4, 8, "4 or 2 or 1")])
 def test_tpu_chips_are_never_shared(chips, workers, hint):
-    with pytest.raises(ArchscaleError, match=f"--workers {hint}"):
+    with pytest.raises(ArchscaleError, match=f"use workers {hint}"):
         assign_devices(LocalDevices("tpu", tuple(map(str, range(chips)))), workers)
 
 

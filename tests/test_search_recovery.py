@@ -80,7 +80,7 @@ def test_storage_urls_and_artifact_folders(tmp_path, monkeypatch):
     assert storage_lib.artifact_dir(url, "shared/art") == tmp_path / "shared" / "art"
     sqlite_file = tmp_path / "s.db"
     optuna.create_study(storage=f"sqlite:///{sqlite_file}")
-    with pytest.raises(ArchscaleError, match="SQLite database: use --storage sqlite:///"):
+    with pytest.raises(ArchscaleError, match="SQLite database: give url as sqlite:///"):
         storage_lib.open_storage(str(sqlite_file))
     with pytest.raises(ArchscaleError, match="is a folder"):
         storage_lib.open_storage(str(tmp_path))
