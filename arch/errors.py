@@ -43,7 +43,6 @@ class SettingError(ArchscaleError):
         return SETTING.sub(lambda found: labels.get(found[1], found[1]), self.template)
 
 
-
 def reject_unknown_keys(cls: type, data: Mapping[str, Any], *, error: type[ArchscaleError] = ArchscaleError,
                         hint: str | None = None) -> None:
     """Refuse keys of ``data`` that are not fields of dataclass ``cls``, naming the valid ones."""
