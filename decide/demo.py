@@ -121,12 +121,22 @@ def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
                              noise_floor=None if kind != "conditional" or noise != noise else noise)
         for problem in laws[kind].problems:
             echo(f"      not identified: {problem.message}")
+        if kind in ANNOTATING and laws[kind].problems and not options.allow_degenerate:
+            echo(f"      the recommendation carries no {kind} (the report says why)")
     return laws
 
 
+ANNOTATING = frozenset({"accuracy"})
+"""Laws that only annotate the recommendation: where the runs do not identify one (the accuracy
+sigmoid's saturation, say, on runs whose accuracy is still linear in loss), the recommendation
+carries no accuracy, the report says why, and the demo still ends well."""
+
+
 def refuse_unidentified(laws: dict[str, Law], out: Path) -> None:
-    """One error naming every law the runs do not identify (the report is already written)."""
-    bad = {kind: law for kind, law in laws.items() if not law.identified}
+    """One error naming every law the recommendation rests on that the runs do not identify
+    (the report is already written)."""
+    bad = {kind: law for kind, law in laws.items()
+           if not law.identified and kind not in ANNOTATING}
     if bad:
         raise SettingError(
             f"the runs do not identify the {', '.join(bad)} law(s): "
@@ -184,9 +194,15 @@ def recommend_at(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law],
                     throughput_from_law(laws["throughput"]),
                     max_loss_increase=options.max_loss_increase, top=options.top,
                     batch=setting.batch, context=sweep.tp_context, baseline=baseline,
-                    accuracy_law=laws.get("accuracy"),
+                    accuracy_law=annotating_law(laws, "accuracy", options),
                     measure=timing if (options.measure if measure is None else measure) else None)
     return rec, tokens, note
+
+
+def annotating_law(laws: dict[str, Law], kind: str, options: DemoOptions) -> Law | None:
+    """``laws[kind]`` where the runs identify it (or ``--allow-degenerate`` keeps it), else None."""
+    law = laws.get(kind)
+    return law if law is not None and (law.identified or options.allow_degenerate) else None
 
 
 def answer_substitution(handle: StudyHandle, table: pd.DataFrame, laws: dict[str, Law],

@@ -4,7 +4,7 @@
 full grid trains (``--full-grid``: every grid point and its noise repeats), the noise floor, why
 the design stopped, and ``regret_vs_grid``: how much worse the design's recommended shape is than
 the full grid's recommendation, both predicted by the law fitted on a full-grid run table of the
-same sweep (tests/data/demo_full_grid.csv for the packaged demo), relative to the latter:
+same sweep (search/examples/demo_full_grid.csv for the packaged demo), relative to the latter:
 
     regret_vs_grid = L_grid(shape recommended by the design) / L_grid(shape the grid recommends) - 1
 
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -30,19 +31,23 @@ from archscale.search.plan import plan_grid, planned_from_attrs
 from archscale.search.study import StudyHandle
 from archscale.search.sweepfile import SweepFile
 
-GRID_TABLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "demo_full_grid.csv"
-"""The run table of the packaged demo trained on its full grid (absent from an installed wheel);
-refresh it whenever the demo grid changes (tests/test_studies.py checks that it matches)."""
+GRID_TABLE = Path(__file__).resolve().parents[1] / "search" / "examples" / "demo_full_grid.csv"
+"""The run table of the packaged demo grid trained in full (package data beside demo.yaml, so an
+installed demo finds it). Refresh it whenever the demo grid changes (tests/test_studies.py checks
+that it matches): ``archscale demo --full-grid --storage full.journal``, then ``archscale study
+export demo --storage full.journal --csv search/examples/demo_full_grid.csv``."""
 MATCH_COLUMNS = ["d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "D"]
 """A full-grid table matches a sweep when it holds every grid run's shape and tokens."""
 
 
 def matches_grid(table: pd.DataFrame, sweep: SweepFile, vocab_size: int) -> bool:
     """Whether ``table`` trained every run of ``sweep``'s grid (same shapes and tokens)."""
+    need = grid_rows(sweep, vocab_size)
+    # a run trains whole batches: its D is the planned tokens rounded as Recipe.steps_for does
+    batch_tokens = sweep.recipe_obj.batch_size * sweep.seq_len
+    need["D"] = np.maximum(1, np.round(need["D"] / batch_tokens)) * batch_tokens
     have = set(table[MATCH_COLUMNS].astype(int).itertuples(index=False, name=None))
-    need = set(grid_rows(sweep, vocab_size)[MATCH_COLUMNS].astype(int)
-               .itertuples(index=False, name=None))
-    return need <= have
+    return set(need[MATCH_COLUMNS].astype(int).itertuples(index=False, name=None)) <= have
 
 
 def full_grid(sweep: SweepFile) -> SweepFile:
