@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,20 +114,23 @@ def heldout_by_k(law: Law, rows: pd.DataFrame) -> dict[str, Any]:
     cells = held["rows"]
     k = rows["k"].to_numpy()[np.asarray(cells["index"])]
     return {"rule": held["rule"], "n_train": held["n_train"], "n_test": held["n_test"],
+            "calibration": held.get("interval_method"),
             **_by_k(k, *(np.asarray(cells[c]) for c in ("predicted", "measured", "lower",
                                                          "upper")))}
 
 
 def _by_k(k: np.ndarray, predicted: np.ndarray, measured: np.ndarray, lower: np.ndarray,
           upper: np.ndarray) -> dict[str, Any]:
-    """Mean relative error and 90% interval coverage over all rows and at every k."""
+    """Mean relative error and 90% interval coverage over all rows and at every k (coverage None
+    where no calibration gives an interval)."""
     frame = pd.DataFrame({"k": k, "predicted": predicted, "measured": measured, "lower": lower,
                           "upper": upper})
 
     def scores(rows: pd.DataFrame) -> dict[str, Any]:
         return {"n": len(rows),
                 "mean_relative_error": float(np.mean(np.abs(rows.predicted / rows.measured - 1))),
-                "coverage_90": interval_lib.coverage(rows.lower, rows.upper, rows.measured)}
+                "coverage_90": _or_none(interval_lib.coverage(rows.lower, rows.upper,
+                                                              rows.measured))}
 
     return {**scores(frame), "by_k": [{"k": int(kk), **scores(g)} for kk, g in frame.groupby("k")]}
 
@@ -148,6 +152,7 @@ def heldout_chain(runs: pd.DataFrame, run_table: pd.DataFrame, loss_options: dic
     predicted, lower, upper = predict_pass(passk_law, rows)
     return {"rule": f"scale {largest:.3g} held out from both laws; its loss predicted",
             "loss_mean_relative_error": float(np.mean(np.abs(rows["loss"] / test["loss"] - 1))),
+            "calibration": passk_law.error_model.label,
             **_by_k(test["k"].to_numpy(), predicted, test["pass_at_k"].to_numpy(), lower,
                     upper)}
 
@@ -288,6 +293,10 @@ def substitution_section(handle: StudyHandle, run_table: pd.DataFrame, loss_law:
                  "end_to_end": heldout_chain(runs, run_table, loss_law.config, law, n_boot, seed)}
 
 
+def _or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -295,7 +304,8 @@ def _percent(value: float | None) -> str:
 def check_summary(held: dict[str, Any]) -> dict[str, Any]:
     """The held-out checks' figures, over all k and at every k (summary.json's
     ``substitution_check``)."""
-    keys = ("rule", "n", "mean_relative_error", "coverage_90", "loss_mean_relative_error", "by_k")
+    keys = ("rule", "n", "mean_relative_error", "coverage_90", "calibration",
+            "loss_mean_relative_error", "by_k")
     return {"n_runs": held["n_runs"], "coverage_forecast": held["coverage_forecast"],
             "noise_floor": held["noise_floor"],
             **{name: {k: held[name].get(k) for k in keys} for name in ("passk_law", "end_to_end")}}
@@ -324,8 +334,11 @@ def markdown(sub: Substitution, held: dict[str, Any], task: str, figure: str) ->
         worst = max(check["by_k"], key=lambda row: row["mean_relative_error"])
         lines.append(f"- {label} ({check['rule']}): mean relative error "
                      f"{_percent(check['mean_relative_error'])} over k = 1..{sub.ks[-1]} (worst "
-                     f"{_percent(worst['mean_relative_error'])} at k = {worst['k']}), 90% "
-                     f"prediction intervals cover {_percent(check['coverage_90'])} of {check['n']} (run, k).")
+                     f"{_percent(worst['mean_relative_error'])} at k = {worst['k']}); "
+                     + (f"90% prediction intervals cover {_percent(check['coverage_90'])} of "
+                        f"{check['n']} (run, k)." if check["coverage_90"] is not None else
+                        f"no 90% prediction interval at the held-out scale "
+                        f"({check['calibration']})."))
     floor = held["noise_floor"]
     if floor["relative"] is not None:
         at = dict(zip(floor["k"], floor["relative"], strict=True))

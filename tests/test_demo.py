@@ -231,8 +231,11 @@ def test_demo_answers_whether_sampling_substitutes_for_parameters(passk_demo):
     assert 0 < forecast["power_median_relative_error"] < 1
     for name_ in ("passk_law", "end_to_end"):
         assert check[name_]["n"] == 4 * 16
-        coverage = check[name_]["coverage_90"]  # None where nothing calibrates intervals
-        assert coverage is None or 0 <= coverage <= 1
+        # held out, the laws rest on 2 scales: no refit of these runs calibrates their error
+        # growth beyond the fitted range and no public pass@k sweep is shipped, so their
+        # in-sample scatter calibrates inside that range only: no interval at the held-out scale
+        assert check[name_]["coverage_90"] is None
+        assert check[name_]["calibration"].endswith("inside the fitted range only)")
         assert check[name_]["mean_relative_error"] > 0
         by_k = check[name_]["by_k"]
         assert [row["k"] for row in by_k] == list(range(1, 17))

@@ -12,11 +12,13 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from conftest import PASSK_STUDY_SWEEP
 from nbclient import NotebookClient
 
 from archscale.arch.export import spec_from_hf_config
 from archscale.arch.spec import ArchSpec
 from archscale.search.study import open_study
+from archscale.search.sweepfile import load_sweep
 from archscale.search.table import trials_table
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -100,8 +102,6 @@ def test_study_and_laws_notebook(small_study, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="failed in the last CI run of this stop, after calibrated-or-"
-                   "silent intervals (null where nothing calibrates) merged; not re-checked in time")
 def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
     notebook = execute("02_pareto_and_recommend.ipynb", small_study, tmp_path, monkeypatch)
     summary = json.loads((tmp_path / "02_pareto_and_recommend.json").read_text())
@@ -127,6 +127,16 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
             table["decode_tokens_per_s"] > point["decode_tokens_per_s"])
         assert not beaten.any()
 
+    # Every run of this study trained on about 5 tokens per parameter (whole batches move it
+    # 4.3-6.4), so N and D are collinear: the loss law says it is not identified, and no
+    # prediction interval is printed for it (calibrated or silent).
+    ratio = table["D"] / table["N"]
+    assert ratio.max() / ratio.min() < 2
+    loss_law = summary["loss_law"]
+    assert not loss_law["identified"]
+    assert any("collinear" in p for p in loss_law["problems"])
+    assert loss_law["calibration"].startswith("no prediction interval")
+
     # Recommended at 10x the largest trained N: on the target, under the loss target, fastest first.
     assert summary["target_params"] == 10 * table["N"].max()
     recommended, optimal = summary["recommended"], summary["loss_optimal"]
@@ -134,9 +144,8 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
     assert summary["target_loss"] == pytest.approx(optimal["loss"] * 1.01)
     for shape in [*recommended, optimal]:
         assert abs(shape["N"] / summary["target_params"] - 1) <= 0.05
-        assert_finite([shape["loss"], *shape["loss_interval_90"], shape["decode_tokens_per_s"]])
-        low, high = shape["loss_interval_90"]
-        assert low < shape["loss"] < high
+        assert_finite([shape["loss"], shape["decode_tokens_per_s"]])
+        assert shape["loss_interval_90"] is None
     assert all(s["loss"] <= summary["target_loss"] for s in recommended)
     speeds = [s["decode_tokens_per_s"] for s in recommended]
     assert speeds == sorted(speeds, reverse=True)
@@ -154,8 +163,6 @@ def test_pareto_and_recommend_notebook(small_study, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="failed in the last CI run of this stop, after calibrated-or-"
-                   "silent intervals (null where nothing calibrates) merged; not re-checked in time")
 def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
     from archscale.decide.substitution_report import coverage_forecast
     from archscale.sweeps.passk import pass_at_k
@@ -184,12 +191,19 @@ def test_test_time_compute_notebook(passk_study, tmp_path, monkeypatch):
             forecast["power"]["mean_relative_error"])
         assert run["beta forecast error"] == pytest.approx(forecast["beta"]["mean_relative_error"])
 
-    # the pass@k laws predicted the 4 runs of the largest scale at every k, with intervals
+    # the pass@k laws predicted the 4 runs of the largest scale at every k. Held out, they are
+    # fitted on 2 scales: no refit of these runs calibrates how their error grows beyond the
+    # fitted range, and no public pass@k sweep is shipped, so only their in-sample scatter
+    # calibrates, inside the fitted range: no interval at the held-out scale, and each says so
     held, chain = summary["heldout"], summary["heldout_chain"]
     assert held["rule"] == "largest scale '15000.0' held out" and held["n_test"] == 4 * 16
+    assert len(load_sweep(PASSK_STUDY_SWEEP).grid.scales) == 3
     for check in (held, chain):
         assert [row["k"] for row in check["by_k"]] == list(range(1, 17))
-        assert_finite([check["mean_relative_error"], check["coverage_90"]])
+        assert_finite([check["mean_relative_error"]])
+        assert check["coverage_90"] is None
+        assert all(row["coverage_90"] is None for row in check["by_k"])
+        assert check["calibration"].endswith("inside the fitted range only)")
     assert summary["forms"].keys() == {"nd", "compute", "loss"}
 
     # the answer: larger shapes need fewer samples; the cheapest point is the least total cost
