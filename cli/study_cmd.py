@@ -169,6 +169,9 @@ def _print_design(status: dict) -> None:
         low, high = status["target_interval_90"]
         typer.echo(f"target: loss {status['target_loss']:.4f}, 90% interval of the law's mean "
                    f"{low:.4f}-{high:.4f}")
+    if status.get("p_settled") is not None:
+        typer.echo(f"settled: the top shape is best within {status['tolerance']:.1%} with "
+                   f"probability {status['p_settled']:.2f}")
     for shape in status.get("top_shapes", []):
         best = ("" if shape.get("p_best") is None
                 else f", best with probability {shape['p_best']:.2f}")

@@ -10,7 +10,10 @@ picks with reasons. It also says where the decision stands:
   calibrated run scatter (decide/design_law.py); each pick carries it before and after that pick,
   as the engine's rank-one updates shrink the target's variance;
 * each target shape's probability of being best: the share of draws from that covariance in
-  which its predicted loss is the lowest. The study stops when the top shape's passes
+  which its predicted loss is the lowest; and the top shape's probability of being best up to
+  ``design.tolerance``: the share of draws in which its loss is within that fraction of the
+  lowest (shapes tied that closely cannot be told apart by training them, so a rule on the
+  strict probability would never settle between them). The study stops when the latter passes
   ``design.stop_probability``, or when no open grid point fits in the budget left.
 
 While the seed design (decide/design.py) is queued but not finished, a step waits for its runs
@@ -96,12 +99,14 @@ def propose(sweep: SweepFile, state: DesignState) -> Proposal:
     target = target_rows(sweep)
     choice = choose(finished, pool, law, target, costs=pool["flops"].to_numpy(dtype=float), k=k,
                     budget=state.left_flops, seed=sweep.seed)
-    status, sd_top = decision_status(law, choice, finished, target)
-    p_best = status.get("top_shapes", [{}])[0].get("p_best")
-    if choice.stage == "reduce" and p_best is not None and p_best >= sweep.design.stop_probability:
+    status, sd_top = decision_status(law, choice, finished, target, sweep.design.tolerance)
+    settled = status.get("p_settled")
+    if (choice.stage == "reduce" and settled is not None
+            and settled >= sweep.design.stop_probability):
         # NaN (a law blind to shape) never settles: such a design ends on its budget
-        return Proposal((), f"settled: the top shape is best with probability {p_best:.2f} >= "
-                        f"{sweep.design.stop_probability:g}", status)
+        return Proposal((), f"settled: the top shape is best within {sweep.design.tolerance:.1%} "
+                        f"with probability {settled:.2f} >= {sweep.design.stop_probability:g}",
+                        status)
     if not choice.picks:
         return Proposal((), f"budget spent: no open grid point fits in the {state.left_flops:.3g} "
                         f"FLOPs left of {state.budget_flops:.3g}", status)
@@ -132,8 +137,9 @@ def _interval(loss: float, sd: float, space: str) -> tuple[float, float]:
 
 
 def decision_status(law: DesignLaw, choice: Choice, finished: pd.DataFrame,
-                    target: pd.DataFrame) -> tuple[dict[str, Any], float]:
-    """Where the decision stands (JSON-able), and the top shape's log-loss sd."""
+                    target: pd.DataFrame, tolerance: float = 0.0) -> tuple[dict[str, Any], float]:
+    """Where the decision stands (JSON-able), and the top shape's log-loss sd; ``p_settled``:
+    the top shape's probability of being best up to ``tolerance`` (relative loss)."""
     status: dict[str, Any] = {"stage": choice.stage, "law": law.name,
                               "problems": [p.message for p in choice.problems]}
     fitted = choice.fitted
@@ -149,11 +155,15 @@ def decision_status(law: DesignLaw, choice: Choice, finished: pd.DataFrame,
         p_best = np.full(len(target), np.nan)
     order = np.lexsort((mean, -p_best))[:TOP]
     top = order[0]
+    # within ``tolerance`` of the draw's best, in the law's residual space
+    margin = math.log1p(tolerance) if law.space == "log" else tolerance * abs(float(mean[top]))
+    p_settled = float(np.mean(draws[:, top] <= draws.min(axis=1) + margin))
     loss = float(np.exp(mean[top])) if law.space == "log" else float(mean[top])
     sd_top = math.sqrt(max(cov[top, top], 0.0))
     status.update(
         target_loss=loss, target_interval_90=list(_interval(loss, sd_top, law.space)),
         target_sd=choice.target_sd, target_sd_after=choice.target_sd_after,
+        tolerance=tolerance, p_settled=None if status["problems"] else p_settled,
         top_shapes=[{**{c: _plain(target.iloc[i][c]) for c in ("d_over_sqrt_n", "r", "gqa_group")
                         if c in target.columns},
                      "loss": float(np.exp(mean[i])) if law.space == "log" else float(mean[i]),

@@ -256,7 +256,11 @@ class DesignSection(_Section):
     form: dict[str, Any] | None = None
     """The law's options (e.g. conditional terms); default: what the grid's values identify."""
     stop_probability: float = Field(default=0.9, gt=0, lt=1)
-    """Stop once the top shape is the best with at least this probability."""
+    """Stop once the top shape is the best, up to ``tolerance``, with at least this probability."""
+    tolerance: float = Field(default=0.01, ge=0, lt=1)
+    """Loss (relative) within which a shape counts as the best: shapes that close cannot be told
+    apart by training them either, and the recommendation treats them alike (its default loss
+    budget is 1%). 0: the top shape must be strictly best."""
 
 
 class SearchSection(_Section):

@@ -46,3 +46,25 @@ def test_probability_of_being_best_is_the_normal_cdf_of_the_difference():
     assert top[0]["p_best"] + top[1]["p_best"] == pytest.approx(1.0)
     low, high = status["target_interval_90"]
     assert low < a < high and high - a == pytest.approx(a - low)  # absolute space: symmetric
+
+
+def test_probability_of_being_best_within_a_tolerance_is_the_normal_cdf_shifted_by_it():
+    """A shape within ``tolerance`` of the best counts as best: P(loss_0 <= loss_1 + m) with the
+    margin m = tolerance x the top shape's loss (absolute space), so the design can settle
+    between shapes too close to tell apart."""
+    a, b, sigma, tolerance = 2.0, 0.05, 0.2, 0.02
+    finished = pd.DataFrame({"x": np.linspace(-1, 1, 9)})
+    fitted = Fitted(coef=np.array([a, b]), sigma=sigma, problems=(), n_runs=9)
+    target = pd.DataFrame({"x": [0.0, 1.0]})
+    choice = Choice((), "reduce", math.nan, math.nan, fitted)
+    strict, _ = decision_status(Line(), choice, finished, target)
+    status, _ = decision_status(Line(), choice, finished, target, tolerance)
+    # by hand, as above: loss_1 - loss_0 = b (1 + u_b), so P(b (1 + u_b) >= -m)
+    jac = np.column_stack([np.full(9, a), b * finished["x"]])
+    cov_u = np.linalg.inv(jac.T @ jac / sigma**2 + np.eye(2) / PRIOR_SD**2)
+    margin = tolerance * a
+    expected = norm.cdf((b + margin) / (b * math.sqrt(cov_u[1, 1])))
+    assert status["p_settled"] == pytest.approx(expected, abs=0.02)
+    assert status["p_settled"] > status["top_shapes"][0]["p_best"] + 0.05
+    assert strict["p_settled"] == pytest.approx(strict["top_shapes"][0]["p_best"])
+    assert status["tolerance"] == tolerance
