@@ -172,7 +172,7 @@ def test_verify_without_a_report_is_one_clear_error(tmp_path, small_study):
     result = CliRunner().invoke(app, ["demo", "--verify", "--sweep", str(SMALL_STUDY_SWEEP),
                                       "--storage", url, "--out", str(tmp_path / "none")])
     assert result.exit_code != 0
-    assert "run `archscale demo` first" in str(result.exception or result.output)
+    assert "run the demo first (same --out and --storage)" in str(result.exception or result.output)
 
 
 @pytest.mark.parametrize(("value", "message"), [("abc", "is not a number"),
