@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from archscale.cli.main import app
 from archscale.laws import calibration, fit_law, public_sweeps, save_law
 from archscale.laws.chinchilla import predict as chinchilla_predict
-from archscale.laws.table import group_labels, scale_order
+from archscale.laws.law import holdout_mask
+from archscale.laws.table import axis_scales, group_labels, scale_order, training_flops
 
 EPOCH = np.array([477.8, 2143.9, 1.817, 0.3473, 0.3672])
 """Besiroglu et al. 2024's published fit (A, B, E, alpha, beta)."""
@@ -144,3 +145,42 @@ def test_isoflop_scales_are_ordered_by_budget():
     assert scale_order(table) == ["1e+18", "1e+19", "1e+20"]
     # the shapes that spend one budget are compared with each other (Spearman within a budget)
     assert len(set(group_labels(table))) == 3
+
+
+def test_scales_along_an_axis_are_half_decade_bins():
+    """Runs 5% off a 1e19, 3e19, 1e20 budget grid: one budget per scale, in order of compute;
+    FLOPs that run on continuously are cut at 10^(k/2 +- 1/4) (by hand: 10^18.2 falls in the
+    1e18 bin, 10^18.3 and 10^18.7 in the 3.16e18 one, 10^18.8 in the 1e19 one)."""
+    budgets = np.array([1.05e19, 0.95e19, 3e19, 2.9e19, 1.03e20, 0.97e20])
+    n_params = np.array([1e8, 3e8, 1e8, 3e8, 3e8, 1e9])
+    grid = pd.DataFrame({"N": n_params, "D": budgets / (6 * n_params)})
+    labels, order = axis_scales(grid, "flops")
+    assert len(order) == 3
+    assert [order.index(label) for label in labels] == [0, 0, 1, 1, 2, 2]
+    continuous = pd.DataFrame({"flops": 10 ** np.array([18.2, 18.3, 18.7, 18.8])})
+    labels, order = axis_scales(continuous, "flops")
+    assert [order.index(label) for label in labels] == [0, 1, 1, 2]
+
+
+def test_progressive_refits_extrapolate_along_the_holdout_axis():
+    """Held out by FLOPs, every progressive refit is fitted on exactly the runs that spent less
+    compute than every run it predicts (by N, the refits extrapolate in N instead: the runs it
+    predicts share one size and overlap the training runs' FLOPs)."""
+    table = runs(np.geomspace(2e7, 1e9, 6), ratios=(5.0, 20.0, 80.0))
+    flops = training_flops(table).to_numpy()
+    cut = np.sort(flops)[-4]
+    train = table[flops < cut].reset_index(drop=True)
+    train_flops = training_flops(train).to_numpy()
+    by_flops = fit_law("chinchilla", table, n_boot=0, holdout_above=cut, holdout_by="flops")
+    tasks = [t for t in by_flops.validation["progressive"] if "rows" in t]
+    assert len(tasks) >= 2
+    for task in tasks:
+        test_flops = train_flops[task["rows"]["index"]]
+        assert task["n_train"] == np.sum(train_flops < test_flops.min())
+    by_n = fit_law("chinchilla", train, n_boot=0, report_heldout=False)
+    for task in (t for t in by_n.validation["progressive"] if "rows" in t):
+        test = train.iloc[task["rows"]["index"]]
+        assert test["N"].nunique() == 1
+    # an over-training split names tokens per parameter, derived from N and D
+    assert np.array_equal(holdout_mask(table, 40.0, "tokens_per_param"),
+                          (table["D"] / table["N"]).to_numpy() >= 40.0)
