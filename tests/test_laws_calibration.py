@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from archscale.cli.main import app
 from archscale.laws import calibration, fit_law, public_sweeps, save_law
 from archscale.laws.chinchilla import predict as chinchilla_predict
+from archscale.laws.intervals import ErrorModel
 from archscale.laws.law import holdout_mask
 from archscale.laws.table import axis_scales, group_labels, scale_order, training_flops
 
@@ -132,6 +133,32 @@ def test_morph_width_by_depth_intervals_hold_the_band_where_given():
     assert 0.8 <= pooled.mean() <= 0.98, pooled.mean()
 
 
+HOLDING = ("epoch", "data-constrained", "lr-bsz", "morph")
+"""Sweeps whose nominal 90% intervals cover 80-98% of their held-out runs (notes/calib.md)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HOLDING)
+def test_intervals_hold_the_band_on_the_shipped_splits(name):
+    """The whole method as a user meets it, on a shipped sweep's fit-small/predict-large splits
+    (by FLOPs for the compute sweeps, by N for Morph), with the public prior learned without
+    that data set: nominal 90% intervals cover 80-98% of the held-out runs, pooled."""
+    item = public_sweeps.sweep(name)
+    table = public_sweeps.load(item)
+    inside = []
+    with calibration.leaving_out(*[s.name for s in public_sweeps.SWEEPS if s.file == item.file]):
+        for cut in item.cuts:
+            law = fit_law(item.law, table, item.options, n_boot=30, holdout_above=cut,
+                          holdout_by=item.split_by)
+            rows = law.validation["heldout"]["rows"]
+            measured = np.asarray(rows["measured"])
+            inside.append((np.asarray(rows["lower"]) <= measured)
+                          & (measured <= np.asarray(rows["upper"])))
+    pooled = np.concatenate(inside)
+    assert len(inside) >= 3
+    assert 0.8 <= pooled.mean() <= 0.98, [round(float(i.mean()), 2) for i in inside]
+
+
 def test_isoflop_scales_are_ordered_by_budget():
     """Three budgets, each spent by three sizes: the largest budget's median N is not the
     largest median N, so ordering by N (the old rule) held out the wrong scale."""
@@ -184,3 +211,12 @@ def test_progressive_refits_extrapolate_along_the_holdout_axis():
     # an over-training split names tokens per parameter, derived from N and D
     assert np.array_equal(holdout_mask(table, 40.0, "tokens_per_param"),
                           (table["D"] / table["N"]).to_numpy() >= 40.0)
+
+
+def test_no_interval_is_narrower_than_the_fitted_runs_scatter():
+    """Own refits that predicted every larger scale exactly (k = 0) still leave a new run the
+    scatter of the runs the law was fitted on: half-width z_0.95 * s = 1.6449 s at 90%."""
+    model = ErrorModel(space="log", sigma_run=0.02, growth=None, ranges={"N": [1e8, 1e9]},
+                       law="chinchilla", heldout=((0.5, 0.0),) * 12, source="these runs")
+    half = calibration.half_width(model, np.array([0.0, 2.0]), 0.9)
+    assert half == pytest.approx([1.6449 * 0.02] * 2, rel=1e-4)
