@@ -249,8 +249,8 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
 
     With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
     fitting: the law is fitted on the rest, and its validation holds the held-out rows with
-    their prediction intervals. The progressive refits extrapolate along ``holdout_by`` (N: the
-    table's scales; another axis: ``table.axis_scales``) whether or not rows are held out: the
+    their prediction intervals. The progressive refits extrapolate along ``holdout_by`` (N or
+    ``scale``: the table's scales; another axis: ``table.axis_scales``) whether or not rows are held out: the
     axis names the extrapolation the intervals are calibrated for. ``noise_floor`` is the measured seed-to-seed scatter (relative),
     the least scatter a prediction interval assumes. ``report_heldout=False`` skips the refit
     that scores the largest scale held out for the report (the design engine refits hundreds of
@@ -309,8 +309,9 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     checks: dict[str, Any] = {"in_sample": validation.prediction_metrics(fitted, measured)}
     min_train = kind.n_params(config) + 1
     tasks = []
-    # the own refits extrapolate along the axis the user holds out by (N: the table's scales)
-    scales = None if holdout_by == "N" else axis_scales(table, holdout_by)
+    # the own refits extrapolate along the axis the user holds out by (N or the scale column:
+    # the table's scales)
+    scales = None if holdout_by in ("N", "scale") else axis_scales(table, holdout_by)
     if progressive and len(set(scale_labels(table) if scales is None else scales[0])) >= 2:
         tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space,
                                        count_runs, scales)
