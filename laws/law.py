@@ -312,7 +312,8 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     # the own refits extrapolate along the axis the user holds out by (N or the scale column:
     # the table's scales)
     scales = None if holdout_by in ("N", "scale") else axis_scales(table, holdout_by)
-    if progressive and len(set(scale_labels(table) if scales is None else scales[0])) >= 2:
+    n_scales = len(set(scale_labels(table) if scales is None else scales[0]))
+    if progressive and n_scales >= 2:
         tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space,
                                        count_runs, scales)
         checks["progressive"] = tasks
@@ -337,10 +338,10 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         checks["heldout"] = _heldout_rows(law, heldout_table, heldout_index,
                                           f"runs with {holdout_by} >= {holdout_above:.4g} held out "
                                           "(not fitted)")
-    elif report_heldout and len(set(scale_labels(table))) >= 2:
+    elif report_heldout and n_scales >= 2:
         # scored even where the refit is degenerate: its error is part of what the user is told
         task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
-                                  kind.axes, space, count_runs)
+                                  kind.axes, space, count_runs, scales)
         if task is not None:
             _score_heldout(task, tasks, kind.name, space, noise_floor)
             checks["heldout"] = task

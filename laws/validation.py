@@ -128,13 +128,14 @@ def records(tasks: Sequence[dict[str, Any]], space: str, exclude_scales: Sequenc
 
 
 def heldout(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
-            axes: Sequence[str], space: str, count_runs: CountRuns = None
-            ) -> dict[str, Any] | None:
-    """Fit on every scale but the largest, predict the largest."""
-    order = scale_order(table)
+            axes: Sequence[str], space: str, count_runs: CountRuns = None,
+            scales: tuple[np.ndarray, list[str]] | None = None) -> dict[str, Any] | None:
+    """Fit on every scale but the largest, predict the largest (``scales`` as in
+    ``progressive``, so the refits that calibrate its interval never saw that scale)."""
+    labels, order = (scale_labels(table), scale_order(table)) if scales is None else scales
     if len(order) < 2:
         return None
-    test = scale_labels(table) == order[-1]
+    test = labels == order[-1]
     task = _task(table, ~test, test, target, fit_predict, min_train, axes, space,
                  count_runs=count_runs)
     return {"rule": f"largest scale {order[-1]!r} held out", "test_scale": order[-1], **task}

@@ -190,20 +190,24 @@ def test_scales_along_an_axis_are_half_decade_bins():
 
 
 def test_progressive_refits_extrapolate_along_the_holdout_axis():
-    """Held out by FLOPs, every progressive refit is fitted on exactly the runs that spent less
-    compute than every run it predicts (by N, the refits extrapolate in N instead: the runs it
-    predicts share one size and overlap the training runs' FLOPs)."""
+    """Held out by FLOPs, every progressive refit (and the report's largest-scale check) is
+    fitted on exactly the runs that spent less compute than every run it predicts (by N, the
+    refits extrapolate in N instead: the runs a refit predicts share one size)."""
     table = runs(np.geomspace(2e7, 1e9, 6), ratios=(5.0, 20.0, 80.0))
     flops = training_flops(table).to_numpy()
     cut = np.sort(flops)[-4]
     train = table[flops < cut].reset_index(drop=True)
     train_flops = training_flops(train).to_numpy()
-    by_flops = fit_law("chinchilla", table, n_boot=0, holdout_above=cut, holdout_by="flops")
+    by_flops = fit_law("chinchilla", train, n_boot=0, holdout_by="flops")
     tasks = [t for t in by_flops.validation["progressive"] if "rows" in t]
     assert len(tasks) >= 2
-    for task in tasks:
+    for task in [*tasks, by_flops.validation["heldout"]]:
         test_flops = train_flops[task["rows"]["index"]]
         assert task["n_train"] == np.sum(train_flops < test_flops.min())
+    # holding the runs above the cut out first gives the same refits
+    held = fit_law("chinchilla", table, n_boot=0, holdout_above=cut, holdout_by="flops")
+    assert ([t["test_scale"] for t in held.validation["progressive"]]
+            == [t["test_scale"] for t in by_flops.validation["progressive"]])
     by_n = fit_law("chinchilla", train, n_boot=0, report_heldout=False)
     for task in (t for t in by_n.validation["progressive"] if "rows" in t):
         test = train.iloc[task["rows"]["index"]]
