@@ -250,9 +250,10 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
     fitting: the law is fitted on the rest, and its validation holds the held-out rows with
     their prediction intervals. The progressive refits extrapolate along ``holdout_by`` (N or
-    ``scale``: the table's scales; another axis: ``table.axis_scales``) whether or not rows are held out: the
-    axis names the extrapolation the intervals are calibrated for. ``noise_floor`` is the measured seed-to-seed scatter (relative),
-    the least scatter a prediction interval assumes. ``report_heldout=False`` skips the refit
+    ``scale``: the table's scales; another axis: ``table.axis_scales``) whether or not rows are
+    held out: the axis names the extrapolation the intervals are calibrated for.
+    ``noise_floor`` is the measured seed-to-seed scatter (relative), the least scatter a
+    prediction interval assumes. ``report_heldout=False`` skips the refit
     that scores the largest scale held out for the report (the design engine refits hundreds of
     times and reads no report).
     """
