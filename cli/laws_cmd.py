@@ -172,7 +172,9 @@ def fit(
         help="Hold out the runs at or above this value (of --holdout-by): the law is fitted on "
              "the rest, and the held-out rows are saved with their prediction intervals.")] = None,
     holdout_by: Annotated[str, typer.Option(
-        help="Column --holdout-above applies to: N, D, flops or any numeric column.")] = "N",
+        help="Column --holdout-above applies to: N, D, flops, tokens_per_param or any numeric "
+             "column; the progressive refits that calibrate intervals extrapolate along it "
+             "too.")] = "N",
     n_definition: Annotated[str, typer.Option(
         help="What the table's N counts: non_embedding (the convention) or total; predict "
              "--spec converts a shape to it.")] = "non_embedding",

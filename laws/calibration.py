@@ -3,7 +3,7 @@
 A loss law's interval half-width at level p, for a row at extrapolation distance ``delta``
 (laws/intervals.py) predicted by a fit whose in-sample scatter is ``s``, is
 
-    h(s, delta) = k * q_p(s, delta),
+    h(s, delta) = max(k * q_p(s, delta), z_p * s),      z_p the normal quantile of the level,
 
 * ``q_p``, the *public prior*: the p-quantile of |log error| given (s, delta), learned by linear
   quantile regression (scikit-learn ``QuantileRegressor``, ``PRIOR_FEATURES``) over the held-out
@@ -13,12 +13,18 @@ A loss law's interval half-width at level p, for a row at extrapolation distance
   least ``min_scores(p)`` held-out runs over MIN_SCALES or more (refit, scale) pairs, k is the
   conformal p-quantile (rank ceil((n + 1) p)) of their scores |r| / q_p(s, delta), s the law's
   own scatter (a refit on a few small scales understates it), and the interval is "calibrated on
-  these runs"; otherwise k = 1 and it is "calibrated on public sweeps".
+  these runs"; otherwise k = 1 and it is "calibrated on public sweeps". The refits extrapolate
+  along the axis the law is held out by (laws/law.py: FLOPs for a compute split), so their
+  scores measure the extrapolation asked about;
+* ``z_p * s``, the floor: a new run lands no nearer the law than the runs it was fitted on, so
+  no interval is narrower than their scatter's (the in-range interval), however well the
+  refits extrapolated.
 
 Chosen by measurement (notes/intervals.md, tests/bench/bench_calibration.py, leave-one-data-set-
 out over the shipped sweeps): against the normal model of laws/intervals.py, own quantile
 regression, distance-local conformal and scores scaled by each refit's scatter, this gave the
-fewest held-out runs outside the 80-98% band.
+fewest held-out runs outside the 80-98% band; the floor and the refits' axis were added on the
+same benchmark (notes/calib.md).
 
 Kinds without shipped public sweeps (throughput, accuracy, pass@k) keep the normal model of
 laws/intervals.py calibrated on their own refits; without refits, the in-sample scatter alone
@@ -173,7 +179,11 @@ def half_width(model: ErrorModel, distance: np.ndarray, level: float = DEFAULT_L
         n = len(scores)
         rank = min(math.ceil((n + 1) * level), n)
         k = float(np.sort(scores)[rank - 1])
-    return k * _prior_quantile(coef, np.full(distance.shape, model.sigma_run), distance)
+    # a new run lands no nearer the law than the runs it was fitted on: never narrower than
+    # the in-range interval of their scatter (refits that extrapolate well do not shrink it)
+    floor = float(norm.ppf(0.5 + level / 2)) * model.sigma_run
+    return np.maximum(k * _prior_quantile(coef, np.full(distance.shape, model.sigma_run),
+                                          distance), floor)
 
 
 def interval(model: ErrorModel, predicted: np.ndarray, distance: np.ndarray,

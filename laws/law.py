@@ -32,14 +32,14 @@ from archscale.laws.kind import Estimate, LawKind
 from archscale.laws.registry import get_kind
 from archscale.laws.table import (
     Rows,
-    TableError,
     add_features,
     as_table,
+    axis_scales,
+    axis_values,
     collapse_duplicates,
     group_labels,
     scale_labels,
     table_sha256,
-    training_flops,
 )
 
 N_DEFINITIONS = ("non_embedding", "total")
@@ -160,20 +160,14 @@ def _provenance(table: pd.DataFrame, n_runs: int | None) -> dict[str, Any]:
 
 
 def holdout_mask(table: pd.DataFrame, holdout_above: float, holdout_by: str = "N") -> np.ndarray:
-    """Rows held out: ``holdout_by`` (N, D, flops or any numeric column) at or above
-    ``holdout_above``; flops without a column are derived from N and D by the trainer's rule
-    (``training_flops``)."""
-    by = holdout_by
-    if by == "flops" and by not in table.columns and {"N", "D"} <= set(table.columns):
-        table = table.assign(flops=training_flops(table))
-    if by not in table.columns:
-        raise TableError(f"{{holdout_by}} {by}: the table has no column {by!r} (it has "
-                         f"{list(table.columns)}); choose N, D, flops or another numeric column")
-    values = pd.to_numeric(table[by], errors="coerce").to_numpy(dtype=float)
+    """Rows held out: ``holdout_by`` (N, D, flops, tokens_per_param or any numeric column) at or
+    above ``holdout_above``; flops and tokens per parameter without a column are derived from N
+    and D (``table.axis_values``)."""
+    values = axis_values(table, holdout_by)
     test = values >= holdout_above
     if not test.any() or test.all():
         raise SettingError(
-            f"{{holdout_above}} {holdout_above:.4g} (by {by}) leaves "
+            f"{{holdout_above}} {holdout_above:.4g} (by {holdout_by}) leaves "
             f"{'no' if not test.any() else 'only'} held-out runs: choose a value between "
             f"{np.nanmin(values):.4g} and {np.nanmax(values):.4g}")
     return test
@@ -255,8 +249,11 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
 
     With ``holdout_above`` the rows at or above it (by ``holdout_by``) are held out *before*
     fitting: the law is fitted on the rest, and its validation holds the held-out rows with
-    their prediction intervals. ``noise_floor`` is the measured seed-to-seed scatter (relative),
-    the least scatter a prediction interval assumes. ``report_heldout=False`` skips the refit
+    their prediction intervals. The progressive refits extrapolate along ``holdout_by`` (N or
+    ``scale``: the table's scales; another axis: ``table.axis_scales``) whether or not rows are
+    held out: the axis names the extrapolation the intervals are calibrated for.
+    ``noise_floor`` is the measured seed-to-seed scatter (relative), the least scatter a
+    prediction interval assumes. ``report_heldout=False`` skips the refit
     that scores the largest scale held out for the report (the design engine refits hundreds of
     times and reads no report).
     """
@@ -313,9 +310,13 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
     checks: dict[str, Any] = {"in_sample": validation.prediction_metrics(fitted, measured)}
     min_train = kind.n_params(config) + 1
     tasks = []
-    if progressive and len(set(scale_labels(table))) >= 2:
+    # the own refits extrapolate along the axis the user holds out by (N or the scale column:
+    # the table's scales)
+    scales = None if holdout_by in ("N", "scale") else axis_scales(table, holdout_by)
+    n_scales = len(set(scale_labels(table) if scales is None else scales[0]))
+    if progressive and n_scales >= 2:
         tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space,
-                                       count_runs)
+                                       count_runs, scales)
         checks["progressive"] = tasks
     withheld = next((f"{p.message} (no interval rests on so few refits)" for p in problems
                      if p.code == "refits_failed"), None)
@@ -338,10 +339,10 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         checks["heldout"] = _heldout_rows(law, heldout_table, heldout_index,
                                           f"runs with {holdout_by} >= {holdout_above:.4g} held out "
                                           "(not fitted)")
-    elif report_heldout and len(set(scale_labels(table))) >= 2:
+    elif report_heldout and n_scales >= 2:
         # scored even where the refit is degenerate: its error is part of what the user is told
         task = validation.heldout(table, target, partial(fit_predict, strict=False), min_train,
-                                  kind.axes, space, count_runs)
+                                  kind.axes, space, count_runs, scales)
         if task is not None:
             _score_heldout(task, tasks, kind.name, space, noise_floor)
             checks["heldout"] = task

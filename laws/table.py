@@ -25,6 +25,8 @@ from archscale.arch.spec import SHAPE_COLUMNS, ArchSpec  # the columns that rebu
 
 SCALE_GAP = 0.10
 """Neighbouring N values more than this relative gap apart start a new scale."""
+SCALE_STEP = 0.5
+"""Width (decades) of the scales along an axis other than N (``axis_scales``)."""
 
 
 class TableError(SettingError):
@@ -183,6 +185,32 @@ def scale_labels(table: pd.DataFrame) -> np.ndarray:
         members = order[cluster == k]
         labels[members] = f"{np.median(n_params[members]):.3g}"
     return labels.astype(str)
+
+
+def axis_values(table: pd.DataFrame, axis: str) -> np.ndarray:
+    """Each row's value of ``axis``: a numeric column, or training FLOPs (``flops``, by the
+    trainer's rule) or tokens per parameter (``tokens_per_param``, D / N) derived where absent."""
+    if axis not in table.columns:
+        if axis == "flops" and {"N", "D"} <= set(table.columns):
+            return training_flops(table).to_numpy(dtype=float)
+        if axis == "tokens_per_param" and {"N", "D"} <= set(table.columns):
+            return (table["D"] / table["N"]).to_numpy(dtype=float)
+        raise TableError(f"{{holdout_by}} {axis}: the table has no column {axis!r} (it has "
+                         f"{list(table.columns)}); choose N, D, flops, tokens_per_param or "
+                         "another numeric column")
+    return pd.to_numeric(table[axis], errors="coerce").to_numpy(dtype=float)
+
+
+def axis_scales(table: pd.DataFrame, axis: str) -> tuple[np.ndarray, list[str]]:
+    """Scales along ``axis`` (``axis_values``): each run's label and the labels from smallest to
+    largest. Scales are half-decade bins centred on 1, 3.16, 10, ... x 10^k, so a budget grid
+    (1e19, 3e19, 1e20) puts one budget in each, and values that run on continuously (the FLOPs
+    of runs not trained to set budgets) still give scales to extrapolate across."""
+    values = positive_values(pd.DataFrame({axis: axis_values(table, axis)}), [axis],
+                             "grouping runs by scale")[axis]
+    centre = np.round(np.log10(values) / SCALE_STEP) * SCALE_STEP
+    labels = np.array([f"{10**c:.3g}" for c in centre])
+    return labels, [f"{10**c:.3g}" for c in np.unique(centre)]
 
 
 def budget_scales(table: pd.DataFrame) -> bool:

@@ -66,12 +66,14 @@ def prediction_metrics(predicted: np.ndarray, measured: np.ndarray,
 
 def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
           fit_predict: FitPredict, min_train: int, axes: Sequence[str], space: str,
-          beyond: np.ndarray | None = None, count_runs: CountRuns = None) -> dict[str, Any]:
+          beyond: np.ndarray | None = None, count_runs: CountRuns = None,
+          labels: np.ndarray | None = None) -> dict[str, Any]:
     """Fit on ``train`` rows, score on ``test`` rows; a failed or impossible fit is reported.
 
     Besides the metrics, a task keeps each test row's extrapolation distance from the training
     rows and the training fit's in-sample scatter, which calibrate prediction intervals; rows
-    ``beyond`` (larger scales than the test's) are predicted for that calibration only."""
+    ``beyond`` (larger scales than the test's, ``labels`` naming each row's scale) are predicted
+    for that calibration only."""
     task: dict[str, Any] = {"n_train": int(train.sum()), "n_test": int(test.sum())}
     if train.sum() < min_train:
         task["skipped"] = f"only {int(train.sum())} training runs; the form needs {min_train}"
@@ -87,7 +89,7 @@ def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
     fitted, predicted = every[:n_train], every[n_train:n_train + n_test]
     ranges = intervals.fitted_ranges(train_df, axes)
     if len(far_df):
-        task["beyond"] = {"scale": scale_labels(far_df).tolist(),
+        task["beyond"] = {"scale": np.asarray(labels)[beyond].tolist(),
                           "distance": intervals.distance(far_df, ranges).tolist(),
                           "residual": intervals.residuals(every[n_train + n_test:],
                                                          far_df[target], space).tolist()}
@@ -126,24 +128,25 @@ def records(tasks: Sequence[dict[str, Any]], space: str, exclude_scales: Sequenc
 
 
 def heldout(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
-            axes: Sequence[str], space: str, count_runs: CountRuns = None
-            ) -> dict[str, Any] | None:
-    """Fit on every scale but the largest, predict the largest."""
-    order = scale_order(table)
+            axes: Sequence[str], space: str, count_runs: CountRuns = None,
+            scales: tuple[np.ndarray, list[str]] | None = None) -> dict[str, Any] | None:
+    """Fit on every scale but the largest, predict the largest (``scales`` as in
+    ``progressive``, so the refits that calibrate its interval never saw that scale)."""
+    labels, order = (scale_labels(table), scale_order(table)) if scales is None else scales
     if len(order) < 2:
         return None
-    test = scale_labels(table) == order[-1]
+    test = labels == order[-1]
     task = _task(table, ~test, test, target, fit_predict, min_train, axes, space,
                  count_runs=count_runs)
     return {"rule": f"largest scale {order[-1]!r} held out", "test_scale": order[-1], **task}
 
 
 def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_train: int,
-                axes: Sequence[str], space: str, count_runs: CountRuns = None
-                ) -> list[dict[str, Any]]:
-    """Fit on scales <= k, predict scale k + 1, for the last MAX_PROGRESSIVE k with enough runs."""
-    order = scale_order(table)
-    labels = scale_labels(table)
+                axes: Sequence[str], space: str, count_runs: CountRuns = None,
+                scales: tuple[np.ndarray, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Fit on scales <= k, predict scale k + 1, for the last MAX_PROGRESSIVE k with enough runs.
+    ``scales``: each row's scale and the scales in order (default: the table's, laws/table.py)."""
+    labels, order = (scale_labels(table), scale_order(table)) if scales is None else scales
     tasks = []
     for k in range(max(1, len(order) - MAX_PROGRESSIVE), len(order)):
         train = np.isin(labels, order[:k])
@@ -153,5 +156,5 @@ def progressive(table: pd.DataFrame, target: str, fit_predict: FitPredict, min_t
         beyond = np.isin(labels, order[k + 1:])
         tasks.append({"train_scales": order[:k], "test_scale": order[k],
                       **_task(table, train, test, target, fit_predict, min_train, axes, space,
-                              beyond, count_runs)})
+                              beyond, count_runs, labels)})
     return tasks

@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 from archscale.cli.main import app
 from archscale.laws import calibration, fit_law, public_sweeps, save_law
 from archscale.laws.chinchilla import predict as chinchilla_predict
-from archscale.laws.table import group_labels, scale_order
+from archscale.laws.intervals import ErrorModel
+from archscale.laws.law import holdout_mask
+from archscale.laws.table import axis_scales, group_labels, scale_order, training_flops
 
 EPOCH = np.array([477.8, 2143.9, 1.817, 0.3473, 0.3672])
 """Besiroglu et al. 2024's published fit (A, B, E, alpha, beta)."""
@@ -131,6 +133,32 @@ def test_morph_width_by_depth_intervals_hold_the_band_where_given():
     assert 0.8 <= pooled.mean() <= 0.98, pooled.mean()
 
 
+HOLDING = ("epoch", "data-constrained", "lr-bsz", "morph")
+"""Sweeps whose nominal 90% intervals cover 80-98% of their held-out runs (notes/calib.md)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HOLDING)
+def test_intervals_hold_the_band_on_the_shipped_splits(name):
+    """The whole method as a user meets it, on a shipped sweep's fit-small/predict-large splits
+    (by FLOPs for the compute sweeps, by N for Morph), with the public prior learned without
+    that data set: nominal 90% intervals cover 80-98% of the held-out runs, pooled."""
+    item = public_sweeps.sweep(name)
+    table = public_sweeps.load(item)
+    inside = []
+    with calibration.leaving_out(*[s.name for s in public_sweeps.SWEEPS if s.file == item.file]):
+        for cut in item.cuts:
+            law = fit_law(item.law, table, item.options, n_boot=30, holdout_above=cut,
+                          holdout_by=item.split_by)
+            rows = law.validation["heldout"]["rows"]
+            measured = np.asarray(rows["measured"])
+            inside.append((np.asarray(rows["lower"]) <= measured)
+                          & (measured <= np.asarray(rows["upper"])))
+    pooled = np.concatenate(inside)
+    assert len(inside) >= 3
+    assert 0.8 <= pooled.mean() <= 0.98, [round(float(i.mean()), 2) for i in inside]
+
+
 def test_isoflop_scales_are_ordered_by_budget():
     """Three budgets, each spent by three sizes: the largest budget's median N is not the
     largest median N, so ordering by N (the old rule) held out the wrong scale."""
@@ -144,3 +172,55 @@ def test_isoflop_scales_are_ordered_by_budget():
     assert scale_order(table) == ["1e+18", "1e+19", "1e+20"]
     # the shapes that spend one budget are compared with each other (Spearman within a budget)
     assert len(set(group_labels(table))) == 3
+
+
+def test_scales_along_an_axis_are_half_decade_bins():
+    """Runs 5% off a 1e19, 3e19, 1e20 budget grid: one budget per scale, in order of compute;
+    FLOPs that run on continuously are cut at 10^(k/2 +- 1/4) (by hand: 10^18.2 falls in the
+    1e18 bin, 10^18.3 and 10^18.7 in the 3.16e18 one, 10^18.8 in the 1e19 one)."""
+    budgets = np.array([1.05e19, 0.95e19, 3e19, 2.9e19, 1.03e20, 0.97e20])
+    n_params = np.array([1e8, 3e8, 1e8, 3e8, 3e8, 1e9])
+    grid = pd.DataFrame({"N": n_params, "D": budgets / (6 * n_params)})
+    labels, order = axis_scales(grid, "flops")
+    assert len(order) == 3
+    assert [order.index(label) for label in labels] == [0, 0, 1, 1, 2, 2]
+    continuous = pd.DataFrame({"flops": 10 ** np.array([18.2, 18.3, 18.7, 18.8])})
+    labels, order = axis_scales(continuous, "flops")
+    assert [order.index(label) for label in labels] == [0, 1, 1, 2]
+
+
+def test_progressive_refits_extrapolate_along_the_holdout_axis():
+    """Held out by FLOPs, every progressive refit (and the report's largest-scale check) is
+    fitted on exactly the runs that spent less compute than every run it predicts (by N, the
+    refits extrapolate in N instead: the runs a refit predicts share one size)."""
+    table = runs(np.geomspace(2e7, 1e9, 6), ratios=(5.0, 20.0, 80.0))
+    flops = training_flops(table).to_numpy()
+    cut = np.sort(flops)[-4]
+    train = table[flops < cut].reset_index(drop=True)
+    train_flops = training_flops(train).to_numpy()
+    by_flops = fit_law("chinchilla", train, n_boot=0, holdout_by="flops")
+    tasks = [t for t in by_flops.validation["progressive"] if "rows" in t]
+    assert len(tasks) >= 2
+    for task in [*tasks, by_flops.validation["heldout"]]:
+        test_flops = train_flops[task["rows"]["index"]]
+        assert task["n_train"] == np.sum(train_flops < test_flops.min())
+    # holding the runs above the cut out first gives the same refits
+    held = fit_law("chinchilla", table, n_boot=0, holdout_above=cut, holdout_by="flops")
+    assert ([t["test_scale"] for t in held.validation["progressive"]]
+            == [t["test_scale"] for t in by_flops.validation["progressive"]])
+    by_n = fit_law("chinchilla", train, n_boot=0, report_heldout=False)
+    for task in (t for t in by_n.validation["progressive"] if "rows" in t):
+        test = train.iloc[task["rows"]["index"]]
+        assert test["N"].nunique() == 1
+    # an over-training split names tokens per parameter, derived from N and D
+    assert np.array_equal(holdout_mask(table, 40.0, "tokens_per_param"),
+                          (table["D"] / table["N"]).to_numpy() >= 40.0)
+
+
+def test_no_interval_is_narrower_than_the_fitted_runs_scatter():
+    """Own refits that predicted every larger scale exactly (k = 0) still leave a new run the
+    scatter of the runs the law was fitted on: half-width z_0.95 * s = 1.6449 s at 90%."""
+    model = ErrorModel(space="log", sigma_run=0.02, growth=None, ranges={"N": [1e8, 1e9]},
+                       law="chinchilla", heldout=((0.5, 0.0),) * 12, source="these runs")
+    half = calibration.half_width(model, np.array([0.0, 2.0]), 0.9)
+    assert half == pytest.approx([1.6449 * 0.02] * 2, rel=1e-4)
