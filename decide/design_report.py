@@ -35,7 +35,7 @@ GRID_TABLE = Path(__file__).resolve().parents[1] / "search" / "examples" / "demo
 """The run table of the packaged demo grid trained in full (package data beside demo.yaml, so an
 installed demo finds it). Refresh it whenever the demo grid changes (tests/test_studies.py checks
 that it matches): ``archscale demo --full-grid --storage full.journal``, then ``archscale study
-export demo --storage full.journal --csv search/examples/demo_full_grid.csv``."""
+export demo-full-grid --storage full.journal --csv search/examples/demo_full_grid.csv``."""
 MATCH_COLUMNS = ["d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "D"]
 """A full-grid table matches a sweep when it holds every grid run's shape and tokens."""
 

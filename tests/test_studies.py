@@ -48,7 +48,7 @@ def synthetic_state(sweep, ratio_done: float):
 def test_where_the_runs_do_not_identify_the_law_the_engine_asks_for_the_runs_that_would():
     """Every finished run at 16 tokens per parameter: N and D are collinear, the law is refused,
     and the picks are the runs off that line (48 per parameter) that the refusal asks for."""
-    sweep = load_sweep(DEMO_SWEEP.with_name("demo_design.yaml"))  # the demo grid with design:
+    sweep = load_sweep(DEMO_SWEEP)  # the demo grid, with design:
     state = synthetic_state(sweep, 16)
     proposal = propose(sweep, state)
     assert proposal.stop is None and proposal.status["stage"] == "identify"
