@@ -1,6 +1,6 @@
 """Studies through the design engine: the demo's full-grid table against the demo grid it stands
 for, and the engine asking for the runs a refused law needs. The packaged design example end to
-end is tests/bench/design_example_study.py (minutes of training)."""
+end is tests/test_design_example.py (minutes of training, slow)."""
 
 from pathlib import Path
 
