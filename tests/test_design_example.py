@@ -5,9 +5,11 @@ on the 2-core machine under load (slow, but in CI: issue 25 asks a test to run i
 from pathlib import Path
 
 import pytest
+import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+import archscale
 from archscale.cli.main import app
 from archscale.search import designed
 from archscale.search.plan import plan_grid
@@ -44,3 +46,35 @@ def test_the_design_example_runs_end_to_end(tmp_path):
     status = runner.invoke(app, ["study", "status", "design-grid", "--storage", url])
     assert "stopped: " + stop[:20] in status.output
     assert "FLOPs spent" in status.output
+
+
+@pytest.mark.slow
+def test_the_design_example_on_another_corpus_turns_refusals_into_runs(tmp_path):
+    """The same example pointed at another corpus (archscale's own Python sources): where the
+    runs so far do not identify the law, the engine's next picks answer the refusal (their reason
+    names it) instead of the study ending in an error, and the study ends settled or on its
+    budget."""
+    sweep = yaml.safe_load(EXAMPLE.read_text())
+    package = Path(archscale.__file__).resolve().parent
+    sweep |= {"name": "design-python", "corpus": {"path": str(package), "include": ["**/*.py"]}}
+    path = tmp_path / "design_python.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    url = str(tmp_path / "design.journal")
+    runner = CliRunner()
+    assert runner.invoke(app, ["study", "create", str(path), "--storage", url]).exit_code == 0
+    ran = runner.invoke(app, ["study", "run", "design-python", "--storage", url, "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    handle = open_study("design-python", url)
+    steps = sorted((t for t in handle.study.trials if designed.DESIGN_STEP_ATTR in t.user_attrs),
+                   key=lambda t: t.number)
+    picks = [t.user_attrs[designed.DESIGN_PICK_ATTR] for t in handle.study.trials
+             if designed.DESIGN_PICK_ATTR in t.user_attrs]
+    refused = [s for s in steps if (s.user_attrs.get(designed.DESIGN_STATUS_ATTR) or {})
+               .get("stage") == "identify"]
+    # measured: 6 steps, 4 of them refused (N, D collinear after the seed; E at zero), 20 picks
+    assert refused
+    answers = [p["reason"] for p in picks if p["reason"].startswith("identify (")]
+    assert answers and all("the fit was refused" in reason for reason in answers)
+    # the runs answered the refusals: the law was identified and the engine went on reducing
+    assert any(p["reason"].startswith("reduce") for p in picks)
+    assert designed.stopped_because(handle.study).startswith(("settled", "budget spent"))
