@@ -6,6 +6,7 @@ plumbing against rules computed by hand, not the design engine's choices (tests/
 """
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ GRID = {  # the four shapes of tests/test_study_runs.py (XLA's cache serves them
                "target": {"scale_factor": 10, "d_over_sqrt_n": [0.2]}},
 }
 PROPOSER = f"{Path(__file__).stem}:cheapest_first"
+PG_URL = os.environ.get("ARCHSCALE_TEST_POSTGRES_URL")
 
 
 def cheapest_first(sweep, state: designed.DesignState) -> designed.Proposal:
@@ -83,10 +85,15 @@ def test_picks_train_within_budget_and_the_stop_is_recorded(tmp_path, monkeypatc
     assert len(finished_runs(open_study(handle.name, handle.url))) == len(runs)
 
 
-def test_two_worker_processes_share_one_design(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["journal", pytest.param("postgres", marks=[
+    pytest.mark.postgres,
+    pytest.mark.skipif(not PG_URL, reason="set ARCHSCALE_TEST_POSTGRES_URL (tests/postgres.sh)")])])
+def test_two_worker_processes_share_one_design(kind, tmp_path, monkeypatch):
+    """Two workers on one storage, as on two machines sharing a PostgreSQL server."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    handle = design_study(tmp_path, "shared")
+    url = str(tmp_path / "s.journal") if kind == "journal" else PG_URL
+    handle = create_study(parse_sweep({**GRID, "name": f"shared-{uuid.uuid4().hex[:8]}"}), url)
     run_study(handle.name, handle.url, workers=2,
               options=WorkerOptions(progress=False, proposer=PROPOSER))
     handle = open_study(handle.name, handle.url)
