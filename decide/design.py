@@ -175,16 +175,18 @@ def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, afforda
         c = int(cand_labels[i])
         if c not in covered and (c not in best or costs[i] < costs[best[c]]):
             best[c] = i
+    order = np.argsort(costs, kind="stable")
     picks, spent = [], 0.0
     for c, i in sorted(best.items(), key=lambda item: costs[item[1]]):
-        if len(picks) == k or spent + costs[i] > budget:
+        if len(picks) == k or not _leaves_fittable(i, order, costs, affordable, budget - spent,
+                                                   fittable - len(finished) - len(picks)):
             continue
         spent += costs[i]
         picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
                           f"seed: cheapest run of stratum {c + 1} of {n_clusters} (KMeans on "
                           f"{', '.join(columns)})"))
     taken = {p.index for p in picks}
-    for i in np.argsort(costs, kind="stable"):
+    for i in order:
         if len(picks) >= k or len(finished) + len(picks) >= fittable:
             break
         if affordable[i] and pool.index[i] not in taken and spent + costs[i] <= budget:
@@ -193,6 +195,17 @@ def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, afforda
                               f"seed: cheapest run left, so the {fittable - 1} coefficients can "
                               "be fitted within the budget"))
     return tuple(picks)
+
+
+def _leaves_fittable(i: int, order: np.ndarray, costs: np.ndarray, affordable: np.ndarray,
+                     left: float, need: int) -> bool:
+    """Whether run ``i`` fits in ``left`` and still leaves room for the ``need - 1`` cheapest
+    other runs (so a seed pick never makes the law unfittable within the budget; ``need`` <= 0:
+    the law is fittable already)."""
+    if costs[i] > left:
+        return False
+    others = [j for j in order[: need] if j != i and affordable[j]][: max(need - 1, 0)]
+    return costs[i] + float(costs[others].sum()) <= left
 
 
 # ---- identify ----------------------------------------------------------------------------------

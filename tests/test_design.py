@@ -124,6 +124,25 @@ def test_seed_fills_the_space_cheaply():
     assert (picked < 10).any() and (picked > 10).any()
 
 
+def test_a_small_budgets_seed_keeps_the_law_fittable():
+    # the budget buys exactly the three cheapest runs (2 coefficients + 1): one run of the far
+    # clump (cost >= 100) in the seed would leave the law unfittable, even picked one at a time
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.uniform(1, 2, 20), rng.uniform(100, 200, 20)]
+    pool = _runs(x)
+    budget = float(np.sort(x)[:3].sum()) + 1e-9  # (float sums: spent + left == budget)
+    finished, spent = pool.iloc[:0], 0.0
+    for _ in range(5):
+        left = pool.drop(finished.index)
+        choice = choose(finished, left, LinearLaw(), _runs([300.0]), costs=left["x"].to_numpy(),
+                        k=1, budget=budget - spent)
+        if not choice.picks:
+            break
+        finished = pd.concat([finished, pool.loc[[choice.picks[0].index]]])
+        spent += choice.picks[0].cost
+    assert sorted(finished["x"]) == pytest.approx(np.sort(x)[:3])
+
+
 def test_refused_law_asks_for_longer_runs():
     advice = ("E = 2.02e-12 is at zero: the data do not reach the regime where loss flattens; "
               "train some runs longer (more tokens per parameter) or at larger sizes")
