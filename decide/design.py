@@ -40,7 +40,9 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from archscale.arch.errors import ArchscaleError
+from archscale.decide import discrepancy
 from archscale.decide.design_law import DesignLaw, Fitted, sensitivity, to_space
+from archscale.decide.discrepancy import Discrepancy
 from archscale.laws.bootstrap import resample_counts
 from archscale.laws.diagnostics import Problem, collinear_nd
 
@@ -153,7 +155,7 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
                           budget, costs)
         return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
     choice = _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
-                     cost_power)
+                     cost_power, columns)
     return replace(choice, problems=problems)
 
 
@@ -271,34 +273,49 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
 
 
 # ---- reduce ------------------------------------------------------------------------------------
-def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, law: DesignLaw,
-             sigma2: float, method: str, seed: int) -> np.ndarray:
-    """G (rows x r) with Cov(predictions at rows) = G G^T before any new run."""
+def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_target: int,
+             law: DesignLaw, sigma2: float, method: str, seed: int, columns: Sequence[str]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(G, noise): G (rows x r) with Cov(truth at rows) = G G^T given the finished runs, noise
+    the variance of a new run at each row about G's part (the run scatter, and for ``design``
+    the discrepancy the features miss). The last ``n_target`` rows are the target."""
     jac_f = sensitivity(law, fitted, finished)
     jac = sensitivity(law, fitted, rows)
-    fisher = jac_f.T @ jac_f / sigma2 + np.eye(jac.shape[1]) / PRIOR_SD**2
-    w, v = np.linalg.eigh(fisher)
-    linear = jac @ (v / np.sqrt(np.maximum(w, 1e-12 * w.max())))  # J Sigma^(1/2)
+    prior = np.full(jac.shape[1], 1 / PRIOR_SD**2)
+    noise_f, noise = np.full(len(finished), sigma2), np.full(len(rows), sigma2)
+    if method == "design":  # law + delta (decide/discrepancy.py)
+        done, at = _embed([finished, rows], columns)
+        prior_delta = Discrepancy(discrepancy.DISCREPANCY * math.sqrt(sigma2))
+        delta = discrepancy.features(np.vstack([done, at]), at[len(rows) - n_target:],
+                                     prior_delta, seed)
+        jac_f = np.hstack([jac_f, delta.phi[: len(finished)]])
+        jac = np.hstack([jac, delta.phi[len(finished):]])
+        prior = np.r_[prior, np.ones(delta.phi.shape[1])]
+        noise_f, noise = noise_f + delta.extra[: len(finished)], noise + delta.extra[len(finished):]
+    precision = jac_f.T @ (jac_f / noise_f[:, None]) + np.diag(prior)
+    w, v = np.linalg.eigh(precision)
+    linear = jac @ (v / np.sqrt(np.maximum(w, 1e-12 * w.max())))  # A Sigma^(1/2)
     if method == "vopt":
-        return linear
+        return linear, noise
     draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
     draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
-        return linear
+        return linear, noise
     values = to_space(law.predict(fitted, draws, rows), law.space)
     values = np.where(np.isfinite(values), values, np.nan)
     centered = values - np.nanmean(values, axis=0)
     ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
-    return np.hstack([linear, ensemble])
+    return np.hstack([linear, ensemble]), noise
 
 
 def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
             target: pd.DataFrame, costs: np.ndarray, k: int, budget: float, method: str,
-            seed: int, cost_power: float) -> Choice:
+            seed: int, cost_power: float, columns: Sequence[str]) -> Choice:
     sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
     rows = pd.concat([pool, target], ignore_index=True)
-    g_all = _factors(fitted, finished, rows, law, sigma2, method, seed)
-    g_c, g_t = g_all[: len(pool)], g_all[len(pool):]
+    g_all, noise = _factors(fitted, finished, rows, len(target), law, sigma2, method, seed,
+                            columns)
+    g_c, g_t, noise = g_all[: len(pool)], g_all[len(pool):], noise[: len(pool)]
     m = np.eye(g_all.shape[1])
     q = g_t.T @ g_t / len(target)
     sd_before = math.sqrt(max(float(np.trace(q @ m)), 0.0))
@@ -309,7 +326,7 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
         if not open_.any():
             break
         gm = g_c @ m
-        gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + sigma2)
+        gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + noise)
         score = np.where(open_, gain / costs**cost_power, -np.inf)
         i = int(np.argmax(score))
         taken[i] = True
@@ -319,6 +336,6 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
                           f"{gain[i]:.3g} ({gain[i] / max(np.trace(q @ m), 1e-300):.1%} of it) for "
                           f"{costs[i]:.3g} cost"))
         mg = m @ g_c[i]
-        m = m - np.outer(mg, mg) / (g_c[i] @ mg + sigma2)
+        m = m - np.outer(mg, mg) / (g_c[i] @ mg + noise[i])
     sd_after = math.sqrt(max(float(np.trace(q @ m)), 0.0))
     return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)
