@@ -15,16 +15,19 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   sensitivity row g_c, observed with the law's calibrated run scatter sigma, lowers the mean
   predictive variance at the target by
 
-      gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + sigma^2),     Q = G_t^T G_t / n_target,
+      gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + noise_c),     Q = G_t^T G_t / n_target,
 
-  the V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
+  noise_c the run scatter sigma^2 (plus, for ``design``, discrepancy the features miss): the
+  V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
   still affords. A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
-  sigma^2) (the rank-one posterior update), so the next pick is valued given the earlier ones.
+  noise_c) (the rank-one posterior update), so the next pick is valued given the earlier ones.
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
-  Fisher information with a weak prior). ``design`` adds the disagreement of bootstrap refits
-  (warm-started from the fit) as further columns of G: where the refits disagree at the target
-  the linearisation understates the uncertainty, and the runs that tell the refits apart are
-  the ones worth training.
+  Fisher information with a weak prior). ``design`` hedges against a wrong form: the truth is
+  law + a smooth discrepancy (decide/discrepancy.py), whose features join J before the
+  posterior is formed, and whose variance the features miss is added to each run's noise. It
+  also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
+  of G: where the refits disagree at the target the linearisation understates the uncertainty,
+  and the runs that tell the refits apart are the ones worth training.
 """
 
 from __future__ import annotations
