@@ -97,7 +97,8 @@ class Choice:
     stage: str
     """``seed``, ``identify`` or ``reduce`` (module docstring)."""
     target_sd: float
-    """RMS predictive sd of the law's mean at the target now (law space; NaN before a fit)."""
+    """RMS predictive sd of the law's mean at the target now (law space; NaN before a fit;
+    without ``design``'s discrepancy, which the law's mean does not carry)."""
     target_sd_after: float
     """The same once the picks are in, as the linearised update expects."""
     fitted: Fitted | None
@@ -278,12 +279,14 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
 # ---- reduce ------------------------------------------------------------------------------------
 def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_target: int,
              law: DesignLaw, sigma2: float, method: str, seed: int, columns: Sequence[str]
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(G, noise): G (rows x r) with Cov(truth at rows) = G G^T given the finished runs, noise
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(G, G_law, noise): G (rows x r) with Cov(truth at rows) = G G^T given the finished runs;
+    G_law the same for the law's mean alone (G without the discrepancy, in G's columns); noise
     the variance of a new run at each row about G's part (the run scatter, and for ``design``
     the discrepancy the features miss). The last ``n_target`` rows are the target."""
     jac_f = sensitivity(law, fitted, finished)
     jac = sensitivity(law, fitted, rows)
+    jac_law = jac
     prior = np.full(jac.shape[1], 1 / PRIOR_SD**2)
     noise_f, noise = np.full(len(finished), sigma2), np.full(len(rows), sigma2)
     if method == "design":  # law + delta (decide/discrepancy.py)
@@ -293,22 +296,24 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
                                      prior_delta, seed)
         jac_f = np.hstack([jac_f, delta.phi[: len(finished)]])
         jac = np.hstack([jac, delta.phi[len(finished):]])
+        jac_law = np.hstack([jac_law, np.zeros_like(delta.phi[len(finished):])])
         prior = np.r_[prior, np.ones(delta.phi.shape[1])]
         noise_f, noise = noise_f + delta.extra[: len(finished)], noise + delta.extra[len(finished):]
     precision = jac_f.T @ (jac_f / noise_f[:, None]) + np.diag(prior)
     w, v = np.linalg.eigh(precision)
-    linear = jac @ (v / np.sqrt(np.maximum(w, 1e-12 * w.max())))  # A Sigma^(1/2)
+    root = v / np.sqrt(np.maximum(w, 1e-12 * w.max()))  # Sigma^(1/2)
+    linear, linear_law = jac @ root, jac_law @ root
     if method == "vopt":
-        return linear, noise
+        return linear, linear_law, noise
     draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
     draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
-        return linear, noise
+        return linear, linear_law, noise
     values = to_space(law.predict(fitted, draws, rows), law.space)
     values = np.where(np.isfinite(values), values, np.nan)
     centered = values - np.nanmean(values, axis=0)
     ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
-    return np.hstack([linear, ensemble]), noise
+    return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise
 
 
 def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
@@ -316,12 +321,13 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
             seed: int, cost_power: float, columns: Sequence[str]) -> Choice:
     sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
     rows = pd.concat([pool, target], ignore_index=True)
-    g_all, noise = _factors(fitted, finished, rows, len(target), law, sigma2, method, seed,
-                            columns)
+    g_all, g_law, noise = _factors(fitted, finished, rows, len(target), law, sigma2, method,
+                                   seed, columns)
     g_c, g_t, noise = g_all[: len(pool)], g_all[len(pool):], noise[: len(pool)]
+    q_law = g_law[len(pool):].T @ g_law[len(pool):] / len(target)  # what target_sd reports
     m = np.eye(g_all.shape[1])
     q = g_t.T @ g_t / len(target)
-    sd_before = math.sqrt(max(float(np.trace(q @ m)), 0.0))
+    sd_before = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     picks, spent = [], 0.0
     taken = np.zeros(len(pool), dtype=bool)
     for _ in range(k):
@@ -340,5 +346,5 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
                           f"{costs[i]:.3g} cost"))
         mg = m @ g_c[i]
         m = m - np.outer(mg, mg) / (g_c[i] @ mg + noise[i])
-    sd_after = math.sqrt(max(float(np.trace(q @ m)), 0.0))
+    sd_after = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)
