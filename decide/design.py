@@ -24,7 +24,10 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
   Fisher information with a weak prior). ``design`` hedges against a wrong form: the truth is
   law + a smooth discrepancy (decide/discrepancy.py), whose features join J before the
-  posterior is formed, and whose variance the features miss is added to each run's noise. It
+  posterior is formed, and whose variance the features miss is added to each run's noise. The
+  discrepancy is modelled only at target rows inside the ranges of the runs (finished and
+  candidates): there nearby runs can correct the form; beyond every run the form is the only
+  bridge to the target, and the engine trusts it (measured: notes/engine.md). It
   also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
   of G: where the refits disagree at the target the linearisation understates the uncertainty,
   and the runs that tell the refits apart are the ones worth training.
@@ -289,11 +292,14 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
     jac_law = jac
     prior = np.full(jac.shape[1], 1 / PRIOR_SD**2)
     noise_f, noise = np.full(len(finished), sigma2), np.full(len(rows), sigma2)
-    if method == "design":  # law + delta (decide/discrepancy.py)
+    runs = pd.concat([finished, rows.iloc[: len(rows) - n_target]])[list(columns)].to_numpy(float)
+    at_target = rows.iloc[len(rows) - n_target:][list(columns)].to_numpy(float)
+    surrounded = ((at_target >= runs.min(axis=0)) & (at_target <= runs.max(axis=0))).all(axis=1)
+    if method == "design" and surrounded.any():  # law + delta (decide/discrepancy.py)
         done, at = _embed([finished, rows], columns)
         prior_delta = Discrepancy(discrepancy.DISCREPANCY * math.sqrt(sigma2))
-        delta = discrepancy.features(np.vstack([done, at]), at[len(rows) - n_target:],
-                                     prior_delta, seed)
+        delta = discrepancy.features(np.vstack([done, at]),
+                                     at[len(rows) - n_target:][surrounded], prior_delta, seed)
         jac_f = np.hstack([jac_f, delta.phi[: len(finished)]])
         jac = np.hstack([jac, delta.phi[len(finished):]])
         jac_law = np.hstack([jac_law, np.zeros_like(delta.phi[len(finished):])])
