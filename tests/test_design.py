@@ -251,3 +251,18 @@ def test_a_discrepancy_values_a_run_near_the_target_above_a_far_lever(flat_prior
              .picks[0].index for m in ("vopt", "design")}
     assert picks["vopt"] == int(np.argmin(after[1e-6])) == 1
     assert picks["design"] == int(np.argmin(after[SIGMA])) == 0
+
+
+def test_beyond_every_run_design_trusts_the_form(flat_prior, monkeypatch):
+    # the target lies beyond every finished and candidate run: no run can correct a discrepancy
+    # there, so design's gain is the law's own closed form (as V-optimal's), bootstrap set aside
+    monkeypatch.setattr(design, "N_ENSEMBLE", 1)
+    finished = _runs([1.0, 2.0, 3.0, 4.0])
+    pool = _runs([0.5, 2.5, 6.0, 9.0])
+    target = _runs([10.0, 12.0])
+    choice = choose(finished, pool, LinearLaw(), target, costs=np.ones(4), method="design")
+    before = _variance(finished["x"], target["x"])
+    gains = {i: before - _variance(np.r_[finished["x"], x], target["x"])
+             for i, x in pool["x"].items()}
+    assert choice.picks[0].index == max(gains, key=gains.get)
+    assert choice.picks[0].gain == pytest.approx(gains[choice.picks[0].index], rel=1e-5)
