@@ -14,9 +14,10 @@ less than the form alone says. (Learning delta's size from the residuals by marg
 was measured and dropped: notes/engine.md.)
 
 delta enters the engine as extra columns of its factor G (decide/design.py): Nystroem features
-on inducing points at the target rows, exact for delta's covariance among the target rows and
-between any run and the target; what the features miss of a run's own delta variance is added
-to that run's noise.
+on inducing points at the target rows that the runs surround (beyond every run no run can
+correct delta, and the engine trusts the form), exact for delta's covariance among those rows
+and between any run and them; what the features miss of a run's own delta variance is added to
+that run's noise.
 """
 
 from __future__ import annotations
