@@ -15,16 +15,22 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   sensitivity row g_c, observed with the law's calibrated run scatter sigma, lowers the mean
   predictive variance at the target by
 
-      gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + sigma^2),     Q = G_t^T G_t / n_target,
+      gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + noise_c),     Q = G_t^T G_t / n_target,
 
-  the V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
+  noise_c the run scatter sigma^2 (plus, for ``design``, discrepancy the features miss): the
+  V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
   still affords. A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
-  sigma^2) (the rank-one posterior update), so the next pick is valued given the earlier ones.
+  noise_c) (the rank-one posterior update), so the next pick is valued given the earlier ones.
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
-  Fisher information with a weak prior). ``design`` adds the disagreement of bootstrap refits
-  (warm-started from the fit) as further columns of G: where the refits disagree at the target
-  the linearisation understates the uncertainty, and the runs that tell the refits apart are
-  the ones worth training.
+  Fisher information with a weak prior). ``design`` hedges against a wrong form: the truth is
+  law + a smooth discrepancy (decide/discrepancy.py), whose features join J before the
+  posterior is formed, and whose variance the features miss is added to each run's noise. The
+  discrepancy is modelled only at target rows inside the ranges of the runs (finished and
+  candidates): there nearby runs can correct the form; beyond every run the form is the only
+  bridge to the target, and the engine trusts it (measured: notes/engine.md). It
+  also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
+  of G: where the refits disagree at the target the linearisation understates the uncertainty,
+  and the runs that tell the refits apart are the ones worth training.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from archscale.arch.errors import ArchscaleError
+from archscale.decide import discrepancy
 from archscale.decide.design_law import DesignLaw, Fitted, sensitivity, to_space
+from archscale.decide.discrepancy import Discrepancy
 from archscale.laws.bootstrap import resample_counts
 from archscale.laws.diagnostics import Problem, collinear_nd
 
@@ -92,7 +100,8 @@ class Choice:
     stage: str
     """``seed``, ``identify`` or ``reduce`` (module docstring)."""
     target_sd: float
-    """RMS predictive sd of the law's mean at the target now (law space; NaN before a fit)."""
+    """RMS predictive sd of the law's mean at the target now (law space; NaN before a fit;
+    without ``design``'s discrepancy, which the law's mean does not carry)."""
     target_sd_after: float
     """The same once the picks are in, as the linearised update expects."""
     fitted: Fitted | None
@@ -153,7 +162,7 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
                           budget, costs)
         return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
     choice = _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
-                     cost_power)
+                     cost_power, columns)
     return replace(choice, problems=problems)
 
 
@@ -175,16 +184,18 @@ def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, afforda
         c = int(cand_labels[i])
         if c not in covered and (c not in best or costs[i] < costs[best[c]]):
             best[c] = i
+    order = np.argsort(costs, kind="stable")
     picks, spent = [], 0.0
     for c, i in sorted(best.items(), key=lambda item: costs[item[1]]):
-        if len(picks) == k or spent + costs[i] > budget:
+        if len(picks) == k or not _leaves_fittable(i, order, costs, affordable, budget - spent,
+                                                   fittable - len(finished) - len(picks)):
             continue
         spent += costs[i]
         picks.append(Pick(pool.index[i], float(costs[i]), 0.0,
                           f"seed: cheapest run of stratum {c + 1} of {n_clusters} (KMeans on "
                           f"{', '.join(columns)})"))
     taken = {p.index for p in picks}
-    for i in np.argsort(costs, kind="stable"):
+    for i in order:
         if len(picks) >= k or len(finished) + len(picks) >= fittable:
             break
         if affordable[i] and pool.index[i] not in taken and spent + costs[i] <= budget:
@@ -193,6 +204,17 @@ def _seed(finished: pd.DataFrame, pool: pd.DataFrame, costs: np.ndarray, afforda
                               f"seed: cheapest run left, so the {fittable - 1} coefficients can "
                               "be fitted within the budget"))
     return tuple(picks)
+
+
+def _leaves_fittable(i: int, order: np.ndarray, costs: np.ndarray, affordable: np.ndarray,
+                     left: float, need: int) -> bool:
+    """Whether run ``i`` fits in ``left`` and still leaves room for the ``need - 1`` cheapest
+    other runs (so a seed pick never makes the law unfittable within the budget; ``need`` <= 0:
+    the law is fittable already)."""
+    if costs[i] > left:
+        return False
+    others = [j for j in order[: need] if j != i and affordable[j]][: max(need - 1, 0)]
+    return costs[i] + float(costs[others].sum()) <= left
 
 
 # ---- identify ----------------------------------------------------------------------------------
@@ -258,37 +280,60 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
 
 
 # ---- reduce ------------------------------------------------------------------------------------
-def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, law: DesignLaw,
-             sigma2: float, method: str, seed: int) -> np.ndarray:
-    """G (rows x r) with Cov(predictions at rows) = G G^T before any new run."""
+def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_target: int,
+             law: DesignLaw, sigma2: float, method: str, seed: int, columns: Sequence[str]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(G, G_law, noise): G (rows x r) with Cov(truth at rows) = G G^T given the finished runs;
+    G_law the same for the law's mean alone (G without the discrepancy, in G's columns); noise
+    the variance of a new run at each row about G's part (the run scatter, and for ``design``
+    the discrepancy the features miss). The last ``n_target`` rows are the target."""
     jac_f = sensitivity(law, fitted, finished)
     jac = sensitivity(law, fitted, rows)
-    fisher = jac_f.T @ jac_f / sigma2 + np.eye(jac.shape[1]) / PRIOR_SD**2
-    w, v = np.linalg.eigh(fisher)
-    linear = jac @ (v / np.sqrt(np.maximum(w, 1e-12 * w.max())))  # J Sigma^(1/2)
+    jac_law = jac
+    prior = np.full(jac.shape[1], 1 / PRIOR_SD**2)
+    noise_f, noise = np.full(len(finished), sigma2), np.full(len(rows), sigma2)
+    runs = pd.concat([finished, rows.iloc[: len(rows) - n_target]])[list(columns)].to_numpy(float)
+    at_target = rows.iloc[len(rows) - n_target:][list(columns)].to_numpy(float)
+    surrounded = ((at_target >= runs.min(axis=0)) & (at_target <= runs.max(axis=0))).all(axis=1)
+    if method == "design" and surrounded.any():  # law + delta (decide/discrepancy.py)
+        done, at = _embed([finished, rows], columns)
+        prior_delta = Discrepancy(discrepancy.DISCREPANCY * math.sqrt(sigma2))
+        delta = discrepancy.features(np.vstack([done, at]),
+                                     at[len(rows) - n_target:][surrounded], prior_delta, seed)
+        jac_f = np.hstack([jac_f, delta.phi[: len(finished)]])
+        jac = np.hstack([jac, delta.phi[len(finished):]])
+        jac_law = np.hstack([jac_law, np.zeros_like(delta.phi[len(finished):])])
+        prior = np.r_[prior, np.ones(delta.phi.shape[1])]
+        noise_f, noise = noise_f + delta.extra[: len(finished)], noise + delta.extra[len(finished):]
+    precision = jac_f.T @ (jac_f / noise_f[:, None]) + np.diag(prior)
+    w, v = np.linalg.eigh(precision)
+    root = v / np.sqrt(np.maximum(w, 1e-12 * w.max()))  # Sigma^(1/2)
+    linear, linear_law = jac @ root, jac_law @ root
     if method == "vopt":
-        return linear
+        return linear, linear_law, noise
     draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
     draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
-        return linear
+        return linear, linear_law, noise
     values = to_space(law.predict(fitted, draws, rows), law.space)
     values = np.where(np.isfinite(values), values, np.nan)
     centered = values - np.nanmean(values, axis=0)
     ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
-    return np.hstack([linear, ensemble])
+    return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise
 
 
 def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
             target: pd.DataFrame, costs: np.ndarray, k: int, budget: float, method: str,
-            seed: int, cost_power: float) -> Choice:
+            seed: int, cost_power: float, columns: Sequence[str]) -> Choice:
     sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
     rows = pd.concat([pool, target], ignore_index=True)
-    g_all = _factors(fitted, finished, rows, law, sigma2, method, seed)
-    g_c, g_t = g_all[: len(pool)], g_all[len(pool):]
+    g_all, g_law, noise = _factors(fitted, finished, rows, len(target), law, sigma2, method,
+                                   seed, columns)
+    g_c, g_t, noise = g_all[: len(pool)], g_all[len(pool):], noise[: len(pool)]
+    q_law = g_law[len(pool):].T @ g_law[len(pool):] / len(target)  # what target_sd reports
     m = np.eye(g_all.shape[1])
     q = g_t.T @ g_t / len(target)
-    sd_before = math.sqrt(max(float(np.trace(q @ m)), 0.0))
+    sd_before = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     picks, spent = [], 0.0
     taken = np.zeros(len(pool), dtype=bool)
     for _ in range(k):
@@ -296,7 +341,7 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
         if not open_.any():
             break
         gm = g_c @ m
-        gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + sigma2)
+        gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + noise)
         score = np.where(open_, gain / costs**cost_power, -np.inf)
         i = int(np.argmax(score))
         taken[i] = True
@@ -306,6 +351,6 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
                           f"{gain[i]:.3g} ({gain[i] / max(np.trace(q @ m), 1e-300):.1%} of it) for "
                           f"{costs[i]:.3g} cost"))
         mg = m @ g_c[i]
-        m = m - np.outer(mg, mg) / (g_c[i] @ mg + sigma2)
-    sd_after = math.sqrt(max(float(np.trace(q @ m)), 0.0))
+        m = m - np.outer(mg, mg) / (g_c[i] @ mg + noise[i])
+    sd_after = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)

@@ -8,10 +8,10 @@ intervals and, where the target rows name shapes, the regret of the shape the fi
 
 Methods: ``design`` and ``vopt`` (the engine, decide/design.py, in growing batches, each fit
 warm-started from the last); ``random``; ``cheapest`` (cheapest first); ``cost-random`` (random,
-weighted by inverse cost); ``all`` (the whole pool, budget 1). Every method fills each budget in
-its own order, skipping runs that no longer fit; the engine is run once, up to the largest
-budget, and its order of picks is that order (the paper scores the plain prefix instead, which
-a batch ending in one expensive run cuts short).
+weighted by inverse cost); ``all`` (the whole pool, budget 1). The baselines fill each budget in
+their own order, skipping runs that no longer fit. The engine is run afresh for each budget, as
+a team with that budget would run it: it knows what it may spend, so a small budget's seed takes
+the cheapest runs that make the law fittable (a prefix of the largest budget's order may not).
 With ``by``, each group (e.g. a corpus) gets its own law and its share of the budget, and the
 target rows of every group are scored together.
 """
@@ -169,14 +169,12 @@ def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float],
         rng = np.random.default_rng([seed, g_index])
         for method in methods:
             method_budgets = [1.0] if method == "all" else list(budgets)
-            if method in ENGINE_METHODS:
-                picks = _engine_picks(method, pool, costs, spec.law, target,
-                                      max(method_budgets) * total, seed, spec.cost_power)
             for budget in method_budgets:
                 if method == "all":
                     chosen = np.arange(len(pool))
                 elif method in ENGINE_METHODS:
-                    chosen = _fill(picks, costs, budget * total)
+                    chosen = _engine_picks(method, pool, costs, spec.law, target, budget * total,
+                                           seed, spec.cost_power)
                 else:
                     chosen = _fill(_order(method, costs, rng), costs, budget * total)
                 outcome = _outcome(spec.law, pool.iloc[chosen], target, float(costs[chosen].sum()))

@@ -124,6 +124,25 @@ def test_seed_fills_the_space_cheaply():
     assert (picked < 10).any() and (picked > 10).any()
 
 
+def test_a_small_budgets_seed_keeps_the_law_fittable():
+    # the budget buys exactly the three cheapest runs (2 coefficients + 1): one run of the far
+    # clump (cost >= 100) in the seed would leave the law unfittable, even picked one at a time
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.uniform(1, 2, 20), rng.uniform(100, 200, 20)]
+    pool = _runs(x)
+    budget = float(np.sort(x)[:3].sum()) + 1e-9  # (float sums: spent + left == budget)
+    finished, spent = pool.iloc[:0], 0.0
+    for _ in range(5):
+        left = pool.drop(finished.index)
+        choice = choose(finished, left, LinearLaw(), _runs([300.0]), costs=left["x"].to_numpy(),
+                        k=1, budget=budget - spent)
+        if not choice.picks:
+            break
+        finished = pd.concat([finished, pool.loc[[choice.picks[0].index]]])
+        spent += choice.picks[0].cost
+    assert sorted(finished["x"]) == pytest.approx(np.sort(x)[:3])
+
+
 def test_refused_law_asks_for_longer_runs():
     advice = ("E = 2.02e-12 is at zero: the data do not reach the regime where loss flattens; "
               "train some runs longer (more tokens per parameter) or at larger sizes")
@@ -176,3 +195,74 @@ def test_chinchilla_refused_as_collinear_gets_runs_off_its_line():
     assert [p.code for p in choice.problems] == ["collinear"]
     ratios = (pool["D"] / pool["N"]).loc[[p.index for p in choice.picks]]
     assert len(ratios) == 3 and not np.isclose(ratios, 20).any()
+
+
+def _kriging_variance(x_obs, x_t, scale, tau):
+    """Variance of (a + b x + delta)(x_t) given runs at x_obs, flat prior on (a, b) (universal
+    kriging), delta of prior sd tau with the engine's low-rank covariance: exact to and at the
+    target, k(x, t) k(t, x') / tau^2 between runs, tau^2 on the diagonal; x standardized by
+    ``scale`` (the log-input mean and sd)."""
+    def z(x):
+        return (np.log(np.asarray(x, float)) - scale[0]) / scale[1]
+
+    k_t = tau**2 * np.exp(-0.5 * (z(x_obs) - z(x_t)) ** 2)
+    c0 = np.outer(k_t, k_t) / tau**2 + SIGMA**2 * np.eye(len(x_obs))
+    np.fill_diagonal(c0, tau**2 + SIGMA**2)
+    h = np.column_stack([np.ones(len(x_obs)), x_obs])
+    c0_inv = np.linalg.inv(c0)
+    u = np.array([1.0, x_t]) - h.T @ c0_inv @ k_t
+    return float(tau**2 - k_t @ c0_inv @ k_t + u @ np.linalg.inv(h.T @ c0_inv @ h) @ u)
+
+
+def test_design_gain_is_the_kriging_variance_drop_under_a_discrepancy(flat_prior, monkeypatch):
+    # design = law + delta (decide/discrepancy.py), delta's prior sd = the run scatter; the
+    # bootstrap columns are set aside (one draw) so the gain is the closed form's
+    monkeypatch.setattr(design, "N_ENSEMBLE", 1)
+    finished = _runs([1.0, 2.0, 3.0, 4.0])
+    pool = _runs([4.5, 6.0, 30.0])
+    target = _runs([8.0])
+    choice = choose(finished, pool, LinearLaw(), target, costs=np.ones(3), k=3,
+                    method="design", cost_power=1.0)
+    logs = np.log(np.r_[finished["x"], pool["x"], target["x"]])
+    scale = (logs.mean(), logs.std())
+    done = list(finished["x"])
+    for pick in choice.picks:  # greedy: each gain given the picks before it
+        before = _kriging_variance(np.array(done), 8.0, scale, SIGMA)
+        x = pool.loc[pick.index, "x"]
+        after = _kriging_variance(np.array([*done, x]), 8.0, scale, SIGMA)
+        assert pick.gain == pytest.approx(before - after, rel=1e-4)
+        done.append(x)
+
+
+def test_a_discrepancy_values_a_run_near_the_target_above_a_far_lever(flat_prior, monkeypatch):
+    # two candidates of equal cost: a lever far beyond the target and a run next to it. Without
+    # a discrepancy the lever lowers the target's variance more (hand: 4.61e-4 vs 5.16e-4), so
+    # V-optimal takes it; with one of the run scatter's size the run next to the target does
+    # (7.46e-4 vs 1.00e-3): the closed form decides, the engine must follow
+    monkeypatch.setattr(design, "N_ENSEMBLE", 1)
+    finished = _runs([1.0, 2.0, 3.0, 4.0, 20.0])
+    pool = _runs([10.5, 100.0])
+    target = _runs([10.0])
+    logs = np.log(np.r_[finished["x"], pool["x"], target["x"]])
+    scale = (logs.mean(), logs.std())
+    after = {tau: [_kriging_variance(np.r_[finished["x"], x], 10.0, scale, tau)
+                   for x in pool["x"]] for tau in (1e-6, SIGMA)}
+    picks = {m: choose(finished, pool, LinearLaw(), target, costs=np.ones(2), method=m)
+             .picks[0].index for m in ("vopt", "design")}
+    assert picks["vopt"] == int(np.argmin(after[1e-6])) == 1
+    assert picks["design"] == int(np.argmin(after[SIGMA])) == 0
+
+
+def test_beyond_every_run_design_trusts_the_form(flat_prior, monkeypatch):
+    # the target lies beyond every finished and candidate run: no run can correct a discrepancy
+    # there, so design's gain is the law's own closed form (as V-optimal's), bootstrap set aside
+    monkeypatch.setattr(design, "N_ENSEMBLE", 1)
+    finished = _runs([1.0, 2.0, 3.0, 4.0])
+    pool = _runs([0.5, 2.5, 6.0, 9.0])
+    target = _runs([10.0, 12.0])
+    choice = choose(finished, pool, LinearLaw(), target, costs=np.ones(4), method="design")
+    before = _variance(finished["x"], target["x"])
+    gains = {i: before - _variance(np.r_[finished["x"], x], target["x"])
+             for i, x in pool["x"].items()}
+    assert choice.picks[0].index == max(gains, key=gains.get)
+    assert choice.picks[0].gain == pytest.approx(gains[choice.picks[0].index], rel=1e-5)

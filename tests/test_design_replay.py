@@ -17,7 +17,9 @@ from archscale.decide.design_law import KindLaw
 from archscale.decide.replay import Replay, r2_clipped, regret, run_replay, split_target
 from archscale.laws.table import load_table
 
-MOE = Path(__file__).parent / "data" / "validation" / "scalebench" / "moe.csv"
+SCALEBENCH = Path(__file__).parent / "data" / "validation" / "scalebench"
+MOE = SCALEBENCH / "moe.csv"
+PARALLEL = SCALEBENCH / "parallel.csv"
 KEYS = {"r2_mean", "r2_sd", "mse_mean", "coverage_90_mean", "runs_mean", "cost_fraction_mean"}
 
 
@@ -76,3 +78,18 @@ def test_engine_beats_random_at_five_percent_on_moe():
                   law=law)
     result = run_replay(spec, ["design", "random"], [0.05], repeats=3)["methods"]
     assert result["design"]["0.05"]["r2_mean"] > result["random"]["0.05"]["r2_mean"]
+
+
+def test_engine_run_per_budget_fits_parallel_at_ten_percent():
+    # ScaleBench parallel, one law (4 coefficients, so 5 runs) per corpus, cost N. Per corpus the
+    # 18 pool runs cost 3.32e10 in all; the five cheapest (5.36 + 5.38 + 5.41 + 6.94 + 6.97)e8 =
+    # 3.01e9 fit in 10% (3.32e9), so a fit is affordable; at 5% (1.66e9) only three do (four: 2.31e9).
+    law = KindLaw("scalebench/parallel")
+    table = load_table(PARALLEL, law.law_kind.default_columns)
+    pool, target = split_target(table, "split == 'target'", None)
+    spec = Replay(pool=pool, target=target, costs=parse_cost("N", list(pool))(pool), law=law,
+                  by="group")
+    result = run_replay(spec, ["design"], [0.05, 0.1], repeats=1)["methods"]["design"]
+    assert result["0.05"]["failed_fits"] == 1 and result["0.05"]["runs_mean"] <= 6
+    assert result["0.1"]["failed_fits"] == 0 and result["0.1"]["runs_mean"] >= 10
+    assert result["0.1"]["r2_mean"] > 0.9
