@@ -179,10 +179,13 @@ def _least_squares(config: dict[str, Any], inputs: dict[str, Any], loss: np.ndar
 
     robust = config["robust"]
     with np.errstate(over="ignore", invalid="ignore"):
-        result = least_squares(residuals, theta0, jac=jacobian,
-                               method="lm" if robust is None else "trf",
-                               loss=robust or "linear", f_scale=config["f_scale"],
-                               x_scale="jac")
+        try:
+            result = least_squares(residuals, theta0, jac=jacobian,
+                                   method="lm" if robust is None else "trf",
+                                   loss=robust or "linear", f_scale=config["f_scale"],
+                                   x_scale="jac")
+        except ValueError:  # a start where the law overflows (residuals not finite): a failed fit
+            return coef_of(theta0), False
     ok = bool(result.success) and bool(np.all(np.isfinite(result.x)))
     return coef_of(result.x), ok
 

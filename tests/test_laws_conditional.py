@@ -184,3 +184,19 @@ def test_refuses_missing_feature_and_bad_options():
         conditional.configure({"lopt": "given"})
     with pytest.raises(ArchscaleError, match="combine"):
         conditional.configure({"combine": "ratio"})
+
+
+def test_a_refit_started_where_the_law_overflows_fails_instead_of_raising():
+    """A bootstrap refit started from coefficients whose predictions overflow (scipy refuses to
+    start there) is a failed refit, counted as such, not an exception that ends the fit (or a
+    designed study's step, which met one in a run of the design example)."""
+    table = synthetic_table()
+    config = conditional.configure({"terms": "d_over_sqrt_n:u_log_inv", "lopt": "joint",
+                                    "robust": "soft_l1"})
+    fitted = conditional.fit(table, config)
+    overflowing = fitted.coef.copy()
+    overflowing[0], overflowing[3] = 1e300, -50.0  # A / N^alpha with A 1e300, alpha -50: inf
+    start = type(fitted)(**{**vars(fitted), "coef": overflowing})
+    samples, converged = conditional.bootstrap(table, fitted.config, start,
+                                               np.ones((2, len(table)), dtype=int))
+    assert samples.shape == (2, len(fitted.coef)) and not converged.any()
