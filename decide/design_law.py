@@ -10,6 +10,7 @@ fits, including user-declared forms, so the engine never special-cases a form.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -165,6 +166,9 @@ class KindLaw:
     def _full_fit(self, table: pd.DataFrame) -> Fitted:
         law = fit_law(self.law_kind, table, self.options, n_boot=0, progressive=False,
                       report_heldout=False)
+        if not math.isfinite(law.error_model.sigma_run):  # no finite prediction at its runs
+            raise ArchscaleError(f"the {self.name} fit predicts no finite value at its "
+                                 f"{len(table)} runs")
         problems = tuple(law.problems)
         if "d_line" in law.config:  # a reduced fit along one D(N) line answers only there: the
             # design must still leave the line, as for a refused collinear law

@@ -67,7 +67,9 @@ def to_log(coef_BxP: np.ndarray) -> np.ndarray:
 def predict(coef_SxP: np.ndarray, n_params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Loss for every coefficient row and data point (S x n)."""
     A, B, E, alpha, beta = (c[:, None] for c in np.atleast_2d(coef_SxP).T)
-    return E + A * np.power(n_params, -alpha) + B * np.power(tokens, -beta)
+    # a failed fit's coefficients (0 x inf) predict NaN; callers judge that, numpy need not warn
+    with np.errstate(over="ignore", invalid="ignore"):
+        return E + A * np.power(n_params, -alpha) + B * np.power(tokens, -beta)
 
 
 def compute_optimal(coef_SxP: np.ndarray, compute: float) -> tuple[np.ndarray, np.ndarray]:

@@ -142,7 +142,7 @@ def vanished_problems(coef: dict[str, float], n_params: np.ndarray, tokens: np.n
     for scale, exponent, x, what in (("A", "alpha", n_params, "N"), ("B", "beta", tokens, "D")):
         if scale not in coef or exponent not in coef:
             continue
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             term = coef[scale] * np.power(x, -coef[exponent])
         if not np.all(term < floor):
             continue

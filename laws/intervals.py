@@ -22,6 +22,7 @@ their runs do not identify are left out).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,9 +157,12 @@ def in_sample_scatter(fitted: np.ndarray, measured: np.ndarray, n_coef: int, spa
                       n_runs: int | None = None) -> float:
     """RMS residual with the coefficients' degrees of freedom taken out. Where the rows come from
     ``n_runs`` runs (several rows each, with errors shared within a run) a coefficient costs a
-    run's worth of rows, not one row: dof = rows (1 - n_coef / n_runs)."""
+    run's worth of rows, not one row: dof = rows (1 - n_coef / n_runs). NaN where the fit
+    predicts no finite value at any row (it measures no scatter)."""
     resid = residuals(fitted, measured, space)
     resid = resid[np.isfinite(resid)]
+    if not len(resid):
+        return math.nan
     runs = len(resid) if n_runs is None else n_runs
     dof = max(len(resid) * (runs - n_coef) / runs, len(resid) / runs)
     return float(np.sqrt(np.sum(resid**2) / dof))

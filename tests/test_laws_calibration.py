@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from archscale.cli.main import app
 from archscale.laws import calibration, fit_law, public_sweeps, save_law
 from archscale.laws.chinchilla import predict as chinchilla_predict
-from archscale.laws.intervals import ErrorModel
+from archscale.laws.intervals import ErrorModel, in_sample_scatter
 from archscale.laws.law import holdout_mask
 from archscale.laws.table import axis_scales, group_labels, scale_order, training_flops
 
@@ -224,3 +224,14 @@ def test_no_interval_is_narrower_than_the_fitted_runs_scatter():
                        law="chinchilla", heldout=((0.5, 0.0),) * 12, source="these runs")
     half = calibration.half_width(model, np.array([0.0, 2.0]), 0.9)
     assert half == pytest.approx([1.6449 * 0.02] * 2, rel=1e-4)
+
+
+def test_a_fit_with_no_finite_prediction_measures_no_scatter():
+    """A fit that predicts NaN or inf at every run (its terms overflowed) has no residual to
+    measure a scatter from: NaN, which calibrates no interval, not a division by zero (a designed
+    study's step died on one)."""
+    measured = np.array([2.0, 2.5, 3.0])
+    assert np.isnan(in_sample_scatter(np.array([np.nan, np.inf, np.nan]), measured, 2, "log"))
+    # one finite row still measures: residual -1 in log, dof = max(1 (3 - 2) / 3, 1 / 3) = 1/3
+    assert in_sample_scatter(np.array([np.nan, 2.5 * np.e, np.nan]), measured, 2, "log",
+                             3) == pytest.approx(np.sqrt(3))
