@@ -210,12 +210,19 @@ def test_budgets_and_seed_repeats_are_runs_of_their_own_each_shape_timed_once(tm
 
 
 def trial_process_of(worker: subprocess.Popen) -> int | None:
-    """The pid of a worker's trial process (its child that is not the spawn helper), if any."""
+    """The pid of a worker's live trial process (its child that is not the spawn helper), if
+    any. A trial process just killed stays a zombie until the worker reaps it: it is skipped,
+    as is one that exits while it is looked at."""
     import psutil
 
-    children = [c for c in psutil.Process(worker.pid).children()
-                if "resource_tracker" not in " ".join(c.cmdline())]
-    return children[0].pid if children else None
+    for child in psutil.Process(worker.pid).children():
+        try:
+            if (child.status() != psutil.STATUS_ZOMBIE
+                    and "resource_tracker" not in " ".join(child.cmdline())):
+                return child.pid
+        except psutil.Error:  # exited, or became a zombie, between the two calls
+            continue
+    return None
 
 
 def test_a_trial_process_killed_by_the_os_leaves_the_worker_alive_and_is_retried(tmp_path):

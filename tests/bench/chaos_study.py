@@ -14,10 +14,9 @@ import sys
 import time
 import uuid
 
-import psutil
 import pytest
 from optuna.trial import TrialState
-from test_study_runs import GRID, QUIET, assert_exactly_once
+from test_study_runs import GRID, QUIET, assert_exactly_once, trial_process_of
 
 from archscale.search.study import create_study, open_study
 from archscale.search.sweepfile import parse_sweep
@@ -50,10 +49,9 @@ def kill_at_random(rng: random.Random, procs: list[subprocess.Popen]) -> str:
     if not alive:
         return "none"
     victim = rng.choice(alive)
-    children = [c for c in psutil.Process(victim.pid).children()
-                if "resource_tracker" not in " ".join(c.cmdline())]
-    if children and rng.random() < 0.5:
-        os.kill(children[0].pid, signal.SIGKILL)
+    child = trial_process_of(victim)
+    if child and rng.random() < 0.5:
+        os.kill(child, signal.SIGKILL)
         return "trial process"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
