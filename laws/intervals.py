@@ -64,9 +64,10 @@ class ErrorModel:
     """Name of the method (module docstring; laws/calibration.py)."""
     law: str = ""
     """The law kind, which picks the public sweeps' records (laws/calibration.py)."""
-    heldout: tuple[tuple[float, float], ...] = ()
-    """(distance, residual) of every held-out prediction of these runs' refits: the scores of
-    the split-conformal calibration (laws/calibration.py)."""
+    heldout: tuple[tuple[float, ...], ...] = ()
+    """(distance, residual, training runs of the refit) of every held-out prediction of these
+    runs' refits: the scores of the split-conformal calibration (laws/calibration.py). Law files
+    from before the refit's size was kept hold (distance, residual) pairs."""
     source: str | None = None
     """``these runs`` or ``public sweeps``: what calibrates the intervals; None: nothing does."""
     reason: str | None = None
@@ -169,15 +170,16 @@ def in_sample_scatter(fitted: np.ndarray, measured: np.ndarray, n_coef: int, spa
 
 
 def calibrate(space: str, sigma_run: float, ranges: dict[str, list[float]],
-              heldout: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+              heldout: Sequence[tuple[np.ndarray, np.ndarray, int]] = (),
               noise_floor: float | None = None, n_fit: int = 0) -> ErrorModel:
-    """The error model from the in-sample scatter and held-out (distance, residual) records."""
+    """The error model from the in-sample scatter and held-out (distance, residual, refit's
+    training runs) records (laws/validation.py ``records``)."""
     if noise_floor is not None and space == "log":
         sigma_run = max(sigma_run, float(noise_floor))
     growth, n_heldout = None, 0
     if heldout:
-        delta = np.concatenate([d for d, _ in heldout])
-        resid = np.concatenate([r for _, r in heldout])
+        delta = np.concatenate([record[0] for record in heldout])
+        resid = np.concatenate([record[1] for record in heldout])
         keep = np.isfinite(delta) & np.isfinite(resid)
         delta, resid = delta[keep], resid[keep]
         n_heldout = int(keep.sum())

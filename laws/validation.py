@@ -105,17 +105,19 @@ def _task(table: pd.DataFrame, train: np.ndarray, test: np.ndarray, target: str,
 
 
 def records(tasks: Sequence[dict[str, Any]], space: str, exclude_scales: Sequence[str] = ()
-            ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(distance, residual) of every row the tasks predicted, one pair per task and predicted
-    scale, but those at ``exclude_scales`` (which a held-out check must not calibrate on)."""
+            ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(distance, residual, training runs of the refit) of every row the tasks predicted, one
+    triple per task and predicted scale, but those at ``exclude_scales`` (which a held-out check
+    must not calibrate on). The refit's size tells which refit a record came from, and how much
+    it resembles the full fit (laws/calibration.py weighs its scores by it)."""
     out = []
     for task in tasks:
         if "rows" not in task:
             continue
-        rows = task["rows"]
+        rows, n_train = task["rows"], int(task["n_train"])
         if task.get("test_scale") not in exclude_scales:
             out.append((np.asarray(rows["distance"], dtype=float),
-                        intervals.residuals(rows["predicted"], rows["measured"], space)))
+                        intervals.residuals(rows["predicted"], rows["measured"], space), n_train))
         if "beyond" in task:
             far = task["beyond"]
             labels = np.asarray(far["scale"])
@@ -123,7 +125,7 @@ def records(tasks: Sequence[dict[str, Any]], space: str, exclude_scales: Sequenc
                 if scale not in exclude_scales:
                     keep = labels == scale
                     out.append((np.asarray(far["distance"], dtype=float)[keep],
-                                np.asarray(far["residual"], dtype=float)[keep]))
+                                np.asarray(far["residual"], dtype=float)[keep], n_train))
     return out
 
 

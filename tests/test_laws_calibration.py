@@ -3,6 +3,8 @@ prior's coverage on the shipped sweeps it never saw, and isoFLOP scales ordered 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,6 +206,8 @@ def test_progressive_refits_extrapolate_along_the_holdout_axis():
     for task in [*tasks, by_flops.validation["heldout"]]:
         test_flops = train_flops[task["rows"]["index"]]
         assert task["n_train"] == np.sum(train_flops < test_flops.min())
+    # each calibration score names the size of the refit that made it (its conformal weight)
+    assert {r[2] for r in by_flops.error_model.heldout} == {t["n_train"] for t in tasks}
     # holding the runs above the cut out first gives the same refits
     held = fit_law("chinchilla", table, n_boot=0, holdout_above=cut, holdout_by="flops")
     assert ([t["test_scale"] for t in held.validation["progressive"]]
@@ -235,3 +239,21 @@ def test_a_fit_with_no_finite_prediction_measures_no_scatter():
     # one finite row still measures: residual -1 in log, dof = max(1 (3 - 2) / 3, 1 / 3) = 1/3
     assert in_sample_scatter(np.array([np.nan, 2.5 * np.e, np.nan]), measured, 2, "log",
                              3) == pytest.approx(np.sqrt(3))
+
+
+def test_refits_weigh_by_the_runs_they_were_fitted_on():
+    """Weighted split-conformal (Tibshirani et al. 2019) by hand. With prior coefficients (1, 0)
+    and s = 1 a score is |r|. Refit A, fitted on 5 runs, predicted 10 runs with scores 1.5 ...
+    10.5; refit B, fitted on 50, predicted 10 with scores 0.1 ... 1.0. Per score A weighs 5/10,
+    B 50/10; normalised to mean 1: A 2/11, B 20/11, total 20, the new run 1. B's scores reach
+    (200/11)/21 = 0.866 of the mass; adding A's 1.5, 2.5, 3.5 gives 0.892 and 4.5 gives 0.900 >=
+    0.9, so k = 4.5. Unweighted (pairs, as older law files hold) the rank is ceil(21 x 0.9) = 19
+    of 20: A's ninth score, 9.5."""
+    a = [(0.0, 1.5 + i, 5.0) for i in range(10)]
+    b = [(0.0, 0.1 * (i + 1), 50.0) for i in range(10)]
+    model = ErrorModel(space="log", sigma_run=1.0, growth=None, ranges={"N": [1e8, 1e9]},
+                       law="chinchilla", heldout=tuple(a + b), source="these runs")
+    coef = np.array([1.0, 0.0])
+    assert calibration.conformal_factor(model, coef, 0.9) == pytest.approx(4.5)
+    pairs = replace(model, heldout=tuple(r[:2] for r in a + b))
+    assert calibration.conformal_factor(pairs, coef, 0.9) == pytest.approx(9.5)
