@@ -193,7 +193,7 @@ def conformal_factor(model: ErrorModel, coef: np.ndarray, level: float) -> float
     scores = np.abs(held[:, 1]) / np.maximum(_prior_quantile(coef, model.sigma_run, held[:, 0]),
                                              1e-12)
     weights = np.ones(len(held))
-    if held.shape[1] > 2:
+    if held.shape[1] > 2:  # nested progressive refits: each size names one refit
         _, refit, per_refit = np.unique(held[:, 2], return_inverse=True, return_counts=True)
         weights = held[:, 2] / per_refit[refit]
     order = np.argsort(scores, kind="stable")
