@@ -231,10 +231,10 @@ def _compile(spec: ArchSpec, *, batch: int, context: int, decode_tokens: int, dt
     start = time.perf_counter()
     # Donation lets XLA write the cache in place instead of copying it every call.
     prefill = jax.jit(prefill, donate_argnums=3).lower(
-        state, weights, prompt_BxT, cache).compile(compiler_options=compiler_options())
+        state, weights, prompt_BxT, cache).compile(compiler_options=compiler_options(served=True))
     decode = jax.jit(decode, donate_argnums=3).lower(
         state, weights, jax.ShapeDtypeStruct((batch,), jnp.int32), cache).compile(
-            compiler_options=compiler_options())
+            compiler_options=compiler_options(served=True))
     first_B, cache = jax.block_until_ready(prefill(state, weights, prompt_BxT, cache))
     _, cache = jax.block_until_ready(decode(state, weights, first_B, cache))
     compile_seconds = time.perf_counter() - start
