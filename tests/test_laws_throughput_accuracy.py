@@ -7,7 +7,7 @@ import pytest
 from archscale.arch import ArchSpec, get_preset, shape_from_budget
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import fit_law, spec_features, spec_table
-from archscale.laws.accuracy import sigmoid
+from archscale.laws.accuracy import sigmoid, sigmoid_jacobian
 from archscale.laws.throughput import roofline_features
 
 OVERHEAD_S, BANDWIDTH, PEAK = 2e-4, 5e10, 2e12
@@ -88,6 +88,14 @@ def test_accuracy_sigmoid_recovered_and_monotone():
     assert lo[0] < predicted[1] < hi[0]
     assert "heldout" not in law.validation  # one scale: nothing to hold out
     assert "wrong_sign" not in [p.code for p in law.problems]
+
+
+def test_accuracy_jacobian_matches_finite_differences():
+    loss, h = np.linspace(1.5, 4.0, 9), 1e-6
+    for theta in (np.array([0.6, -2.0, 2.5, 0.05]), np.array([-0.3, 1.5, 3.2, 0.4])):
+        central = np.stack([(sigmoid(theta + h * e, loss)[0] - sigmoid(theta - h * e, loss)[0])
+                            / (2 * h) for e in np.eye(4)], axis=1)
+        assert np.allclose(sigmoid_jacobian(theta, loss), central, atol=1e-7)
 
 
 def test_accuracy_rising_with_loss_is_named():
