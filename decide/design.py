@@ -18,7 +18,7 @@ the next batch of K picks, each with the reason it was picked. It goes through t
       gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + noise_c),     Q = G_t^T G_t / n_target,
 
   noise_c the run scatter sigma^2 (plus, for ``design``, discrepancy the features miss): the
-  V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
+  V-optimal criterion; the pick maximizes (gain + bias drop) / cost^COST_POWER among the runs the budget
   still affords. A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
   noise_c) (the rank-one posterior update), so the next pick is valued given the earlier ones.
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
@@ -27,8 +27,11 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   posterior is formed, and whose variance the features miss is added to each run's noise. The
   discrepancy is modelled only at target rows inside the ranges of the runs (finished and
   candidates): there nearby runs can correct the form; beyond every run the form is the only
-  bridge to the target, and the engine trusts it (measured: notes/engine.md). It
-  also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
+  bridge to the target, and the engine trusts it (measured: notes/engine.md). Where delta is
+  modelled, the score also counts the squared bias delta leaves in the law's own least-squares
+  fit at the target (``discrepancy.FitBias``): the kriging variance values runs as if delta were
+  fitted too, but the law is fitted alone, and far runs that share one delta bias it (measured
+  on ScaleBench lr_bsz: notes/engine3.md). ``design`` also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
   of G: where the refits disagree at the target the linearisation understates the uncertainty,
   and the runs that tell the refits apart are the ones worth training.
 """
@@ -48,7 +51,7 @@ from sklearn.preprocessing import StandardScaler
 from archscale.arch.errors import ArchscaleError
 from archscale.decide import discrepancy
 from archscale.decide.design_law import DesignLaw, Fitted, sensitivity, to_space
-from archscale.decide.discrepancy import Discrepancy
+from archscale.decide.discrepancy import Discrepancy, FitBias
 from archscale.laws.bootstrap import resample_counts
 from archscale.laws.diagnostics import Problem, collinear_nd
 
@@ -282,24 +285,31 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
 # ---- reduce ------------------------------------------------------------------------------------
 def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_target: int,
              law: DesignLaw, sigma2: float, method: str, seed: int, columns: Sequence[str]
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(G, G_law, noise): G (rows x r) with Cov(truth at rows) = G G^T given the finished runs;
-    G_law the same for the law's mean alone (G without the discrepancy, in G's columns); noise
-    the variance of a new run at each row about G's part (the run scatter, and for ``design``
-    the discrepancy the features miss). The last ``n_target`` rows are the target."""
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, FitBias | None]:
+    """(G, G_law, noise, bias): G (rows x r) with Cov(truth at rows) = G G^T given the finished
+    runs; G_law the same for the law's mean alone (G without the discrepancy, in G's columns);
+    noise the variance of a new run at each row about G's part (the run scatter, and for
+    ``design`` the discrepancy the features miss); bias the squared bias delta leaves in the
+    law's fit at the target (``design`` with a discrepancy, else None). The last ``n_target``
+    rows are the target."""
     jac_f = sensitivity(law, fitted, finished)
     jac = sensitivity(law, fitted, rows)
     jac_law = jac
     prior = np.full(jac.shape[1], 1 / PRIOR_SD**2)
     noise_f, noise = np.full(len(finished), sigma2), np.full(len(rows), sigma2)
+    bias = None
     runs = pd.concat([finished, rows.iloc[: len(rows) - n_target]])[list(columns)].to_numpy(float)
     at_target = rows.iloc[len(rows) - n_target:][list(columns)].to_numpy(float)
     surrounded = ((at_target >= runs.min(axis=0)) & (at_target <= runs.max(axis=0))).all(axis=1)
     if method == "design" and surrounded.any():  # law + delta (decide/discrepancy.py)
         done, at = _embed([finished, rows], columns)
         prior_delta = Discrepancy(discrepancy.DISCREPANCY * math.sqrt(sigma2))
-        delta = discrepancy.features(np.vstack([done, at]),
-                                     at[len(rows) - n_target:][surrounded], prior_delta, seed)
+        n_cand = len(rows) - n_target
+        cov = np.linalg.inv(jac_f.T @ jac_f / sigma2 + np.diag(prior))  # the law's fit alone
+        bias = FitBias(jac_f, jac[:n_cand], jac[n_cand:], done, at[:n_cand], at[n_cand:], cov,
+                       sigma2, prior_delta)
+        delta = discrepancy.features(np.vstack([done, at]), at[n_cand:][surrounded], prior_delta,
+                                     seed)
         jac_f = np.hstack([jac_f, delta.phi[: len(finished)]])
         jac = np.hstack([jac, delta.phi[len(finished):]])
         jac_law = np.hstack([jac_law, np.zeros_like(delta.phi[len(finished):])])
@@ -310,16 +320,16 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
     root = v / np.sqrt(np.maximum(w, 1e-12 * w.max()))  # Sigma^(1/2)
     linear, linear_law = jac @ root, jac_law @ root
     if method == "vopt":
-        return linear, linear_law, noise
+        return linear, linear_law, noise, bias
     draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
     draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
-        return linear, linear_law, noise
+        return linear, linear_law, noise, bias
     values = to_space(law.predict(fitted, draws, rows), law.space)
     values = np.where(np.isfinite(values), values, np.nan)
     centered = values - np.nanmean(values, axis=0)
     ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
-    return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise
+    return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise, bias
 
 
 def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
@@ -327,7 +337,7 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
             seed: int, cost_power: float, columns: Sequence[str]) -> Choice:
     sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
     rows = pd.concat([pool, target], ignore_index=True)
-    g_all, g_law, noise = _factors(fitted, finished, rows, len(target), law, sigma2, method,
+    g_all, g_law, noise, bias = _factors(fitted, finished, rows, len(target), law, sigma2, method,
                                    seed, columns)
     g_c, g_t, noise = g_all[: len(pool)], g_all[len(pool):], noise[: len(pool)]
     q_law = g_law[len(pool):].T @ g_law[len(pool):] / len(target)  # what target_sd reports
@@ -342,7 +352,8 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
             break
         gm = g_c @ m
         gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + noise)
-        score = np.where(open_, gain / costs**cost_power, -np.inf)
+        bias_drop = bias.drop(open_) if bias is not None else np.zeros(len(pool))
+        score = np.where(open_, (gain + bias_drop) / costs**cost_power, -np.inf)
         i = int(np.argmax(score))
         taken[i] = True
         spent += costs[i]
@@ -352,5 +363,7 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
                           f"{costs[i]:.3g} cost"))
         mg = m @ g_c[i]
         m = m - np.outer(mg, mg) / (g_c[i] @ mg + noise[i])
+        if bias is not None:
+            bias.add(i)
     sd_after = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)

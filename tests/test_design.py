@@ -266,3 +266,44 @@ def test_beyond_every_run_design_trusts_the_form(flat_prior, monkeypatch):
              for i, x in pool["x"].items()}
     assert choice.picks[0].index == max(gains, key=gains.get)
     assert choice.picks[0].gain == pytest.approx(gains[choice.picks[0].index], rel=1e-5)
+
+
+def _ls_bias2(x_runs, x_t, z_runs, z_t, tau, length=1.0):
+    """Mean squared bias at x_t of the least-squares line through runs at x_runs when the truth
+    is the line + delta (RBF of sd tau over standardized z): the hat weights w = X (X^T X)^-1 x_t,
+    bias^2 = w^T K w - 2 w^T k + tau^2, by inversion."""
+    def k(a, b):
+        return tau**2 * np.exp(-0.5 * np.subtract.outer(a, b) ** 2 / length**2)
+    design_matrix = np.column_stack([np.ones(len(x_runs)), x_runs])
+    rows = np.column_stack([np.ones(len(x_t)), x_t])
+    w = design_matrix @ np.linalg.inv(design_matrix.T @ design_matrix) @ rows.T
+    k_rr, k_rt = k(z_runs, z_runs), k(z_runs, z_t)
+    return float(np.mean(np.einsum("rt,rs,st->t", w, k_rr, w) - 2 * np.sum(w * k_rt, axis=0)
+                         + tau**2))
+
+
+def test_fit_bias_drop_is_the_least_squares_bias_by_inversion():
+    # a line fitted by least squares to runs whose truth has a smooth delta: how much each
+    # candidate lowers the squared bias at the target, before and after a first pick joins
+    from archscale.decide.discrepancy import Discrepancy, FitBias
+    x_runs, x_cand, x_t = np.array([1.0, 1.5, 2.0, 2.2]), np.array([0.2, 2.9, 3.1, 5.0]), \
+        np.array([3.0, 3.3])
+    z = {name: x / 2 for name, x in (("r", x_runs), ("c", x_cand), ("t", x_t))}
+    tau = 0.04
+
+    def jac(x):
+        return np.column_stack([np.ones(len(x)), x])
+
+    cov = SIGMA**2 * np.linalg.inv(jac(x_runs).T @ jac(x_runs))  # flat prior
+    bias = FitBias(jac(x_runs), jac(x_cand), jac(x_t), z["r"][:, None], z["c"][:, None],
+                   z["t"][:, None], cov, SIGMA**2, Discrepancy(tau))
+    runs, zs = x_runs, z["r"]
+    for pick in (1, None):
+        before = _ls_bias2(runs, x_t, zs, z["t"], tau)
+        assert bias.now() == pytest.approx(before, rel=1e-9)
+        drops = [before - _ls_bias2(np.r_[runs, x], x_t, np.r_[zs, zc], z["t"], tau)
+                 for x, zc in zip(x_cand, z["c"], strict=True)]
+        assert bias.drop(np.ones(4, bool)) == pytest.approx(drops, rel=1e-6, abs=1e-12)
+        if pick is not None:
+            bias.add(pick)
+            runs, zs = np.r_[runs, x_cand[pick]], np.r_[zs, z["c"][pick]]
