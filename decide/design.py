@@ -52,11 +52,16 @@ from archscale.arch.errors import ArchscaleError
 from archscale.decide import discrepancy
 from archscale.decide.design_law import DesignLaw, Fitted, sensitivity, to_space
 from archscale.decide.discrepancy import Discrepancy, FitBias
+from archscale.decide.wrong_shape import WrongShape
 from archscale.laws.bootstrap import resample_counts
 from archscale.laws.diagnostics import Problem, collinear_nd
 
 METHODS = ("design", "vopt")
-"""The engine's criteria (module docstring)."""
+"""The engine's models of the truth (module docstring)."""
+CRITERIA = ("variance", "wrong_shape")
+"""What a run should make more certain: the mean predictive variance at the target rows, or the
+chance of recommending the wrong shape among them (decide/wrong_shape.py; where no run changes
+that chance, variance decides)."""
 SEED_PER_COEF = 1.5
 """Seed runs per law coefficient (the design needs a few more runs than coefficients before a
 fit is worth trusting; the cheapest per stratum keeps the seed a small part of the budget)."""
@@ -88,8 +93,8 @@ class Pick:
     cost: float
     """What it costs (the pool's cost)."""
     gain: float
-    """Expected reduction of the target's mean predictive variance (law space; 0 outside the
-    reduce stage)."""
+    """Expected reduction of what the criterion makes more certain: the target's mean predictive
+    variance (law space), or P(wrong shape); 0 outside the reduce stage."""
     reason: str
     """Why it was picked, in one line."""
 
@@ -137,14 +142,22 @@ def _embed(frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> list[np.nd
 def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: pd.DataFrame, *,
            costs: np.ndarray, k: int = 1, budget: float = math.inf, method: str = "design",
            warm: Fitted | None = None, seed: int = 0, inputs: Sequence[str] | None = None,
-           cost_power: float = COST_POWER) -> Choice:
+           cost_power: float = COST_POWER, criterion: str = "variance",
+           decisions: Sequence[Hashable] | None = None) -> Choice:
     """The next ``k`` runs from ``pool`` (candidates, ``costs`` aligned with its rows), given the
     ``finished`` runs (with the law's target column), for the law's predictions at ``target``
     rows, spending at most ``budget``. ``warm``: the previous Choice's fit. ``inputs``: the
     columns a seed spreads over (default: every varying numeric column but the law's target).
-    ``cost_power``: gain is divided by cost to this power."""
+    ``cost_power``: gain is divided by cost to this power. ``criterion``: what a run should make
+    more certain (CRITERIA); ``wrong_shape`` needs ``decisions``, a label per target row (rows
+    with one label are one choice among shapes)."""
     if method not in METHODS:
         raise ArchscaleError(f"design method {method!r}: choose one of {METHODS}")
+    if criterion not in CRITERIA:
+        raise ArchscaleError(f"design criterion {criterion!r}: choose one of {CRITERIA}")
+    if criterion == "wrong_shape" and (decisions is None or len(decisions) != len(target)):
+        raise ArchscaleError("the wrong_shape criterion needs the target rows' shapes: one "
+                             "decision label per target row (bench design: --shapes, --within)")
     costs = np.asarray(costs, dtype=float)
     if len(costs) != len(pool):
         raise ArchscaleError(f"got {len(costs)} costs for {len(pool)} candidates")
@@ -165,7 +178,7 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
                           budget, costs)
         return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
     choice = _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
-                     cost_power, columns)
+                     cost_power, columns, decisions if criterion == "wrong_shape" else None)
     return replace(choice, problems=problems)
 
 
@@ -334,7 +347,8 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
 
 def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
             target: pd.DataFrame, costs: np.ndarray, k: int, budget: float, method: str,
-            seed: int, cost_power: float, columns: Sequence[str]) -> Choice:
+            seed: int, cost_power: float, columns: Sequence[str],
+            decisions: Sequence[Hashable] | None) -> Choice:
     sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
     rows = pd.concat([pool, target], ignore_index=True)
     g_all, g_law, noise, bias = _factors(fitted, finished, rows, len(target), law, sigma2, method,
@@ -344,6 +358,10 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
     m = np.eye(g_all.shape[1])
     q = g_t.T @ g_t / len(target)
     sd_before = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
+    shape = None
+    if decisions is not None:
+        mean_t = to_space(law.predict(fitted, fitted.coef[None, :], target), law.space)[0]
+        shape = WrongShape(mean_t, g_c, g_t, noise, decisions, seed)
     picks, spent = [], 0.0
     taken = np.zeros(len(pool), dtype=bool)
     for _ in range(k):
@@ -353,17 +371,25 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
         gm = g_c @ m
         gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + noise)
         bias_drop = bias.drop(open_) if bias is not None else np.zeros(len(pool))
-        score = np.where(open_, (gain + bias_drop) / costs**cost_power, -np.inf)
-        i = int(np.argmax(score))
+        score, value = (gain + bias_drop) / costs**cost_power, gain
+        what = "lowers the target's mean predictive variance by {:.3g} ({:.1%} of it)"
+        total = max(float(np.trace(q @ m)), 1e-300)
+        if shape is not None:
+            drop = shape.drop(open_)
+            if (drop[open_] > 0).any():  # else no run changes the ranking: variance decides
+                score, value, total = drop / costs**cost_power, drop, max(shape.now(), 1e-300)
+                what = "lowers P(wrong shape) by {:.3g} ({:.1%} of it)"
+        i = int(np.argmax(np.where(open_, score, -np.inf)))
         taken[i] = True
         spent += costs[i]
-        picks.append(Pick(pool.index[i], float(costs[i]), float(gain[i]),
-                          f"reduce ({method}): lowers the target's mean predictive variance by "
-                          f"{gain[i]:.3g} ({gain[i] / max(np.trace(q @ m), 1e-300):.1%} of it) for "
-                          f"{costs[i]:.3g} cost"))
+        extra = f"; the fit's squared bias by {bias_drop[i]:.3g}" if bias is not None else ""
+        picks.append(Pick(pool.index[i], float(costs[i]), float(value[i]),
+                          f"reduce ({method}): {what.format(value[i], value[i] / total)}{extra} "
+                          f"for {costs[i]:.3g} cost"))
         mg = m @ g_c[i]
         m = m - np.outer(mg, mg) / (g_c[i] @ mg + noise[i])
-        if bias is not None:
-            bias.add(i)
+        for tracker in (bias, shape):
+            if tracker is not None:
+                tracker.add(i)
     sd_after = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)
