@@ -72,10 +72,10 @@ def test_bench_design_refuses_a_target_that_leaves_no_pool():
 def test_bench_design_refuses_the_wrong_shape_criterion_without_shapes():
     result = CliRunner().invoke(app, [
         "bench", "design", "--csv", str(MOE), "--law", "scalebench/moe", "--target",
-        "split == 'target'", "--repeats", "1", "--criterion", "wrong_shape",
-        "--json", "/tmp/never.json"])
+        "split == 'target'", "--cost", "N * experts", "--repeats", "1", "--criterion",
+        "wrong_shape", "--json", "/tmp/never.json"])
     assert result.exit_code != 0
-    assert "--shapes" in result.output + str(result.exception)
+    assert "wrong_shape criterion scores the shape" in str(result.exception)
 
 
 @pytest.mark.slow
