@@ -18,8 +18,8 @@ the next batch of K picks, each with the reason it was picked. It goes through t
       gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + noise_c),     Q = G_t^T G_t / n_target,
 
   noise_c the run scatter sigma^2 (plus, for ``design``, discrepancy the features miss): the
-  V-optimal criterion; the pick maximizes (gain + bias drop) / cost^COST_POWER among the runs the budget
-  still affords. A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
+  V-optimal criterion; the pick maximizes (gain + bias drop) / cost^COST_POWER among the runs
+  the budget still affords (the bias drop: below; 0 for ``vopt``). A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
   noise_c) (the rank-one posterior update), so the next pick is valued given the earlier ones.
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
   Fisher information with a weak prior). ``design`` hedges against a wrong form: the truth is
@@ -31,9 +31,13 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   modelled, the score also counts the squared bias delta leaves in the law's own least-squares
   fit at the target (``discrepancy.FitBias``): the kriging variance values runs as if delta were
   fitted too, but the law is fitted alone, and far runs that share one delta bias it (measured
-  on ScaleBench lr_bsz: notes/engine3.md). ``design`` also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
-  of G: where the refits disagree at the target the linearisation understates the uncertainty,
+  on ScaleBench lr_bsz: notes/engine3.md). ``design`` also adds the disagreement of bootstrap
+  refits (warm-started from the fit) as further columns of G: where the refits disagree at the target the linearisation understates the uncertainty,
   and the runs that tell the refits apart are the ones worth training.
+
+What a run should make more certain is the ``criterion``: ``variance`` (above), or, where the
+target rows name shapes, ``wrong_shape``: the expected fall of the chance that the shape ranked
+first is not the best (decide/wrong_shape.py), on the same Gaussian.
 """
 
 from __future__ import annotations
