@@ -32,8 +32,9 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   fit at the target (``discrepancy.FitBias``): the kriging variance values runs as if delta were
   fitted too, but the law is fitted alone, and far runs that share one delta bias it (measured
   on ScaleBench lr_bsz: notes/engine3.md). ``design`` also adds the disagreement of bootstrap
-  refits (warm-started from the fit) as further columns of G: where the refits disagree at the target the linearisation understates the uncertainty,
-  and the runs that tell the refits apart are the ones worth training.
+  refits (warm-started from the fit) as further columns of G: where the refits disagree at the
+  target the linearisation understates the uncertainty, and the runs that tell the refits apart
+  are the ones worth training.
 
 What a run should make more certain is the ``criterion``: ``variance`` (above), or, where the
 target rows name shapes, ``wrong_shape``: the expected fall of the chance that the shape ranked
