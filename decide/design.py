@@ -19,8 +19,9 @@ the next batch of K picks, each with the reason it was picked. It goes through t
 
   noise_c the run scatter sigma^2 (plus, for ``design``, discrepancy the features miss): the
   V-optimal criterion; the pick maximizes (gain + bias drop) / cost^COST_POWER among the runs
-  the budget still affords (the bias drop: below; 0 for ``vopt``). A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
-  noise_c) (the rank-one posterior update), so the next pick is valued given the earlier ones.
+  the budget still affords (the bias drop: below; 0 for ``vopt``). A batch of K is greedy:
+  after each pick, M <- M - M g g^T M / (g^T M g + noise_c) (the rank-one posterior update), so
+  the next pick is valued given the earlier ones.
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
   Fisher information with a weak prior). ``design`` hedges against a wrong form: the truth is
   law + a smooth discrepancy (decide/discrepancy.py), whose features join J before the
