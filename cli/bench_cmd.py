@@ -189,6 +189,10 @@ def design(
     within: Annotated[str | None, typer.Option(
         help="Target columns (comma-separated) that make one shape decision, e.g. the scale.")]
         = None,
+    criterion: Annotated[str, typer.Option(
+        help="What the engine's runs make more certain: variance (of the target's predicted "
+             "loss) or wrong_shape (the chance of recommending the wrong shape; needs --shapes)."
+    )] = "variance",
 ) -> None:
     """Replay a finished sweep: each method picks runs under each budget; the law fitted to the
     picks is scored on the target rows (R^2 clipped to [-1, 1], MSE, 90% coverage, regret)."""
@@ -205,7 +209,8 @@ def design(
     pool, target_rows = split_target(table, target, holdout_above, holdout_by)
     spec = Replay(pool=pool, target=target_rows, costs=parse_cost(cost, list(pool.columns))(pool),
                   law=design_law, by=by, shapes=shapes,
-                  within=tuple(c.strip() for c in (within or "").split(",") if c.strip()))
+                  within=tuple(c.strip() for c in (within or "").split(",") if c.strip()),
+                  criterion=criterion)
     fractions = [float(b) for b in budgets.split(",")]
     def progress(i: int, partial: dict) -> None:
         _write(out, partial)  # a long replay leaves its finished repeats behind

@@ -18,19 +18,28 @@ the next batch of K picks, each with the reason it was picked. It goes through t
       gain(c) = g_c^T M Q M g_c / (g_c^T M g_c + noise_c),     Q = G_t^T G_t / n_target,
 
   noise_c the run scatter sigma^2 (plus, for ``design``, discrepancy the features miss): the
-  V-optimal criterion; the pick maximizes gain / cost^COST_POWER among the runs the budget
-  still affords. A batch of K is greedy: after each pick, M <- M - M g g^T M / (g^T M g +
-  noise_c) (the rank-one posterior update), so the next pick is valued given the earlier ones.
+  V-optimal criterion; the pick maximizes (gain + bias drop) / cost^COST_POWER among the runs
+  the budget still affords (the bias drop: below; 0 for ``vopt``). A batch of K is greedy:
+  after each pick, M <- M - M g g^T M / (g^T M g + noise_c) (the rank-one posterior update), so
+  the next pick is valued given the earlier ones.
   ``vopt`` builds G from the law's linearisation at its fit (G = J chol(Sigma), Sigma the inverse
   Fisher information with a weak prior). ``design`` hedges against a wrong form: the truth is
   law + a smooth discrepancy (decide/discrepancy.py), whose features join J before the
   posterior is formed, and whose variance the features miss is added to each run's noise. The
   discrepancy is modelled only at target rows inside the ranges of the runs (finished and
   candidates): there nearby runs can correct the form; beyond every run the form is the only
-  bridge to the target, and the engine trusts it (measured: notes/engine.md). It
-  also adds the disagreement of bootstrap refits (warm-started from the fit) as further columns
-  of G: where the refits disagree at the target the linearisation understates the uncertainty,
-  and the runs that tell the refits apart are the ones worth training.
+  bridge to the target, and the engine trusts it (measured: notes/engine.md). Where delta is
+  modelled, the score also counts the squared bias delta leaves in the law's own least-squares
+  fit at the target (``discrepancy.FitBias``): the kriging variance values runs as if delta were
+  fitted too, but the law is fitted alone, and far runs that share one delta bias it (measured
+  on ScaleBench lr_bsz: notes/engine3.md). ``design`` also adds the disagreement of bootstrap
+  refits (warm-started from the fit) as further columns of G: where the refits disagree at the
+  target the linearisation understates the uncertainty, and the runs that tell the refits apart
+  are the ones worth training.
+
+What a run should make more certain is the ``criterion``: ``variance`` (above), or, where the
+target rows name shapes, ``wrong_shape``: the expected fall of the chance that the shape ranked
+first is not the best (decide/wrong_shape.py), on the same Gaussian.
 """
 
 from __future__ import annotations
@@ -48,12 +57,17 @@ from sklearn.preprocessing import StandardScaler
 from archscale.arch.errors import ArchscaleError
 from archscale.decide import discrepancy
 from archscale.decide.design_law import DesignLaw, Fitted, sensitivity, to_space
-from archscale.decide.discrepancy import Discrepancy
+from archscale.decide.discrepancy import Discrepancy, FitBias
+from archscale.decide.wrong_shape import WrongShape
 from archscale.laws.bootstrap import resample_counts
 from archscale.laws.diagnostics import Problem, collinear_nd
 
 METHODS = ("design", "vopt")
-"""The engine's criteria (module docstring)."""
+"""The engine's models of the truth (module docstring)."""
+CRITERIA = ("variance", "wrong_shape")
+"""What a run should make more certain: the mean predictive variance at the target rows, or the
+chance of recommending the wrong shape among them (decide/wrong_shape.py; where no run changes
+that chance, variance decides)."""
 SEED_PER_COEF = 1.5
 """Seed runs per law coefficient (the design needs a few more runs than coefficients before a
 fit is worth trusting; the cheapest per stratum keeps the seed a small part of the budget)."""
@@ -85,8 +99,8 @@ class Pick:
     cost: float
     """What it costs (the pool's cost)."""
     gain: float
-    """Expected reduction of the target's mean predictive variance (law space; 0 outside the
-    reduce stage)."""
+    """Expected reduction of what the criterion makes more certain: the target's mean predictive
+    variance (law space), or P(wrong shape); 0 outside the reduce stage."""
     reason: str
     """Why it was picked, in one line."""
 
@@ -134,14 +148,22 @@ def _embed(frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> list[np.nd
 def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: pd.DataFrame, *,
            costs: np.ndarray, k: int = 1, budget: float = math.inf, method: str = "design",
            warm: Fitted | None = None, seed: int = 0, inputs: Sequence[str] | None = None,
-           cost_power: float = COST_POWER) -> Choice:
+           cost_power: float = COST_POWER, criterion: str = "variance",
+           decisions: Sequence[Hashable] | None = None) -> Choice:
     """The next ``k`` runs from ``pool`` (candidates, ``costs`` aligned with its rows), given the
     ``finished`` runs (with the law's target column), for the law's predictions at ``target``
     rows, spending at most ``budget``. ``warm``: the previous Choice's fit. ``inputs``: the
     columns a seed spreads over (default: every varying numeric column but the law's target).
-    ``cost_power``: gain is divided by cost to this power."""
+    ``cost_power``: gain is divided by cost to this power. ``criterion``: what a run should make
+    more certain (CRITERIA); ``wrong_shape`` needs ``decisions``, a label per target row (rows
+    with one label are one choice among shapes)."""
     if method not in METHODS:
         raise ArchscaleError(f"design method {method!r}: choose one of {METHODS}")
+    if criterion not in CRITERIA:
+        raise ArchscaleError(f"design criterion {criterion!r}: choose one of {CRITERIA}")
+    if criterion == "wrong_shape" and (decisions is None or len(decisions) != len(target)):
+        raise ArchscaleError("the wrong_shape criterion needs the target rows' shapes: one "
+                             "decision label per target row (bench design: --shapes, --within)")
     costs = np.asarray(costs, dtype=float)
     if len(costs) != len(pool):
         raise ArchscaleError(f"got {len(costs)} costs for {len(pool)} candidates")
@@ -162,7 +184,7 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
                           budget, costs)
         return Choice(picks, "identify", math.nan, math.nan, fitted, problems)
     choice = _reduce(fitted, finished, pool, law, target, costs, k, budget, method, seed,
-                     cost_power, columns)
+                     cost_power, columns, decisions if criterion == "wrong_shape" else None)
     return replace(choice, problems=problems)
 
 
@@ -282,24 +304,31 @@ def _identify(problems: Sequence[Problem], finished: pd.DataFrame, pool: pd.Data
 # ---- reduce ------------------------------------------------------------------------------------
 def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_target: int,
              law: DesignLaw, sigma2: float, method: str, seed: int, columns: Sequence[str]
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(G, G_law, noise): G (rows x r) with Cov(truth at rows) = G G^T given the finished runs;
-    G_law the same for the law's mean alone (G without the discrepancy, in G's columns); noise
-    the variance of a new run at each row about G's part (the run scatter, and for ``design``
-    the discrepancy the features miss). The last ``n_target`` rows are the target."""
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, FitBias | None]:
+    """(G, G_law, noise, bias): G (rows x r) with Cov(truth at rows) = G G^T given the finished
+    runs; G_law the same for the law's mean alone (G without the discrepancy, in G's columns);
+    noise the variance of a new run at each row about G's part (the run scatter, and for
+    ``design`` the discrepancy the features miss); bias the squared bias delta leaves in the
+    law's fit at the target (``design`` with a discrepancy, else None). The last ``n_target``
+    rows are the target."""
     jac_f = sensitivity(law, fitted, finished)
     jac = sensitivity(law, fitted, rows)
     jac_law = jac
     prior = np.full(jac.shape[1], 1 / PRIOR_SD**2)
     noise_f, noise = np.full(len(finished), sigma2), np.full(len(rows), sigma2)
+    bias = None
     runs = pd.concat([finished, rows.iloc[: len(rows) - n_target]])[list(columns)].to_numpy(float)
     at_target = rows.iloc[len(rows) - n_target:][list(columns)].to_numpy(float)
     surrounded = ((at_target >= runs.min(axis=0)) & (at_target <= runs.max(axis=0))).all(axis=1)
     if method == "design" and surrounded.any():  # law + delta (decide/discrepancy.py)
         done, at = _embed([finished, rows], columns)
         prior_delta = Discrepancy(discrepancy.DISCREPANCY * math.sqrt(sigma2))
-        delta = discrepancy.features(np.vstack([done, at]),
-                                     at[len(rows) - n_target:][surrounded], prior_delta, seed)
+        n_cand = len(rows) - n_target
+        cov = np.linalg.inv(jac_f.T @ jac_f / sigma2 + np.diag(prior))  # the law's fit alone
+        bias = FitBias(jac_f, jac[:n_cand], jac[n_cand:], done, at[:n_cand], at[n_cand:], cov,
+                       sigma2, prior_delta)
+        delta = discrepancy.features(np.vstack([done, at]), at[n_cand:][surrounded], prior_delta,
+                                     seed)
         jac_f = np.hstack([jac_f, delta.phi[: len(finished)]])
         jac = np.hstack([jac, delta.phi[len(finished):]])
         jac_law = np.hstack([jac_law, np.zeros_like(delta.phi[len(finished):])])
@@ -310,30 +339,35 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
     root = v / np.sqrt(np.maximum(w, 1e-12 * w.max()))  # Sigma^(1/2)
     linear, linear_law = jac @ root, jac_law @ root
     if method == "vopt":
-        return linear, linear_law, noise
+        return linear, linear_law, noise, bias
     draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
     draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
-        return linear, linear_law, noise
+        return linear, linear_law, noise, bias
     values = to_space(law.predict(fitted, draws, rows), law.space)
     values = np.where(np.isfinite(values), values, np.nan)
     centered = values - np.nanmean(values, axis=0)
     ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
-    return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise
+    return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise, bias
 
 
 def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw,
             target: pd.DataFrame, costs: np.ndarray, k: int, budget: float, method: str,
-            seed: int, cost_power: float, columns: Sequence[str]) -> Choice:
+            seed: int, cost_power: float, columns: Sequence[str],
+            decisions: Sequence[Hashable] | None) -> Choice:
     sigma2 = max(fitted.sigma, SIGMA_FLOOR) ** 2
     rows = pd.concat([pool, target], ignore_index=True)
-    g_all, g_law, noise = _factors(fitted, finished, rows, len(target), law, sigma2, method,
+    g_all, g_law, noise, bias = _factors(fitted, finished, rows, len(target), law, sigma2, method,
                                    seed, columns)
     g_c, g_t, noise = g_all[: len(pool)], g_all[len(pool):], noise[: len(pool)]
     q_law = g_law[len(pool):].T @ g_law[len(pool):] / len(target)  # what target_sd reports
     m = np.eye(g_all.shape[1])
     q = g_t.T @ g_t / len(target)
     sd_before = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
+    shape = None
+    if decisions is not None:
+        mean_t = to_space(law.predict(fitted, fitted.coef[None, :], target), law.space)[0]
+        shape = WrongShape(mean_t, g_c, g_t, noise, decisions, seed)
     picks, spent = [], 0.0
     taken = np.zeros(len(pool), dtype=bool)
     for _ in range(k):
@@ -342,15 +376,26 @@ def _reduce(fitted: Fitted, finished: pd.DataFrame, pool: pd.DataFrame, law: Des
             break
         gm = g_c @ m
         gain = np.einsum("ij,jk,ik->i", gm, q, gm) / (np.einsum("ij,ij->i", gm, g_c) + noise)
-        score = np.where(open_, gain / costs**cost_power, -np.inf)
-        i = int(np.argmax(score))
+        bias_drop = bias.drop(open_) if bias is not None else np.zeros(len(pool))
+        score, value = (gain + bias_drop) / costs**cost_power, gain
+        what = "lowers the target's mean predictive variance by {:.3g} ({:.1%} of it)"
+        total = max(float(np.trace(q @ m)), 1e-300)
+        if shape is not None:
+            drop = shape.drop(open_)
+            if (drop[open_] > 0).any():  # else no run changes the ranking: variance decides
+                score, value, total = drop / costs**cost_power, drop, max(shape.now(), 1e-300)
+                what = "lowers P(wrong shape) by {:.3g} ({:.1%} of it)"
+        i = int(np.argmax(np.where(open_, score, -np.inf)))
         taken[i] = True
         spent += costs[i]
-        picks.append(Pick(pool.index[i], float(costs[i]), float(gain[i]),
-                          f"reduce ({method}): lowers the target's mean predictive variance by "
-                          f"{gain[i]:.3g} ({gain[i] / max(np.trace(q @ m), 1e-300):.1%} of it) for "
-                          f"{costs[i]:.3g} cost"))
+        extra = f"; the fit's squared bias by {bias_drop[i]:.3g}" if bias is not None else ""
+        picks.append(Pick(pool.index[i], float(costs[i]), float(value[i]),
+                          f"reduce ({method}): {what.format(value[i], value[i] / total)}{extra} "
+                          f"for {costs[i]:.3g} cost"))
         mg = m @ g_c[i]
         m = m - np.outer(mg, mg) / (g_c[i] @ mg + noise[i])
+        for tracker in (bias, shape):
+            if tracker is not None:
+                tracker.add(i)
     sd_after = math.sqrt(max(float(np.trace(q_law @ m)), 0.0))
     return Choice(tuple(picks), "reduce", sd_before, sd_after, fitted)

@@ -76,6 +76,9 @@ class Replay:
     """Target columns whose equal values make one decision among shapes (e.g. the scale)."""
     cost_power: float = COST_POWER
     """The engine divides gain by cost to this power (decide/design.py)."""
+    criterion: str = "variance"
+    """What the engine's runs should make more certain (design.CRITERIA; ``wrong_shape`` needs
+    ``shapes``)."""
 
 
 def split_target(table: pd.DataFrame, target: str | None, holdout_above: float | None,
@@ -119,9 +122,11 @@ def _fill(order: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
 
 def _engine_picks(method: str, pool: pd.DataFrame, costs: np.ndarray, law: DesignLaw,
                   target: pd.DataFrame, budget: float, seed: int,
-                  cost_power: float = COST_POWER) -> np.ndarray:
+                  cost_power: float = COST_POWER, criterion: str = "variance",
+                  decisions: pd.Series | None = None) -> np.ndarray:
     """The engine's picks in order up to ``budget``, in batches of BATCH_GROWTH times the runs
-    finished so far (at least one), each batch chosen on the last batch's fit."""
+    finished so far (at least one), each batch chosen on the last batch's fit. ``decisions``:
+    a decision label per target row (the ``wrong_shape`` criterion)."""
     chosen: list[int] = []
     spent, warm = 0.0, None
     position = pd.Series(np.arange(len(pool)), index=pool.index)
@@ -130,7 +135,8 @@ def _engine_picks(method: str, pool: pd.DataFrame, costs: np.ndarray, law: Desig
         choice = choose(pool.iloc[chosen], pool.iloc[remaining], law, target,
                         costs=costs[remaining], k=max(1, int(BATCH_GROWTH * len(chosen))),
                         budget=budget - spent, method=method, warm=warm, seed=seed,
-                        cost_power=cost_power)
+                        cost_power=cost_power, criterion=criterion,
+                        decisions=None if decisions is None else decisions.tolist())
         if not choice.picks:
             return np.array(chosen, dtype=int)
         warm = choice.fitted if choice.fitted is not None else warm
@@ -174,7 +180,9 @@ def replay_one(spec: Replay, methods: Sequence[str], budgets: Sequence[float],
                     chosen = np.arange(len(pool))
                 elif method in ENGINE_METHODS:
                     chosen = _engine_picks(method, pool, costs, spec.law, target, budget * total,
-                                           seed, spec.cost_power)
+                                           seed, spec.cost_power, spec.criterion,
+                                           None if spec.shapes is None
+                                           else decision_keys(spec)[in_target])
                 else:
                     chosen = _fill(_order(method, costs, rng), costs, budget * total)
                 outcome = _outcome(spec.law, pool.iloc[chosen], target, float(costs[chosen].sum()))
@@ -204,14 +212,20 @@ def r2_clipped(predicted: np.ndarray, measured: np.ndarray) -> float:
     return float(np.clip(r2, -1.0, 1.0))
 
 
+def decision_keys(spec: Replay) -> pd.Series:
+    """Which decision each target row belongs to (its ``within`` values joined; one decision
+    without ``within``)."""
+    return (spec.target[list(spec.within)].astype(str).agg("|".join, axis=1)
+            if spec.within else pd.Series("all", index=spec.target.index))
+
+
 def regret(spec: Replay, predicted: np.ndarray) -> float:
     """Mean over decisions (target rows with equal ``within`` values) of the measured loss of the
     shape the fit ranks best minus the best measured loss among the shapes (NaN if no shapes)."""
     if spec.shapes is None or not np.all(np.isfinite(predicted)):
         return math.nan
     measured = spec.target[spec.law.target].to_numpy(dtype=float)
-    keys = (spec.target[list(spec.within)].astype(str).agg("|".join, axis=1)
-            if spec.within else pd.Series("all", index=spec.target.index))
+    keys = decision_keys(spec)
     losses = []
     for key in dict.fromkeys(keys):
         rows = np.flatnonzero((keys == key).to_numpy())
@@ -259,6 +273,9 @@ def run_replay(spec: Replay, methods: Sequence[str], budgets: Sequence[float], r
     if unknown:
         raise SettingError(f"unknown replay method(s) {unknown} in {{methods}}: choose from "
                            f"{METHODS}")
+    if spec.criterion == "wrong_shape" and spec.shapes is None:
+        raise SettingError("the wrong_shape criterion scores the shape each fit recommends: "
+                           "name the target rows' shapes with {shapes}")
     if not budgets or not all(0 < b <= 1 for b in budgets):
         raise SettingError(f"{{budgets}} {list(budgets)} must be fractions in (0, 1], e.g. "
                            "0.01,0.05,0.1,0.2")

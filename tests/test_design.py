@@ -266,3 +266,98 @@ def test_beyond_every_run_design_trusts_the_form(flat_prior, monkeypatch):
              for i, x in pool["x"].items()}
     assert choice.picks[0].index == max(gains, key=gains.get)
     assert choice.picks[0].gain == pytest.approx(gains[choice.picks[0].index], rel=1e-5)
+
+
+def _ls_bias2(x_runs, x_t, z_runs, z_t, tau, length=1.0):
+    """Mean squared bias at x_t of the least-squares line through runs at x_runs when the truth
+    is the line + delta (RBF of sd tau over standardized z): the hat weights w = X (X^T X)^-1 x_t,
+    bias^2 = w^T K w - 2 w^T k + tau^2, by inversion."""
+    def k(a, b):
+        return tau**2 * np.exp(-0.5 * np.subtract.outer(a, b) ** 2 / length**2)
+    design_matrix = np.column_stack([np.ones(len(x_runs)), x_runs])
+    rows = np.column_stack([np.ones(len(x_t)), x_t])
+    w = design_matrix @ np.linalg.inv(design_matrix.T @ design_matrix) @ rows.T
+    k_rr, k_rt = k(z_runs, z_runs), k(z_runs, z_t)
+    return float(np.mean(np.einsum("rt,rs,st->t", w, k_rr, w) - 2 * np.sum(w * k_rt, axis=0)
+                         + tau**2))
+
+
+def test_fit_bias_drop_is_the_least_squares_bias_by_inversion():
+    # a line fitted by least squares to runs whose truth has a smooth delta: how much each
+    # candidate lowers the squared bias at the target, before and after a first pick joins
+    from archscale.decide.discrepancy import Discrepancy, FitBias
+    x_runs, x_cand, x_t = np.array([1.0, 1.5, 2.0, 2.2]), np.array([0.2, 2.9, 3.1, 5.0]), \
+        np.array([3.0, 3.3])
+    z = {name: x / 2 for name, x in (("r", x_runs), ("c", x_cand), ("t", x_t))}
+    tau = 0.04
+
+    def jac(x):
+        return np.column_stack([np.ones(len(x)), x])
+
+    cov = SIGMA**2 * np.linalg.inv(jac(x_runs).T @ jac(x_runs))  # flat prior
+    bias = FitBias(jac(x_runs), jac(x_cand), jac(x_t), z["r"][:, None], z["c"][:, None],
+                   z["t"][:, None], cov, SIGMA**2, Discrepancy(tau))
+    runs, zs = x_runs, z["r"]
+    for pick in (1, None):
+        before = _ls_bias2(runs, x_t, zs, z["t"], tau)
+        assert bias.now() == pytest.approx(before, rel=1e-9)
+        drops = [before - _ls_bias2(np.r_[runs, x], x_t, np.r_[zs, zc], z["t"], tau)
+                 for x, zc in zip(x_cand, z["c"], strict=True)]
+        assert bias.drop(np.ones(4, bool)) == pytest.approx(drops, rel=1e-6, abs=1e-12)
+        if pick is not None:
+            bias.add(pick)
+            runs, zs = np.r_[runs, x_cand[pick]], np.r_[zs, z["c"][pick]]
+
+
+def _p_wrong_after(mu, s2_before, s2_after):
+    """P(sign of the posterior mean of d != sign of d) once a run is in, d ~ N(mu, s2_before):
+    the run reveals X ~ N(0, v) of d (v = s2_before - s2_after), Y ~ N(0, s2_after) stays hidden;
+    wrong iff mu + X and mu + X + Y differ in sign (two bivariate normal orthants)."""
+    from scipy.stats import multivariate_normal, norm
+    v = s2_before - s2_after
+    if v <= 1e-12 * s2_before:  # the run reveals nothing of d
+        return float(norm.cdf(-abs(mu) / np.sqrt(s2_before)))
+    cov = [[v, -v], [-v, s2_before]]
+    return float(multivariate_normal([-mu, mu], cov).cdf([0, 0])
+                 + multivariate_normal([mu, -mu], cov).cdf([0, 0]))
+
+
+def test_wrong_shape_criterion_buys_the_run_that_ranks_two_shapes(flat_prior):
+    # two shapes at x = 10 and 12 (one decision) whose losses differ by d = -2 b; the fit's slope
+    # is barely off zero, so the ranking is uncertain (P(wrong) = Phi(-|mu_d| / sd_d) = 0.344).
+    # A cheap run at the finished runs' centre lowers the mean variance at both shapes most per
+    # cost but says nothing about b (P(wrong) unchanged); a far lever pins b. Hand: P(wrong)
+    # after the lever 0.0225 (bivariate normal orthants), after x = 11 0.0838 (at twice the cost)
+    from scipy.stats import norm
+    finished = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [2.0, 2.04, 1.98, 2.05]})
+    pool = _runs([2.5, 11.0, -30.0])
+    costs = np.array([0.001, 2.0, 1.0])
+    target = _runs([10.0, 12.0])
+
+    def cov(x):
+        rows = np.column_stack([np.ones(len(x)), x])
+        return SIGMA**2 * np.linalg.inv(rows.T @ rows)
+
+    x_f = finished["x"].to_numpy()
+    slope = np.polyfit(x_f, finished["y"], 1)[0]
+    mu, c = -2 * slope, np.array([0.0, -2.0])
+    s2 = c @ cov(x_f) @ c
+    before = norm.cdf(-abs(mu) / np.sqrt(s2))
+    drops = np.array([before - _p_wrong_after(mu, s2, c @ cov(np.r_[x_f, x]) @ c)
+                      for x in pool["x"]])
+    assert drops[0] == pytest.approx(0.0, abs=1e-9)
+    variance_gains = np.array([_variance(x_f, target["x"]) - _variance(np.r_[x_f, x], target["x"])
+                               for x in pool["x"]])
+    picks = {criterion: choose(finished, pool, LinearLaw(), target, costs=costs, method="vopt",
+                               cost_power=1.0, criterion=criterion, decisions=["one", "one"])
+             .picks[0] for criterion in ("variance", "wrong_shape")}
+    assert picks["variance"].index == pool.index[np.argmax(variance_gains / costs)] == 0
+    assert picks["wrong_shape"].index == pool.index[np.argmax(drops / costs)] == 2
+    assert picks["wrong_shape"].gain == pytest.approx(drops[2], abs=0.04)  # 512 draws
+
+
+def test_wrong_shape_criterion_needs_the_shapes():
+    finished, pool = _runs([1.0, 2.0, 3.0, 4.0]), _runs([5.0, 6.0])
+    with pytest.raises(ArchscaleError, match="shapes"):
+        choose(finished, pool, LinearLaw(), _runs([10.0, 12.0]), costs=np.ones(2),
+               criterion="wrong_shape")

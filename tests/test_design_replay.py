@@ -69,6 +69,15 @@ def test_bench_design_refuses_a_target_that_leaves_no_pool():
     assert "must leave both target rows and a pool" in str(result.exception)
 
 
+def test_bench_design_refuses_the_wrong_shape_criterion_without_shapes():
+    result = CliRunner().invoke(app, [
+        "bench", "design", "--csv", str(MOE), "--law", "scalebench/moe", "--target",
+        "split == 'target'", "--cost", "N * experts", "--repeats", "1", "--criterion",
+        "wrong_shape", "--json", "/tmp/never.json"])
+    assert result.exit_code != 0
+    assert "wrong_shape criterion scores the shape" in str(result.exception)
+
+
 @pytest.mark.slow
 def test_engine_beats_random_at_five_percent_on_moe():
     law = KindLaw("scalebench/moe")
