@@ -122,14 +122,20 @@ def fit_laws(handle: StudyHandle, table: pd.DataFrame, options: DemoOptions,
         for problem in laws[kind].problems:
             echo(f"      not identified: {problem.message}")
         if kind in ANNOTATING and laws[kind].problems and not options.allow_degenerate:
-            echo(f"      the recommendation carries no {kind} (the report says why)")
+            echo(f"      {ANNOTATING[kind]} (the report says why)")
     return laws
 
 
-ANNOTATING = frozenset({"accuracy"})
-"""Laws that only annotate the recommendation: where the runs do not identify one (the accuracy
-sigmoid's saturation, say, on runs whose accuracy is still linear in loss), the recommendation
-carries no accuracy, the report says why, and the demo still ends well."""
+ANNOTATING = {
+    "accuracy": "the recommendation carries no accuracy",
+    "chinchilla": "the report gives no shape-blind L(N, D); the recommendation rests on the "
+                  "conditional law",
+}
+"""Laws the recommendation does not rest on, and what a refused one leaves out. Where the runs do
+not identify one (the accuracy sigmoid's saturation on runs whose accuracy is still linear in
+loss; Chinchilla's exponents on designed runs that vary shape more than N and D, which the
+conditional law's shape terms explain and Chinchilla's cannot), the report says why and the demo
+still ends well. The recommendation rests on the conditional and throughput laws."""
 
 
 def refuse_unidentified(laws: dict[str, Law], out: Path) -> None:

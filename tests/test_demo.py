@@ -31,7 +31,8 @@ def demo_report(small_study, tmp_path_factory):
     # every run of this study has D = 5N: the demo writes its report, then refuses the laws
     # those runs cannot identify (exit 2, one line naming them) unless --allow-degenerate
     assert isinstance(result.exception, ArchscaleError), result.output
-    assert "do not identify the chinchilla, conditional" in str(result.exception)
+    # Chinchilla (refused too) is only reported: the recommendation does not rest on it
+    assert "do not identify the conditional law(s)" in str(result.exception)
     assert "collinear" in str(result.exception) and "--allow-degenerate" in str(result.exception)
     return out, result.output, url, name, before
 
@@ -253,3 +254,28 @@ def test_demo_without_passk_has_no_substitution_section(demo_report):
     out = demo_report[0]
     assert "substitution" not in json.loads((out / "summary.json").read_text())
     assert "Can sampling substitute" not in (out / "report.md").read_text()
+
+
+def test_only_the_laws_the_recommendation_rests_on_stop_the_demo(tmp_path):
+    """A refused Chinchilla or accuracy law is reported, not fatal: the recommendation rests on
+    the conditional and throughput laws alone (decide/demo.py reads no other)."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from archscale.arch.errors import SettingError
+    from archscale.decide.demo import refuse_unidentified
+    from archscale.laws import fit_law
+    from archscale.laws.diagnostics import Problem
+
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e4, 1e6, 5), np.geomspace(1e6, 1e8, 4)))
+    table = pd.DataFrame({"N": n, "D": d, "loss": 1.7 + 400 / n**0.34 + 410 / d**0.28})
+    law = fit_law("chinchilla", table, n_boot=0)
+    assert law.identified
+    refused = replace(law, problems=(Problem("bound", "alpha = 2.7 lies outside 0.02-2.0"),))
+    refuse_unidentified({"chinchilla": refused, "conditional": law, "accuracy": refused,
+                         "throughput": law}, tmp_path)
+    with pytest.raises(SettingError, match=r"identify the conditional law\(s\): conditional: "
+                                           r"alpha = 2.7"):
+        refuse_unidentified({"chinchilla": refused, "conditional": refused, "throughput": law},
+                            tmp_path)
