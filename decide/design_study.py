@@ -14,7 +14,8 @@ picks with reasons. It also says where the decision stands:
   ``design.tolerance``: the share of draws in which its loss is within that fraction of the
   lowest (shapes tied that closely cannot be told apart by training them, so a rule on the
   strict probability would never settle between them). The study stops when the latter passes
-  ``design.stop_probability``, or when no open grid point fits in the budget left.
+  ``design.stop_probability`` on every run the study trained (runs still training are waited
+  for first), or when no open grid point fits in the budget left.
 
 While the seed design (decide/design.py) is queued but not finished, a step waits for its runs
 (at most one run: every seed run is already running) rather than guess without a fit.
@@ -104,6 +105,11 @@ def propose(sweep: SweepFile, state: DesignState) -> Proposal:
     if (choice.stage == "reduce" and settled is not None
             and settled >= sweep.design.stop_probability):
         # NaN (a law blind to shape) never settles: such a design ends on its budget
+        if not state.pending.empty:
+            # the runs still training could move the fit, even out of identification (the demo
+            # once stopped settled on 54 runs and its law was refused on the 55 it fitted):
+            # decide on every run the study trains, waiting at most one run for them
+            return Proposal((), None, status, wait=True)
         return Proposal((), f"settled: the top shape is best within {sweep.design.tolerance:.1%} "
                         f"with probability {settled:.2f} >= {sweep.design.stop_probability:g}",
                         status)

@@ -56,3 +56,24 @@ def test_where_the_runs_do_not_identify_the_law_the_engine_asks_for_the_runs_tha
     first = state.candidates.loc[proposal.picks[0].key]
     assert first["D"] / first["N"] > 40  # off the line: the run the refusal asks for
     assert all(p.reason.startswith("identify") for p in proposal.picks)
+
+
+@pytest.mark.slow
+def test_a_settled_design_stops_only_on_every_run_it_trained():
+    """Settled with runs still training, the step waits for them (at most one run) instead of
+    stopping: they could move the fit, even out of identification, and the laws the study's
+    users fit see them. With none left training, it stops and says why."""
+    from dataclasses import replace
+
+    sweep = load_sweep(DEMO_SWEEP)
+    long, short = synthetic_state(sweep, 48), synthetic_state(sweep, 16).finished
+    state = replace(long, finished=pd.concat([long.finished, short.iloc[:-3]]),
+                    candidates=short.iloc[-2:].drop(columns="loss"),
+                    pending=short.iloc[-3:-2].drop(columns="loss"), step=9)
+    waiting = propose(sweep, state)
+    assert waiting.status["p_settled"] >= sweep.design.stop_probability
+    assert waiting.wait and waiting.stop is None and not waiting.picks
+    done = replace(state, finished=pd.concat([state.finished, short.iloc[-3:-2]]),
+                   pending=state.pending.iloc[:0])
+    stopped = propose(sweep, done)
+    assert not stopped.wait and stopped.stop.startswith("settled")
