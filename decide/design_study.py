@@ -98,8 +98,11 @@ def propose(sweep: SweepFile, state: DesignState) -> Proposal:
             return Proposal((), None, {"stage": "seed"}, wait=True)
         k = max(k, seed - len(finished) - len(state.pending)) if state.step == 0 else k
     target = target_rows(sweep)
+    criterion = sweep.design.criterion
     choice = choose(finished, pool, law, target, costs=pool["flops"].to_numpy(dtype=float), k=k,
-                    budget=state.left_flops, seed=sweep.seed)
+                    budget=state.left_flops, seed=sweep.seed, criterion=criterion,
+                    # every target row is a shape at the one target scale: one decision
+                    decisions=[0] * len(target) if criterion == "wrong_shape" else None)
     status, sd_top = decision_status(law, choice, finished, target, sweep.design.tolerance)
     settled = status.get("p_settled")
     if (choice.stage == "reduce" and settled is not None

@@ -261,6 +261,9 @@ class DesignSection(_Section):
     """Loss (relative) within which a shape counts as the best: shapes that close cannot be told
     apart by training them either, and the recommendation treats them alike (its default loss
     budget is 1%). 0: the top shape must be strictly best."""
+    criterion: Literal["variance", "wrong_shape"] = "variance"
+    """What each run should make more certain: ``variance``, the target shapes' predicted loss;
+    ``wrong_shape``, the chance that the shape ranked first at the target is not the best."""
 
 
 class SearchSection(_Section):

@@ -77,3 +77,28 @@ def test_a_settled_design_stops_only_on_every_run_it_trained():
                    pending=state.pending.iloc[:0])
     stopped = propose(sweep, done)
     assert not stopped.wait and stopped.stop.startswith("settled")
+
+
+@pytest.mark.slow
+def test_a_sweep_can_ask_the_engine_to_lower_the_chance_of_the_wrong_shape():
+    """``design: {criterion: wrong_shape}`` scores runs by the fall of P(the top shape is not
+    the best) (decide/wrong_shape.py), the engine's CRITERIA spelled the same in sweep files."""
+    from typing import get_args
+
+    from archscale.decide.design import CRITERIA
+    from archscale.search.sweepfile import DesignSection
+
+    assert get_args(DesignSection.model_fields["criterion"].annotation) == CRITERIA
+    sweep = load_sweep(DEMO_SWEEP)
+    # never settled: the picks are what the criterion asks for
+    sweep = sweep.model_copy(update={"design": sweep.design.model_copy(
+        update={"criterion": "wrong_shape", "stop_probability": 1 - 1e-9, "tolerance": 0.0})})
+    from dataclasses import replace
+
+    long, short = synthetic_state(sweep, 48), synthetic_state(sweep, 16).finished
+    state = replace(long, finished=pd.concat([long.finished.iloc[::2], short.iloc[::6]]),
+                    candidates=pd.concat([long.finished.iloc[1::2], short.drop(
+                        short.index[::6])]).drop(columns="loss"))
+    proposal = propose(sweep, state)
+    assert proposal.status["stage"] == "reduce" and proposal.picks
+    assert all("P(wrong shape)" in p.reason for p in proposal.picks)
