@@ -42,7 +42,7 @@ def test_every_problem_of_the_block_is_listed_by_key_path():
     assert "design.budget.fraction" in message
     assert "design.target: give exactly one of scale_factor or n_params" in message
     assert "design.stop_probability" in message and "design.batch" in message
-    assert "design.sampler: unknown key (valid keys here: batch, budget, form, law, " in message
+    assert "design.sampler: unknown key (valid keys here: batch, budget, criterion, form, law, " in message
 
 
 def test_a_budget_names_flops_or_a_fraction_exactly_once():
