@@ -33,8 +33,7 @@ the refit-size weights (notes/calib3.md: 15 of 23 splits within 1.5x the oracle 
 Kinds without shipped public sweeps (throughput, accuracy, pass@k) keep the normal model of
 laws/intervals.py calibrated on their own refits; without refits, the in-sample scatter alone
 gives intervals inside the fitted range and none beyond it. A law whose bootstrap
-refits mostly failed gives none either: its mean is not known well enough; nor does one its runs
-do not identify (laws/law.py): a calibration measures how an identified fit errs. Where no interval
+refits mostly failed gives none either: its mean is not known well enough. Where no interval
 holds, ``interval`` returns NaN and ``ErrorModel.reason`` says why.
 
 ``leaving_out`` hides sweeps from the prior (the benchmark's leave-one-sweep-out protocol).

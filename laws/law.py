@@ -320,8 +320,6 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         checks["progressive"] = tasks
     withheld = next((f"{p.message} (no interval rests on so few refits)" for p in problems
                      if p.code == "refits_failed"), None)
-    if withheld is None and problems:  # a calibration measures how an identified fit errs
-        withheld = f"the runs do not identify the law: {problems[0].message}"
     error_model = calibration.calibrate(
         kind.name, space, intervals.in_sample_scatter(fitted, measured, n_coef, space, n_runs),
         intervals.fitted_ranges(table, kind.axes), validation.records(tasks, space), noise_floor,
