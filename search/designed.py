@@ -261,13 +261,11 @@ def run_step(handle: StudyHandle, trial: optuna.Trial, proposer: Proposer,
     the first picks) and the next step, and close this one; the runs enqueued."""
     step = int(trial.user_attrs[DESIGN_STEP_ATTR])
     with Heartbeat(handle.storage, trial._trial_id, heartbeat_s):
-        state, by_key, proposal = _propose(handle, trial, step, proposer)
+        state, by_key = design_state(handle, step)
+        proposal = _propose(handle, trial, step, proposer, state)
         while proposal.wait:
-            if state.pending.empty:
-                raise ArchscaleError(f"design step {step}: the proposer waits for runs, but none "
-                                     "is queued or running")
-            time.sleep(min(5.0, max(0.5, heartbeat_s / 2)))
-            state, by_key, proposal = _propose(handle, trial, step, proposer)
+            state, by_key = _await_pending(handle, step, state, heartbeat_s)
+            proposal = _propose(handle, trial, step, proposer, state)
         unknown = [p.key for p in proposal.picks if p.key not in state.candidates.index]
         if unknown:
             raise ArchscaleError(f"the proposer picked {unknown}, which are not open candidates")
@@ -293,13 +291,27 @@ def run_step(handle: StudyHandle, trial: optuna.Trial, proposer: Proposer,
     return picked + repeats
 
 
-def _propose(handle: StudyHandle, trial: optuna.Trial, step: int, proposer: Proposer
-             ) -> tuple[DesignState, dict[str, PlannedRun], Proposal]:
-    """The state and the proposer's answer; a proposer's error fails the step and stops the
-    worker, naming the fix."""
-    state, by_key = design_state(handle, step)
+def _await_pending(handle: StudyHandle, step: int, state: DesignState, heartbeat_s: float
+                   ) -> tuple[DesignState, dict[str, PlannedRun]]:
+    """The state once a run the proposer waits for has ended: asked again before that, it would
+    refit on the same runs, on a core a worker trains on."""
+    if state.pending.empty:
+        raise ArchscaleError(f"design step {step}: the proposer waits for runs, but none is "
+                             "queued or running")
+    waiting_on = set(state.pending.index)
+    while True:
+        time.sleep(min(5.0, max(0.5, heartbeat_s / 2)))
+        state, by_key = design_state(handle, step)
+        if set(state.pending.index) != waiting_on:
+            return state, by_key
+
+
+def _propose(handle: StudyHandle, trial: optuna.Trial, step: int, proposer: Proposer,
+             state: DesignState) -> Proposal:
+    """The proposer's answer; a proposer's error fails the step and stops the worker, naming
+    the fix."""
     try:
-        return state, by_key, proposer(handle.sweep, state)
+        return proposer(handle.sweep, state)
     except Exception as err:
         trial.set_user_attr("status", "failed")
         trial.set_user_attr("message", f"{type(err).__name__}: {err}")

@@ -8,7 +8,9 @@ plumbing against rules computed by hand, not the design engine's choices (tests/
 import os
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -125,3 +127,19 @@ def test_a_designed_study_needs_its_engine(tmp_path):
         run_worker(handle.name, handle.url, WorkerOptions(progress=False))
     with pytest.raises(Exception, match="cannot be loaded"):
         designed.load_proposer("archscale.search.designed:nothing_here")
+
+
+def test_a_waiting_step_asks_the_proposer_again_only_once_a_run_it_waits_for_ends(monkeypatch):
+    """Each answer refits the law: asked every poll, a step would refit on the same runs for as
+    long as a run trains, on a core a worker trains on."""
+    def state(*pending):
+        return SimpleNamespace(pending=pd.DataFrame({"flops": 1.0}, index=list(pending)))
+
+    polls = iter([state("a", "b"), state("a", "b"), state("a", "b"), state("b")])
+    monkeypatch.setattr(designed, "design_state", lambda handle, step: (next(polls), {}))
+    monkeypatch.setattr(designed.time, "sleep", lambda s: None)
+    after, _ = designed._await_pending(None, 3, state("a", "b"), heartbeat_s=1.0)
+    assert list(after.pending.index) == ["b"]
+    assert next(polls, "used up") == "used up"  # it polled the storage until the change
+    with pytest.raises(Exception, match="none is queued or running"):
+        designed._await_pending(None, 3, state(), heartbeat_s=1.0)
