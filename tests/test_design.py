@@ -124,6 +124,32 @@ def test_seed_fills_the_space_cheaply():
     assert (picked < 10).any() and (picked > 10).any()
 
 
+def test_seed_gathers_near_target_rows_the_runs_surround():
+    # a target inside the candidates' range is where a local form's fit is asked about: the
+    # seed's strata gather there (runs far from it bias the fit); a target beyond every run
+    # leaves the seed spread evenly, whatever the target
+    x = np.geomspace(1, 200, 60)
+    pool = pd.DataFrame({"x": x, "y": np.nan})
+
+    def seed_x(target_x, method="design"):
+        choice = choose(pool.iloc[:0], pool, LinearLaw(), _runs([target_x]), costs=x.copy(),
+                        k=10, method=method)
+        assert choice.stage == "seed"
+        return pool.loc[[p.index for p in choice.picks], "x"].to_numpy()
+
+    spread = seed_x(300.0)
+    assert seed_x(1000.0) == pytest.approx(spread)
+    assert seed_x(150.0, method="vopt") == pytest.approx(spread)  # V-optimal trusts the form
+    gathered = seed_x(150.0)
+    assert len(gathered) == len(spread) == seed_size(LinearLaw())
+
+    def far(picked):
+        return np.mean(np.abs(np.log(picked / 150.0)))
+
+    assert far(gathered) < far(spread)
+    assert np.min(np.abs(np.log(gathered / 150))) < np.min(np.abs(np.log(spread / 150)))
+
+
 def test_a_small_budgets_seed_keeps_the_law_fittable():
     # the budget buys exactly the three cheapest runs (2 coefficients + 1): one run of the far
     # clump (cost >= 100) in the seed would leave the law unfittable, even picked one at a time
