@@ -184,6 +184,13 @@ def flat_directions(predict: Callable[[np.ndarray], np.ndarray], coef: np.ndarra
     jac = np.column_stack(columns) / np.sqrt(len(base))
     if not np.all(np.isfinite(jac)):
         return []
+    # a scale whose e-fold moves no prediction sits at zero, as one exactly zero does: its term
+    # vanished (E_zero, term_at_bound say so), and in linear terms the runs still fix it
+    at_zero = log_scaled[free] & (np.linalg.norm(jac, axis=0) < FLAT_DIRECTION)
+    free[np.flatnonzero(free)[at_zero]] = False
+    jac = jac[:, ~at_zero]
+    if not free.any():
+        return []
     _, singular, vt = np.linalg.svd(jac, full_matrices=False)
     free_names = [n for n, f in zip(names, free, strict=True) if f]
     problems = []
