@@ -99,7 +99,7 @@ def test_a_collinear_law_prints_no_interval_and_names_the_collinearity():
     truth = chinchilla_predict(EPOCH, off_line["N"].to_numpy(), off_line["D"].to_numpy())[0]
     public = calibration.calibrate("conditional", "log", law.error_model.sigma_run,
                                    law.error_model.ranges, n_fit=len(table))
-    half = calibration.half_width(public, np.array([0.0]))  # inside the fitted N range
+    half = calibration.half_width(public, np.array([0.0]))  # inside the fitted N and D ranges
     assert abs(np.log(law.predict(off_line)[0] / truth[0])) > 3 * half[0]
     reduced = fit_law("chinchilla", table, n_boot=20)
     on_line = pd.DataFrame({"N": [3e9], "D": [6e10]})
