@@ -32,9 +32,9 @@ the refit-size weights (notes/calib3.md: 15 of 23 splits within 1.5x the oracle 
 
 Kinds without shipped public sweeps (throughput, accuracy, pass@k) keep the normal model of
 laws/intervals.py calibrated on their own refits; without refits, the in-sample scatter alone
-gives intervals inside the fitted range and none beyond it. A law whose bootstrap
-refits mostly failed gives none either: its mean is not known well enough. Where no interval
-holds, ``interval`` returns NaN and ``ErrorModel.reason`` says why.
+gives intervals inside the fitted range and none beyond it. A law with a problem in
+``VOIDS_INTERVAL`` gives none either, whatever would calibrate it (``withheld_reason``). Where no
+interval holds, ``interval`` returns NaN and ``ErrorModel.reason`` says why.
 
 ``leaving_out`` hides sweeps from the prior (the benchmark's leave-one-sweep-out protocol).
 """
@@ -55,6 +55,7 @@ from scipy.stats import norm
 from archscale.arch.errors import ArchscaleError
 from archscale.laws import intervals
 from archscale.laws.bootstrap import check_level
+from archscale.laws.diagnostics import Problem
 from archscale.laws.intervals import DEFAULT_LEVEL, ErrorModel
 from archscale.laws.public_sweeps import load_records
 from archscale.laws.table import as_table
@@ -74,6 +75,25 @@ LOSS_LAWS = ("chinchilla", "conditional")
 IN_RANGE_METHOD = "in-sample scatter, inside the fitted range only"
 PUBLIC = "public sweeps"
 OWN = "these runs"
+VOIDS_INTERVAL = ("collinear", "few_values", "flat_direction", "refits_failed")
+"""Problem codes (laws/diagnostics.py) after which no prediction interval is given. Both
+calibrations measure how an *identified* fit errs when it extrapolates (the public sweeps' fits,
+these runs' strict refits), so neither speaks for a fit whose predictions beyond its runs the
+runs do not determine:
+
+* ``collinear``: N and D moved together, so the split between their terms, and every prediction
+  off their line, is arbitrary (a Chinchilla law reduced to L(N) along the line has no such
+  problem: it refuses rows off the line, laws/chinchilla.py);
+* ``few_values``: a term's feature took too few values to fix its curve between and beyond them;
+* ``flat_direction``: coefficients trade off without moving a fitted run, yet move predictions
+  elsewhere (two sizes leave A, alpha and E one equation short);
+* ``refits_failed``: most bootstrap refits failed, so the mean itself is not known.
+
+Out (the fit is determined but suspect; the interval stands beside the problem, which the law
+still carries and ``fit`` refuses without --allow-degenerate): ``exponent``, ``at_bound``,
+``E_zero``, ``E_above_loss``, ``term_at_bound`` (a coefficient at a bound is still fixed by the
+runs), ``not_converged`` (the point fit stopped short; the bootstrap and refits measure its error)
+and ``wrong_sign`` (an accuracy law the runs fix, pointing the wrong way)."""
 
 _EXCLUDED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "excluded_sweeps", default=frozenset())
@@ -122,6 +142,16 @@ def prior(kind: str, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, int] | N
 
 def _prior_quantile(coef: np.ndarray, scatter: np.ndarray, distance: np.ndarray) -> np.ndarray:
     return coef[0] * np.asarray(scatter, float) + coef[1] * np.asarray(distance, float)
+
+
+def withheld_reason(problems: Sequence[Problem]) -> str | None:
+    """One line saying which problem voids the law's prediction intervals and which runs would
+    restore them (the problem's own advice); None if none does (``VOIDS_INTERVAL``)."""
+    void = next((p for p in problems if p.code in VOIDS_INTERVAL), None)
+    if void is None:
+        return None
+    return (f"the runs do not identify the law ({void.code}), and a calibration measures how an "
+            f"identified fit errs: {void.message}")
 
 
 def calibrate(kind: str, space: str, sigma_run: float, ranges: dict[str, list[float]],

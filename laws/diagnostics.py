@@ -158,7 +158,9 @@ def flat_directions(predict: Callable[[np.ndarray], np.ndarray], coef: np.ndarra
                     names: Sequence[str], scales: Sequence[str] = LOG_SCALED) -> list[Problem]:
     """Directions in coefficient space (the ``scales`` coefficients in log) along which the
     predictions on the fitted runs do not move: the coefficients with weight on them are not
-    identified."""
+    identified. A scale at zero, exactly or so near that its e-fold moves no prediction, is left
+    out: it sits at its bound (E_zero, term_at_bound report it), and the runs still fix it in
+    linear terms, so it leaves no prediction undetermined (laws/calibration.py VOIDS_INTERVAL)."""
     coef = np.asarray(coef, dtype=float)
     log_scaled = np.array([n in scales and c > 0 for n, c in zip(names, coef, strict=True)])
     free = np.isfinite(coef) & ((coef != 0) | ~np.isin(list(names), list(scales)))
@@ -183,6 +185,11 @@ def flat_directions(predict: Callable[[np.ndarray], np.ndarray], coef: np.ndarra
         columns.append((log_prediction(up) - log_prediction(down)) / (2 * step))
     jac = np.column_stack(columns) / np.sqrt(len(base))
     if not np.all(np.isfinite(jac)):
+        return []
+    at_zero = log_scaled[free] & (np.linalg.norm(jac, axis=0) < FLAT_DIRECTION)
+    free[np.flatnonzero(free)[at_zero]] = False
+    jac = jac[:, ~at_zero]
+    if not free.any():
         return []
     _, singular, vt = np.linalg.svd(jac, full_matrices=False)
     free_names = [n for n, f in zip(names, free, strict=True) if f]

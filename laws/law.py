@@ -318,12 +318,10 @@ def fit_law(kind_name: Any, table: pd.DataFrame, options: Mapping[str, Any] | No
         tasks = validation.progressive(table, target, fit_predict, min_train, kind.axes, space,
                                        count_runs, scales)
         checks["progressive"] = tasks
-    withheld = next((f"{p.message} (no interval rests on so few refits)" for p in problems
-                     if p.code == "refits_failed"), None)
     error_model = calibration.calibrate(
         kind.name, space, intervals.in_sample_scatter(fitted, measured, n_coef, space, n_runs),
         intervals.fitted_ranges(table, kind.axes), validation.records(tasks, space), noise_floor,
-        len(table), withheld)
+        len(table), calibration.withheld_reason(problems))
 
     notes = list(estimate.notes)
     if n_boot > 0 and boot_info["converged_fraction"] < 1:

@@ -20,6 +20,8 @@ from archscale.laws.table import axis_scales, group_labels, scale_order, trainin
 EPOCH = np.array([477.8, 2143.9, 1.817, 0.3473, 0.3672])
 """Besiroglu et al. 2024's published fit (A, B, E, alpha, beta)."""
 ALL_SWEEPS = [s.name for s in public_sweeps.SWEEPS]
+THREE_SIZES = np.array([1e8, 3e8, 1e9])
+"""The fewest sizes that identify A, alpha and E: too few for own refits to calibrate."""
 
 
 def runs(sizes: np.ndarray, ratios: tuple[float, ...] = (10.0, 20.0, 40.0), noise: float = 0.01,
@@ -41,7 +43,8 @@ def predict_far_row(law, tmp_path):
 
 
 def test_too_few_scales_fall_back_to_public_sweeps_and_say_so():
-    law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)  # no progressive refit
+    # three sizes: the one progressive refit, on two, is not identified and scores nothing
+    law = fit_law("chinchilla", runs(THREE_SIZES), n_boot=20)
     assert law.error_model.source == "public sweeps"
     assert "public sweeps" in law.error_model.label
     low, high = law.prediction_interval(pd.DataFrame({"N": [3e9], "D": [6e10]}))
@@ -50,7 +53,7 @@ def test_too_few_scales_fall_back_to_public_sweeps_and_say_so():
 
 def test_without_public_sweeps_or_own_refits_no_interval_is_printed(tmp_path):
     with calibration.leaving_out(*ALL_SWEEPS):
-        law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)
+        law = fit_law("chinchilla", runs(THREE_SIZES), n_boot=20)
         # only the in-sample scatter calibrates: inside the fitted range, not beyond it
         assert law.error_model.method == calibration.IN_RANGE_METHOD
         assert "no public sweep" in law.error_model.reason
@@ -63,10 +66,69 @@ def test_without_public_sweeps_or_own_refits_no_interval_is_printed(tmp_path):
 
 
 def test_predict_csv_warns_when_only_public_sweeps_calibrate(tmp_path):
-    law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)
+    law = fit_law("chinchilla", runs(THREE_SIZES), n_boot=20)
     result = predict_far_row(law, tmp_path)
     assert result.exit_code == 0, result.output
     assert "warning: these runs cannot calibrate" in result.output
+
+
+def shaped_runs_along(ratio: float, seed: int = 0) -> pd.DataFrame:
+    """Runs at D = ``ratio`` N only, on the Epoch law times a shape factor 1 + 0.01 ln(aspect /
+    32)^2, with 0.5% noise: five sizes, three aspects each."""
+    n_params = np.repeat(np.geomspace(5e7, 1e9, 5), 3)
+    aspect = np.tile([16.0, 32.0, 128.0], 5)
+    loss = (chinchilla_predict(EPOCH, n_params, ratio * n_params)[0]
+            * (1 + 0.01 * np.log(aspect / 32) ** 2)
+            * np.exp(0.005 * np.random.default_rng(seed).normal(size=len(n_params))))
+    return pd.DataFrame({"N": n_params, "D": ratio * n_params, "loss": loss, "aspect": aspect})
+
+
+def test_a_collinear_law_prints_no_interval_and_names_the_collinearity():
+    """On runs at D = 20 N alone the conditional law's N and D terms are not identified apart:
+    off the line its predictions miss the true (Epoch) loss by far more than an interval the public
+    sweeps calibrate would allow, so none is printed, and the reason names the collinearity and the
+    runs that would fix it. The Chinchilla law reduced to L(N) along the line keeps its intervals
+    there."""
+    table = shaped_runs_along(20.0)
+    law = fit_law("conditional", table, {"terms": "aspect:u_log_sq"}, n_boot=20)
+    off_line = pd.DataFrame({"N": [5e8], "D": [2e9], "aspect": [32.0]})  # D = 4 N
+    assert np.isnan(law.prediction_interval(off_line)).all()
+    assert law.error_model.source is None
+    assert "collinear" in law.error_model.reason and "second tokens-per-parameter" in \
+        law.error_model.reason
+    truth = chinchilla_predict(EPOCH, off_line["N"].to_numpy(), off_line["D"].to_numpy())[0]
+    public = calibration.calibrate("conditional", "log", law.error_model.sigma_run,
+                                   law.error_model.ranges, n_fit=len(table))
+    half = calibration.half_width(public, np.array([0.0]))  # inside the fitted N and D ranges
+    assert abs(np.log(law.predict(off_line)[0] / truth[0])) > 3 * half[0]
+    reduced = fit_law("chinchilla", table, n_boot=20)
+    on_line = pd.DataFrame({"N": [3e9], "D": [6e10]})
+    assert "d_line" in reduced.config and np.isfinite(reduced.prediction_interval(on_line)).all()
+
+
+def test_two_sizes_leave_a_flat_direction_and_no_interval():
+    """Two sizes fix E + A / N^alpha at two N only: one equation short of A, alpha and E, so the
+    prediction at a third size is not determined (with E 1.0 or 1.7 the runs fit as well and
+    L(3e9, 6e10) moves by 4%). No interval, and the reason says which runs would fix it."""
+    law = fit_law("chinchilla", runs(np.array([1e8, 3e8])), n_boot=20)
+    assert "flat_direction" in [p.code for p in law.problems]
+    assert np.isnan(law.prediction_interval(pd.DataFrame({"N": [3e9], "D": [6e10]}))).all()
+    assert "flat_direction" in law.error_model.reason and "add runs" in law.error_model.reason
+
+
+def test_a_law_with_e_at_zero_keeps_its_interval():
+    """E at zero is suspect, not unidentified: the runs fix E near 0 (an e-fold of E moves no
+    prediction, a step of E in loss units does), so the law carries E_zero alone, no flat
+    direction, and its interval stands."""
+    grid = np.repeat(np.geomspace(1e8, 2e9, 5), 3)
+    tokens = grid * np.tile([10.0, 20.0, 40.0], 5)
+    rng = np.random.default_rng(0)
+    loss = chinchilla_predict(EPOCH, grid, tokens)[0] * (1 + 0.02 * rng.normal(size=len(grid)))
+    law = fit_law("chinchilla", pd.DataFrame({"N": grid, "D": tokens, "loss": loss}), n_boot=20)
+    assert [p.code for p in law.problems] == ["E_zero"]
+    assert calibration.withheld_reason(law.problems) is None
+    assert law.error_model.source is not None
+    assert np.isfinite(law.prediction_interval(pd.DataFrame({"N": [1e10], "D": [2e11]}))).all()
 
 
 @pytest.mark.slow
