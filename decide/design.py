@@ -191,9 +191,10 @@ def choose(finished: pd.DataFrame, pool: pd.DataFrame, law: DesignLaw, target: p
 
 # ---- seed --------------------------------------------------------------------------------------
 def _surrounded(runs: pd.DataFrame, target: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """Which target rows lie inside the ranges of ``runs`` in every input column."""
+    """Which target rows lie inside the ranges of ``runs`` in every input column (a row that
+    does not name a column, such as a study's target shape without its layer count, is not)."""
     values = runs[list(columns)].to_numpy(float)
-    at = target[list(columns)].to_numpy(float)
+    at = target.reindex(columns=list(columns)).to_numpy(float)
     return ((at >= values.min(axis=0)) & (at <= values.max(axis=0))).all(axis=1)
 
 

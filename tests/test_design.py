@@ -149,6 +149,17 @@ def test_seed_gathers_near_target_rows_the_runs_surround():
     assert far(gathered) < far(spread)
     assert np.min(np.abs(np.log(gathered / 150))) < np.min(np.abs(np.log(spread / 150)))
 
+    # a target row that does not name every input (a study's target shapes carry no layer
+    # count) is not inside: the seed spreads as for a target beyond every run
+    layered = pool.assign(n_layers=np.arange(len(pool)) % 3 + 1)
+
+    def layered_seed(target_x):
+        choice = choose(layered.iloc[:0], layered, LinearLaw(), _runs([target_x]),
+                        costs=x.copy(), k=10)
+        return [p.index for p in choice.picks]
+
+    assert layered_seed(150.0) == layered_seed(300.0)
+
 
 def test_a_small_budgets_seed_keeps_the_law_fittable():
     # the budget buys exactly the three cheapest runs (2 coefficients + 1): one run of the far
