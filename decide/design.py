@@ -369,10 +369,12 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
     draws = draws[np.isfinite(draws).all(axis=1)]
     if len(draws) < 2:
         return linear, linear_law, noise, bias
-    values = to_space(law.predict(fitted, draws, rows), law.space)
-    values = np.where(np.isfinite(values), values, np.nan)
-    centered = values - np.nanmean(values, axis=0)
-    ensemble = np.nan_to_num(centered).T / np.sqrt(len(draws) - 1)
+    with np.errstate(all="ignore"):  # a refit off the law's domain at a row says nothing there
+        values = to_space(law.predict(fitted, draws, rows), law.space)
+    finite = np.isfinite(values)
+    mean = np.where(finite, values, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    centered = np.where(finite, values - mean, 0.0)
+    ensemble = centered.T / np.sqrt(len(draws) - 1)
     return np.hstack([linear, ensemble]), np.hstack([linear_law, ensemble]), noise, bias
 
 

@@ -104,9 +104,10 @@ def sensitivity(law: DesignLaw, fitted: Fitted, rows: pd.DataFrame) -> np.ndarra
     steps = FD_STEP * scale
     eye = np.eye(len(coef))
     rows_2P = np.vstack([coef + eye * steps, coef - eye * steps])
-    values = to_space(law.predict(fitted, rows_2P, rows), law.space)
-    up, down = values[: len(coef)], values[len(coef):]
-    jac = ((up - down) / (2 * steps[:, None])).T * scale[None, :]
+    with np.errstate(all="ignore"):  # a step off the law's domain: no sensitivity there
+        values = to_space(law.predict(fitted, rows_2P, rows), law.space)
+        up, down = values[: len(coef)], values[len(coef):]
+        jac = ((up - down) / (2 * steps[:, None])).T * scale[None, :]
     return np.where(np.isfinite(jac), jac, 0.0)
 
 

@@ -4,6 +4,7 @@ sigma^2 (X^T X)^-1, adding x_c lowers the variance at x_t to x_t^T Sigma' x_t, w
 Sigma' = sigma^2 (X^T X + x_c x_c^T)^-1 (computed here by inverting, not by the engine's
 rank-one update)."""
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -398,3 +399,24 @@ def test_wrong_shape_criterion_needs_the_shapes():
     with pytest.raises(ArchscaleError, match="shapes"):
         choose(finished, pool, LinearLaw(), _runs([10.0, 12.0]), costs=np.ones(2),
                criterion="wrong_shape")
+
+
+@dataclass(frozen=True)
+class PartialLaw(LinearLaw):
+    """The linear law, undefined (NaN) at x = 7: a row off a law's domain."""
+
+    def predict(self, fitted, coef_SxP, rows):
+        values = super().predict(fitted, coef_SxP, rows)
+        return np.where(rows["x"].to_numpy(float)[None, :] == 7.0, np.nan, values)
+
+
+def test_rows_off_the_laws_domain_raise_no_numpy_warnings():
+    # numpy's RuntimeWarnings reached the demo's output (issue 23, defect 7): a row where the
+    # law is undefined has no sensitivity and no refit spread, silently
+    finished = _runs([1.0, 2.0, 3.0, 4.0, 5.0])
+    pool = _runs([6.0, 7.0, 8.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choice = choose(finished, pool, PartialLaw(), _runs([7.0, 9.0]), costs=np.ones(3), k=2)
+    assert choice.stage == "reduce" and len(choice.picks) == 2
+    assert all(np.isfinite(p.gain) for p in choice.picks)
