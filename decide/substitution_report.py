@@ -143,14 +143,23 @@ def heldout_chain(runs: pd.DataFrame, run_table: pd.DataFrame, loss_options: dic
     the pass@k law its pass@k from there (``predict_pass``). For a law of N and D the loss is
     not read, and this is the law's own held-out check."""
     largest = float(runs["scale"].max())
+    rule = f"scale {largest:.3g} held out from both laws; its loss predicted"
     options = {"n_boot": n_boot, "seed": seed, "holdout_above": largest, "holdout_by": "scale"}
     loss_law = fit_law("conditional", run_table, loss_options, **options)
-    passk_law = fit_law("passk", runs, law.config | {"ref": None}, **options)
     test = runs[runs["scale"] >= largest].reset_index(drop=True)
+    loss = loss_law.predict(test)
+    if not np.isfinite(loss).all():  # a designed study may train few runs below that scale
+        below = run_table[run_table["scale"] < largest]
+        why = loss_law.problems[0].message if loss_law.problems else "its fit failed"
+        return {"rule": rule, "skipped": (
+            f"the loss law refitted on the {len(below)} runs below scale {largest:.3g} (at "
+            f"{below['scale'].nunique()} scales) predicts no loss for its runs ({why}): train "
+            "the sweep's passk: slice at more scales")}
+    passk_law = fit_law("passk", runs, law.config | {"ref": None}, **options)
     low, high = loss_law.prediction_interval(test)
-    rows = test.assign(loss=loss_law.predict(test), loss_low=low, loss_high=high)
+    rows = test.assign(loss=loss, loss_low=low, loss_high=high)
     predicted, lower, upper = predict_pass(passk_law, rows)
-    return {"rule": f"scale {largest:.3g} held out from both laws; its loss predicted",
+    return {"rule": rule,
             "loss_mean_relative_error": float(np.mean(np.abs(rows["loss"] / test["loss"] - 1))),
             "calibration": passk_law.error_model.label,
             **_by_k(test["k"].to_numpy(), predicted, test["pass_at_k"].to_numpy(), lower,

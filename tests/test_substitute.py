@@ -2,6 +2,7 @@
 arch/spec.py's counting, the cheapest point, the floor, the files and the CLI."""
 
 import json
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -228,3 +229,27 @@ def test_coverage_forecast_holds_out_the_larger_k():
         assert check[form]["mean_relative_error"] == pytest.approx(errors.mean())
     with pytest.raises(ArchscaleError, match="2 <= n_fit < n"):
         coverage_forecast(correct, 32, 32)
+
+
+def test_end_to_end_check_says_why_when_the_runs_below_its_scale_predict_no_loss():
+    """A designed demo (tests/data/designed_demo_*.csv: `archscale demo` at 6d300ce, 41 runs,
+    pass@k measured on 5 of them, the largest at scale 8,000) trained 26 runs at the 2 scales
+    below the pass@k slice's largest. The loss law refitted on them diverges (alpha -795), and
+    the check said "column 'loss' has 32 missing values" and the demo dropped its whole
+    substitution section; it now skips that one check and says why."""
+    from archscale.decide.substitution_report import heldout_chain
+    from archscale.laws import fit_law
+
+    data = Path(__file__).parent / "data"
+    run_table = pd.read_csv(data / "designed_demo_runs.csv")
+    runs = pd.read_csv(data / "designed_demo_passk.csv")
+    below = run_table[run_table["scale"] < runs["scale"].max()]
+    assert (len(below), below["scale"].nunique()) == (26, 2)  # by hand from the files
+    passk = fit_law("passk", runs, {}, n_boot=0)
+    terms = {"terms": [{"feature": "d_over_sqrt_n", "form": "u_log_inv"},
+                       {"feature": "r", "form": "log"}, {"feature": "gqa_group", "form": "log"}],
+             "combine": "product", "robust": "soft_l1"}
+    check = heldout_chain(runs, run_table, terms, passk, n_boot=0)
+    assert "mean_relative_error" not in check
+    assert check["skipped"].startswith("the loss law refitted on the 26 runs below scale 8e+03 "
+                                       "(at 2 scales) predicts no loss for its runs")
