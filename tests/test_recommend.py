@@ -345,7 +345,10 @@ def test_measured_throughput_at_the_target_with_the_model_error(paper_law):
     settings = MeasureSettings(min_seconds=0.2, repeats=2, decode_tokens=8,
                                memory_bytes=sum(sizes) * 1.01, memory_fraction=1.0)
     got = recommend(paper_law, TINY, H100, measure=settings, **TINY_SETTING)
-    assert {s.spec for s in [*got.recommended, got.loss_optimal]} == finalists
+    # the same three are timed; which two are fastest is the measurement's to say (close
+    # speeds swap places between runs, so the loss-optimal shape may be one of them)
+    assert got.loss_optimal.spec == plain.loss_optimal.spec
+    assert len(got.recommended) == 2 and {s.spec for s in got.recommended} <= finalists
     assert all(s.measured_decode_tokens_per_s > 0 for s in [*got.recommended, got.loss_optimal])
     speeds = [s.measured_decode_tokens_per_s for s in got.recommended]
     assert speeds == sorted(speeds, reverse=True)  # ranked by the measurement
