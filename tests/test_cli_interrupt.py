@@ -22,8 +22,11 @@ SHAPE = ["--d-model", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", 
 def _start(args, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "ARCHSCALE_CACHE": str(tmp_path / "cache"),
            "ARCHSCALE_KEEP_ALLOCATOR": "1"}
+    # Ctrl-C as a terminal delivers it, however the suite was started: a shell's background job
+    # (`.ci/run &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
     return subprocess.Popen([*CLI, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _interrupt_when(proc, ready, limit_s=240):
