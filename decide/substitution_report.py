@@ -150,7 +150,9 @@ def heldout_chain(runs: pd.DataFrame, run_table: pd.DataFrame, loss_options: dic
     loss = loss_law.predict(test)
     if not np.isfinite(loss).all():  # a designed study may train few runs below that scale
         below = run_table[run_table["scale"] < largest]
-        why = loss_law.problems[0].message if loss_law.problems else "its fit failed"
+        # the reason the refit's intervals are withheld names what leaves it undetermined
+        why = loss_law.error_model.reason or next(
+            (p.message for p in loss_law.problems), "its fit failed")
         return {"rule": rule, "skipped": (
             f"the loss law refitted on the {len(below)} runs below scale {largest:.3g} (at "
             f"{below['scale'].nunique()} scales) predicts no loss for its runs ({why}): train "
