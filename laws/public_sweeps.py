@@ -51,6 +51,9 @@ class Sweep:
     tuned: bool = False
     """Keep the best run of each (N, D) only: the file sweeps hyperparameters (learning rate,
     batch) the law does not model, and a loss law in N and D is the tuned envelope."""
+    rows: str | None = None
+    """pandas query selecting this sweep's runs where the file holds several sweeps (one law is
+    fitted per training corpus, so each corpus is its own sweep)."""
 
 
 SWEEPS: tuple[Sweep, ...] = (
@@ -69,6 +72,10 @@ SWEEPS: tuple[Sweep, ...] = (
           "chinchilla", "flops", (3e19, 6e19, 1.2e20, 2.4e20), tuned=True),
     Sweep("moe", "moe.csv", "N=dense_parameter_count,loss=loss_validation",
           "chinchilla", "N", (5e7, 1e8, 3e8), constant_d=1.0),
+    *(Sweep(f"gadre-{name}", "overtrain_gadre.csv", "N=params,D=tokens,loss=c4_val_loss",
+            "chinchilla", "tokens_per_param", (40.0, 80.0, 160.0, 320.0),
+            rows=f"corpus == '{corpus}'")
+      for name, corpus in (("c4", "c4_original"), ("rpj", "rpj"), ("rw", "rw_original"))),
 )
 """The shipped sweeps (laws/public/README.md cites each). ScaleBench's vocab pool (a negative,
 unigram-normalised loss) and parallel pool (extrapolation in the parallel width P, not N or D) fit
@@ -85,6 +92,8 @@ def sweep(name: str) -> Sweep:
 def load(item: Sweep) -> pd.DataFrame:
     """The sweep's runs with canonical columns (ScaleBench's pool and target splits together)."""
     raw = pd.read_csv(PUBLIC_DIR / item.file)
+    if item.rows is not None:
+        raw = raw.query(item.rows).reset_index(drop=True)
     if item.constant_d is not None:
         raw = raw.assign(D=item.constant_d)
     table = load_table(raw, item.columns)

@@ -197,16 +197,18 @@ def test_morph_width_by_depth_intervals_hold_the_band_where_given():
     assert 0.8 <= pooled.mean() <= 0.98, pooled.mean()
 
 
-HOLDING = ("epoch", "data-constrained", "lr-bsz", "morph")
-"""Sweeps whose nominal 90% intervals cover 80-98% of their held-out runs (notes/calib.md)."""
+HOLDING = ("epoch", "data-constrained", "lr-bsz", "morph", "gadre-c4", "gadre-rpj", "gadre-rw")
+"""Sweeps whose nominal 90% intervals cover 80-98% of their held-out runs (notes/calib.md; the
+Gadre over-training corpora, split by tokens per parameter: notes/gadre.md)."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", HOLDING)
 def test_intervals_hold_the_band_on_the_shipped_splits(name):
     """The whole method as a user meets it, on a shipped sweep's fit-small/predict-large splits
-    (by FLOPs for the compute sweeps, by N for Morph), with the public prior learned without
-    that data set: nominal 90% intervals cover 80-98% of the held-out runs, pooled."""
+    (by FLOPs for the compute sweeps, by N for Morph, by tokens per parameter for the
+    over-training sweeps), with the public prior learned without that data set: nominal 90%
+    intervals cover 80-98% of the held-out runs, pooled."""
     item = public_sweeps.sweep(name)
     table = public_sweeps.load(item)
     inside = []
