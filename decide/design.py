@@ -32,16 +32,10 @@ the next batch of K picks, each with the reason it was picked. It goes through t
   modelled, the score also counts the squared bias delta leaves in the law's own least-squares
   fit at the target (``discrepancy.FitBias``): the kriging variance values runs as if delta were
   fitted too, but the law is fitted alone, and far runs that share one delta bias it (measured
-  on ScaleBench lr_bsz: notes/engine3.md). There ``design`` also adds the disagreement of
-  bootstrap refits (warm-started from the fit) as further columns of G: where the refits disagree
-  at the target the linearisation understates the uncertainty (lr_bsz's 15-coefficient quadratic
-  on its first 27-33 runs: refits' variance at the target 3-8,000x the linearisation's), and the
-  runs that tell the refits apart are the ones worth training. Beyond every run ``design`` is
-  ``vopt``: trusting the form, its linearisation is the uncertainty, and the refits measure the
-  same coefficients' spread again (ScaleBench data_constrained and moe: 0.2-1.4x the
-  linearisation's variance), with the noise of 16 draws that then steers the picks (10 forms
-  each, 3 repeats, mean target R^2 at 5% / 10%: data_constrained 0.845 / 0.825 with the refits,
-  0.907 / 0.849 without; moe 0.742 / 0.864 and 0.752 / 0.859).
+  on ScaleBench lr_bsz: notes/engine3.md). ``design`` also adds the disagreement of bootstrap
+  refits (warm-started from the fit) as further columns of G: where the refits disagree at the
+  target the linearisation understates the uncertainty, and the runs that tell the refits apart
+  are the ones worth training.
 
 What a run should make more certain is the ``criterion``: ``variance`` (above), or, where the
 target rows name shapes, ``wrong_shape``: the expected fall of the chance that the shape ranked
@@ -369,7 +363,7 @@ def _factors(fitted: Fitted, finished: pd.DataFrame, rows: pd.DataFrame, n_targe
     w, v = np.linalg.eigh(precision)
     root = v / np.sqrt(np.maximum(w, 1e-12 * w.max()))  # Sigma^(1/2)
     linear, linear_law = jac @ root, jac_law @ root
-    if method == "vopt" or not surrounded.any():  # beyond every run: the form's own uncertainty
+    if method == "vopt":
         return linear, linear_law, noise, bias
     draws = law.refit(fitted, finished, resample_counts(len(finished), N_ENSEMBLE, seed))
     draws = draws[np.isfinite(draws).all(axis=1)]

@@ -4,8 +4,8 @@ Where the target rows name shapes, the decision a team takes is which shape of e
 with one ``decisions`` label: one scale) to train, not the loss itself. ``WrongShape`` scores a
 candidate by how much it is expected to lower P(the shape ranked first is not the best), by
 preposterior simulation on the engine's Gaussian over the truth (decide/design.py: truth at rows
-= mean + G theta, theta ~ N(0, M), G the law's linearisation and, for ``design`` where runs
-surround target rows, its bootstrap refits' disagreement and the discrepancy). Each of DRAWS draws is one possible truth theta_s with a
+= mean + G theta, theta ~ N(0, M), G the law's linearisation, its bootstrap refits' disagreement
+and, for ``design``, the discrepancy). Each of DRAWS draws is one possible truth theta_s with a
 simulated outcome y_cs = g_c theta_s + eps_cs of every candidate. After the picks so far the
 posterior mean is theta_hat_s (a Kalman update per pick); a candidate c moves it by
 k_c (y_cs - g_c theta_hat_s), k_c = M g_c / (g_c^T M g_c + noise_c). The shape ranked first is
