@@ -15,7 +15,8 @@ GADRE = public_sweeps.PUBLIC_DIR / "overtrain_gadre.csv"
 
 
 def test_gadre_file_holds_the_104_published_runs():
-    """The README (and the paper, arXiv:2403.08540) count 104 models over three corpora."""
+    """mlfoundations/scaling's exp_data/models/ holds 104 JSON files (one per run) over three
+    corpora: every one is shipped."""
     table = pd.read_csv(GADRE)
     assert len(table) == 104
     assert table["corpus"].value_counts().to_dict() == {"rpj": 35, "rw_original": 35,
